@@ -1,0 +1,14 @@
+"""fairseq-varattn: latent alignment and variational attention for fairseq.
+
+Importing the package (or ``--user-dir fairseq_varattn``) registers the
+``varattn_*`` models, criterions and tasks, and allow-lists the classes that
+fairseq checkpoints hold for torch's ``weights_only`` loader.
+"""
+
+from .checkpoint_safety import register_safe_globals
+
+register_safe_globals()
+
+from . import criterions, models, tasks  # noqa: E402,F401  (registration)
+
+__version__ = "0.1.0"

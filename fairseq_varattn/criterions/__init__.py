@@ -1,0 +1,1 @@
+from . import elbo, hard, marginal  # noqa: F401

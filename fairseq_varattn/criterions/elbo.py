@@ -1,0 +1,61 @@
+"""``varattn_elbo``: variational attention, E_q[log p(y | z)] - KL(q || p) with
+an amortised q(z | x, y) (DESIGN.md §3), by enumeration, REINFORCE or
+Gumbel-softmax."""
+
+from dataclasses import dataclass, field
+
+from fairseq.criterions import register_criterion
+from fairseq.dataclass import ChoiceEnum
+
+from ..modules.alignment import weighted_context
+from ..modules.losses import expected_nll, reinforce_nll, relaxed_nll
+from .base import VarAttnCriterion, VarAttnKLConfig
+
+
+@dataclass
+class ElboConfig(VarAttnKLConfig):
+    estimator: ChoiceEnum(["enum", "reinforce", "gumbel"]) = field(
+        default="enum", metadata={"help": "how E_q[log p(y | z)] and its gradient are computed"})
+    gumbel_temperature: float = field(
+        default=0.1, metadata={"help": "Gumbel-softmax temperature (the paper's code uses 0.1)"})
+    train_baseline: bool = field(
+        default=False, metadata={"help": "REINFORCE: add the soft baseline's own NLL to the loss"})
+
+
+@register_criterion("varattn_elbo", dataclass=ElboConfig)
+class ElboCriterion(VarAttnCriterion):
+    needs_inference_network = True
+
+    def __init__(self, task, estimator="enum", gumbel_temperature=0.1, train_baseline=False, **kwargs):
+        super().__init__(task, **kwargs)
+        if gumbel_temperature <= 0:
+            raise ValueError(f"--gumbel-temperature must be > 0, got {gumbel_temperature}")
+        self.estimator = estimator
+        self.gumbel_temperature = gumbel_temperature
+        self.train_baseline = train_baseline
+
+    def token_terms(self, model, batch):
+        prior, q = batch.prior, batch.q
+        kl = q.kl(prior)
+        terms = {"kl": kl, "entropy_q": q.entropy(), "entropy_p": prior.entropy()}
+        if self.estimator == "enum":
+            log_w, logp_y = batch.enumerate(q, model.decoder.alignment_topk)
+            reconstruction = expected_nll(log_w, logp_y)
+        elif self.estimator == "reinforce":
+            # Baseline: log p(y | soft context under q), as DESIGN.md §8 states.
+            z = q.sample(self.num_samples)
+            logp_y = batch.logp_y_at(z)
+            baseline = batch.soft_logp_y(q)
+            reconstruction, advantage = reinforce_nll(logp_y, q.log_prob(z), baseline)
+            terms.update(self.score_function_stats(advantage, logp_y))
+            terms["baseline_nll"] = -baseline.detach()
+            if self.train_baseline:
+                reconstruction = reconstruction - baseline
+        else:
+            relaxed = q.gumbel_softmax(self.num_samples, self.gumbel_temperature)
+            logp_y = batch.output.context_logprobs(
+                batch.hidden, weighted_context(relaxed, batch.enc), batch.target)
+            reconstruction = relaxed_nll(logp_y)
+        terms["loss"] = reconstruction + self.current_kl_weight(model) * kl
+        return terms
+

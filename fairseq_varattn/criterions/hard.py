@@ -1,0 +1,44 @@
+"""``varattn_hard``: hard attention, E_{p(z)}[log p(y | z)] (a Jensen lower bound
+on the marginal), by enumeration or by REINFORCE with samples from the prior."""
+
+from dataclasses import dataclass, field
+
+from fairseq.criterions import register_criterion
+from fairseq.dataclass import ChoiceEnum
+
+from ..modules.losses import expected_nll, reinforce_nll
+from .base import VarAttnCriterion, VarAttnCriterionConfig
+
+
+@dataclass
+class HardAttentionConfig(VarAttnCriterionConfig):
+    estimator: ChoiceEnum(["enum", "reinforce"]) = field(
+        default="enum", metadata={"help": "exact expectation, or REINFORCE with a baseline"})
+    train_baseline: bool = field(
+        default=False, metadata={"help": "add the soft baseline's own NLL to the loss"})
+
+
+@register_criterion("varattn_hard", dataclass=HardAttentionConfig)
+class HardAttentionCriterion(VarAttnCriterion):
+    def __init__(self, task, estimator="enum", train_baseline=False, **kwargs):
+        super().__init__(task, **kwargs)
+        self.estimator = estimator
+        self.train_baseline = train_baseline
+
+    def token_terms(self, model, batch):
+        prior = batch.prior
+        terms = {"entropy_p": prior.entropy()}
+        if self.estimator == "enum":
+            log_w, logp_y = batch.enumerate(prior, model.decoder.alignment_topk)
+            terms["loss"] = expected_nll(log_w, logp_y)
+            return terms
+        # REINFORCE on p(z): the baseline is the soft-attention likelihood
+        # under the prior's expected context (the paper's Sec. 4 control variate).
+        z = prior.sample(self.num_samples)
+        logp_y = batch.logp_y_at(z)
+        baseline = batch.soft_logp_y(prior)
+        loss, advantage = reinforce_nll(logp_y, prior.log_prob(z), baseline)
+        terms.update(self.score_function_stats(advantage, logp_y))
+        terms["baseline_nll"] = -baseline.detach()
+        terms["loss"] = loss - baseline if self.train_baseline else loss
+        return terms

@@ -1,0 +1,18 @@
+"""``varattn_marginal``: exact marginal likelihood log sum_i p(z=i) p(y | z=i)."""
+
+from fairseq.criterions import register_criterion
+
+from ..modules.losses import marginal_nll
+from .base import VarAttnCriterion, VarAttnCriterionConfig
+
+
+@register_criterion("varattn_marginal", dataclass=VarAttnCriterionConfig)
+class MarginalCriterion(VarAttnCriterion):
+    def token_terms(self, model, batch):
+        prior = batch.prior
+        log_w, logp_y = batch.enumerate(prior, model.decoder.alignment_topk)
+        loss = marginal_nll(log_w, logp_y)
+        terms = {"loss": loss, "entropy_p": prior.entropy()}
+        if log_w is prior.log_probs:
+            terms["nll"] = loss.detach()
+        return terms

@@ -1,0 +1,1 @@
+from . import varattn_lstm  # noqa: F401

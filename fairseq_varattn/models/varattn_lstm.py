@@ -1,0 +1,403 @@
+"""``varattn_lstm``: attention LSTM whose alignment can be a latent variable.
+
+The recurrence is the same for every attention kind (DESIGN.md §1): a
+bidirectional LSTM encoder, an input-feeding LSTM decoder, and at each step
+the prior p(z_j | x, y_<j) = softmax(score(h_j, x~)).  What differs is how
+the output distribution uses the alignment, which is delegated to
+``AlignmentOutputLayer``:
+
+* ``soft``: p(y_j) = softmax(W_o tanh(W_c [h_j; E_p[x~]])) -- classic attention;
+* ``categorical``: p(y_j) = sum_i p(z_j = i) softmax(W_o tanh(W_c [h_j; x~_i]));
+* ``dirichlet``: z_j ~ Dir(alpha(h_j, x~)), context sum_i z_ji x~_i; at test
+  time the context under the prior's mean.
+
+Input feeding always feeds tanh(W_c [h_j; E_p[x~]]), the expected
+attentional vector under the prior, in training and at test time, as the
+paper's code does (harvardnlp/var-attn ``ViRNNDecoder``: input_feed is the
+prior's soft context).  Feeding q's expectation instead would make the
+decoder states depend on the target, so the exact marginal under the prior
+(``nll_loss``) would need a second decoder pass and training states would
+differ from generation states.
+"""
+
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from fairseq.models import (
+    FairseqEncoderDecoderModel,
+    FairseqIncrementalDecoder,
+    register_model,
+    register_model_architecture,
+)
+from fairseq.models.lstm import LSTMEncoder
+from fairseq.modules import FairseqDropout
+from torch import Tensor
+
+from ..modules.alignment import CategoricalAlignment, DirichletAlignment
+from ..modules.init import Embedding, Linear, LSTMCell
+from ..modules.output_layer import AlignmentOutputLayer
+from ..modules.scorer import AttentionScorer
+from .inference_network import InferenceNetwork
+
+DEFAULT_MAX_POSITIONS = 1024
+ATTENTION_KINDS = ("soft", "categorical", "dirichlet")
+INFERENCE_NETWORKS = ("none", "birnn")
+# Dirichlet concentrations are softplus(score) + floor: softplus keeps the
+# map smooth and non-saturating for large scores (exp overflows in fp16), and
+# the floor keeps lgamma/digamma away from their pole at 0.
+DIRICHLET_FLOOR = 1e-3
+
+
+def dirichlet_concentration(scores: Tensor, mask: Optional[Tensor]) -> Tensor:
+    alpha = F.softplus(scores.float().masked_fill(torch.isinf(scores), 0.0)) + DIRICHLET_FLOOR
+    return alpha if mask is None else alpha.masked_fill(mask, 0.0)
+
+
+class VarAttnLSTMDecoder(FairseqIncrementalDecoder):
+    def __init__(self, dictionary, embed_dim, hidden_size, out_embed_dim, num_layers,
+                 dropout_in, dropout_out, encoder_output_units, encoder_layers,
+                 attention="soft", attention_score="general", attention_dim=None,
+                 alignment_topk=0, alignment_chunk_size=0,
+                 max_target_positions=DEFAULT_MAX_POSITIONS):
+        super().__init__(dictionary)
+        self.attention_kind = attention
+        self.alignment_topk = alignment_topk
+        self.num_layers = num_layers
+        self.encoder_layers = encoder_layers
+        self.hidden_size = hidden_size
+        self.out_embed_dim = out_embed_dim
+        self.max_target_positions = max_target_positions
+        self.need_attn = True
+        self.dropout_in_module = FairseqDropout(dropout_in, module_name=self.__class__.__name__)
+        self.dropout_out_module = FairseqDropout(dropout_out, module_name=self.__class__.__name__)
+
+        self.embed_tokens = Embedding(len(dictionary), embed_dim, dictionary.pad())
+        if encoder_output_units != hidden_size:
+            self.encoder_hidden_proj = Linear(encoder_output_units, hidden_size)
+            self.encoder_cell_proj = Linear(encoder_output_units, hidden_size)
+        else:
+            self.encoder_hidden_proj = self.encoder_cell_proj = None
+        self.layers = nn.ModuleList(
+            LSTMCell(embed_dim + out_embed_dim if i == 0 else hidden_size, hidden_size)
+            for i in range(num_layers)
+        )
+        self.scorer = AttentionScorer(hidden_size, encoder_output_units, attention_dim,
+                                      kind=attention_score)
+        self.output = AlignmentOutputLayer(hidden_size, encoder_output_units, out_embed_dim,
+                                           len(dictionary), dropout=dropout_out,
+                                           chunk_size=alignment_chunk_size)
+
+    # -- the alignment distribution the recurrence uses ------------------
+    def prior(self, scores: Tensor, mask: Optional[Tensor]):
+        """p(z_j | x, y_<j) from scores (-inf at padding)."""
+        if self.attention_kind == "dirichlet":
+            return DirichletAlignment(dirichlet_concentration(scores, mask), mask)
+        return CategoricalAlignment(scores)
+
+    def _expected_weights(self, scores: Tensor, mask: Tensor) -> Tensor:
+        if self.attention_kind == "dirichlet":
+            alpha = dirichlet_concentration(scores, mask)
+            return (alpha / alpha.sum(-1, keepdim=True)).type_as(scores)
+        return F.softmax(scores.float(), dim=-1).type_as(scores)
+
+    # -- recurrence -------------------------------------------------------
+    def forward(self, prev_output_tokens, encoder_out=None,
+                incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None,
+                features_only: bool = False, **kwargs):
+        x, extra = self.extract_features(prev_output_tokens, encoder_out, incremental_state)
+        if features_only:
+            return x, extra
+        return self.output_layer(x, extra), extra
+
+    def _initial_state(self, encoder_out, bsz, like):
+        _, enc_hiddens, enc_cells, _ = encoder_out
+        hiddens, cells = [], []
+        for i in range(self.num_layers):
+            # Deeper decoders than encoders reuse the top encoder layer's state.
+            src = min(i, self.encoder_layers - 1)
+            h, c = enc_hiddens[src], enc_cells[src]
+            if self.encoder_hidden_proj is not None:
+                h, c = self.encoder_hidden_proj(h), self.encoder_cell_proj(c)
+            hiddens.append(h)
+            cells.append(c)
+        return hiddens, cells, like.new_zeros(bsz, self.out_embed_dim)
+
+    def extract_features(self, prev_output_tokens, encoder_out,
+                         incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None):
+        if encoder_out is None:
+            raise ValueError("varattn_lstm's decoder needs encoder outputs (it is not a language model)")
+        enc = encoder_out[0].transpose(0, 1)  # B x T x C
+        enc_mask = encoder_out[3].t()  # B x T, True at padding
+        incremental = incremental_state is not None and len(incremental_state) > 0
+        if incremental:
+            prev_output_tokens = prev_output_tokens[:, -1:]
+        bsz, seqlen = prev_output_tokens.size()
+
+        x = self.dropout_in_module(self.embed_tokens(prev_output_tokens)).transpose(0, 1)
+        if incremental:
+            hiddens, cells, input_feed = self._cached_state(incremental_state)
+        else:
+            hiddens, cells, input_feed = self._initial_state(encoder_out, bsz, x)
+
+        keys = self.scorer.prepare(enc)
+        outs, tops, scores_all, weights_all = [], [], [], []
+        for j in range(seqlen):
+            layer_input = torch.cat((x[j], input_feed), dim=1)
+            for i, cell in enumerate(self.layers):
+                hiddens[i], cells[i] = cell(layer_input, (hiddens[i], cells[i]))
+                layer_input = self.dropout_out_module(hiddens[i])
+            top = hiddens[-1]
+            scores = self.scorer(top, keys, enc_mask)
+            weights = self._expected_weights(scores, enc_mask)
+            context = torch.bmm(weights.unsqueeze(1), enc).squeeze(1)
+            input_feed = self.dropout_out_module(self.output.attentional(top, context))
+            outs.append(input_feed)
+            tops.append(top)
+            scores_all.append(scores)
+            weights_all.append(weights)
+
+        self.set_incremental_state(incremental_state, "cached_state", {
+            "prev_hiddens": torch.stack(hiddens),
+            "prev_cells": torch.stack(cells),
+            "input_feed": input_feed,
+        })
+        extra = {
+            "attn": torch.stack(weights_all, dim=1),  # B x N x T expected alignment
+            "scores": torch.stack(scores_all, dim=1),  # B x N x T prior scores
+            "hidden": torch.stack(tops, dim=1),  # B x N x H decoder states
+            "encoder_states": enc,
+            "encoder_padding_mask": enc_mask,
+        }
+        return torch.stack(outs, dim=1), extra
+
+    def output_layer(self, features, extra=None):
+        """Soft: logits.  Categorical: normalised log p(y_j | x, y_<j) of the mixture."""
+        if self.attention_kind != "categorical":
+            # Dirichlet at test time uses the prior mean's context, which is
+            # exactly the recurrence's attentional vector.
+            return self.output.fc_out(features)
+        prior = CategoricalAlignment(extra["scores"])
+        return self.output.mixture_logprobs(extra["hidden"], extra["encoder_states"], prior,
+                                            topk=self.alignment_topk)
+
+    def get_normalized_probs(self, net_output, log_probs, sample=None):
+        if self.attention_kind != "categorical":
+            return super().get_normalized_probs(net_output, log_probs, sample)
+        lprobs = net_output[0]
+        return lprobs if log_probs else lprobs.exp()
+
+    # -- incremental state ------------------------------------------------
+    def _cached_state(self, incremental_state) -> Tuple[List[Tensor], List[Tensor], Tensor]:
+        cached = self.get_incremental_state(incremental_state, "cached_state")
+        assert cached is not None
+        hiddens = list(cached["prev_hiddens"].unbind(0))
+        cells = list(cached["prev_cells"].unbind(0))
+        return hiddens, cells, cached["input_feed"]
+
+    def reorder_incremental_state(self, incremental_state, new_order: Tensor):
+        if incremental_state is None or len(incremental_state) == 0:
+            return
+        cached = self.get_incremental_state(incremental_state, "cached_state")
+        if cached is None:
+            return
+        self.set_incremental_state(incremental_state, "cached_state", {
+            "prev_hiddens": cached["prev_hiddens"].index_select(1, new_order),
+            "prev_cells": cached["prev_cells"].index_select(1, new_order),
+            "input_feed": cached["input_feed"].index_select(0, new_order),
+        })
+
+    def max_positions(self):
+        return self.max_target_positions
+
+    def make_generation_fast_(self, need_attn=False, **kwargs):
+        self.need_attn = need_attn
+
+
+@register_model("varattn_lstm")
+class VarAttnLSTMModel(FairseqEncoderDecoderModel):
+    def __init__(self, encoder, decoder, inference_network=None):
+        super().__init__(encoder, decoder)
+        self.inference_network = inference_network
+        self.num_updates = 0
+
+    @staticmethod
+    def add_args(parser):
+        # fmt: off
+        parser.add_argument('--dropout', type=float, metavar='D', help='dropout probability')
+        parser.add_argument('--encoder-embed-dim', type=int, metavar='N')
+        parser.add_argument('--encoder-hidden-size', type=int, metavar='N',
+                            help='per direction: annotations are twice this')
+        parser.add_argument('--encoder-layers', type=int, metavar='N')
+        parser.add_argument('--encoder-dropout-in', type=float, metavar='D')
+        parser.add_argument('--encoder-dropout-out', type=float, metavar='D')
+        parser.add_argument('--decoder-embed-dim', type=int, metavar='N')
+        parser.add_argument('--decoder-hidden-size', type=int, metavar='N')
+        parser.add_argument('--decoder-layers', type=int, metavar='N')
+        parser.add_argument('--decoder-out-embed-dim', type=int, metavar='N',
+                            help='size of tanh(W_c [h; context]), the input-feeding vector')
+        parser.add_argument('--decoder-dropout-in', type=float, metavar='D')
+        parser.add_argument('--decoder-dropout-out', type=float, metavar='D')
+        parser.add_argument('--attention', choices=ATTENTION_KINDS,
+                            help='soft: classic attention; categorical: z_j is a latent '
+                                 'source position; dirichlet: z_j is a latent point on the simplex')
+        parser.add_argument('--attention-score', choices=AttentionScorer.KINDS,
+                            help='general (bilinear, Luong) or mlp (Bahdanau) scores')
+        parser.add_argument('--attention-dim', type=int, metavar='N',
+                            help='hidden size of mlp attention scores')
+        parser.add_argument('--inference-network', choices=INFERENCE_NETWORKS,
+                            help='q(z | x, y) for variational criterions (training only)')
+        parser.add_argument('--inference-embed-dim', type=int, metavar='N')
+        parser.add_argument('--inference-hidden-size', type=int, metavar='N')
+        parser.add_argument('--inference-layers', type=int, metavar='N')
+        parser.add_argument('--alignment-topk', type=int, metavar='K',
+                            help='sum the output mixture over the K most probable alignments '
+                                 '(0 = exact); also applies at generation')
+        parser.add_argument('--alignment-chunk-size', type=int, metavar='N',
+                            help='source positions per chunk of the latent output layer; '
+                                 'bounds peak memory (0 = all at once)')
+        # fmt: on
+
+    @classmethod
+    def build_model(cls, args, task):
+        base_architecture(args)
+        check_args(args)
+        max_source = getattr(args, "max_source_positions", DEFAULT_MAX_POSITIONS)
+        max_target = getattr(args, "max_target_positions", DEFAULT_MAX_POSITIONS)
+        encoder = LSTMEncoder(
+            dictionary=task.source_dictionary,
+            embed_dim=args.encoder_embed_dim,
+            hidden_size=args.encoder_hidden_size,
+            num_layers=args.encoder_layers,
+            dropout_in=args.encoder_dropout_in,
+            dropout_out=args.encoder_dropout_out,
+            bidirectional=True,
+            max_source_positions=max_source,
+        )
+        decoder = VarAttnLSTMDecoder(
+            dictionary=task.target_dictionary,
+            embed_dim=args.decoder_embed_dim,
+            hidden_size=args.decoder_hidden_size,
+            out_embed_dim=args.decoder_out_embed_dim,
+            num_layers=args.decoder_layers,
+            dropout_in=args.decoder_dropout_in,
+            dropout_out=args.decoder_dropout_out,
+            encoder_output_units=encoder.output_units,
+            encoder_layers=args.encoder_layers,
+            attention=args.attention,
+            attention_score=args.attention_score,
+            attention_dim=args.attention_dim,
+            alignment_topk=args.alignment_topk,
+            alignment_chunk_size=args.alignment_chunk_size,
+            max_target_positions=max_target,
+        )
+        inference_network = None
+        if args.inference_network == "birnn":
+            inference_network = InferenceNetwork(
+                task.target_dictionary,
+                embed_dim=args.inference_embed_dim,
+                hidden_size=args.inference_hidden_size,
+                context_dim=encoder.output_units,
+                num_layers=args.inference_layers,
+                dropout=args.dropout,
+                score=args.attention_score,
+                attention_dim=args.attention_dim,
+            )
+        return cls(encoder, decoder, inference_network)
+
+    @property
+    def attention_kind(self):
+        return self.decoder.attention_kind
+
+    def forward(self, src_tokens, src_lengths, prev_output_tokens, target=None,
+                features_only: bool = False, **kwargs):
+        """With ``target``, also returns q's scores in ``extra["q_scores"]``.
+
+        Criterions pass the target through ``forward`` (not a separate call)
+        so every parameter is used inside one forward, as DDP requires.
+        """
+        encoder_out = self.encoder(src_tokens, src_lengths=src_lengths)
+        x, extra = self.decoder(prev_output_tokens, encoder_out=encoder_out,
+                                features_only=features_only)
+        if target is not None and self.inference_network is not None:
+            extra["q_scores"] = self.inference_network(
+                target, extra["encoder_states"], extra["encoder_padding_mask"])
+        return x, extra
+
+    def set_num_updates(self, num_updates):
+        # KL annealing reads this; fairseq restores it on resume.
+        self.num_updates = num_updates
+        super().set_num_updates(num_updates)
+
+
+def check_args(args):
+    """Reject invalid combinations when the model is built, with the fix in the message."""
+    if args.alignment_topk < 0:
+        raise ValueError(f"--alignment-topk must be >= 0 (0 = exact), got {args.alignment_topk}")
+    if args.alignment_chunk_size < 0:
+        raise ValueError(f"--alignment-chunk-size must be >= 0, got {args.alignment_chunk_size}")
+    if args.alignment_topk > 0 and args.attention != "categorical":
+        raise ValueError("--alignment-topk only applies to --attention categorical "
+                         f"(got --attention {args.attention})")
+    if args.attention == "soft" and args.inference_network != "none":
+        raise ValueError("--inference-network needs a latent attention "
+                         "(--attention categorical or dirichlet); soft attention has no z to infer")
+
+
+@register_model_architecture("varattn_lstm", "varattn_lstm")
+def base_architecture(args):
+    args.dropout = getattr(args, "dropout", 0.1)
+    args.encoder_embed_dim = getattr(args, "encoder_embed_dim", 256)
+    args.encoder_hidden_size = getattr(args, "encoder_hidden_size", 256)
+    args.encoder_layers = getattr(args, "encoder_layers", 1)
+    args.encoder_dropout_in = getattr(args, "encoder_dropout_in", args.dropout)
+    args.encoder_dropout_out = getattr(args, "encoder_dropout_out", args.dropout)
+    args.decoder_embed_dim = getattr(args, "decoder_embed_dim", 256)
+    args.decoder_hidden_size = getattr(args, "decoder_hidden_size", 512)
+    args.decoder_layers = getattr(args, "decoder_layers", 1)
+    args.decoder_out_embed_dim = getattr(args, "decoder_out_embed_dim", 256)
+    args.decoder_dropout_in = getattr(args, "decoder_dropout_in", args.dropout)
+    args.decoder_dropout_out = getattr(args, "decoder_dropout_out", args.dropout)
+    args.attention = getattr(args, "attention", "soft")
+    args.attention_score = getattr(args, "attention_score", "general")
+    args.attention_dim = getattr(args, "attention_dim", None)
+    args.inference_network = getattr(args, "inference_network", "none")
+    args.inference_embed_dim = getattr(args, "inference_embed_dim", args.decoder_embed_dim)
+    args.inference_hidden_size = getattr(args, "inference_hidden_size", args.encoder_hidden_size)
+    args.inference_layers = getattr(args, "inference_layers", 1)
+    args.alignment_topk = getattr(args, "alignment_topk", 0)
+    args.alignment_chunk_size = getattr(args, "alignment_chunk_size", 0)
+
+
+@register_model_architecture("varattn_lstm", "varattn_lstm_iwslt_de_en")
+def varattn_lstm_iwslt_de_en(args):
+    """The paper's IWSLT14 De-En settings (harvardnlp/var-attn ``va.sh``):
+    512-d embeddings, 2-layer BiLSTM encoder with 1024-d annotations, 2-layer
+    768-unit input-feeding decoder, MLP attention of size 512, dropout 0.3,
+    a 512-unit bidirectional inference network.  Train with Adam lr 3e-4,
+    batch 6 sentences, clip 5 (see examples/translation/README.md)."""
+    args.dropout = getattr(args, "dropout", 0.3)
+    args.encoder_embed_dim = getattr(args, "encoder_embed_dim", 512)
+    args.encoder_hidden_size = getattr(args, "encoder_hidden_size", 512)
+    args.encoder_layers = getattr(args, "encoder_layers", 2)
+    args.decoder_embed_dim = getattr(args, "decoder_embed_dim", 512)
+    args.decoder_hidden_size = getattr(args, "decoder_hidden_size", 768)
+    args.decoder_layers = getattr(args, "decoder_layers", 2)
+    args.decoder_out_embed_dim = getattr(args, "decoder_out_embed_dim", 768)
+    args.attention_score = getattr(args, "attention_score", "mlp")
+    args.attention_dim = getattr(args, "attention_dim", 512)
+    args.inference_hidden_size = getattr(args, "inference_hidden_size", 512)
+    base_architecture(args)
+
+
+@register_model_architecture("varattn_lstm", "varattn_lstm_tiny")
+def varattn_lstm_tiny(args):
+    """Small enough for tests and CPU demos."""
+    args.dropout = getattr(args, "dropout", 0.1)
+    args.encoder_embed_dim = getattr(args, "encoder_embed_dim", 64)
+    args.encoder_hidden_size = getattr(args, "encoder_hidden_size", 64)
+    args.decoder_embed_dim = getattr(args, "decoder_embed_dim", 64)
+    args.decoder_hidden_size = getattr(args, "decoder_hidden_size", 128)
+    args.decoder_out_embed_dim = getattr(args, "decoder_out_embed_dim", 64)
+    base_architecture(args)

@@ -1,0 +1,72 @@
+"""Per-token objectives of DESIGN.md §3 as pure functions.
+
+Every function takes log-probabilities and returns per-token tensors (the
+batch shape of its inputs, the last "alignment" dimension reduced).  Losses
+are *negated* objectives (to minimise).  Where an estimator needs a
+surrogate, the returned loss has the objective's *value* and the
+estimator's *gradient* (``value + (s - s.detach())``), so what is logged is
+always the objective, never the surrogate.
+"""
+
+import math
+
+import torch
+
+
+def _with_extra_gradient(value: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
+    return value + (surrogate - surrogate.detach())
+
+
+def marginal_nll(log_weights: torch.Tensor, logp_y: torch.Tensor) -> torch.Tensor:
+    """-log sum_i p(z = i) p(y | z = i): exact marginal likelihood."""
+    return -torch.logsumexp(log_weights + logp_y, dim=-1)
+
+
+def expected_nll(log_weights: torch.Tensor, logp_y: torch.Tensor) -> torch.Tensor:
+    """-E_{z ~ w}[log p(y | z)] by enumeration (zero weight contributes zero)."""
+    weights = log_weights.exp()
+    return -torch.where(weights > 0, weights * logp_y, torch.zeros_like(logp_y)).sum(-1)
+
+
+def reinforce_nll(logp_y_samples, log_prob_samples, baseline):
+    """-E_{z ~ r}[log p(y | z)] from K samples of r, with the score-function gradient.
+
+    logp_y_samples (..., K): log p(y | z_k), differentiable in the output layer;
+    log_prob_samples (..., K): log r(z_k), differentiable in r's parameters;
+    baseline (...): a control variate, treated as a constant (detached).
+    Returns (loss, advantage): the advantage r_k - b is returned so callers
+    can report the variance reduction.
+    """
+    reward = logp_y_samples.detach()
+    advantage = reward - baseline.detach().unsqueeze(-1)
+    value = -logp_y_samples.mean(-1)
+    score_term = -(advantage * log_prob_samples).mean(-1)
+    return _with_extra_gradient(value, score_term), advantage
+
+
+def relaxed_nll(logp_y_samples: torch.Tensor) -> torch.Tensor:
+    """-E[log p(y | z~)] for reparameterised (Gumbel-softmax, Dirichlet) samples."""
+    return -logp_y_samples.mean(-1)
+
+
+def reweighted_wake_sleep(logp_y_samples, log_prior_samples, log_q_samples):
+    """Reweighted wake-sleep (Bornschein & Bengio 2015) with K samples from q.
+
+    w_k ∝ p(z_k) p(y | z_k) / q(z_k), normalised over K and detached.
+    wake-p: -sum_k w_k [log p(y | z_k) + log p(z_k)]; wake-q: -sum_k w_k log q(z_k).
+    Returns (wake_p, wake_q, importance-weighted bound log 1/K sum_k w~_k, ESS).
+    """
+    log_w = (logp_y_samples + log_prior_samples - log_q_samples).detach()
+    weights = torch.softmax(log_w, dim=-1)
+    wake_p = -(weights * (logp_y_samples + log_prior_samples)).sum(-1)
+    wake_q = -(weights * log_q_samples).sum(-1)
+    log_marginal_estimate = torch.logsumexp(log_w, dim=-1) - math.log(log_w.size(-1))
+    ess = 1.0 / (weights**2).sum(-1)
+    return wake_p, wake_q, log_marginal_estimate, ess
+
+
+def kl_weight_at(num_updates: int, kl_weight: float, warmup_updates: int) -> float:
+    """Linear KL annealing 0 -> kl_weight over ``warmup_updates`` updates."""
+    if warmup_updates <= 0:
+        return kl_weight
+    return kl_weight * min(1.0, num_updates / warmup_updates)

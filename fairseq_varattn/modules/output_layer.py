@@ -1,0 +1,133 @@
+"""p(y | h, c) = softmax(W_o dropout(tanh(W_h h + W_c c))) -- DESIGN.md §1.
+
+A Linear on the concatenation [h; c] is W_h h + W_c c, so the T
+per-alignment features tanh(W_h h_j + W_c x~_i) cost one (B, N, D) and one
+(B, T, D) projection plus a broadcast add, instead of T projections of
+[h_j; x~_i].  The expensive part is the vocabulary softmax per (j, i) pair:
+B x N x T x V.  It is computed in chunks of source positions, and each
+chunk is recomputed in the backward pass (activation checkpointing), so peak
+memory is bounded by ``chunk_size`` rather than by T.
+"""
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from .alignment import CategoricalAlignment
+from .init import Linear
+
+
+def gather_positions(values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """values (B, T, D), positions (B, N, K) -> (B, N, K, D)."""
+    bsz, n, k = positions.shape
+    flat = positions.reshape(bsz, n * k, 1).expand(-1, -1, values.size(-1))
+    return values.gather(1, flat).view(bsz, n, k, values.size(-1))
+
+
+class AlignmentOutputLayer(nn.Module):
+    def __init__(self, hidden_dim, context_dim, embed_dim, vocab_size, dropout=0.0, chunk_size=0):
+        super().__init__()
+        self.hidden_proj = Linear(hidden_dim, embed_dim, bias=False)
+        self.context_proj = Linear(context_dim, embed_dim, bias=False)
+        self.fc_out = Linear(embed_dim, vocab_size)
+        self.dropout = nn.Dropout(dropout)
+        self.chunk_size = chunk_size
+
+    # -- pieces -----------------------------------------------------------
+    def attentional(self, h: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        """tanh(W_c [h; ctx]): the input-feeding vector and the soft output's features."""
+        return torch.tanh(self.hidden_proj(h) + self.context_proj(ctx))
+
+    def _logits(self, hidden_part, context_part):
+        return self.fc_out(self.dropout(torch.tanh(hidden_part + context_part))).float()
+
+    @staticmethod
+    def _select(log_probs, target):
+        if target is None:
+            return log_probs
+        index = target.view(*target.shape, *([1] * (log_probs.dim() - target.dim())))
+        index = index.expand(*log_probs.shape[:-1], 1)
+        return log_probs.gather(-1, index).squeeze(-1)
+
+    # -- log p(y | h, explicit context) ----------------------------------
+    def context_logprobs(self, h, ctx, target=None):
+        """h (B, N, H); ctx (B, N, C) or K contexts per token (B, N, K, C).
+
+        Returns log p(y_j | ctx) at ``target`` (B, N[, K]) or over the
+        vocabulary (..., V).  Used by the soft baseline, Gumbel-softmax and
+        Dirichlet samples: one softmax per context, not per source position.
+        """
+        hidden_part = self.hidden_proj(h)
+        if ctx.dim() == 4:
+            hidden_part = hidden_part.unsqueeze(2)
+        log_probs = F.log_softmax(self._logits(hidden_part, self.context_proj(ctx)), dim=-1)
+        return self._select(log_probs, target)
+
+    # -- log p(y_j | z_j = i) for the gold target --------------------------
+    def _target_logprobs(self, hidden_part, context_part, target):
+        logits = self._logits(hidden_part, context_part)  # B, N, t, V
+        gold = logits.gather(-1, target.view(*target.shape, 1, 1).expand(*logits.shape[:-1], 1))
+        return gold.squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+    def alignment_logprobs(self, h, enc, target, positions: Optional[torch.Tensor] = None):
+        """log p(y_j | x, y_<j, z_j = i).
+
+        h (B, N, H) decoder states, enc (B, T, C) annotations, target (B, N).
+        ``positions`` (B, N, K) restricts i to given source positions
+        (samples, top-k); otherwise every i: output (B, N, T).
+        """
+        hidden_part = self.hidden_proj(h).unsqueeze(2)
+        context_part = self.context_proj(enc)
+        if positions is not None:
+            return self._target_logprobs(hidden_part, gather_positions(context_part, positions), target)
+        return torch.cat(
+            [
+                self._run_chunk(self._target_logprobs, hidden_part, chunk.unsqueeze(1), target)
+                for chunk in self._chunks(context_part)
+            ],
+            dim=-1,
+        )
+
+    # -- the mixture over the vocabulary (generation, scoring) -------------
+    def mixture_logprobs(self, h, enc, prior: CategoricalAlignment, topk: int = 0):
+        """log sum_i p(z_j = i) p(y_j = v | z_j = i) for every v: (B, N, V).
+
+        ``topk`` > 0 sums over the k most probable alignments only, with the
+        prior renormalised over them (the paper's K-max decoding).
+        """
+        hidden_part = self.hidden_proj(h).unsqueeze(2)
+        context_part = self.context_proj(enc)
+        if 0 < topk < prior.support_size:
+            idx, log_w = prior.topk(topk)
+            log_py = F.log_softmax(self._logits(hidden_part, gather_positions(context_part, idx)), dim=-1)
+            return torch.logsumexp(log_py + log_w.unsqueeze(-1), dim=2)
+        total = None
+        start = 0
+        for chunk in self._chunks(context_part):
+            width = chunk.size(1)
+            # A chunk that is all padding would be a logsumexp over -inf only,
+            # whose gradient is NaN; exp(-1e4) is exactly 0 in fp16/32 alike.
+            log_w = prior.log_probs[:, :, start : start + width].clamp_min(-1e4).unsqueeze(-1)
+            start += width
+            part = self._run_chunk(self._weighted_mixture, hidden_part, chunk.unsqueeze(1), log_w)
+            total = part if total is None else torch.logaddexp(total, part)
+        return total
+
+    def _weighted_mixture(self, hidden_part, context_part, log_w):
+        log_py = F.log_softmax(self._logits(hidden_part, context_part), dim=-1)
+        return torch.logsumexp(log_py + log_w, dim=2)
+
+    # -- chunking ----------------------------------------------------------
+    def _chunks(self, context_part):
+        size = self.chunk_size if self.chunk_size > 0 else context_part.size(1)
+        return context_part.split(size, dim=1)
+
+    def _run_chunk(self, fn, *args):
+        # Recompute the chunk's B x N x t x V logits in backward instead of
+        # storing them: this is what bounds training memory.
+        if self.chunk_size > 0 and torch.is_grad_enabled():
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)

@@ -1,0 +1,47 @@
+"""Attention scores score(query, key_i): the unnormalised prior (and q) logits."""
+
+import torch
+import torch.nn as nn
+
+from .init import Linear
+
+
+class AttentionScorer(nn.Module):
+    """``general`` (Luong): q^T W k.  ``mlp`` (Bahdanau): v^T tanh(W_q q + W_k k).
+
+    ``prepare`` does the per-sentence key projection once, so the decoder's
+    per-step cost is the same as fairseq's own LSTM attention.
+    """
+
+    KINDS = ("general", "mlp")
+
+    def __init__(self, query_dim, key_dim, attn_dim=None, kind="general"):
+        super().__init__()
+        if kind not in self.KINDS:
+            raise ValueError(f"unknown attention score {kind!r}; choose from {self.KINDS}")
+        self.kind = kind
+        if kind == "general":
+            self.query_proj = Linear(query_dim, key_dim, bias=False)
+        else:
+            attn_dim = attn_dim or key_dim
+            self.query_proj = Linear(query_dim, attn_dim, bias=True)
+            self.key_proj = Linear(key_dim, attn_dim, bias=False)
+            self.v = Linear(attn_dim, 1, bias=False)
+
+    def prepare(self, keys: torch.Tensor) -> torch.Tensor:
+        """keys: (B, T, C) -> whatever ``score`` consumes."""
+        return keys if self.kind == "general" else self.key_proj(keys)
+
+    def forward(self, query: torch.Tensor, prepared: torch.Tensor, mask=None) -> torch.Tensor:
+        """query (B, Q) or (B, N, Q) -> scores (B, T) or (B, N, T), -inf at ``mask``."""
+        single = query.dim() == 2
+        if single:
+            query = query.unsqueeze(1)
+        if self.kind == "general":
+            scores = torch.bmm(self.query_proj(query), prepared.transpose(1, 2))
+        else:
+            hidden = torch.tanh(self.query_proj(query).unsqueeze(2) + prepared.unsqueeze(1))
+            scores = self.v(hidden).squeeze(-1)
+        if mask is not None:
+            scores = scores.float().masked_fill(mask.unsqueeze(1), float("-inf")).type_as(scores)
+        return scores.squeeze(1) if single else scores

@@ -1,0 +1,24 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="fairseq-varattn",
+    version="0.1.0",
+    description="Latent alignment and variational attention (Deng et al., 2018) as a fairseq plugin",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["fairseq_varattn", "fairseq_varattn.*"]),
+    python_requires=">=3.9",
+    install_requires=[
+        # PyPI's `fairseq` 0.12.2 does not install on Python 3.11 / modern torch;
+        # ve-fairseq is a build of fairseq's main branch that imports as `fairseq`.
+        "ve-fairseq==0.12.3",
+        "torch>=2.6",
+        "sacrebleu>=2.0",
+        "sentencepiece>=0.1.99",
+    ],
+    extras_require={
+        "test": ["pytest>=7"],
+        "plot": ["matplotlib>=3.5"],
+        "vqa": ["easy-vqa==1.0", "Pillow"],
+    },
+)

@@ -1,0 +1,78 @@
+"""Small builders shared by the tests (no trainer, no data files)."""
+
+import argparse
+import os
+import subprocess
+import sys
+
+import torch
+from fairseq.data import Dictionary
+
+import fairseq_varattn  # noqa: F401  (registers everything)
+from fairseq_varattn.models.varattn_lstm import VarAttnLSTMModel, varattn_lstm_tiny
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PYTHON = sys.executable
+
+
+class FakeTask:
+    def __init__(self, src_dict, tgt_dict):
+        self.source_dictionary = src_dict
+        self.target_dictionary = tgt_dict
+
+
+def make_dictionary(n_words=13):
+    d = Dictionary()
+    for i in range(n_words):
+        d.add_symbol(f"w{i}")
+    return d
+
+
+def build_model(attention="categorical", inference_network="none", seed=0, dropout=0.0, **overrides):
+    torch.manual_seed(seed)
+    d = make_dictionary()
+    args = argparse.Namespace(attention=attention, inference_network=inference_network,
+                              dropout=dropout, encoder_embed_dim=8, encoder_hidden_size=6,
+                              decoder_embed_dim=8, decoder_hidden_size=10, decoder_out_embed_dim=7,
+                              **overrides)
+    varattn_lstm_tiny(args)
+    model = VarAttnLSTMModel.build_model(args, FakeTask(d, d))
+    model.eval()
+    return model, d
+
+
+def random_batch(d, bsz=3, src_len=5, tgt_len=4, seed=1):
+    """Left-padded sources of varied length, right-padded targets, as fairseq batches them."""
+    g = torch.Generator().manual_seed(seed)
+    nspecial = d.nspecial
+    src_lengths = torch.tensor([src_len - (i % 2) * 2 for i in range(bsz)])
+    src = torch.full((bsz, src_len), d.pad())
+    for b, n in enumerate(src_lengths.tolist()):
+        src[b, src_len - n:] = torch.randint(nspecial, len(d), (n,), generator=g)
+        src[b, -1] = d.eos()
+    order = src_lengths.argsort(descending=True)
+    src, src_lengths = src[order], src_lengths[order]
+    tgt = torch.randint(nspecial, len(d), (bsz, tgt_len), generator=g)
+    tgt[:, -1] = d.eos()
+    tgt[-1, -1] = d.pad()  # one padded target position
+    tgt[-1, -2] = d.eos()
+    prev = torch.cat([torch.full((bsz, 1), d.eos()), tgt[:, :-1]], dim=1)
+    prev[-1, -1] = d.pad()
+    return {
+        "net_input": {"src_tokens": src, "src_lengths": src_lengths, "prev_output_tokens": prev},
+        "target": tgt,
+        "ntokens": int(tgt.ne(d.pad()).sum()),
+        "id": torch.arange(bsz),
+    }
+
+
+def run_cli(args, timeout=900, check=True, env_extra=None):
+    """Run a console module (e.g. fairseq_cli.train) in a subprocess; returns CompletedProcess."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    env.update(env_extra or {})
+    proc = subprocess.run([PYTHON, "-m"] + [str(a) for a in args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"command failed ({proc.returncode}): {' '.join(map(str, args))}\n"
+                             f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
