@@ -4,8 +4,6 @@ setup(
     name="fairseq-varattn",
     version="0.1.0",
     description="Latent alignment and variational attention (Deng et al., 2018) as a fairseq plugin",
-    long_description=open("README.md", encoding="utf-8").read(),
-    long_description_content_type="text/markdown",
     packages=find_packages(include=["fairseq_varattn", "fairseq_varattn.*"]),
     python_requires=">=3.9",
     install_requires=[

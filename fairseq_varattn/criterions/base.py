@@ -97,8 +97,10 @@ class VarAttnCriterion(FairseqCriterion):
     attention_kinds = ("categorical",)
     needs_inference_network = False
 
+    # fairseq builds criterions by matching __init__ parameters to config
+    # fields, so subclasses spell out every parameter (no **kwargs).
     def __init__(self, task, sentence_avg, num_samples=1, exact_nll_in_training=True,
-                 kl_weight=1.0, kl_warmup_updates=0, **kwargs):
+                 kl_weight=1.0, kl_warmup_updates=0):
         super().__init__(task)
         if num_samples < 1:
             raise ValueError(f"--num-samples must be >= 1, got {num_samples}")

@@ -21,8 +21,9 @@ def weighted_context(weights: torch.Tensor, values: torch.Tensor) -> torch.Tenso
 
 
 def _masked_plogp(p: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
-    # 0 * -inf is nan; padded positions contribute exactly zero instead.
-    return torch.where(p > 0, p * log_p, torch.zeros_like(p))
+    # 0 * -inf is nan, and torch.where would still send nan gradients through
+    # the branch it discards: zero the -inf first, so padding contributes 0.
+    return p * log_p.masked_fill(p == 0, 0.0)
 
 
 class CategoricalAlignment:
@@ -64,8 +65,8 @@ class CategoricalAlignment:
     def kl(self, other: "CategoricalAlignment") -> torch.Tensor:
         """KL(self || other), closed form, zero where self has no mass."""
         p = self.probs
-        diff = self.log_probs - other.log_probs
-        return torch.where(p > 0, p * diff, torch.zeros_like(p)).sum(-1)
+        diff = (self.log_probs - other.log_probs).masked_fill(p == 0, 0.0)
+        return (p * diff).sum(-1)
 
     def expectation(self, values: torch.Tensor) -> torch.Tensor:
         """E_z[values_z] for values of shape (B, T, C) and probs (B, ..., T)."""

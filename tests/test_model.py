@@ -1,0 +1,161 @@
+"""Model-level behaviour: incremental decoding, criterion values, clear errors."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from fairseq.criterions.cross_entropy import CrossEntropyCriterion
+
+from fairseq_varattn.criterions.elbo import ElboCriterion
+from fairseq_varattn.criterions.hard import HardAttentionCriterion
+from fairseq_varattn.criterions.marginal import MarginalCriterion
+from helpers import FakeTask, build_model, random_batch
+
+
+def incremental_scores(model, batch):
+    """Feed prev_output_tokens one step at a time through the incremental path."""
+    net = batch["net_input"]
+    encoder_out = model.encoder(net["src_tokens"], src_lengths=net["src_lengths"])
+    state = {}
+    steps = []
+    prev = net["prev_output_tokens"]
+    for j in range(prev.size(1)):
+        out = model.decoder(prev[:, : j + 1], encoder_out=encoder_out, incremental_state=state)
+        steps.append(model.get_normalized_probs(out, log_probs=True))
+    return torch.cat(steps, dim=1)
+
+
+@pytest.mark.parametrize("attention", ["soft", "categorical", "dirichlet"])
+def test_incremental_decoding_equals_full_forward(attention):
+    model, d = build_model(attention)
+    batch = random_batch(d)
+    full = model.get_normalized_probs(model(**batch["net_input"]), log_probs=True)
+    torch.testing.assert_close(incremental_scores(model, batch), full, rtol=1e-5, atol=1e-6)
+
+
+def test_reorder_incremental_state_follows_beams():
+    model, d = build_model("categorical")
+    batch = random_batch(d)
+    net = batch["net_input"]
+    encoder_out = model.encoder(net["src_tokens"], src_lengths=net["src_lengths"])
+    state = {}
+    prev = net["prev_output_tokens"]
+    model.decoder(prev[:, :1], encoder_out=encoder_out, incremental_state=state)
+    order = torch.tensor([2, 0, 1])
+    model.decoder.reorder_incremental_state(state, order)
+    encoder_out = model.encoder.reorder_encoder_out(encoder_out, order)
+    step = model.decoder(prev[order, :2], encoder_out=encoder_out, incremental_state=state)
+    full = model.get_normalized_probs(model(**net), True)
+    torch.testing.assert_close(model.get_normalized_probs(step, True)[:, -1], full[order, 1],
+                               rtol=1e-5, atol=1e-6)
+
+
+def _task(d):
+    return FakeTask(d, d)
+
+
+def test_soft_model_loss_equals_fairseq_cross_entropy():
+    model, d = build_model("soft")
+    batch = random_batch(d)
+    ce = CrossEntropyCriterion(_task(d), sentence_avg=False)
+    loss, sample_size, log = ce(model, batch)
+    logits, _ = model(**batch["net_input"])
+    ref = F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch["target"].reshape(-1),
+                          ignore_index=d.pad(), reduction="sum")
+    torch.testing.assert_close(loss, ref)
+    assert sample_size == batch["ntokens"]
+
+
+def test_marginal_criterion_equals_cross_entropy_of_the_mixture():
+    """nll of varattn_marginal == fairseq cross_entropy over the mixture's log-probs."""
+    model, d = build_model("categorical")
+    batch = random_batch(d)
+    ce_loss, _, _ = CrossEntropyCriterion(_task(d), sentence_avg=False)(model, batch)
+    crit = MarginalCriterion(_task(d), sentence_avg=False)
+    loss, _, log = crit(model, batch)
+    torch.testing.assert_close(loss, ce_loss, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(log["nll_loss"], ce_loss.detach(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("estimator", ["enum", "reinforce", "gumbel"])
+def test_elbo_criterion_logs_exact_nll_and_bounds_it(estimator):
+    model, d = build_model("categorical", inference_network="birnn")
+    batch = random_batch(d)
+    crit = ElboCriterion(_task(d), sentence_avg=False, estimator=estimator, num_samples=2)
+    torch.manual_seed(0)
+    loss, _, log = crit(model, batch)
+    ce_loss, _, _ = CrossEntropyCriterion(_task(d), sentence_avg=False)(model, batch)
+    torch.testing.assert_close(log["nll_loss"], ce_loss.detach(), rtol=1e-5, atol=1e-5)
+    assert log["kl"] >= 0 and log["entropy_q"] > 0 and log["entropy_p"] > 0
+    if estimator == "enum":
+        assert loss >= log["nll_loss"] - 1e-5  # -ELBO >= -log marginal
+    loss.backward()
+    grads = [p.grad for p in model.inference_network.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads), "q received no gradient"
+
+
+@pytest.mark.parametrize("estimator", ["enum", "reinforce"])
+def test_hard_criterion_is_a_lower_bound(estimator):
+    model, d = build_model("categorical")
+    batch = random_batch(d)
+    crit = HardAttentionCriterion(_task(d), sentence_avg=False, estimator=estimator, num_samples=3)
+    loss, _, log = crit(model, batch)
+    if estimator == "enum":
+        assert loss >= log["nll_loss"] - 1e-5
+    else:
+        assert "sf_reward_sq" in log and "sf_advantage_sq" in log
+    loss.backward()
+    assert torch.isfinite(model.decoder.scorer.query_proj.weight.grad).all()
+
+
+def test_elbo_without_inference_network_is_a_clear_error():
+    model, d = build_model("categorical", inference_network="none")
+    crit = ElboCriterion(_task(d), sentence_avg=False)
+    with pytest.raises(ValueError, match="--inference-network birnn"):
+        crit(model, random_batch(d))
+
+
+def test_latent_criterion_on_soft_model_is_a_clear_error():
+    model, d = build_model("soft")
+    with pytest.raises(ValueError, match="--attention categorical"):
+        MarginalCriterion(_task(d), sentence_avg=False)(model, random_batch(d))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"num_samples": 0}, "--num-samples"),
+    ({"kl_weight": -1.0}, "--kl-weight"),
+    ({"gumbel_temperature": 0.0}, "--gumbel-temperature"),
+])
+def test_invalid_criterion_options_are_rejected(kwargs, match):
+    _, d = build_model("categorical")
+    with pytest.raises(ValueError, match=match):
+        ElboCriterion(_task(d), sentence_avg=False, **kwargs)
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ({"alignment_topk": -1}, "--alignment-topk"),
+    ({"attention": "soft", "alignment_topk": 2}, "--alignment-topk"),
+    ({"attention": "soft", "inference_network": "birnn"}, "--inference-network"),
+])
+def test_invalid_model_options_are_rejected(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        build_model(**overrides)
+
+
+def test_kl_warmup_follows_model_updates():
+    model, d = build_model("categorical", inference_network="birnn")
+    crit = ElboCriterion(_task(d), sentence_avg=False, kl_weight=0.5, kl_warmup_updates=10)
+    model.set_num_updates(0)
+    assert crit.current_kl_weight(model) == 0.0
+    model.set_num_updates(5)
+    assert crit.current_kl_weight(model) == pytest.approx(0.25)
+    model.set_num_updates(50)
+    assert crit.current_kl_weight(model) == pytest.approx(0.5)
+
+
+def test_generation_never_runs_the_inference_network():
+    model, d = build_model("categorical", inference_network="birnn")
+    model.inference_network.forward = None  # any call would raise TypeError
+    batch = random_batch(d)
+    incremental_scores(model, batch)
+    model(**batch["net_input"])
