@@ -25,7 +25,7 @@ rm -rf "$OUT"
   --arch varattn_lstm --encoder-embed-dim 128 --encoder-hidden-size 128 \
   --decoder-embed-dim 128 --decoder-hidden-size 256 --decoder-out-embed-dim 128 \
   --dropout 0.2 --criterion cross_entropy ${EXTRA_TRAIN_ARGS:-} \
-  --optimizer adam --lr 0.003 --clip-norm 5 --max-tokens 4000 \
+  --optimizer adam --lr 0.005 --clip-norm 5 --max-tokens 1500 \
   --max-epoch "$MAX_EPOCH" --seed 1 --num-workers 0 --log-interval 50 \
   --save-dir "$OUT/checkpoints" --no-epoch-checkpoints
 

@@ -1,5 +1,6 @@
 """Through fairseq's own command lines, on a slice of the shipped Multi30k corpus."""
 
+import gzip
 import os
 import re
 import subprocess
@@ -15,11 +16,22 @@ TINY = ["--arch", "varattn_lstm_tiny", "--optimizer", "adam", "--lr", "0.005", "
         "--log-format", "simple"]
 
 
+EVAL_LINES = 200
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
+    """The shipped corpus: 2,000 training pairs, the first 200 val / test pairs."""
+    raw = tmp_path_factory.mktemp("raw")
+    for split, limit in (("train", 2000), ("val", EVAL_LINES), ("test_2016_flickr", EVAL_LINES)):
+        for lang in ("de", "en"):
+            with gzip.open(os.path.join(REPO, "data", "multi30k", f"{split}.{lang}.gz"), "rt",
+                           encoding="utf-8") as f:
+                lines = f.read().splitlines()[:limit]
+            (raw / f"{split}.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
     out = tmp_path_factory.mktemp("multi30k")
-    run_cli(["fairseq_varattn.prepare_data", "--raw-dir", os.path.join(REPO, "data", "multi30k"),
-             "--out", out, "--train-limit", "2000", "--vocab-size", "800", "--workers", "1"])
+    run_cli(["fairseq_varattn.prepare_data", "--raw-dir", raw, "--out", out,
+             "--vocab-size", "800", "--workers", "1"])
     return str(out / "bin")
 
 
@@ -37,7 +49,9 @@ def losses(log, key="loss"):
 def generate(data_dir, ckpt, extra=()):
     proc = run_cli(["fairseq_cli.generate", data_dir, "--user-dir", USER_DIR, "--path", ckpt,
                     "--gen-subset", "valid", "--beam", "5", "--batch-size", "64",
-                    "--post-process", "sentencepiece", "--scoring", "sacrebleu", *extra])
+                    "--post-process", "sentencepiece", "--scoring", "sacrebleu",
+                    # barely-trained models rarely emit </s>: bound the output length
+                    "--max-len-a", "1.2", "--max-len-b", "10", *extra])
     out = proc.stdout + proc.stderr
     match = re.search(r"BLEU = ([0-9.]+)", out)
     assert match, out[-2000:]
@@ -50,7 +64,7 @@ def test_prepare_data_writes_binaries_and_reports_filtering(data_dir):
             assert os.path.exists(os.path.join(data_dir, f"{split}.de-en.{lang}.bin"))
     with open(os.path.join(os.path.dirname(data_dir), "spm", "valid.en"), encoding="utf-8") as f:
         lines = f.read().splitlines()
-    assert len(lines) == 1014 and lines[0].startswith("\u2581")  # sentencepiece pieces
+    assert len(lines) == EVAL_LINES and lines[0].startswith("\u2581")  # sentencepiece pieces
 
 
 def test_soft_train_generate_bleu_and_reload(data_dir, tmp_path):
@@ -110,3 +124,49 @@ def test_prepare_data_rejects_a_missing_split(tmp_path):
     proc = run_cli(["fairseq_varattn.prepare_data", "--raw-dir", tmp_path, "--out", tmp_path / "o"],
                    check=False)
     assert proc.returncode != 0 and "no val.de or val.de.gz" in proc.stderr
+
+
+LATENT_RUNS = {
+    "marginal": ["--criterion", "varattn_marginal"],
+    "hard-enum": ["--criterion", "varattn_hard", "--estimator", "enum"],
+    "hard-reinforce": ["--criterion", "varattn_hard", "--estimator", "reinforce", "--num-samples", "2"],
+    "elbo-enum": ["--inference-network", "birnn", "--criterion", "varattn_elbo", "--estimator", "enum",
+                  "--kl-warmup-updates", "4"],
+    "elbo-reinforce": ["--inference-network", "birnn", "--criterion", "varattn_elbo",
+                       "--estimator", "reinforce", "--train-baseline"],
+    "elbo-gumbel": ["--inference-network", "birnn", "--criterion", "varattn_elbo", "--estimator", "gumbel",
+                    "--gumbel-temperature", "0.5", "--alignment-topk", "3"],
+}
+
+
+@pytest.mark.parametrize("name", list(LATENT_RUNS))
+def test_latent_criterion_round_trip(name, data_dir, tmp_path):
+    save = str(tmp_path / name)
+    log = train(data_dir, save, ["--attention", "categorical", "--max-epoch", "1",
+                                 "--validate-interval-updates", "6", *LATENT_RUNS[name]], max_update=6)
+    # every criterion logs the exact marginal nll under the prior, in training and validation
+    nll = [float(x) for x in re.findall(r"\| valid on 'valid' subset \|.*? nll_loss ([0-9.]+)", log)]
+    assert nll and all(0 < v < 20 for v in nll), log[-3000:]
+    assert re.search(r"\| train \|.*? nll_loss [0-9.]+", log)
+    if "elbo" in name:
+        assert re.search(r"\| valid on 'valid' subset \|.*? kl [0-9.]+ \| entropy_q", log)
+    if "reinforce" in name:
+        assert re.search(r"sf_var_ratio [0-9.]+", log)
+    bleu, _ = generate(data_dir, os.path.join(save, "checkpoint_last.pt"))
+    assert 0.0 <= bleu <= 100.0
+
+
+def test_categorical_score_reference_and_interactive(data_dir, tmp_path):
+    save = str(tmp_path / "cat")
+    train(data_dir, save, ["--attention", "categorical", "--criterion", "varattn_marginal",
+                           "--disable-validation"], max_update=4)
+    ckpt = os.path.join(save, "checkpoint_last.pt")
+    _, out = generate(data_dir, ckpt, ["--score-reference"])
+    scores = [float(x) for x in re.findall(r"^H-\d+\t(-?[0-9.]+)\t", out, re.M)]
+    assert len(scores) == EVAL_LINES and all(s < 0 for s in scores)
+    src = "\u2581Ein \u2581Hund \u2581läuft .\n\u2581Zwei \u2581Männer .\n"
+    proc = subprocess.run([PYTHON, "-m", "fairseq_cli.interactive", data_dir, "--user-dir", USER_DIR,
+                           "--path", ckpt, "--beam", "3", "--source-lang", "de", "--target-lang", "en"],
+                          input=src, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(re.findall(r"^H-\d+\t", proc.stdout, re.M)) == 2

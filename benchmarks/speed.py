@@ -1,0 +1,215 @@
+"""Training speed and peak memory of every variant, side by side in one run.
+
+    python benchmarks/speed.py                      # IWSLT-like sizes: V=10k, T=N=30
+    python benchmarks/speed.py --variants lstm,soft # the foundation check only
+
+Each variant trains on the same random batches (forward, backward, Adam
+step); the timed steps are interleaved round-robin across variants so
+machine noise hits all of them alike.  Speed is reported as target tokens/s
+and as a ratio to ``soft`` (``varattn_lstm --attention soft``).  Peak memory
+is measured in a fresh subprocess per variant: CUDA's max allocated bytes on
+a GPU, else the peak RSS (VmHWM, reset after the model is built) over the
+post-build RSS (Linux).
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from fairseq.criterions.cross_entropy import CrossEntropyCriterion  # noqa: E402
+from fairseq.data import Dictionary  # noqa: E402
+from fairseq.models.lstm import LSTMModel  # noqa: E402
+from fairseq.models.lstm import base_architecture as lstm_base  # noqa: E402
+
+import fairseq_varattn  # noqa: E402,F401
+from fairseq_varattn.criterions.elbo import ElboCriterion  # noqa: E402
+from fairseq_varattn.criterions.hard import HardAttentionCriterion  # noqa: E402
+from fairseq_varattn.criterions.marginal import MarginalCriterion  # noqa: E402
+from fairseq_varattn.models.varattn_lstm import VarAttnLSTMModel  # noqa: E402
+from fairseq_varattn.models.varattn_lstm import base_architecture as varattn_base  # noqa: E402
+
+# name -> (model kind, model overrides, criterion class, criterion kwargs)
+VARIANTS = {
+    "lstm": ("fairseq", {}, CrossEntropyCriterion, {}),
+    "soft": ("varattn", {"attention": "soft"}, CrossEntropyCriterion, {}),
+    "marginal": ("varattn", {"attention": "categorical"}, MarginalCriterion, {}),
+    "hard-enum": ("varattn", {"attention": "categorical"}, HardAttentionCriterion, {"estimator": "enum"}),
+    "elbo-enum": ("varattn", {"attention": "categorical", "inference_network": "birnn"},
+                  ElboCriterion, {"estimator": "enum"}),
+    "elbo-reinforce": ("varattn", {"attention": "categorical", "inference_network": "birnn"},
+                       ElboCriterion, {"estimator": "reinforce", "exact_nll_in_training": False}),
+    "elbo-gumbel": ("varattn", {"attention": "categorical", "inference_network": "birnn"},
+                    ElboCriterion, {"estimator": "gumbel", "exact_nll_in_training": False}),
+    "marginal-top5": ("varattn", {"attention": "categorical", "alignment_topk": 5}, MarginalCriterion, {}),
+}
+
+
+class Task:
+    def __init__(self, d):
+        self.source_dictionary = self.target_dictionary = d
+
+
+def make_dictionary(vocab):
+    d = Dictionary()
+    for i in range(vocab - d.nspecial):
+        d.add_symbol(f"w{i}")
+    return d
+
+
+def build(name, d, opts):
+    kind, overrides, criterion_cls, criterion_kwargs = VARIANTS[name]
+    sizes = dict(dropout=0.1, encoder_embed_dim=opts.embed, encoder_hidden_size=opts.hidden // 2,
+                 decoder_embed_dim=opts.embed, decoder_hidden_size=opts.hidden,
+                 decoder_out_embed_dim=opts.hidden)
+    task = Task(d)
+    torch.manual_seed(0)
+    if kind == "fairseq":
+        args = argparse.Namespace(encoder_bidirectional=True, criterion="cross_entropy",
+                                  encoder_layers=1, decoder_layers=1, **sizes)
+        lstm_base(args)
+        model = LSTMModel.build_model(args, task)
+    else:
+        args = argparse.Namespace(alignment_chunk_size=opts.chunk, **sizes, **overrides)
+        varattn_base(args)
+        model = VarAttnLSTMModel.build_model(args, task)
+    criterion = criterion_cls(task, sentence_avg=False, **criterion_kwargs)
+    model.to(opts.device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    return model, criterion, optimizer
+
+
+def make_batch(d, opts, seed):
+    g = torch.Generator().manual_seed(seed)
+    src = torch.randint(d.nspecial, len(d), (opts.batch, opts.src_len), generator=g)
+    tgt = torch.randint(d.nspecial, len(d), (opts.batch, opts.tgt_len), generator=g)
+    src[:, -1] = tgt[:, -1] = d.eos()
+    prev = torch.cat([torch.full((opts.batch, 1), d.eos()), tgt[:, :-1]], 1)
+    batch = {"net_input": {"src_tokens": src, "src_lengths": torch.full((opts.batch,), opts.src_len),
+                           "prev_output_tokens": prev},
+             "target": tgt, "ntokens": tgt.numel()}
+    return _to(batch, opts.device)
+
+
+def _to(obj, device):
+    if torch.is_tensor(obj):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    return obj
+
+
+def step(model, criterion, optimizer, batch):
+    optimizer.zero_grad()
+    loss, _, _ = criterion(model, batch)
+    loss.backward()
+    optimizer.step()
+    if batch["target"].is_cuda:
+        torch.cuda.synchronize()
+
+
+def measure_memory(name, opts):
+    d = make_dictionary(opts.vocab)
+    model, criterion, optimizer = build(name, d, opts)
+    batch = make_batch(d, opts, 0)
+    if opts.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        for _ in range(2):
+            step(model, criterion, optimizer, batch)
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    # Reset the kernel's peak-RSS mark (VmHWM) so imports and model building
+    # do not count; then peak minus current RSS is what training steps add.
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    base = _proc_status_kb("VmRSS")
+    for _ in range(2):
+        step(model, criterion, optimizer, batch)
+    return (_proc_status_kb("VmHWM") - base) / 1024
+
+
+def _proc_status_kb(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--vocab", type=int, default=10000)
+    parser.add_argument("--src-len", type=int, default=30)
+    parser.add_argument("--tgt-len", type=int, default=30)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--embed", type=int, default=256)
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--chunk", type=int, default=0, help="--alignment-chunk-size for latent variants")
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per variant")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--memory-only", help=argparse.SUPPRESS)
+    parser.add_argument("--no-memory", action="store_true")
+    opts = parser.parse_args()
+
+    if opts.memory_only:
+        print(json.dumps({"peak_mb": measure_memory(opts.memory_only, opts)}))
+        return
+
+    names = [n for n in opts.variants.split(",") if n]
+    unknown = set(names) - set(VARIANTS)
+    if unknown:
+        parser.error(f"unknown variants {sorted(unknown)}; choose from {list(VARIANTS)}")
+    d = make_dictionary(opts.vocab)
+    built = {n: build(n, d, opts) for n in names}
+    batches = [make_batch(d, opts, s) for s in range(opts.steps + 1)]
+    for n in names:  # warm-up step, not timed
+        step(*built[n], batches[0])
+    times = {n: [] for n in names}
+    for s in range(opts.steps):
+        for n in names:
+            t0 = time.perf_counter()
+            step(*built[n], batches[s + 1])
+            times[n].append(time.perf_counter() - t0)
+            print(f"  step {s + 1}/{opts.steps} {n:15s} {times[n][-1]:.3f}s", file=sys.stderr, flush=True)
+
+    tokens = opts.batch * opts.tgt_len
+    results = {}
+    for n in names:
+        tps = tokens / statistics.median(times[n])
+        results[n] = {"tokens_per_s": tps}
+        if not opts.no_memory:
+            cmd = [sys.executable, __file__, "--memory-only", n] + [
+                f"--{k.replace('_', '-')}={v}" for k, v in vars(opts).items()
+                if k in ("vocab", "src_len", "tgt_len", "batch", "embed", "hidden", "chunk", "device")]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            results[n]["peak_mb"] = json.loads(out.strip().splitlines()[-1])["peak_mb"]
+
+    ref = results.get("soft")
+    print(f"\ndevice={opts.device} vocab={opts.vocab} T={opts.src_len} N={opts.tgt_len} "
+          f"batch={opts.batch} embed={opts.embed} hidden={opts.hidden} chunk={opts.chunk} "
+          f"steps={opts.steps} (median step time)")
+    print(f"| variant | tokens/s | speed vs soft | peak MB | memory vs soft |")
+    print(f"|---|---|---|---|---|")
+    for n in names:
+        r = results[n]
+        speed = f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}" if ref else "-"
+        mem = r.get("peak_mb")
+        mem_ratio = f"{mem / ref['peak_mb']:.2f}" if ref and mem and ref.get("peak_mb") else "-"
+        print(f"| {n} | {r['tokens_per_s']:.0f} | {speed} | {mem:.0f} | {mem_ratio} |"
+              if mem is not None else f"| {n} | {r['tokens_per_s']:.0f} | {speed} | - | - |")
+    if opts.json:
+        with open(opts.json, "w") as f:
+            json.dump({"options": vars(opts), "results": results}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
