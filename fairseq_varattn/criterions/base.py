@@ -17,8 +17,14 @@ from fairseq.criterions import FairseqCriterion
 from fairseq.dataclass import FairseqDataclass
 from omegaconf import II
 
-from ..modules.alignment import CategoricalAlignment
-from ..modules.losses import kl_weight_at, marginal_nll
+from ..modules.alignment import CategoricalAlignment, weighted_context
+from ..modules.losses import (
+    expected_nll,
+    kl_weight_at,
+    marginal_nll,
+    reinforce_nll,
+    relaxed_nll,
+)
 
 # Summed logging keys that are per-token quantities in nats; reported in bits.
 PER_TOKEN_KEYS = ("kl", "entropy_q", "entropy_p", "baseline_nll")
@@ -170,6 +176,29 @@ class VarAttnCriterion(FairseqCriterion):
 
     def token_terms(self, model, batch: LatentBatch):
         raise NotImplementedError
+
+    def reconstruction(self, model, batch: LatentBatch, dist: CategoricalAlignment, terms: dict):
+        """-E_dist[log p(y | z)] by ``self.estimator``; adds diagnostics to ``terms``.
+
+        Shared by hard attention (dist = prior) and the ELBO (dist = q).
+        """
+        if self.estimator == "enum":
+            return expected_nll(*batch.enumerate(dist, model.decoder.alignment_topk))
+        if self.estimator == "reinforce":
+            # Baseline: the soft-attention likelihood under dist's expected
+            # context (DESIGN.md §8; the paper's Sec. 4 control variate).
+            z = dist.sample(self.num_samples)
+            logp_y = batch.logp_y_at(z)
+            baseline = batch.soft_logp_y(dist)
+            loss, advantage = reinforce_nll(logp_y, dist.log_prob(z), baseline)
+            terms.update(self.score_function_stats(advantage, logp_y))
+            terms["baseline_nll"] = -baseline.detach()
+            return loss - baseline if self.train_baseline else loss
+        if self.estimator == "gumbel":
+            relaxed = dist.gumbel_softmax(self.num_samples, self.gumbel_temperature)
+            contexts = weighted_context(relaxed, batch.enc)
+            return relaxed_nll(batch.output.context_logprobs(batch.hidden, contexts, batch.target))
+        raise ValueError(f"unknown estimator {self.estimator!r}")
 
     @classmethod
     def reduce_metrics(cls, logging_outputs) -> None:

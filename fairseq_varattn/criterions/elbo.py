@@ -7,8 +7,6 @@ from dataclasses import dataclass, field
 from fairseq.criterions import register_criterion
 from fairseq.dataclass import ChoiceEnum
 
-from ..modules.alignment import weighted_context
-from ..modules.losses import expected_nll, reinforce_nll, relaxed_nll
 from .base import VarAttnCriterion, VarAttnKLConfig
 
 
@@ -41,24 +39,6 @@ class ElboCriterion(VarAttnCriterion):
         prior, q = batch.prior, batch.q
         kl = q.kl(prior)
         terms = {"kl": kl, "entropy_q": q.entropy(), "entropy_p": prior.entropy()}
-        if self.estimator == "enum":
-            log_w, logp_y = batch.enumerate(q, model.decoder.alignment_topk)
-            reconstruction = expected_nll(log_w, logp_y)
-        elif self.estimator == "reinforce":
-            # Baseline: log p(y | soft context under q), as DESIGN.md §8 states.
-            z = q.sample(self.num_samples)
-            logp_y = batch.logp_y_at(z)
-            baseline = batch.soft_logp_y(q)
-            reconstruction, advantage = reinforce_nll(logp_y, q.log_prob(z), baseline)
-            terms.update(self.score_function_stats(advantage, logp_y))
-            terms["baseline_nll"] = -baseline.detach()
-            if self.train_baseline:
-                reconstruction = reconstruction - baseline
-        else:
-            relaxed = q.gumbel_softmax(self.num_samples, self.gumbel_temperature)
-            logp_y = batch.output.context_logprobs(
-                batch.hidden, weighted_context(relaxed, batch.enc), batch.target)
-            reconstruction = relaxed_nll(logp_y)
+        reconstruction = self.reconstruction(model, batch, q, terms)
         terms["loss"] = reconstruction + self.current_kl_weight(model) * kl
         return terms
-

@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from fairseq.criterions import register_criterion
 from fairseq.dataclass import ChoiceEnum
 
-from ..modules.losses import expected_nll, reinforce_nll
 from .base import VarAttnCriterion, VarAttnCriterionConfig
 
 
@@ -29,17 +28,5 @@ class HardAttentionCriterion(VarAttnCriterion):
     def token_terms(self, model, batch):
         prior = batch.prior
         terms = {"entropy_p": prior.entropy()}
-        if self.estimator == "enum":
-            log_w, logp_y = batch.enumerate(prior, model.decoder.alignment_topk)
-            terms["loss"] = expected_nll(log_w, logp_y)
-            return terms
-        # REINFORCE on p(z): the baseline is the soft-attention likelihood
-        # under the prior's expected context (the paper's Sec. 4 control variate).
-        z = prior.sample(self.num_samples)
-        logp_y = batch.logp_y_at(z)
-        baseline = batch.soft_logp_y(prior)
-        loss, advantage = reinforce_nll(logp_y, prior.log_prob(z), baseline)
-        terms.update(self.score_function_stats(advantage, logp_y))
-        terms["baseline_nll"] = -baseline.detach()
-        terms["loss"] = loss - baseline if self.train_baseline else loss
+        terms["loss"] = self.reconstruction(model, batch, prior, terms)
         return terms
