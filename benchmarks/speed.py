@@ -45,10 +45,11 @@ VARIANTS = {
     "elbo-enum": ("varattn", {"attention": "categorical", "inference_network": "birnn"},
                   ElboCriterion, {"estimator": "enum"}),
     "elbo-reinforce": ("varattn", {"attention": "categorical", "inference_network": "birnn"},
-                       ElboCriterion, {"estimator": "reinforce", "exact_nll_in_training": False}),
+                       ElboCriterion, {"estimator": "reinforce", "skip_exact_nll_in_training": True}),
     "elbo-gumbel": ("varattn", {"attention": "categorical", "inference_network": "birnn"},
-                    ElboCriterion, {"estimator": "gumbel", "exact_nll_in_training": False}),
-    "marginal-top5": ("varattn", {"attention": "categorical", "alignment_topk": 5}, MarginalCriterion, {}),
+                    ElboCriterion, {"estimator": "gumbel", "skip_exact_nll_in_training": True}),
+    "marginal-top5": ("varattn", {"attention": "categorical", "alignment_topk": 5}, MarginalCriterion,
+                      {"skip_exact_nll_in_training": True}),
 }
 
 

@@ -36,10 +36,13 @@ ESTIMATOR_KEYS = ("sf_reward_sq", "sf_advantage_sq")
 class VarAttnCriterionConfig(FairseqDataclass):
     sentence_avg: bool = II("optimization.sentence_avg")
     num_samples: int = field(default=1, metadata={"help": "samples of z per target token"})
-    exact_nll_in_training: bool = field(
-        default=True,
-        metadata={"help": "compute the exact marginal nll_loss on training batches too "
-                          "(always done in validation); turn off to time sampling estimators"},
+    # A flag that turns work off: fairseq makes a bool field a store_true
+    # option, so a field defaulting to True could never be disabled.
+    skip_exact_nll_in_training: bool = field(
+        default=False,
+        metadata={"help": "do not compute the exact marginal nll_loss on training batches "
+                          "(validation always does); sampling estimators then skip an "
+                          "enumeration forward"},
     )
 
 
@@ -105,7 +108,7 @@ class VarAttnCriterion(FairseqCriterion):
 
     # fairseq builds criterions by matching __init__ parameters to config
     # fields, so subclasses spell out every parameter (no **kwargs).
-    def __init__(self, task, sentence_avg, num_samples=1, exact_nll_in_training=True,
+    def __init__(self, task, sentence_avg, num_samples=1, skip_exact_nll_in_training=False,
                  kl_weight=1.0, kl_warmup_updates=0):
         super().__init__(task)
         if num_samples < 1:
@@ -116,7 +119,7 @@ class VarAttnCriterion(FairseqCriterion):
             raise ValueError(f"--kl-warmup-updates must be >= 0, got {kl_warmup_updates}")
         self.sentence_avg = sentence_avg
         self.num_samples = num_samples
-        self.exact_nll_in_training = exact_nll_in_training
+        self.skip_exact_nll_in_training = skip_exact_nll_in_training
         self.kl_weight = kl_weight
         self.kl_warmup_updates = kl_warmup_updates
 
@@ -148,7 +151,7 @@ class VarAttnCriterion(FairseqCriterion):
         )
         batch = LatentBatch(model, features, extra, target, self.padding_idx)
         terms = self.token_terms(model, batch)
-        if "nll" not in terms and (self.exact_nll_in_training or not model.training):
+        if "nll" not in terms and not (self.skip_exact_nll_in_training and model.training):
             with torch.no_grad():
                 terms["nll"] = batch.exact_nll()
 

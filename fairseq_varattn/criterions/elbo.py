@@ -24,10 +24,10 @@ class ElboConfig(VarAttnKLConfig):
 class ElboCriterion(VarAttnCriterion):
     needs_inference_network = True
 
-    def __init__(self, task, sentence_avg, num_samples=1, exact_nll_in_training=True,
+    def __init__(self, task, sentence_avg, num_samples=1, skip_exact_nll_in_training=False,
                  kl_weight=1.0, kl_warmup_updates=0, estimator="enum", gumbel_temperature=0.1,
                  train_baseline=False):
-        super().__init__(task, sentence_avg, num_samples, exact_nll_in_training,
+        super().__init__(task, sentence_avg, num_samples, skip_exact_nll_in_training,
                          kl_weight, kl_warmup_updates)
         if gumbel_temperature <= 0:
             raise ValueError(f"--gumbel-temperature must be > 0, got {gumbel_temperature}")

@@ -19,9 +19,9 @@ class HardAttentionConfig(VarAttnCriterionConfig):
 
 @register_criterion("varattn_hard", dataclass=HardAttentionConfig)
 class HardAttentionCriterion(VarAttnCriterion):
-    def __init__(self, task, sentence_avg, num_samples=1, exact_nll_in_training=True,
+    def __init__(self, task, sentence_avg, num_samples=1, skip_exact_nll_in_training=False,
                  estimator="enum", train_baseline=False):
-        super().__init__(task, sentence_avg, num_samples, exact_nll_in_training)
+        super().__init__(task, sentence_avg, num_samples, skip_exact_nll_in_training)
         self.estimator = estimator
         self.train_baseline = train_baseline
 
