@@ -70,8 +70,8 @@ class LatentBatch:
         self._logp_all = None
 
     @property
-    def prior(self) -> CategoricalAlignment:
-        return CategoricalAlignment(self.scores)
+    def prior(self):
+        return self.decoder.prior(self.scores, self.enc_mask)
 
     @property
     def q(self) -> CategoricalAlignment:
