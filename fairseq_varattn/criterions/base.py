@@ -9,6 +9,7 @@ optionally ``nll`` (if it already has the exact marginal), ``kl``,
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Optional
 
 import torch
@@ -69,11 +70,12 @@ class LatentBatch:
         self.token_mask = target.ne(padding_idx)
         self._logp_all = None
 
-    @property
+    # Cached: the objective and the logged exact nll both read the prior.
+    @cached_property
     def prior(self):
         return self.decoder.prior(self.scores, self.enc_mask)
 
-    @property
+    @cached_property
     def q(self) -> CategoricalAlignment:
         return CategoricalAlignment(self.q_scores)
 
