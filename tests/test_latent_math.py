@@ -222,13 +222,19 @@ def test_rws_gradient_with_many_samples_approaches_the_marginal_gradient():
     k = 20000
     p_b = logits.clone().requires_grad_(True)
     f_b = f.clone().requires_grad_(True)
-    q = CategoricalAlignment(torch.zeros(6))  # uniform proposal
+    q_logits = torch.zeros(6, requires_grad=True)  # uniform proposal
+    q = CategoricalAlignment(q_logits)
     z = q.sample(k)
     prior = CategoricalAlignment(p_b)
-    wake_p, _, log_marginal, ess = reweighted_wake_sleep(f_b[z], prior.log_prob(z), q.log_prob(z))
+    wake_p, wake_q, log_marginal, ess = reweighted_wake_sleep(f_b[z], prior.log_prob(z), q.log_prob(z))
     grads = torch.autograd.grad(wake_p, (p_b, f_b))
     for est, ref in zip(grads, exact_grads):
         assert torch.allclose(est, ref, atol=0.02), (est, ref)
+    # wake-q follows grad KL(posterior || q), which for softmax logits is q - posterior
+    log_joint = torch.log_softmax(logits, -1) + f
+    posterior = torch.softmax(log_joint, -1)
+    (q_grad,) = torch.autograd.grad(wake_q, q_logits)
+    assert torch.allclose(q_grad, q.probs.detach() - posterior, atol=0.02), (q_grad, posterior)
     assert abs(float(log_marginal) + float(exact)) < 0.02
     assert 1 <= float(ess) <= k
 

@@ -5,9 +5,12 @@ import torch
 import torch.nn.functional as F
 from fairseq.criterions.cross_entropy import CrossEntropyCriterion
 
+from fairseq_varattn.criterions.dirichlet import DirichletCriterion
 from fairseq_varattn.criterions.elbo import ElboCriterion
 from fairseq_varattn.criterions.hard import HardAttentionCriterion
 from fairseq_varattn.criterions.marginal import MarginalCriterion
+from fairseq_varattn.criterions.rws import RwsCriterion
+from fairseq_varattn.modules.alignment import weighted_context
 from helpers import FakeTask, build_model, random_batch
 
 
@@ -153,9 +156,81 @@ def test_kl_warmup_follows_model_updates():
     assert crit.current_kl_weight(model) == pytest.approx(0.5)
 
 
-def test_generation_never_runs_the_inference_network():
-    model, d = build_model("categorical", inference_network="birnn")
+@pytest.mark.parametrize("attention", ["categorical", "dirichlet"])
+def test_generation_never_runs_the_inference_network(attention):
+    model, d = build_model(attention, inference_network="birnn")
     model.inference_network.forward = None  # any call would raise TypeError
     batch = random_batch(d)
     incremental_scores(model, batch)
     model(**batch["net_input"])
+
+
+def _q_gradients(model):
+    return [p.grad for p in model.inference_network.parameters() if p.grad is not None]
+
+
+def _prior_monte_carlo_nll(model, batch, num_samples):
+    """-sum_j log (1/S) sum_s p(y_j | z_s), z_s ~ the Dirichlet prior: no q involved."""
+    _, extra = model(**batch["net_input"], features_only=True)
+    prior = model.decoder.alignment_distribution(extra["scores"], extra["encoder_padding_mask"])
+    contexts = weighted_context(prior.rsample(num_samples), extra["encoder_states"])
+    logp = model.decoder.output.context_logprobs(extra["hidden"], contexts, batch["target"])
+    nll = -(torch.logsumexp(logp, -1) - torch.log(torch.tensor(float(num_samples))))
+    return nll[batch["target"].ne(model.decoder.dictionary.pad())].sum()
+
+
+def test_dirichlet_criterion_estimates_the_marginal_and_trains_q():
+    model, d = build_model("dirichlet", inference_network="birnn")
+    batch = random_batch(d)
+    torch.manual_seed(0)
+    crit = DirichletCriterion(_task(d), sentence_avg=False, num_samples=2, nll_samples=4000)
+    loss, _, log = crit(model, batch)
+    with torch.no_grad():
+        reference = _prior_monte_carlo_nll(model, batch, 20000)
+    assert abs(float(log["nll_loss"]) - float(reference)) < 0.01 * float(reference), (log, reference)
+    assert log["nll_samples"] == 4000 * batch["ntokens"]
+    assert log["kl"] >= 0 and torch.isfinite(loss)
+    loss.backward()
+    grads = _q_gradients(model)
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads), "q received no gradient"
+
+
+def test_dirichlet_negative_elbo_bounds_the_marginal_nll():
+    model, d = build_model("dirichlet", inference_network="birnn")
+    torch.manual_seed(0)
+    crit = DirichletCriterion(_task(d), sentence_avg=False, num_samples=3000, nll_samples=3000)
+    loss, _, log = crit(model, random_batch(d))
+    assert float(loss) >= float(log["nll_loss"]) - 0.01 * float(log["nll_loss"])
+
+
+def test_rws_loss_approaches_the_exact_marginal_with_many_samples():
+    model, d = build_model("categorical", inference_network="birnn")
+    batch = random_batch(d)
+    torch.manual_seed(0)
+    crit = RwsCriterion(_task(d), sentence_avg=False, num_samples=5000)
+    loss, _, log = crit(model, batch)
+    # loss: the importance-weighted NLL estimate; nll_loss: the exact marginal
+    assert abs(float(loss) - float(log["nll_loss"])) < 0.01 * float(log["nll_loss"])
+    ntokens = batch["ntokens"]
+    assert ntokens <= float(log["ess"]) <= 5000 * ntokens * (1 + 1e-5)
+    loss.backward()
+    grads = _q_gradients(model)
+    assert grads and any(g.abs().sum() > 0 for g in grads), "wake-q gave q no gradient"
+
+
+@pytest.mark.parametrize("criterion,attention,match", [
+    (DirichletCriterion, "categorical", "--attention dirichlet"),
+    (RwsCriterion, "dirichlet", "--attention categorical"),
+    (ElboCriterion, "dirichlet", "--attention categorical"),
+])
+def test_criterion_and_attention_kind_mismatch_is_a_clear_error(criterion, attention, match):
+    model, d = build_model(attention, inference_network="birnn")
+    with pytest.raises(ValueError, match=match):
+        criterion(_task(d), sentence_avg=False)(model, random_batch(d))
+
+
+def test_dirichlet_criterion_rejects_bad_sample_counts():
+    _, d = build_model("dirichlet")
+    with pytest.raises(ValueError, match="--nll-samples"):
+        DirichletCriterion(_task(d), sentence_avg=False, nll_samples=0)

@@ -1,1 +1,1 @@
-from . import elbo, hard, marginal  # noqa: F401
+from . import dirichlet, elbo, hard, marginal, rws  # noqa: F401

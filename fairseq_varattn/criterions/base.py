@@ -21,6 +21,7 @@ from omegaconf import II
 from ..modules.alignment import CategoricalAlignment, weighted_context
 from ..modules.losses import (
     expected_nll,
+    importance_log_marginal,
     kl_weight_at,
     marginal_nll,
     reinforce_nll,
@@ -29,6 +30,8 @@ from ..modules.losses import (
 
 # Summed logging keys that are per-token quantities in nats; reported in bits.
 PER_TOKEN_KEYS = ("kl", "entropy_q", "entropy_p", "baseline_nll")
+# Summed logging keys that are per-token averages already in their own units.
+PER_TOKEN_RAW_KEYS = ("ess", "nll_samples")
 # Mean-squared score-function weights without / with the baseline, per sample.
 ESTIMATOR_KEYS = ("sf_reward_sq", "sf_advantage_sq")
 
@@ -73,11 +76,11 @@ class LatentBatch:
     # Cached: the objective and the logged exact nll both read the prior.
     @cached_property
     def prior(self):
-        return self.decoder.prior(self.scores, self.enc_mask)
+        return self.decoder.alignment_distribution(self.scores, self.enc_mask)
 
     @cached_property
-    def q(self) -> CategoricalAlignment:
-        return CategoricalAlignment(self.q_scores)
+    def q(self):
+        return self.decoder.alignment_distribution(self.q_scores, self.enc_mask)
 
     def logp_y_all(self) -> torch.Tensor:
         """log p(y_j | z_j = i) for every i: (B, N, T); computed once per batch."""
@@ -99,8 +102,30 @@ class LatentBatch:
         """log p(y_j | soft context E_dist[x~]): the REINFORCE baseline."""
         return self.output.context_logprobs(self.hidden, dist.expectation(self.enc), self.target)
 
+    def simplex_logp_y(self, weights: torch.Tensor) -> torch.Tensor:
+        """log p(y_j | context sum_i w_i x~_i) for K weight vectors per token,
+        weights (B, N, K, T) -> (B, N, K): relaxed one-hots and Dirichlet samples."""
+        return self.output.context_logprobs(self.hidden, weighted_context(weights, self.enc), self.target)
+
     def exact_nll(self) -> torch.Tensor:
         return marginal_nll(self.prior.log_probs, self.logp_y_all())
+
+    def importance_nll(self, num_samples: int) -> torch.Tensor:
+        """-log p(y_j) for a continuous z, estimated with ``num_samples`` draws
+        (an upper bound on the NLL in expectation, see ``importance_log_marginal``).
+
+        The proposal is the defensive mixture r = (q + p) / 2 (Hesterberg
+        1995): the weights p / r are at most 2, whereas with q alone they
+        have infinite variance as soon as q is more concentrated than the
+        prior in one coordinate, which a trained q routinely is.
+        """
+        prior, q = self.prior, self.q
+        log_z_q, log_z_p = q.rsample_log(num_samples), prior.rsample_log(num_samples)
+        from_q = torch.rand(log_z_q.shape[:-1], device=log_z_q.device).lt(0.5).unsqueeze(-1)
+        log_z = torch.where(from_q, log_z_q, log_z_p)
+        log_prior = prior.log_prob_at_log(log_z)
+        log_mixture = torch.logaddexp(q.log_prob_at_log(log_z), log_prior) - math.log(2.0)
+        return -importance_log_marginal(self.simplex_logp_y(log_z.exp()), log_prior, log_mixture)
 
 
 class VarAttnCriterion(FairseqCriterion):
@@ -155,7 +180,7 @@ class VarAttnCriterion(FairseqCriterion):
         terms = self.token_terms(model, batch)
         if "nll" not in terms and not (self.skip_exact_nll_in_training and model.training):
             with torch.no_grad():
-                terms["nll"] = batch.exact_nll()
+                terms["nll"] = self.marginal_nll(batch)
 
         mask = batch.token_mask
         sums = {k: torch.where(mask.unsqueeze(-1) if v.dim() > mask.dim() else mask, v,
@@ -182,6 +207,10 @@ class VarAttnCriterion(FairseqCriterion):
     def token_terms(self, model, batch: LatentBatch):
         raise NotImplementedError
 
+    def marginal_nll(self, batch: LatentBatch) -> torch.Tensor:
+        """The logged ``nll_loss``: exact for categorical alignments."""
+        return batch.exact_nll()
+
     def reconstruction(self, model, batch: LatentBatch, dist: CategoricalAlignment, terms: dict):
         """-E_dist[log p(y | z)] by ``self.estimator``; adds diagnostics to ``terms``.
 
@@ -201,8 +230,7 @@ class VarAttnCriterion(FairseqCriterion):
             return loss - baseline if self.train_baseline else loss
         if self.estimator == "gumbel":
             relaxed = dist.gumbel_softmax(self.num_samples, self.gumbel_temperature)
-            contexts = weighted_context(relaxed, batch.enc)
-            return relaxed_nll(batch.output.context_logprobs(batch.hidden, contexts, batch.target))
+            return relaxed_nll(batch.simplex_logp_y(relaxed))
         raise ValueError(f"unknown estimator {self.estimator!r}")
 
     @classmethod
@@ -217,9 +245,9 @@ class VarAttnCriterion(FairseqCriterion):
         if any("nll_loss" in log for log in logging_outputs):
             metrics.log_scalar("nll_loss", total("nll_loss") / ntokens / math.log(2), ntokens, round=3)
             metrics.log_derived("ppl", lambda meters: utils.get_perplexity(meters["nll_loss"].avg))
-        for key in PER_TOKEN_KEYS + ("ess",):
+        for key in PER_TOKEN_KEYS + PER_TOKEN_RAW_KEYS:
             if any(key in log for log in logging_outputs):
-                scale = 1.0 if key == "ess" else math.log(2)
+                scale = 1.0 if key in PER_TOKEN_RAW_KEYS else math.log(2)
                 metrics.log_scalar(key, total(key) / ntokens / scale, ntokens, round=3)
         count = total("sf_count")
         if count > 0:

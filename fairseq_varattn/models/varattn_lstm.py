@@ -90,9 +90,13 @@ class VarAttnLSTMDecoder(FairseqIncrementalDecoder):
                                            chunk_size=alignment_chunk_size)
 
     # -- the alignment distribution the recurrence uses ------------------
-    def prior(self, scores: Tensor, mask: Optional[Tensor]):
-        """p(z_j | x, y_<j) from scores (-inf at padding)."""
+    def alignment_distribution(self, scores: Tensor, mask: Optional[Tensor]):
+        """The distribution family of this attention kind, from scores (-inf
+        at padding): the prior from the decoder's scores, q from the
+        inference network's."""
         if self.attention_kind == "dirichlet":
+            if mask is not None and mask.dim() < scores.dim():
+                mask = mask.unsqueeze(1).expand_as(scores)  # (B, T) -> (B, N, T)
             return DirichletAlignment(dirichlet_concentration(scores, mask), mask)
         return CategoricalAlignment(scores)
 

@@ -104,76 +104,79 @@ class CategoricalAlignment:
 
 
 class DirichletAlignment:
-    """Dir(alpha) over the simplex of source positions.
+    """Dir(alpha) over the simplex of the unpadded source positions.
 
-    Padding is handled by giving padded positions a tiny concentration and
-    zeroing (then renormalising) their sampled weight: torch's Dirichlet has
-    no notion of a mask, and a literal zero concentration is invalid.
+    Padded coordinates carry a placeholder concentration of 1 and are left
+    out of every sum, so each method is exactly the Dirichlet over the
+    unpadded coordinates (torch's Dirichlet has no mask, and a zero
+    concentration is invalid).  Computation is in float32 whatever the
+    input dtype: lgamma/digamma of small concentrations lose everything in
+    fp16.
     """
 
     def __init__(self, concentration: torch.Tensor, mask: torch.Tensor = None):
-        self.concentration = concentration.float()
+        alpha = concentration.float()
+        if mask is None:
+            mask = torch.zeros_like(alpha, dtype=torch.bool)
         self.mask = mask
-        if mask is not None:
-            self.concentration = self.concentration.masked_fill(mask, 1e-4)
+        self.valid = (~mask).to(alpha)
+        self.concentration = alpha.masked_fill(mask, 1.0)
 
-    def _restrict(self, alpha_or_z):
-        if self.mask is None:
-            return alpha_or_z
-        return alpha_or_z.masked_fill(self.mask, 0.0)
-
-    def active_concentration(self):
-        return self._restrict(self.concentration)
+    @property
+    def total(self) -> torch.Tensor:
+        return (self.concentration * self.valid).sum(-1)
 
     def mean(self) -> torch.Tensor:
-        alpha = self.active_concentration()
-        return alpha / alpha.sum(-1, keepdim=True)
+        return self.concentration * self.valid / self.total.unsqueeze(-1)
+
+    def rsample_log(self, num_samples: int) -> torch.Tensor:
+        """log z for reparameterised samples z ~ Dir: batch_shape + (K, T).
+
+        Sampled in log space as normalised Gammas, boosting each shape by one
+        (Marsaglia & Tsang 2000): G(a) = G(a + 1) U^(1/a).  With the small
+        concentrations attention produces, G(a) itself underflows and
+        torch's Dirichlet clamps every coordinate to the same 1e-38, which
+        is not a sample at all; log G(a) = log G(a + 1) + log(U) / a is
+        finite for any a > 0.  Both factors are differentiable in a (implicit
+        gradients for the Gamma, the explicit 1/a for U), so this is a
+        pathwise estimator like ``Dirichlet.rsample``.
+        """
+        alpha = self.concentration.unsqueeze(-2).expand(
+            *self.concentration.shape[:-1], num_samples, self.concentration.size(-1))
+        boosted = torch.distributions.Gamma(alpha + 1.0, torch.ones_like(alpha)).rsample()
+        uniform = torch.rand_like(alpha).clamp_(min=torch.finfo(alpha.dtype).tiny)
+        log_gamma = torch.log(boosted) + torch.log(uniform) / alpha
+        log_gamma = log_gamma.masked_fill(self.mask.unsqueeze(-2), float("-inf"))
+        return F.log_softmax(log_gamma, dim=-1)
 
     def rsample(self, num_samples: int) -> torch.Tensor:
-        """Reparameterised samples (implicit gradients): (K,) + batch_shape + (T,)."""
-        alpha = self.active_concentration()
-        # Padded coordinates are sampled with a harmless concentration and
-        # dropped, which is exactly a Dirichlet over the unpadded coordinates.
-        safe = alpha if self.mask is None else alpha.masked_fill(self.mask, 1.0)
-        z = torch.distributions.Dirichlet(safe).rsample((num_samples,))
-        if self.mask is not None:
-            z = z.masked_fill(self.mask, 0.0)
-            z = z / z.sum(-1, keepdim=True).clamp_min(1e-12)
-        return z
+        """Reparameterised samples z ~ Dir: batch_shape + (K, T), zero at padding."""
+        return self.rsample_log(num_samples).exp()
 
-    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        alpha = self.active_concentration()
-        valid = torch.ones_like(alpha) if self.mask is None else (~self.mask).to(alpha)
-        log_z = torch.log(z.clamp_min(1e-30))
-        norm = torch.lgamma((alpha * valid).sum(-1)) - (torch.lgamma(alpha.clamp_min(1e-30)) * valid).sum(-1)
-        return norm + (((alpha - 1.0) * log_z) * valid).sum(-1)
+    def log_prob_at_log(self, log_z: torch.Tensor) -> torch.Tensor:
+        """log Dir(z) given log z of shape batch_shape + (K, T): batch_shape + (K,).
+
+        Taking log z (not z) keeps the density finite when coordinates of z
+        underflow to zero, which small concentrations make routine.
+        """
+        alpha = self.concentration.unsqueeze(-2)
+        valid = self.valid.unsqueeze(-2)
+        log_norm = torch.lgamma(self.total) - (torch.lgamma(self.concentration) * self.valid).sum(-1)
+        body = ((alpha - 1.0) * log_z.masked_fill(valid == 0, 0.0) * valid).sum(-1)
+        return log_norm.unsqueeze(-1) + body
 
     def kl(self, other: "DirichletAlignment") -> torch.Tensor:
-        """KL(Dir(a) || Dir(b)) in closed form over the unpadded coordinates."""
-        a = self.active_concentration()
-        b = other.active_concentration()
-        valid = torch.ones_like(a) if self.mask is None else (~self.mask).to(a)
-        a_safe = torch.where(valid > 0, a, torch.ones_like(a))
-        b_safe = torch.where(valid > 0, b, torch.ones_like(b))
-        a0 = (a_safe * valid).sum(-1)
-        b0 = (b_safe * valid).sum(-1)
-        term = (
-            torch.lgamma(a0)
-            - torch.lgamma(b0)
-            - ((torch.lgamma(a_safe) - torch.lgamma(b_safe)) * valid).sum(-1)
-        )
-        digamma_gap = torch.digamma(a_safe) - torch.digamma(a0).unsqueeze(-1)
-        return term + (((a_safe - b_safe) * digamma_gap) * valid).sum(-1)
+        """KL(Dir(a) || Dir(b)) in closed form."""
+        a, b, valid = self.concentration, other.concentration, self.valid
+        a0, b0 = self.total, other.total
+        log_norms = torch.lgamma(a0) - torch.lgamma(b0) - (
+            (torch.lgamma(a) - torch.lgamma(b)) * valid).sum(-1)
+        digamma_gap = torch.digamma(a) - torch.digamma(a0).unsqueeze(-1)
+        return log_norms + ((a - b) * digamma_gap * valid).sum(-1)
 
     def entropy(self) -> torch.Tensor:
-        a = self.active_concentration()
-        valid = torch.ones_like(a) if self.mask is None else (~self.mask).to(a)
-        a_safe = torch.where(valid > 0, a, torch.ones_like(a))
-        k = valid.sum(-1)
-        a0 = (a_safe * valid).sum(-1)
-        log_beta = (torch.lgamma(a_safe) * valid).sum(-1) - torch.lgamma(a0)
-        return (
-            log_beta
-            + (a0 - k) * torch.digamma(a0)
-            - (((a_safe - 1.0) * torch.digamma(a_safe)) * valid).sum(-1)
-        )
+        a, valid = self.concentration, self.valid
+        a0 = self.total
+        log_beta = (torch.lgamma(a) * valid).sum(-1) - torch.lgamma(a0)
+        return (log_beta + (a0 - valid.sum(-1)) * torch.digamma(a0)
+                - ((a - 1.0) * torch.digamma(a) * valid).sum(-1))

@@ -13,7 +13,7 @@ import math
 import torch
 
 
-def _with_extra_gradient(value: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
+def value_with_gradient_of(value: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
     return value + (surrogate - surrogate.detach())
 
 
@@ -41,12 +41,23 @@ def reinforce_nll(logp_y_samples, log_prob_samples, baseline):
     advantage = reward - baseline.detach().unsqueeze(-1)
     value = -logp_y_samples.mean(-1)
     score_term = -(advantage * log_prob_samples).mean(-1)
-    return _with_extra_gradient(value, score_term), advantage
+    return value_with_gradient_of(value, score_term), advantage
 
 
 def relaxed_nll(logp_y_samples: torch.Tensor) -> torch.Tensor:
     """-E[log p(y | z~)] for reparameterised (Gumbel-softmax, Dirichlet) samples."""
     return -logp_y_samples.mean(-1)
+
+
+def importance_log_marginal(logp_y_samples, log_prior_samples, log_proposal_samples):
+    """log (1/K) sum_k p(z_k) p(y | z_k) / r(z_k) for K samples z_k ~ r.
+
+    An unbiased estimate of p(y) inside the log, so in expectation a lower
+    bound on log p(y) (the IWAE bound, Burda et al. 2016) that tightens as
+    K grows.
+    """
+    log_w = logp_y_samples + log_prior_samples - log_proposal_samples
+    return torch.logsumexp(log_w, dim=-1) - math.log(log_w.size(-1))
 
 
 def reweighted_wake_sleep(logp_y_samples, log_prior_samples, log_q_samples):
@@ -60,7 +71,8 @@ def reweighted_wake_sleep(logp_y_samples, log_prior_samples, log_q_samples):
     weights = torch.softmax(log_w, dim=-1)
     wake_p = -(weights * (logp_y_samples + log_prior_samples)).sum(-1)
     wake_q = -(weights * log_q_samples).sum(-1)
-    log_marginal_estimate = torch.logsumexp(log_w, dim=-1) - math.log(log_w.size(-1))
+    log_marginal_estimate = importance_log_marginal(
+        logp_y_samples.detach(), log_prior_samples.detach(), log_q_samples.detach())
     ess = 1.0 / (weights**2).sum(-1)
     return wake_p, wake_q, log_marginal_estimate, ess
 

@@ -1,0 +1,67 @@
+"""``varattn_dirichlet``: relaxed variational attention, z_j on the simplex
+(DESIGN.md §3; the paper's Sec. 4 "relaxed" baseline):
+
+    E_{Dir(alpha_q)}[log p(y_j | context = sum_i z_i x~_i)] - KL(Dir_q || Dir_p)
+
+The expectation is estimated with ``--num-samples`` reparameterised draws
+(implicit gradients), the KL is closed form.  The marginal p(y_j) has no
+closed form here, so ``nll_loss`` is an importance-sampled estimate with
+``--nll-samples`` draws from the mixture (q + p) / 2 (an upper bound on the
+NLL in expectation);
+the log line's ``nll_samples`` field says how many.  Generation uses the
+prior mean's context and never needs q.
+"""
+
+import logging
+from dataclasses import dataclass, field
+
+from fairseq.criterions import register_criterion
+
+from ..modules.losses import relaxed_nll
+from .base import VarAttnCriterion, VarAttnKLConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DirichletConfig(VarAttnKLConfig):
+    nll_samples: int = field(
+        default=16, metadata={"help": "samples for the importance-sampled nll_loss "
+                                            "(proposal: the mixture of q and the prior)"})
+
+
+@register_criterion("varattn_dirichlet", dataclass=DirichletConfig)
+class DirichletCriterion(VarAttnCriterion):
+    attention_kinds = ("dirichlet",)
+    needs_inference_network = True
+
+    def __init__(self, task, sentence_avg, num_samples=1, skip_exact_nll_in_training=False,
+                 kl_weight=1.0, kl_warmup_updates=0, nll_samples=16):
+        super().__init__(task, sentence_avg, num_samples, skip_exact_nll_in_training,
+                         kl_weight, kl_warmup_updates)
+        if nll_samples < 1:
+            raise ValueError(f"--nll-samples must be >= 1, got {nll_samples}")
+        self.nll_samples = nll_samples
+        logger.info("varattn_dirichlet: nll_loss and ppl are importance-sampled estimates "
+                    "(%d samples from (q + p) / 2 per token), not exact", nll_samples)
+
+    def token_terms(self, model, batch):
+        prior, q = batch.prior, batch.q
+        kl = q.kl(prior)
+        logp_y = batch.simplex_logp_y(q.rsample(self.num_samples))
+        return {
+            "loss": relaxed_nll(logp_y) + self.current_kl_weight(model) * kl,
+            "kl": kl,
+            "entropy_q": q.entropy(),
+            "entropy_p": prior.entropy(),
+        }
+
+    def marginal_nll(self, batch):
+        return batch.importance_nll(self.nll_samples)
+
+    def forward(self, model, sample, reduce=True):
+        loss, sample_size, logging_output = super().forward(model, sample, reduce)
+        if "nll_loss" in logging_output:
+            # Per-token sum so that it survives fairseq's summing of logs.
+            logging_output["nll_samples"] = float(self.nll_samples * sample["ntokens"])
+        return loss, sample_size, logging_output

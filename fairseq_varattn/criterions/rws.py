@@ -1,0 +1,44 @@
+"""``varattn_rws``: reweighted wake-sleep (Bornschein & Bengio 2015) for the
+categorical alignment (DESIGN.md §3 and §8).
+
+K samples z_k ~ q(z | x, y) with self-normalised weights
+w_k ∝ p(z_k) p(y | z_k) / q(z_k) drive both updates: wake-p follows
+sum_k w_k grad log p(y, z_k) (which tends to grad log p(y) as K grows) and
+wake-q follows sum_k w_k grad log q(z_k) (q towards the posterior).  The
+logged ``loss`` is the importance-weighted NLL estimate -log (1/K) sum_k
+p(y, z_k) / q(z_k); the gradient is the wake-p plus wake-q gradient.
+"""
+
+from dataclasses import dataclass, field
+
+from fairseq.criterions import register_criterion
+
+from ..modules.losses import reweighted_wake_sleep, value_with_gradient_of
+from .base import VarAttnCriterion, VarAttnCriterionConfig
+
+
+@dataclass
+class RwsConfig(VarAttnCriterionConfig):
+    # The paper's code draws 5 samples for wake-sleep (DESIGN.md §8).
+    num_samples: int = field(default=5, metadata={"help": "samples from q per target token"})
+
+
+@register_criterion("varattn_rws", dataclass=RwsConfig)
+class RwsCriterion(VarAttnCriterion):
+    needs_inference_network = True
+
+    def __init__(self, task, sentence_avg, num_samples=5, skip_exact_nll_in_training=False):
+        super().__init__(task, sentence_avg, num_samples, skip_exact_nll_in_training)
+
+    def token_terms(self, model, batch):
+        prior, q = batch.prior, batch.q
+        z = q.sample(self.num_samples)
+        wake_p, wake_q, log_marginal, ess = reweighted_wake_sleep(
+            batch.logp_y_at(z), prior.log_prob(z), q.log_prob(z))
+        return {
+            "loss": value_with_gradient_of(-log_marginal, wake_p + wake_q),
+            "ess": ess,
+            "kl": q.kl(prior).detach(),
+            "entropy_q": q.entropy(),
+            "entropy_p": prior.entropy(),
+        }
