@@ -30,9 +30,11 @@ from fairseq.models.lstm import LSTMModel  # noqa: E402
 from fairseq.models.lstm import base_architecture as lstm_base  # noqa: E402
 
 import fairseq_varattn  # noqa: E402,F401
+from fairseq_varattn.criterions.dirichlet import DirichletCriterion  # noqa: E402
 from fairseq_varattn.criterions.elbo import ElboCriterion  # noqa: E402
 from fairseq_varattn.criterions.hard import HardAttentionCriterion  # noqa: E402
 from fairseq_varattn.criterions.marginal import MarginalCriterion  # noqa: E402
+from fairseq_varattn.criterions.rws import RwsCriterion  # noqa: E402
 from fairseq_varattn.models.varattn_lstm import VarAttnLSTMModel  # noqa: E402
 from fairseq_varattn.models.varattn_lstm import base_architecture as varattn_base  # noqa: E402
 
@@ -48,6 +50,10 @@ VARIANTS = {
                        ElboCriterion, {"estimator": "reinforce", "skip_exact_nll_in_training": True}),
     "elbo-gumbel": ("varattn", {"attention": "categorical", "inference_network": "birnn"},
                     ElboCriterion, {"estimator": "gumbel", "skip_exact_nll_in_training": True}),
+    "dirichlet": ("varattn", {"attention": "dirichlet", "inference_network": "birnn"},
+                  DirichletCriterion, {"skip_exact_nll_in_training": True}),
+    "rws": ("varattn", {"attention": "categorical", "inference_network": "birnn"},
+            RwsCriterion, {"num_samples": 5, "skip_exact_nll_in_training": True}),
     "marginal-top5": ("varattn", {"attention": "categorical", "alignment_topk": 5}, MarginalCriterion,
                       {"skip_exact_nll_in_training": True}),
 }

@@ -137,6 +137,10 @@ LATENT_RUNS = {
                        "--estimator", "reinforce", "--train-baseline"],
     "elbo-gumbel": ["--inference-network", "birnn", "--criterion", "varattn_elbo", "--estimator", "gumbel",
                     "--gumbel-temperature", "0.5", "--alignment-topk", "3"],
+    # the last --attention wins over the test's default --attention categorical
+    "dirichlet": ["--attention", "dirichlet", "--inference-network", "birnn",
+                  "--criterion", "varattn_dirichlet", "--nll-samples", "4", "--kl-warmup-updates", "4"],
+    "rws": ["--inference-network", "birnn", "--criterion", "varattn_rws", "--num-samples", "3"],
 }
 
 
@@ -150,8 +154,12 @@ def test_latent_criterion_round_trip(name, data_dir, tmp_path):
     assert nll and all(0 < v < 20 for v in nll), log[-3000:]
     train_has_nll = bool(re.search(r"\| train \|.*? nll_loss [0-9.]+", log))
     assert train_has_nll == ("--skip-exact-nll-in-training" not in LATENT_RUNS[name])
-    if "elbo" in name:
+    if name.startswith(("elbo", "dirichlet", "rws")):
         assert re.search(r"\| valid on 'valid' subset \|.*? kl [0-9.]+ \| entropy_q", log)
+    if name == "dirichlet":  # the importance-sampled nll says how many samples
+        assert re.search(r"\| valid on 'valid' subset \|.*? nll_samples 4\b", log)
+    if name == "rws":
+        assert re.search(r"\| valid on 'valid' subset \|.*? ess [0-9.]+", log)
     if "reinforce" in name:
         assert re.search(r"sf_var_ratio [0-9.]+", log)
     bleu, _ = generate(data_dir, os.path.join(save, "checkpoint_last.pt"))
