@@ -234,3 +234,25 @@ def test_dirichlet_criterion_rejects_bad_sample_counts():
     _, d = build_model("dirichlet")
     with pytest.raises(ValueError, match="--nll-samples"):
         DirichletCriterion(_task(d), sentence_avg=False, nll_samples=0)
+
+
+@pytest.mark.parametrize("attention", ["soft", "categorical", "dirichlet"])
+def test_attention_positions_index_the_left_padded_source_tokens(attention):
+    """A sentence's attention is the same alone and in a padded batch, at its
+    own tokens' positions: what --print-alignment and the alignment tool read."""
+    model, d = build_model(attention)
+    batch = random_batch(d, bsz=3, src_len=6)
+    net = batch["net_input"]
+    _, extra = model(**net, features_only=True)
+    padded = net["src_tokens"].eq(d.pad())
+    b = int(padded.sum(1).argmax())  # the most padded sentence
+    num_pads = int(padded[b].sum())
+    assert num_pads > 0
+    assert torch.all(extra["attn"][b][:, :num_pads] == 0)
+    alone = {
+        "src_tokens": net["src_tokens"][b:b + 1, num_pads:],
+        "src_lengths": net["src_lengths"][b:b + 1],
+        "prev_output_tokens": net["prev_output_tokens"][b:b + 1],
+    }
+    _, extra_alone = model(**alone, features_only=True)
+    torch.testing.assert_close(extra["attn"][b][:, num_pads:], extra_alone["attn"][0])

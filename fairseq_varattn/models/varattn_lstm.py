@@ -31,7 +31,6 @@ from fairseq.models import (
     register_model,
     register_model_architecture,
 )
-from fairseq.models.lstm import LSTMEncoder
 from fairseq.modules import FairseqDropout
 from torch import Tensor
 
@@ -39,6 +38,7 @@ from ..modules.alignment import CategoricalAlignment, DirichletAlignment
 from ..modules.init import Embedding, Linear, LSTMCell
 from ..modules.output_layer import AlignmentOutputLayer
 from ..modules.scorer import AttentionScorer
+from .encoder import VarAttnLSTMEncoder
 from .inference_network import InferenceNetwork
 
 DEFAULT_MAX_POSITIONS = 1024
@@ -269,7 +269,7 @@ class VarAttnLSTMModel(FairseqEncoderDecoderModel):
         check_args(args)
         max_source = getattr(args, "max_source_positions", DEFAULT_MAX_POSITIONS)
         max_target = getattr(args, "max_target_positions", DEFAULT_MAX_POSITIONS)
-        encoder = LSTMEncoder(
+        encoder = VarAttnLSTMEncoder(
             dictionary=task.source_dictionary,
             embed_dim=args.encoder_embed_dim,
             hidden_size=args.encoder_hidden_size,
@@ -277,6 +277,7 @@ class VarAttnLSTMModel(FairseqEncoderDecoderModel):
             dropout_in=args.encoder_dropout_in,
             dropout_out=args.encoder_dropout_out,
             bidirectional=True,
+            left_pad=getattr(args, "left_pad_source", True),
             max_source_positions=max_source,
         )
         decoder = VarAttnLSTMDecoder(
