@@ -32,14 +32,18 @@ CASES = {
 
 
 def _sharpen(module, inputs, scores):
-    """Rescale every row of finite scores to span [-50, 50]: attention one-hot
+    """Rescale every row of finite scores to span [-50, 50] (+50 for the top one): attention one-hot
     to float32 precision, the regime where log(0) and 0 * inf appear."""
     finite = torch.isfinite(scores)
     # fill padding before any arithmetic: -inf * 0 in backward would be NaN
     filled = scores.masked_fill(~finite, 0.0)
     centred = (filled - filled.sum(-1, keepdim=True) / finite.sum(-1, keepdim=True)).masked_fill(~finite, 0.0)
     scale = centred.abs().amax(-1, keepdim=True).clamp_min(1e-6)
-    return torch.where(finite, centred * (SHARP / scale), scores)
+    sharp = centred * (SHARP / scale)
+    # and a clear winner, so the softmax is one-hot to float precision
+    top = sharp.masked_fill(~finite, float("-inf")).argmax(-1, keepdim=True)
+    sharp = sharp + SHARP * torch.zeros_like(sharp).scatter_(-1, top, 1.0)
+    return torch.where(finite, sharp, scores)
 
 
 def _run(name, sharp=False, autocast=False):

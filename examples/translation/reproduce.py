@@ -1,0 +1,326 @@
+"""The paper's comparison on your data: every variant, same budget, several seeds.
+
+    python examples/translation/reproduce.py --quick             # shipped Multi30k, 2 CPU cores
+    python examples/translation/reproduce.py --data runs/iwslt14/bin --full --seeds 1,2,3
+
+For each seed and variant (soft, marginal, hard enum / REINFORCE,
+variational enum / REINFORCE / Gumbel, Dirichlet, wake-sleep) it runs
+``fairseq-train`` with the same preset, optimiser, batches, seed and number
+of updates, then ``fairseq-validate`` on the test split and
+``fairseq-generate --beam 5 --scoring sacrebleu``.  PPL is the exact
+marginal under the prior for every categorical variant (importance-sampled
+for Dirichlet, marked so), read from the last validation and from the test
+pass.  Training tokens/s is fairseq's ``wps``; peak memory is the training
+process's peak RSS (and CUDA max-allocated on a GPU).
+
+Writes OUT/runs.csv (one row per run), OUT/results.csv and OUT/results.md
+(mean ± standard deviation over seeds) and, with ``--alignments``, OUT/alignments/
+(heatmaps, AER against the hand-aligned gold sentences when the data is the
+shipped Multi30k).
+"""
+
+import argparse
+import csv
+import datetime
+import math
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+USER_DIR = os.path.join(REPO, "fairseq_varattn")
+GOLD = os.path.join(HERE, "gold", "test_2016_flickr.de-en.pharaoh")
+
+CATEGORICAL = ["--attention", "categorical"]
+WITH_Q = ["--attention", "categorical", "--inference-network", "birnn"]
+# Sampling estimators skip the exact nll on training batches (validation
+# always computes it): otherwise every update pays for an enumeration.
+SAMPLED = ["--skip-exact-nll-in-training"]
+VARIANTS = {
+    "soft": ["--attention", "soft", "--criterion", "cross_entropy"],
+    "marginal": [*CATEGORICAL, "--criterion", "varattn_marginal"],
+    "hard-enum": [*CATEGORICAL, "--criterion", "varattn_hard", "--estimator", "enum"],
+    "hard-reinforce": [*CATEGORICAL, "--criterion", "varattn_hard", "--estimator", "reinforce",
+                       "--train-baseline", *SAMPLED],
+    "elbo-enum": [*WITH_Q, "--criterion", "varattn_elbo", "--estimator", "enum"],
+    "elbo-reinforce": [*WITH_Q, "--criterion", "varattn_elbo", "--estimator", "reinforce",
+                       "--train-baseline", *SAMPLED],
+    "elbo-gumbel": [*WITH_Q, "--criterion", "varattn_elbo", "--estimator", "gumbel", *SAMPLED],
+    "dirichlet": ["--attention", "dirichlet", "--inference-network", "birnn",
+                  "--criterion", "varattn_dirichlet", *SAMPLED],
+    "rws": [*WITH_Q, "--criterion", "varattn_rws", "--num-samples", "5", *SAMPLED],
+}
+KL_CRITERIONS = ("varattn_elbo", "varattn_dirichlet")
+
+PRESETS = {
+    # small enough for 2 CPU cores
+    "quick": ["--arch", "varattn_lstm", "--encoder-embed-dim", "64", "--encoder-hidden-size", "64",
+              "--decoder-embed-dim", "64", "--decoder-hidden-size", "128",
+              "--decoder-out-embed-dim", "64", "--dropout", "0.2",
+              "--optimizer", "adam", "--lr", "0.005", "--clip-norm", "5"],
+    # the paper's IWSLT14 settings (DESIGN.md §8); max-tokens replaces batch 6 sentences
+    "full": ["--arch", "varattn_lstm_iwslt_de_en", "--optimizer", "adam", "--lr", "3e-4",
+             "--adam-eps", "1e-8", "--clip-norm", "5", "--lr-scheduler", "fixed",
+             "--force-anneal", "2", "--lr-shrink", "0.5"],
+}
+
+# Runs in the training subprocess: fairseq-train, then report peak memory.
+MEASURED_TRAIN = (
+    "import resource, sys, torch\n"
+    "from fairseq_cli.train import cli_main\n"
+    "sys.argv = ['fairseq-train'] + sys.argv[1:]\n"
+    "try:\n"
+    "    cli_main()\n"
+    "finally:\n"
+    "    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
+    "    cuda = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0\n"
+    "    print(f'VARATTN_PEAK_MB rss={rss:.0f} cuda={cuda:.0f}', flush=True)\n"
+)
+
+
+def run(cmd, log_path, env):
+    with open(log_path, "w") as log:
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+    text = open(log_path).read()
+    if proc.returncode != 0:
+        raise RuntimeError(f"failed ({proc.returncode}): {' '.join(cmd)}\nsee {log_path}:\n{text[-3000:]}")
+    return text
+
+
+def last_float(pattern, text, what, log_path):
+    found = re.findall(pattern, text)
+    if not found:
+        raise RuntimeError(f"no {what} in {log_path}")
+    return float(found[-1])
+
+
+def nll_pattern(subset):
+    # cross_entropy logs its nll as `loss` (no nll_loss key); latent criterions log nll_loss
+    return rf"on '{subset}' subset \|(?:.*? nll_loss ([0-9.]+)| loss ([0-9.]+) \| ppl)"
+
+
+def read_nll(subset, text, log_path):
+    found = re.findall(nll_pattern(subset), text)
+    if not found:
+        raise RuntimeError(f"no {subset} nll in {log_path}")
+    nll, loss = found[-1]
+    return float(nll or loss)
+
+
+def run_one(name, seed, opts, env):
+    save = os.path.join(opts.out, f"{name}-seed{seed}")
+    os.makedirs(save, exist_ok=True)
+    common = [opts.data, "--user-dir", USER_DIR]
+    train_cmd = [sys.executable, "-c", MEASURED_TRAIN, *common, *PRESETS[opts.preset], *VARIANTS[name],
+                 "--max-tokens", str(opts.max_tokens), "--max-update", str(opts.max_update),
+                 "--seed", str(seed), "--num-workers", "0", "--log-interval", "50",
+                 "--log-format", "simple", "--validate-interval-updates", str(opts.max_update),
+                 "--save-dir", save, "--no-epoch-checkpoints", *opts.train_args]
+    start = time.time()
+    log = os.path.join(save, "train.log")
+    text = run(train_cmd, log, env)
+    train_s = time.time() - start
+    ckpt = os.path.join(save, "checkpoint_last.pt")  # the model after the budget
+    row = {"variant": name, "seed": seed,
+           "valid_nll_bits": read_nll("valid", text, log),
+           "train_wps": last_float(r"\| train \|.*? wps ([0-9.]+)", text, "wps", log),
+           "peak_rss_mb": last_float(r"VARATTN_PEAK_MB rss=([0-9.]+)", text, "peak memory", log),
+           "peak_cuda_mb": last_float(r"VARATTN_PEAK_MB rss=[0-9.]+ cuda=([0-9.]+)", text, "peak memory", log),
+           "train_s": train_s}
+    kl = re.findall(r"on 'valid' subset \|.*? kl ([0-9.]+)", text)
+    row["valid_kl_bits"] = float(kl[-1]) if kl else ""
+
+    log = os.path.join(save, "test.log")
+    text = run([sys.executable, "-m", "fairseq_cli.validate", *common, "--path", ckpt,
+                "--valid-subset", opts.test_subset, "--max-tokens", str(opts.max_tokens),
+                "--num-workers", "0", "--seed", str(seed)], log, env)
+    row["test_nll_bits"] = read_nll(opts.test_subset, text, log)
+
+    log = os.path.join(save, "generate.log")
+    text = run([sys.executable, "-m", "fairseq_cli.generate", *common, "--path", ckpt,
+                "--gen-subset", opts.test_subset, "--beam", "5", "--batch-size", "128",
+                "--post-process", "sentencepiece", "--scoring", "sacrebleu", *opts.generate_args],
+               log, env)
+    row["test_bleu"] = last_float(r"BLEU = ([0-9.]+)", text, "BLEU", log)
+    row["valid_ppl"] = 2 ** row["valid_nll_bits"]
+    row["test_ppl"] = 2 ** row["test_nll_bits"]
+    row["wall_s"] = time.time() - start
+    return row
+
+
+def mean_spread(values, fmt):
+    values = [v for v in values if v != "" and v is not None]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return format(values[0], fmt)
+    return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), fmt)}"
+
+
+def aggregate(rows, variants):
+    soft_wps = [r["train_wps"] for r in rows if r["variant"] == "soft"]
+    table = []
+    for name in variants:
+        runs = [r for r in rows if r["variant"] == name]
+        if not runs:
+            continue
+        speed = [r["train_wps"] / statistics.mean(soft_wps) for r in runs] if soft_wps else []
+        table.append({
+            "variant": name + (" (IS ppl)" if name == "dirichlet" else ""),
+            "seeds": len(runs),
+            "valid_ppl": mean_spread([r["valid_ppl"] for r in runs], ".2f"),
+            "test_ppl": mean_spread([r["test_ppl"] for r in runs], ".2f"),
+            "test_bleu": mean_spread([r["test_bleu"] for r in runs], ".2f"),
+            "valid_kl_bits": mean_spread([r["valid_kl_bits"] for r in runs], ".3f"),
+            "train_wps": mean_spread([r["train_wps"] for r in runs], ".0f"),
+            "speed_vs_soft": mean_spread(speed, ".2f"),
+            "peak_rss_mb": mean_spread([r["peak_rss_mb"] for r in runs], ".0f"),
+        })
+    return table
+
+
+def markdown(table, opts, seeds, wall):
+    header = ("| variant | seeds | valid PPL | test PPL | test BLEU | valid KL (bits/tok) | "
+              "train tok/s | speed vs soft | peak RSS MB |")
+    lines = [
+        f"`{opts.command}` on {datetime.date.today()}, {platform.machine()} x{os.cpu_count()} CPU cores"
+        f"{', GPU' if opts.gpu else ', no GPU'}; preset `{opts.preset}`, {opts.max_update} updates of "
+        f"{opts.max_tokens}-token batches, seeds {','.join(map(str, seeds))}; mean ± std over seeds; "
+        f"total {wall / 60:.1f} min.",
+        "",
+        header,
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in table:
+        lines.append("| " + " | ".join(str(r[k]) for k in (
+            "variant", "seeds", "valid_ppl", "test_ppl", "test_bleu", "valid_kl_bits",
+            "train_wps", "speed_vs_soft", "peak_rss_mb")) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def prepare_quick_data(out, env):
+    data = os.path.join(out, "data")
+    if not os.path.isfile(os.path.join(data, "bin", "dict.en.txt")):
+        print(f"== preparing data/multi30k -> {data} (sentencepiece 2k joint vocabulary)", flush=True)
+        run([sys.executable, "-m", "fairseq_varattn.prepare_data", "--raw-dir",
+             os.path.join(REPO, "data", "multi30k"), "--out", data, "--vocab-size", "2000"],
+            os.path.join(out, "prepare.log"), env)
+    return os.path.join(data, "bin")
+
+
+def run_alignments(rows, opts, env):
+    """Heatmaps and AER for seed 1's soft and variational checkpoints."""
+    seed = rows[0]["seed"]
+    names = [n for n in ("soft", "marginal", "elbo-enum", "elbo-reinforce") if any(
+        r["variant"] == n for r in rows)]
+    cmd = [sys.executable, "-m", "fairseq_varattn.alignments", opts.data, "--subset", opts.test_subset,
+           "--out", os.path.join(opts.out, "alignments"), "--plot", "0,1,3"]
+    for n in names:
+        cmd += ["--path", os.path.join(opts.out, f"{n}-seed{seed}", "checkpoint_last.pt"), "--name", n]
+    if opts.gold:
+        cmd += ["--gold", opts.gold]
+    run(cmd, os.path.join(opts.out, "alignments.log"), env)
+    with open(os.path.join(opts.out, "alignments", "summary.md")) as f:
+        return f.read()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true",
+                      help="shipped Multi30k (prepared here, 2k pieces), small model, 2 seeds")
+    mode.add_argument("--full", action="store_true", help="the paper's IWSLT preset (a GPU job)")
+    parser.add_argument("--data", help="fairseq binary data dir (prepared by fairseq_varattn.prepare_data)")
+    parser.add_argument("--out", help="default runs/reproduce-quick or runs/reproduce")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--seeds", help="comma-separated (quick: 1,2; full: 1,2,3)")
+    parser.add_argument("--max-update", type=int)
+    parser.add_argument("--max-tokens", type=int)
+    parser.add_argument("--test-subset", default="test")
+    parser.add_argument("--gold", help="Pharaoh gold alignments of the test subset, for AER "
+                                       "(quick mode: the shipped hand-aligned sentences)")
+    parser.add_argument("--alignments", action="store_true",
+                        help="plot alignments and compute AER (always on with --quick)")
+    parser.add_argument("--train-args", default="", help="extra fairseq-train options, quoted")
+    parser.add_argument("--generate-args", default="", help="extra fairseq-generate options, quoted")
+    opts = parser.parse_args(argv)
+    opts.command = "python examples/translation/reproduce.py " + " ".join(
+        sys.argv[1:] if argv is None else argv)
+    opts.preset = "full" if opts.full else "quick"
+    quick_defaults = {"seeds": "1,2", "max_update": 200, "max_tokens": 1000}
+    full_defaults = {"seeds": "1,2,3", "max_update": 30_000, "max_tokens": 4000}
+    for key, value in (full_defaults if opts.full else quick_defaults).items():
+        if getattr(opts, key) is None:
+            setattr(opts, key, value)
+    opts.out = opts.out or ("runs/reproduce" if opts.full else "runs/reproduce-quick")
+    opts.train_args = opts.train_args.split()
+    opts.generate_args = opts.generate_args.split()
+    variants = opts.variants.split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    try:
+        seeds = [int(s) for s in opts.seeds.split(",")]
+    except ValueError:
+        parser.error(f"--seeds must be comma-separated integers, got {opts.seeds!r}")
+    if opts.max_update < 1 or opts.max_tokens < 1:
+        parser.error("--max-update and --max-tokens must be positive")
+
+    import torch
+
+    opts.gpu = torch.cuda.is_available()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    os.makedirs(opts.out, exist_ok=True)
+    if opts.data is None:
+        if not opts.quick:
+            parser.error("give --data (a prepared fairseq data dir), or use --quick")
+        opts.data = prepare_quick_data(opts.out, env)
+        if opts.gold is None:
+            opts.gold = GOLD
+        opts.alignments = True
+    elif not os.path.isdir(opts.data) or not any(f.startswith("dict.") for f in os.listdir(opts.data)):
+        parser.error(f"--data {opts.data!r} has no fairseq dictionaries (run fairseq_varattn.prepare_data)")
+
+    start = time.time()
+    rows = []
+    total = len(seeds) * len(variants)
+    for seed in seeds:
+        for name in variants:
+            print(f"== [{len(rows) + 1}/{total}] {name}, seed {seed}", flush=True)
+            row = run_one(name, seed, opts, env)
+            rows.append(row)
+            print(f"   valid ppl {row['valid_ppl']:.2f}  test ppl {row['test_ppl']:.2f}  "
+                  f"BLEU {row['test_bleu']:.2f}  {row['train_wps']:.0f} tok/s  "
+                  f"{row['peak_rss_mb']:.0f} MB  ({row['wall_s']:.0f} s; "
+                  f"{(time.time() - start) / 60:.1f} min so far)", flush=True)
+
+    fields = ["variant", "seed", "valid_ppl", "test_ppl", "test_bleu", "valid_kl_bits", "train_wps",
+              "peak_rss_mb", "peak_cuda_mb", "valid_nll_bits", "test_nll_bits", "train_s", "wall_s"]
+    with open(os.path.join(opts.out, "runs.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    table = aggregate(rows, variants)
+    with open(os.path.join(opts.out, "results.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(table[0]))
+        writer.writeheader()
+        writer.writerows(table)
+    text = markdown(table, opts, seeds, time.time() - start)
+    if opts.alignments:
+        text += "\nAlignments (seed " + str(seeds[0]) + ", teacher-forced on the test references):\n\n"
+        text += run_alignments(rows, opts, env)
+    with open(os.path.join(opts.out, "results.md"), "w") as f:
+        f.write(text)
+    print(text)
+    bad = [r for r in rows if not (math.isfinite(r["valid_ppl"]) and math.isfinite(r["test_ppl"]))]
+    if bad:
+        raise SystemExit(f"non-finite PPL in {[(r['variant'], r['seed']) for r in bad]}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""The comparison pipeline (examples/translation/reproduce.py) and the alignment tools."""
+
+import csv
+import gzip
+import math
+import os
+import re
+import subprocess
+
+import pytest
+import torch
+
+from fairseq_varattn.alignments import (
+    alignment_error_rate,
+    hard_links,
+    parse_pharaoh,
+    read_gold,
+    word_ids,
+    word_matrix,
+)
+from helpers import PYTHON, REPO, run_cli
+
+GOLD = os.path.join(REPO, "examples", "translation", "gold", "test_2016_flickr.de-en.pharaoh")
+
+
+def test_pharaoh_parsing_separates_sure_and_possible_links():
+    sure, possible = parse_pharaoh("0-0 2?1 3-2")
+    assert sure == {(0, 0), (3, 2)}
+    assert possible == {(0, 0), (2, 1), (3, 2)}
+    with pytest.raises(ValueError, match="bad Pharaoh link"):
+        parse_pharaoh("0-0 1:2")
+
+
+def test_aer_on_hand_made_alignments():
+    sure, possible = {(0, 0), (1, 2)}, {(0, 0), (1, 2), (2, 2)}
+    assert alignment_error_rate([(sure, sure, possible)]) == 0.0
+    # a possible-only link costs nothing: 1 - (1 + 2) / (2 + 1)
+    assert alignment_error_rate([({(0, 0), (2, 2)}, {(0, 0)}, {(0, 0), (2, 2)})]) == pytest.approx(0.0)
+    # one of two right: 1 - (1 + 1) / (2 + 2)
+    assert alignment_error_rate([({(0, 0), (1, 1)}, sure, possible)]) == pytest.approx(0.5)
+    assert alignment_error_rate([({(5, 5)}, sure, possible)]) == pytest.approx(1.0)
+    # corpus-level: counts are pooled, not sentence AERs averaged
+    pooled = alignment_error_rate([(sure, sure, possible), ({(5, 5)}, {(0, 0)}, {(0, 0)})])
+    assert pooled == pytest.approx(1 - (2 + 2) / (3 + 3))
+
+
+def test_pieces_become_words_and_rows_stay_distributions():
+    src = ["\u2581Ein", "\u2581Hund", "e", "."]
+    tgt = ["\u2581A", "\u2581do", "g", "s"]
+    assert word_ids(src) == [0, 1, 1, 1]
+    attn = torch.tensor([[0.7, 0.1, 0.1, 0.1],
+                         [0.0, 0.5, 0.5, 0.0],
+                         [0.2, 0.8, 0.0, 0.0],
+                         [0.0, 0.0, 0.0, 1.0]])
+    words = word_matrix(attn, word_ids(tgt), word_ids(src))
+    torch.testing.assert_close(words, torch.tensor([[0.7, 0.3], [(0.0 + 0.2 + 0.0) / 3, (1.0 + 0.8 + 1.0) / 3]]))
+    assert hard_links(words) == {(0, 0), (1, 1)}
+
+
+def test_shipped_gold_alignments_fit_the_raw_test_sentences():
+    gold = read_gold(GOLD)
+    with gzip.open(os.path.join(REPO, "data", "multi30k", "test_2016_flickr.de.gz"), "rt") as f:
+        de = f.read().splitlines()
+    with gzip.open(os.path.join(REPO, "data", "multi30k", "test_2016_flickr.en.gz"), "rt") as f:
+        en = f.read().splitlines()
+    scored = [i for i, g in enumerate(gold) if g is not None]
+    assert len(scored) >= 20
+    for i in scored:
+        _, possible = gold[i]
+        assert all(s < len(de[i].split()) and t < len(en[i].split()) for s, t in possible), i
+
+
+def test_quick_pipeline_on_a_tiny_budget_writes_a_well_formed_table(data_dir, tmp_path):
+    out = tmp_path / "reproduce"
+    proc = subprocess.run(
+        [PYTHON, os.path.join(REPO, "examples", "translation", "reproduce.py"), "--data", data_dir,
+         "--out", str(out), "--seeds", "1", "--max-update", "2", "--max-tokens", "1500",
+         "--alignments", "--gold", GOLD,
+         # untrained models rarely emit </s>: bound the output length
+         "--generate-args", "--max-len-a 1.2 --max-len-b 10"],
+        cwd=REPO, capture_output=True, text=True, timeout=1200,
+        env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(out / "runs.csv") as f:
+        rows = list(csv.DictReader(f))
+    variants = ["soft", "marginal", "hard-enum", "hard-reinforce", "elbo-enum", "elbo-reinforce",
+                "elbo-gumbel", "dirichlet", "rws"]
+    assert [r["variant"] for r in rows] == variants
+    for r in rows:
+        for key in ("valid_ppl", "test_ppl", "train_wps", "peak_rss_mb"):
+            assert math.isfinite(float(r[key])) and float(r[key]) > 0, (r["variant"], key, r[key])
+        assert 0.0 <= float(r["test_bleu"]) <= 100.0
+    table = (out / "results.md").read_text()
+    for name in variants:
+        assert re.search(rf"^\| {name}( \(IS ppl\))? \| 1 \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \|", table, re.M), name
+    # alignments: heatmaps and AER on the hand-aligned test sentences
+    assert (out / "alignments" / "sentence-0.png").stat().st_size > 1000
+    assert re.search(r"\| elbo-enum \| posterior q\(z\|x,y\) \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \(2[0-9]\) \|", table)
+
+
+def test_alignments_command_rejects_unknown_sentences_and_missing_checkpoints(data_dir, tmp_path):
+    proc = run_cli(["fairseq_varattn.alignments", data_dir, "--path", str(tmp_path / "none.pt"),
+                    "--out", str(tmp_path / "a")], check=False)
+    assert proc.returncode != 0 and "does not exist" in proc.stderr + proc.stdout
