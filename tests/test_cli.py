@@ -164,3 +164,21 @@ def test_categorical_score_reference_and_interactive(data_dir, tmp_path):
                           input=src, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(re.findall(r"^H-\d+\t", proc.stdout, re.M)) == 2
+
+
+def test_checkpoint_with_another_dictionary_is_a_clear_error(data_dir, tmp_path):
+    """Same size, different symbols: only the saved checksum can tell."""
+    import shutil
+
+    save = str(tmp_path / "ckpt")
+    train(data_dir, save, ["--disable-validation"], max_update=1)
+    other = tmp_path / "other-data"
+    shutil.copytree(data_dir, other)
+    lines = (other / "dict.en.txt").read_text(encoding="utf-8").splitlines()
+    lines[10], lines[11] = lines[11], lines[10]
+    (other / "dict.en.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    proc = run_cli(["fairseq_cli.generate", str(other), "--user-dir", USER_DIR,
+                    "--path", os.path.join(save, "checkpoint_last.pt"), "--gen-subset", "valid",
+                    "--beam", "2", "--batch-size", "64"], check=False)
+    assert proc.returncode != 0
+    assert "different target dictionary" in proc.stderr + proc.stdout
