@@ -16,6 +16,7 @@ import argparse
 import gzip
 import logging
 import os
+import shutil
 import subprocess
 import sys
 
@@ -126,18 +127,27 @@ def main(argv=None):
             with open(os.path.join(spm_dir, f"{key}.{lang}"), "w", encoding="utf-8") as f:
                 f.writelines(lines[i] + "\n" for i in keep)
 
+    final = os.path.join(args.out, "bin")
+    partial = final + ".partial"
+    if os.path.isdir(partial):
+        shutil.rmtree(partial)
     cmd = [
         sys.executable, "-m", "fairseq_cli.preprocess",
         "--source-lang", args.src, "--target-lang", args.tgt,
         "--trainpref", os.path.join(spm_dir, "train"),
         "--validpref", os.path.join(spm_dir, "valid"),
         "--testpref", ",".join(os.path.join(spm_dir, k) for k in splits if k.startswith("test")),
-        "--destdir", os.path.join(args.out, "bin"),
+        "--destdir", partial,
         "--joined-dictionary", "--workers", str(args.workers),
     ]
     logger.info("running %s", " ".join(cmd))
-    subprocess.run(cmd, check=True)
-    logger.info("done: fairseq data in %s", os.path.join(args.out, "bin"))
+    if subprocess.run(cmd).returncode != 0:
+        sys.exit(f"fairseq-preprocess failed; {final} was left as it was")
+    # binaries appear under their final name only once all of them are written
+    if os.path.isdir(final):
+        shutil.rmtree(final)
+    os.rename(partial, final)
+    logger.info("done: fairseq data in %s", final)
 
 
 if __name__ == "__main__":

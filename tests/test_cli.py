@@ -110,6 +110,56 @@ def test_prepare_data_rejects_a_missing_split(tmp_path):
     assert proc.returncode != 0 and "no val.de or val.de.gz" in proc.stderr
 
 
+def _write_raw(folder, split, de_lines, en_lines):
+    (folder / f"{split}.de").write_text("\n".join(de_lines) + "\n", encoding="utf-8")
+    (folder / f"{split}.en").write_text("\n".join(en_lines) + "\n", encoding="utf-8")
+
+
+def _real_lines(split, n):
+    out = []
+    for lang in ("de", "en"):
+        with gzip.open(os.path.join(REPO, "data", "multi30k", f"{split}.{lang}.gz"), "rt", encoding="utf-8") as f:
+            out.append(f.read().splitlines()[:n])
+    return out
+
+
+def test_prepare_data_drops_empty_and_overlong_training_pairs_and_says_so(tmp_path):
+    de, en = _real_lines("train", 300)
+    de += ["", " ".join(de[:40])]  # an empty source; a 40-sentence source
+    en += ["A dog.", en[0]]
+    _write_raw(tmp_path, "train", de, en)
+    _write_raw(tmp_path, "val", *_real_lines("val", 20))
+    _write_raw(tmp_path, "test_2016_flickr", *_real_lines("test_2016_flickr", 20))
+    proc = run_cli(["fairseq_varattn.prepare_data", "--raw-dir", tmp_path, "--out", tmp_path / "o",
+                    "--vocab-size", "300", "--max-len", "100", "--workers", "1"])
+    log = proc.stdout + proc.stderr
+    assert "train: kept 300 of 302 pairs (dropped 1 with an empty side, 1 longer than 100 pieces)" in log
+    with open(tmp_path / "o" / "spm" / "train.de", encoding="utf-8") as f:
+        assert len(f.read().splitlines()) == 300
+
+
+def test_prepare_data_rejects_sides_of_different_length(tmp_path):
+    de, en = _real_lines("train", 10)
+    _write_raw(tmp_path, "train", de, en[:9])
+    proc = run_cli(["fairseq_varattn.prepare_data", "--raw-dir", tmp_path, "--out", tmp_path / "o"],
+                   check=False)
+    assert proc.returncode != 0 and "10 de lines but 9 en lines" in proc.stderr
+    assert not (tmp_path / "o" / "bin").exists()  # nothing half-written
+
+
+def test_data_dir_without_a_valid_split_is_a_clear_error(data_dir, tmp_path):
+    import shutil
+
+    partial = tmp_path / "no-valid"
+    shutil.copytree(data_dir, partial)
+    for f in partial.glob("valid.*"):
+        f.unlink()
+    proc = run_cli(["fairseq_cli.train", str(partial), "--user-dir", USER_DIR, *TINY,
+                    "--save-dir", str(tmp_path / "ckpt"), "--max-update", "1"], check=False)
+    assert proc.returncode != 0
+    assert re.search(r"[Dd]ataset not found: valid", proc.stderr + proc.stdout), proc.stderr[-1500:]
+
+
 LATENT_RUNS = {
     "marginal": ["--criterion", "varattn_marginal"],
     "hard-enum": ["--criterion", "varattn_hard", "--estimator", "enum"],

@@ -137,6 +137,7 @@ def test_invalid_criterion_options_are_rejected(kwargs, match):
 
 @pytest.mark.parametrize("overrides,match", [
     ({"alignment_topk": -1}, "--alignment-topk"),
+    ({"alignment_topk": 5000}, "larger than the longest allowed source"),
     ({"attention": "soft", "alignment_topk": 2}, "--alignment-topk"),
     ({"attention": "soft", "inference_network": "birnn"}, "--inference-network"),
 ])
@@ -256,3 +257,33 @@ def test_attention_positions_index_the_left_padded_source_tokens(attention):
     }
     _, extra_alone = model(**alone, features_only=True)
     torch.testing.assert_close(extra["attn"][b][:, num_pads:], extra_alone["attn"][0])
+
+
+def test_state_dict_of_another_attention_kind_is_a_clear_error():
+    soft, _ = build_model("soft")
+    latent, _ = build_model("categorical")
+    with pytest.raises(ValueError, match="--attention soft model.*--attention categorical"):
+        latent.load_state_dict(soft.state_dict())
+    latent.load_state_dict(build_model("categorical", seed=5)[0].state_dict())  # same kind: fine
+
+
+def test_state_dict_from_another_dictionary_is_a_clear_error():
+    from fairseq.data import Dictionary
+
+    model, d = build_model("soft")
+    state = model.state_dict()
+    other = Dictionary()
+    for i in range(len(d) - other.nspecial):
+        other.add_symbol(f"v{i}")  # same size, other symbols
+    from fairseq_varattn.models.varattn_lstm import dictionary_checksum
+
+    state["target_dictionary_crc"] = dictionary_checksum(other)
+    with pytest.raises(ValueError, match="different target dictionary"):
+        model.load_state_dict(state)
+
+
+def test_checkpoints_without_the_markers_still_load():
+    model, _ = build_model("categorical")
+    state = {k: v for k, v in model.state_dict().items()
+             if k not in ("attention_kind_id", "source_dictionary_crc", "target_dictionary_crc")}
+    model.load_state_dict(state)

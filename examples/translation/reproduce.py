@@ -16,12 +16,16 @@ process's peak RSS (and CUDA max-allocated on a GPU).
 Writes OUT/runs.csv (one row per run), OUT/results.csv and OUT/results.md
 (mean ± standard deviation over seeds) and, with ``--alignments``, OUT/alignments/
 (heatmaps, AER against the hand-aligned gold sentences when the data is the
-shipped Multi30k).
+shipped Multi30k).  A finished run leaves ``row.json`` in its folder and is
+not repeated by a later invocation with the same options, so adding seeds
+(``--seeds 1,2`` after ``--seeds 1``) or resuming an interrupted job only
+runs what is missing.
 """
 
 import argparse
 import csv
 import datetime
+import json
 import math
 import os
 import platform
@@ -33,6 +37,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, REPO)
+from fairseq_varattn.experiments import last_float, mean_spread, read_nll, run  # noqa: E402
 USER_DIR = os.path.join(REPO, "fairseq_varattn")
 GOLD = os.path.join(HERE, "gold", "test_2016_flickr.de-en.pharaoh")
 
@@ -83,35 +89,6 @@ MEASURED_TRAIN = (
 )
 
 
-def run(cmd, log_path, env):
-    with open(log_path, "w") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
-    text = open(log_path).read()
-    if proc.returncode != 0:
-        raise RuntimeError(f"failed ({proc.returncode}): {' '.join(cmd)}\nsee {log_path}:\n{text[-3000:]}")
-    return text
-
-
-def last_float(pattern, text, what, log_path):
-    found = re.findall(pattern, text)
-    if not found:
-        raise RuntimeError(f"no {what} in {log_path}")
-    return float(found[-1])
-
-
-def nll_pattern(subset):
-    # cross_entropy logs its nll as `loss` (no nll_loss key); latent criterions log nll_loss
-    return rf"on '{subset}' subset \|(?:.*? nll_loss ([0-9.]+)| loss ([0-9.]+) \| ppl)"
-
-
-def read_nll(subset, text, log_path):
-    found = re.findall(nll_pattern(subset), text)
-    if not found:
-        raise RuntimeError(f"no {subset} nll in {log_path}")
-    nll, loss = found[-1]
-    return float(nll or loss)
-
-
 def run_one(name, seed, opts, env):
     save = os.path.join(opts.out, f"{name}-seed{seed}")
     os.makedirs(save, exist_ok=True)
@@ -121,6 +98,15 @@ def run_one(name, seed, opts, env):
                  "--seed", str(seed), "--num-workers", "0", "--log-interval", "50",
                  "--log-format", "simple", "--validate-interval-updates", str(opts.max_update),
                  "--save-dir", save, "--no-epoch-checkpoints", *opts.train_args]
+    eval_args = [opts.test_subset, *opts.generate_args]
+    cached = os.path.join(save, "row.json")
+    if os.path.isfile(cached):
+        with open(cached) as f:
+            done = json.load(f)
+        # the same command line (minus the interpreter) means the same run
+        if done.get("train_cmd") == train_cmd[3:] and done.get("eval_args") == eval_args:
+            print("   (finished earlier: reusing its row.json)", flush=True)
+            return done["row"]
     start = time.time()
     log = os.path.join(save, "train.log")
     text = run(train_cmd, log, env)
@@ -151,16 +137,9 @@ def run_one(name, seed, opts, env):
     row["valid_ppl"] = 2 ** row["valid_nll_bits"]
     row["test_ppl"] = 2 ** row["test_nll_bits"]
     row["wall_s"] = time.time() - start
+    with open(cached, "w") as f:
+        json.dump({"train_cmd": train_cmd[3:], "eval_args": eval_args, "row": row}, f)
     return row
-
-
-def mean_spread(values, fmt):
-    values = [v for v in values if v != "" and v is not None]
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return format(values[0], fmt)
-    return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), fmt)}"
 
 
 def aggregate(rows, variants):

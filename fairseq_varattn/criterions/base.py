@@ -61,8 +61,10 @@ class LatentBatch:
     """Decoder features of one batch plus cached alignment log-likelihoods."""
 
     def __init__(self, model, features, extra, target, padding_idx):
-        self.decoder = model.decoder
-        self.output = model.decoder.output
+        # the module holding the alignment distribution and output layer:
+        # the decoder in translation, the answer head in VQA
+        self.head = model.alignment_head
+        self.output = self.head.output
         self.features = features  # the recurrence's attentional vectors (B, N, D)
         self.hidden = extra["hidden"]
         self.enc = extra["encoder_states"]
@@ -76,11 +78,11 @@ class LatentBatch:
     # Cached: the objective and the logged exact nll both read the prior.
     @cached_property
     def prior(self):
-        return self.decoder.alignment_distribution(self.scores, self.enc_mask)
+        return self.head.alignment_distribution(self.scores, self.enc_mask)
 
     @cached_property
     def q(self):
-        return self.decoder.alignment_distribution(self.q_scores, self.enc_mask)
+        return self.head.alignment_distribution(self.q_scores, self.enc_mask)
 
     def logp_y_all(self) -> torch.Tensor:
         """log p(y_j | z_j = i) for every i: (B, N, T); computed once per batch."""
@@ -217,7 +219,7 @@ class VarAttnCriterion(FairseqCriterion):
         Shared by hard attention (dist = prior) and the ELBO (dist = q).
         """
         if self.estimator == "enum":
-            return expected_nll(*batch.enumerate(dist, model.decoder.alignment_topk))
+            return expected_nll(*batch.enumerate(dist, batch.head.alignment_topk))
         if self.estimator == "reinforce":
             # Baseline: the soft-attention likelihood under dist's expected
             # context (DESIGN.md §8; the paper's Sec. 4 control variate).

@@ -10,7 +10,7 @@ from .base import VarAttnCriterion, VarAttnCriterionConfig
 class MarginalCriterion(VarAttnCriterion):
     def token_terms(self, model, batch):
         prior = batch.prior
-        log_w, logp_y = batch.enumerate(prior, model.decoder.alignment_topk)
+        log_w, logp_y = batch.enumerate(prior, batch.head.alignment_topk)
         loss = marginal_nll(log_w, logp_y)
         terms = {"loss": loss, "entropy_p": prior.entropy()}
         if log_w is prior.log_probs:

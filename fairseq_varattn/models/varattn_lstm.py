@@ -25,7 +25,6 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from fairseq.models import (
     FairseqEncoderDecoderModel,
     FairseqIncrementalDecoder,
@@ -35,7 +34,7 @@ from fairseq.models import (
 from fairseq.modules import FairseqDropout
 from torch import Tensor
 
-from ..modules.alignment import CategoricalAlignment, DirichletAlignment
+from ..modules.alignment_head import ATTENTION_KINDS, AlignmentHeadMixin
 from ..modules.init import Embedding, Linear, LSTMCell
 from ..modules.output_layer import AlignmentOutputLayer
 from ..modules.scorer import AttentionScorer
@@ -43,20 +42,8 @@ from .encoder import VarAttnLSTMEncoder
 from .inference_network import InferenceNetwork
 
 DEFAULT_MAX_POSITIONS = 1024
-ATTENTION_KINDS = ("soft", "categorical", "dirichlet")
 INFERENCE_NETWORKS = ("none", "birnn")
-# Dirichlet concentrations are softplus(score) + floor: softplus keeps the
-# map smooth and non-saturating for large scores (exp overflows in fp16), and
-# the floor keeps lgamma/digamma away from their pole at 0.
-DIRICHLET_FLOOR = 1e-3
-
-
-def dirichlet_concentration(scores: Tensor, mask: Optional[Tensor]) -> Tensor:
-    alpha = F.softplus(scores.float().masked_fill(torch.isinf(scores), 0.0)) + DIRICHLET_FLOOR
-    return alpha if mask is None else alpha.masked_fill(mask, 0.0)
-
-
-class VarAttnLSTMDecoder(FairseqIncrementalDecoder):
+class VarAttnLSTMDecoder(AlignmentHeadMixin, FairseqIncrementalDecoder):
     def __init__(self, dictionary, embed_dim, hidden_size, out_embed_dim, num_layers,
                  dropout_in, dropout_out, encoder_output_units, encoder_layers,
                  attention="soft", attention_score="general", attention_dim=None,
@@ -89,23 +76,6 @@ class VarAttnLSTMDecoder(FairseqIncrementalDecoder):
         self.output = AlignmentOutputLayer(hidden_size, encoder_output_units, out_embed_dim,
                                            len(dictionary), dropout=dropout_out,
                                            chunk_size=alignment_chunk_size)
-
-    # -- the alignment distribution the recurrence uses ------------------
-    def alignment_distribution(self, scores: Tensor, mask: Optional[Tensor]):
-        """The distribution family of this attention kind, from scores (-inf
-        at padding): the prior from the decoder's scores, q from the
-        inference network's."""
-        if self.attention_kind == "dirichlet":
-            if mask is not None and mask.dim() < scores.dim():
-                mask = mask.unsqueeze(1).expand_as(scores)  # (B, T) -> (B, N, T)
-            return DirichletAlignment(dirichlet_concentration(scores, mask), mask)
-        return CategoricalAlignment(scores)
-
-    def _expected_weights(self, scores: Tensor, mask: Tensor) -> Tensor:
-        if self.attention_kind == "dirichlet":
-            alpha = dirichlet_concentration(scores, mask)
-            return (alpha / alpha.sum(-1, keepdim=True)).type_as(scores)
-        return F.softmax(scores.float(), dim=-1).type_as(scores)
 
     # -- recurrence -------------------------------------------------------
     def forward(self, prev_output_tokens, encoder_out=None,
@@ -155,7 +125,7 @@ class VarAttnLSTMDecoder(FairseqIncrementalDecoder):
                 layer_input = self.dropout_out_module(hiddens[i])
             top = hiddens[-1]
             scores = self.scorer(top, keys, enc_mask)
-            weights = self._expected_weights(scores, enc_mask)
+            weights = self.expected_weights(scores, enc_mask)
             context = torch.bmm(weights.unsqueeze(1), enc).squeeze(1)
             input_feed = self.dropout_out_module(self.output.attentional(top, context))
             outs.append(input_feed)
@@ -177,21 +147,8 @@ class VarAttnLSTMDecoder(FairseqIncrementalDecoder):
         }
         return torch.stack(outs, dim=1), extra
 
-    def output_layer(self, features, extra=None):
-        """Soft: logits.  Categorical: normalised log p(y_j | x, y_<j) of the mixture."""
-        if self.attention_kind != "categorical":
-            # Dirichlet at test time uses the prior mean's context, which is
-            # exactly the recurrence's attentional vector.
-            return self.output.fc_out(features)
-        prior = CategoricalAlignment(extra["scores"])
-        return self.output.mixture_logprobs(extra["hidden"], extra["encoder_states"], prior,
-                                            topk=self.alignment_topk)
-
     def get_normalized_probs(self, net_output, log_probs, sample=None):
-        if self.attention_kind != "categorical":
-            return super().get_normalized_probs(net_output, log_probs, sample)
-        lprobs = net_output[0]
-        return lprobs if log_probs else lprobs.exp()
+        return self.normalized_output(net_output, log_probs)
 
     # -- incremental state ------------------------------------------------
     def _cached_state(self, incremental_state) -> Tuple[List[Tensor], List[Tensor], Tensor]:
@@ -235,8 +192,19 @@ class VarAttnLSTMModel(FairseqEncoderDecoderModel):
         # dir's dictionaries fails loudly instead of translating garbage.
         self.register_buffer("source_dictionary_crc", dictionary_checksum(encoder.dictionary))
         self.register_buffer("target_dictionary_crc", dictionary_checksum(decoder.dictionary))
+        # soft, categorical and dirichlet models have the same parameters, so
+        # only this tells a --restore-file of another attention kind apart
+        self.register_buffer("attention_kind_id", torch.tensor(ATTENTION_KINDS.index(decoder.attention_kind)))
 
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
+        if "attention_kind_id" not in state_dict:  # a checkpoint from before the marker
+            state_dict["attention_kind_id"] = self.attention_kind_id.clone()
+        saved_kind = ATTENTION_KINDS[int(state_dict["attention_kind_id"])]
+        if saved_kind != self.attention_kind:
+            raise ValueError(
+                f"this checkpoint holds a --attention {saved_kind} model, but the model being "
+                f"loaded has --attention {self.attention_kind}: train with the checkpoint's "
+                "attention kind, or start a new run without --restore-file")
         for side in ("source", "target"):
             key = f"{side}_dictionary_crc"
             if key not in state_dict:  # a checkpoint from before the checksums: trust it
@@ -338,6 +306,11 @@ class VarAttnLSTMModel(FairseqEncoderDecoderModel):
     def attention_kind(self):
         return self.decoder.attention_kind
 
+    @property
+    def alignment_head(self):
+        """What latent criterions read: alignment_distribution, output, alignment_topk."""
+        return self.decoder
+
     def forward(self, src_tokens, src_lengths, prev_output_tokens, target=None,
                 features_only: bool = False, **kwargs):
         """With ``target``, also returns q's scores in ``extra["q_scores"]``.
@@ -365,6 +338,10 @@ def check_args(args):
         raise ValueError(f"--alignment-topk must be >= 0 (0 = exact), got {args.alignment_topk}")
     if args.alignment_chunk_size < 0:
         raise ValueError(f"--alignment-chunk-size must be >= 0, got {args.alignment_chunk_size}")
+    max_source = getattr(args, "max_source_positions", DEFAULT_MAX_POSITIONS)
+    if args.alignment_topk > max_source:
+        raise ValueError(f"--alignment-topk {args.alignment_topk} is larger than the longest allowed "
+                         f"source ({max_source} positions): use 0 for exact enumeration")
     if args.alignment_topk > 0 and args.attention != "categorical":
         raise ValueError("--alignment-topk only applies to --attention categorical "
                          f"(got --attention {args.attention})")

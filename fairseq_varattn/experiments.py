@@ -1,0 +1,45 @@
+"""Helpers of the experiment scripts (examples/*/): run a logged command,
+read fairseq's log lines, summarise seeds."""
+
+import os
+import re
+import statistics
+import subprocess
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(cmd, log_path, env):
+    """Run ``cmd`` in the repository root, output to ``log_path``; its text, or an error with the tail."""
+    with open(log_path, "w") as log:
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+    text = open(log_path).read()
+    if proc.returncode != 0:
+        raise RuntimeError(f"failed ({proc.returncode}): {' '.join(cmd)}\nsee {log_path}:\n{text[-3000:]}")
+    return text
+
+
+def last_float(pattern, text, what, log_path):
+    found = re.findall(pattern, text)
+    if not found:
+        raise RuntimeError(f"no {what} in {log_path}")
+    return float(found[-1])
+
+
+def read_nll(subset, text, log_path):
+    """The last validation nll (bits) of ``subset``: ``nll_loss`` of latent
+    criterions, ``loss`` of fairseq's cross_entropy (which has no nll_loss)."""
+    found = re.findall(rf"on '{subset}' subset \|(?:.*? nll_loss ([0-9.]+)| loss ([0-9.]+) \| ppl)", text)
+    if not found:
+        raise RuntimeError(f"no {subset} nll in {log_path}")
+    nll, loss = found[-1]
+    return float(nll or loss)
+
+
+def mean_spread(values, fmt):
+    values = [v for v in values if v != "" and v is not None]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return format(values[0], fmt)
+    return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), fmt)}"

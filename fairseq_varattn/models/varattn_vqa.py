@@ -1,0 +1,156 @@
+"""``varattn_vqa``: answer a question about an image through one latent region.
+
+x = (question, regions r_1..r_K), y = the answer, z = the region the answer
+is read from (DESIGN.md §6):
+
+* question encoder: a bidirectional LSTM over word embeddings, h = [h_fwd; h_bwd];
+* prior p(z = k | x) = softmax_k(score(h, r_k)) (question-region attention);
+* p(y | x, z = k) = softmax(W_o tanh(W_h h + W_r r_k)), an MLP on [h; r_k];
+* soft attention: the same layers on the expected region sum_k p(z = k) r_k;
+* q(z | x, y) = softmax_k(score_q(tanh(W [h; E(y)]), r_k)): the answer
+  tells which region to look at; training only.
+
+The answer head is ``AlignmentHeadMixin`` + ``AlignmentOutputLayer``, the
+same code the translation decoder uses, so every latent criterion trains
+this model unchanged: an answer is a one-token target over K "source
+positions".
+"""
+
+import torch
+import torch.nn as nn
+from fairseq.models import BaseFairseqModel, register_model, register_model_architecture
+
+from ..modules.alignment_head import ATTENTION_KINDS, AlignmentHeadMixin
+from ..modules.init import LSTM, Embedding, Linear
+from ..modules.output_layer import AlignmentOutputLayer
+from ..modules.scorer import AttentionScorer
+
+INFERENCE_NETWORKS = ("none", "answer")
+
+
+class VQAAnswerHead(AlignmentHeadMixin, nn.Module):
+    def __init__(self, question_dim, region_dim, mlp_dim, num_answers, attention="soft",
+                 attention_score="mlp", attention_dim=None, dropout=0.0, alignment_topk=0):
+        super().__init__()
+        self.attention_kind = attention
+        self.alignment_topk = alignment_topk
+        self.scorer = AttentionScorer(question_dim, region_dim, attention_dim, kind=attention_score)
+        self.output = AlignmentOutputLayer(question_dim, region_dim, mlp_dim, num_answers, dropout=dropout)
+
+
+class VQAInferenceNetwork(nn.Module):
+    def __init__(self, answers, embed_dim, question_dim, region_dim, attention_score, attention_dim):
+        super().__init__()
+        self.embed_answers = Embedding(len(answers), embed_dim, answers.pad())
+        self.combine = Linear(question_dim + embed_dim, question_dim)
+        self.scorer = AttentionScorer(question_dim, region_dim, attention_dim, kind=attention_score)
+
+    def forward(self, question_state, answer, regions, region_mask):
+        """question_state (B, H), answer (B, 1), regions (B, K, C) -> scores (B, 1, K)."""
+        g = torch.tanh(self.combine(torch.cat([question_state, self.embed_answers(answer[:, 0])], -1)))
+        return self.scorer(g.unsqueeze(1), self.scorer.prepare(regions), region_mask)
+
+
+@register_model("varattn_vqa")
+class VarAttnVQAModel(BaseFairseqModel):
+    def __init__(self, args, words, answers):
+        super().__init__()
+        self.embed_words = Embedding(len(words), args.embed_dim, words.pad())
+        self.padding_idx = words.pad()
+        self.question_lstm = LSTM(args.embed_dim, args.question_hidden_size, bidirectional=True,
+                                  batch_first=True)
+        question_dim = 2 * args.question_hidden_size
+        self.region_proj = Linear(args.region_feature_dim, args.region_dim)
+        self.dropout = nn.Dropout(args.dropout)
+        self.head = VQAAnswerHead(question_dim, args.region_dim, args.mlp_dim, len(answers),
+                                  attention=args.attention, attention_score=args.attention_score,
+                                  attention_dim=args.attention_dim, dropout=args.dropout,
+                                  alignment_topk=args.alignment_topk)
+        self.inference_network = None
+        if args.inference_network == "answer":
+            self.inference_network = VQAInferenceNetwork(answers, args.embed_dim, question_dim,
+                                                         args.region_dim, args.attention_score,
+                                                         args.attention_dim)
+
+    @staticmethod
+    def add_args(parser):
+        # fmt: off
+        parser.add_argument('--attention', choices=ATTENTION_KINDS,
+                            help='soft attention, or the region z as a categorical / Dirichlet latent')
+        parser.add_argument('--inference-network', choices=INFERENCE_NETWORKS,
+                            help='q(z | question, regions, answer) for variational criterions')
+        parser.add_argument('--embed-dim', type=int, metavar='N')
+        parser.add_argument('--question-hidden-size', type=int, metavar='N', help='per direction')
+        parser.add_argument('--region-feature-dim', type=int, metavar='N',
+                            help='D of the K x D region features (default: read from the data)')
+        parser.add_argument('--region-dim', type=int, metavar='N')
+        parser.add_argument('--mlp-dim', type=int, metavar='N', help='hidden size of the answer MLP')
+        parser.add_argument('--attention-score', choices=AttentionScorer.KINDS)
+        parser.add_argument('--attention-dim', type=int, metavar='N')
+        parser.add_argument('--alignment-topk', type=int, metavar='K')
+        parser.add_argument('--dropout', type=float, metavar='D')
+        # fmt: on
+
+    @classmethod
+    def build_model(cls, args, task):
+        base_architecture(args)
+        if args.region_feature_dim is None:
+            args.region_feature_dim = task.feature_dim
+        if args.alignment_topk < 0:
+            raise ValueError(f"--alignment-topk must be >= 0, got {args.alignment_topk}")
+        if args.attention == "soft" and args.inference_network != "none":
+            raise ValueError("--inference-network needs --attention categorical or dirichlet")
+        if args.alignment_topk > 0 and args.attention != "categorical":
+            raise ValueError("--alignment-topk only applies to --attention categorical")
+        return cls(args, task.source_dictionary, task.target_dictionary)
+
+    @property
+    def attention_kind(self):
+        return self.head.attention_kind
+
+    @property
+    def alignment_head(self):
+        return self.head
+
+    def encode_question(self, question, question_lengths):
+        emb = self.dropout(self.embed_words(question))
+        packed = nn.utils.rnn.pack_padded_sequence(emb, question_lengths.cpu(), batch_first=True,
+                                                   enforce_sorted=False)
+        _, (h, _) = self.question_lstm(packed)
+        return self.dropout(torch.cat([h[-2], h[-1]], dim=-1))  # B x 2H
+
+    def forward(self, question, question_lengths, regions, region_mask, target=None,
+                features_only: bool = False, **kwargs):
+        h = self.encode_question(question, question_lengths)
+        r = self.dropout(torch.tanh(self.region_proj(regions)))
+        scores = self.head.scorer(h.unsqueeze(1), self.head.scorer.prepare(r), region_mask)  # B x 1 x K
+        weights = self.head.expected_weights(scores, region_mask)
+        features = self.dropout(self.head.output.attentional(h.unsqueeze(1), torch.bmm(weights, r)))
+        extra = {"attn": weights, "scores": scores, "hidden": h.unsqueeze(1),
+                 "encoder_states": r, "encoder_padding_mask": region_mask}
+        if target is not None and self.inference_network is not None:
+            extra["q_scores"] = self.inference_network(h, target, r, region_mask)
+        if features_only:
+            return features, extra
+        return self.head.output_layer(features, extra), extra
+
+    def get_normalized_probs(self, net_output, log_probs, sample=None):
+        return self.head.normalized_output(net_output, log_probs)
+
+    def max_positions(self):
+        return None
+
+
+@register_model_architecture("varattn_vqa", "varattn_vqa")
+def base_architecture(args):
+    args.attention = getattr(args, "attention", "soft")
+    args.inference_network = getattr(args, "inference_network", "none")
+    args.embed_dim = getattr(args, "embed_dim", 64)
+    args.question_hidden_size = getattr(args, "question_hidden_size", 64)
+    args.region_feature_dim = getattr(args, "region_feature_dim", None)
+    args.region_dim = getattr(args, "region_dim", 128)
+    args.mlp_dim = getattr(args, "mlp_dim", 128)
+    args.attention_score = getattr(args, "attention_score", "mlp")
+    args.attention_dim = getattr(args, "attention_dim", None)
+    args.alignment_topk = getattr(args, "alignment_topk", 0)
+    args.dropout = getattr(args, "dropout", 0.1)

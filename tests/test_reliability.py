@@ -1,0 +1,185 @@
+"""Long jobs on clusters: resume after a kill, data parallelism over gloo,
+crashes while a checkpoint is written, unreadable checkpoints."""
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+
+import pytest
+import torch
+
+import fairseq_varattn  # noqa: F401  (safe globals for torch.load)
+from helpers import PYTHON, REPO, run_cli
+
+USER_DIR = os.path.join(REPO, "fairseq_varattn")
+# dropout 0: ranks and micro-batches draw different dropout masks, and the
+# comparisons below are between different process layouts
+MODEL = ["--arch", "varattn_lstm_tiny", "--dropout", "0", "--optimizer", "adam", "--lr", "0.005",
+         "--clip-norm", "5", "--num-workers", "0", "--log-format", "simple", "--log-interval", "1",
+         "--seed", "7", "--no-epoch-checkpoints"]
+VARIANTS = {
+    "soft": ["--criterion", "cross_entropy"],
+    "marginal": ["--attention", "categorical", "--criterion", "varattn_marginal"],
+    "elbo-reinforce": ["--attention", "categorical", "--inference-network", "birnn",
+                       "--criterion", "varattn_elbo", "--estimator", "reinforce", "--train-baseline"],
+}
+
+
+def checkpoint(path):
+    return torch.load(path, map_location="cpu")  # weights_only=True, the torch >= 2.6 default
+
+
+def num_updates(path):
+    return checkpoint(path)["optimizer_history"][-1]["num_updates"]
+
+
+def validate(data_dir, ckpt):
+    proc = run_cli(["fairseq_cli.validate", data_dir, "--user-dir", USER_DIR, "--task", "translation",
+                    "--path", ckpt, "--max-tokens", "4000", "--num-workers", "0"])
+    out = proc.stdout + proc.stderr
+    return float(re.findall(r"valid on 'valid' subset \| loss ([0-9.]+)", out)[-1])
+
+
+# -- resume ----------------------------------------------------------------------------------
+RESUME_ARGS = ["--attention", "categorical", "--inference-network", "birnn", "--criterion", "varattn_elbo",
+               "--estimator", "enum", "--kl-warmup-updates", "8", "--lr-scheduler", "inverse_sqrt",
+               "--warmup-updates", "6", "--max-tokens", "800", "--disable-validation",
+               "--save-interval-updates", "4", "--max-update", "10"]
+
+
+def test_resume_after_a_kill_reaches_the_uninterrupted_result(data_dir, tmp_path):
+    straight = str(tmp_path / "straight")
+    run_cli(["fairseq_cli.train", data_dir, "--user-dir", USER_DIR, *MODEL, *RESUME_ARGS,
+             "--save-dir", straight])
+
+    split = str(tmp_path / "split")
+    cmd = [PYTHON, "-m", "fairseq_cli.train", data_dir, "--user-dir", USER_DIR, *MODEL, *RESUME_ARGS,
+           "--save-dir", split]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    for line in proc.stdout:  # kill -9 as soon as the update-4 checkpoint is on disk
+        seen.append(line)
+        if re.search(r"Saved checkpoint .* \(epoch 1 @ 4 updates", line):
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "".join(seen[-20:])
+    last = os.path.join(split, "checkpoint_last.pt")
+    assert num_updates(last) in (4, 8)  # 8 if the kill arrived after the next save
+    resumed = run_cli(["fairseq_cli.train", data_dir, "--user-dir", USER_DIR, *MODEL, *RESUME_ARGS,
+                       "--save-dir", split])
+    assert re.search(r"Loaded checkpoint .*checkpoint_last\.pt \(epoch 1 @ [48] updates\)",
+                     resumed.stdout + resumed.stderr)
+
+    a, b = checkpoint(os.path.join(straight, "checkpoint_last.pt")), checkpoint(last)
+    assert a["optimizer_history"][-1]["num_updates"] == b["optimizer_history"][-1]["num_updates"] == 10
+    # the learning-rate schedule and Adam's moments continued where they stopped
+    assert a["last_optimizer_state"]["param_groups"][0]["lr"] == pytest.approx(
+        b["last_optimizer_state"]["param_groups"][0]["lr"], rel=1e-9)
+    assert a["optimizer_history"][-1]["lr_scheduler_state"] == b["optimizer_history"][-1]["lr_scheduler_state"]
+    for key, value in a["model"].items():
+        torch.testing.assert_close(b["model"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+    # same validation loss (tolerance 1e-3 bits: float reduction order only)
+    assert abs(validate(data_dir, os.path.join(straight, "checkpoint_last.pt")) -
+               validate(data_dir, last)) < 1e-3
+
+
+# -- a crash while a checkpoint is being written ------------------------------------------
+CRASH_ON_SECOND_SAVE = """
+import os, sys
+import fairseq.checkpoint_utils as cu
+original = cu._torch_persistent_save
+calls = [0]
+def crash_half_way(obj, f):
+    calls[0] += 1
+    if calls[0] == 2:  # write half the bytes, then die without cleanup
+        import io, torch
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        data = buffer.getvalue()
+        f.write(data[: len(data) // 2])
+        f.flush()
+        os._exit(137)
+    return original(obj, f)
+cu._torch_persistent_save = crash_half_way
+from fairseq_cli.train import cli_main
+sys.argv = ["fairseq-train"] + sys.argv[1:]
+cli_main()
+"""
+
+
+def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one_intact(data_dir, tmp_path):
+    save = str(tmp_path / "crash")
+    args = [data_dir, "--user-dir", USER_DIR, *MODEL, "--attention", "categorical",
+            "--criterion", "varattn_marginal", "--max-tokens", "800", "--disable-validation",
+            "--save-interval-updates", "2", "--max-update", "6", "--no-last-checkpoints",
+            "--save-dir", save]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([PYTHON, "-c", CRASH_ON_SECOND_SAVE, *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 137, proc.stdout[-2000:] + proc.stderr[-2000:]
+    previous = os.path.join(save, "checkpoint_1_2.pt")
+    partial = os.path.join(save, "checkpoint_1_4.pt.tmp")
+    assert os.path.getsize(partial) > 0 and not os.path.exists(partial[:-4])
+    with pytest.raises(Exception):
+        checkpoint(partial)  # the half-written file is not mistaken for a checkpoint
+    assert num_updates(previous) == 2
+    # training restarts from the intact checkpoint
+    run_cli(["fairseq_cli.train", *args[:-2], "--save-dir", save, "--restore-file", previous])
+    assert num_updates(os.path.join(save, "checkpoint_1_6.pt")) == 6
+
+
+def test_a_truncated_checkpoint_is_a_clear_error(data_dir, tmp_path):
+    save = str(tmp_path / "ok")
+    run_cli(["fairseq_cli.train", data_dir, "--user-dir", USER_DIR, *MODEL, "--max-tokens", "800",
+             "--disable-validation", "--max-update", "1", "--save-dir", save])
+    good = os.path.join(save, "checkpoint_last.pt")
+    bad = str(tmp_path / "truncated.pt")
+    with open(good, "rb") as f, open(bad, "wb") as g:
+        g.write(f.read()[:5000])
+    proc = run_cli(["fairseq_cli.generate", data_dir, "--user-dir", USER_DIR, "--path", bad,
+                    "--gen-subset", "valid", "--beam", "2"], check=False)
+    assert proc.returncode != 0
+    assert re.search(r"zip archive|central directory|truncated|EOF", proc.stderr + proc.stdout), proc.stderr[-1500:]
+
+
+# -- data parallelism on CPUs ----------------------------------------------------------------
+def _train_two_ways(data_dir, tmp_path, name):
+    common = [data_dir, "--user-dir", USER_DIR, *MODEL, *VARIANTS[name], "--max-tokens", "600",
+              "--disable-validation", "--max-update", "3"]
+    one = str(tmp_path / f"{name}-one")
+    run_cli(["fairseq_cli.train", *common, "--update-freq", "2", "--save-dir", one])
+    two = str(tmp_path / f"{name}-two")
+    launch = run_cli(["fairseq_varattn.launch_cpu", "--nprocs", "2", "--", *common, "--save-dir", two],
+                     timeout=600)
+    assert "distributed init (rank 0)" in launch.stdout + launch.stderr
+    return checkpoint(os.path.join(one, "checkpoint_last.pt")), checkpoint(os.path.join(two, "checkpoint_last.pt"))
+
+
+@pytest.mark.parametrize("name", ["soft", "marginal"])
+def test_two_gloo_ranks_equal_one_process_with_twice_the_batch(data_dir, tmp_path, name):
+    """Rank r takes batches r, r+2, ...; one process with --update-freq 2 takes
+    the same two batches per update, so the parameters after 3 updates agree."""
+    one, two = _train_two_ways(data_dir, tmp_path, name)
+    assert one["optimizer_history"][-1]["num_updates"] == two["optimizer_history"][-1]["num_updates"] == 3
+    for key, value in one["model"].items():
+        torch.testing.assert_close(two["model"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_gloo_ranks_train_the_inference_network_with_reinforce(data_dir, tmp_path):
+    """Sampling draws differ between the layouts, so parameters are not compared;
+    instead every parameter of q must carry Adam moments after DDP updates."""
+    _, two = _train_two_ways(data_dir, tmp_path, "elbo-reinforce")
+    assert two["optimizer_history"][-1]["num_updates"] == 3
+    assert all(torch.isfinite(v.float()).all() for v in two["model"].values())
+    buffers = ("attention_kind_id", "source_dictionary_crc", "target_dictionary_crc")
+    names = [k for k in two["model"] if k not in buffers]  # the trainer's parameter order
+    state = two["last_optimizer_state"]["state"]
+    assert sorted(state) == list(range(len(names)))
+    q_index = [i for i, k in enumerate(names) if k.startswith("inference_network.")]
+    assert q_index
+    for i in q_index:
+        assert state[i]["exp_avg"].abs().sum() > 0, f"{names[i]} got no gradient under DDP"
