@@ -29,11 +29,13 @@ def last_float(pattern, text, what, log_path):
 def read_nll(subset, text, log_path):
     """The last validation nll (bits) of ``subset``: ``nll_loss`` of latent
     criterions, ``loss`` of fairseq's cross_entropy (which has no nll_loss)."""
-    found = re.findall(rf"on '{subset}' subset \|(?:.*? nll_loss ([0-9.]+)| loss ([0-9.]+) \| ppl)", text)
+    lines = re.findall(rf"on '{subset}' subset \|.*", text)
+    if not lines:
+        raise RuntimeError(f"no {subset} validation in {log_path}")
+    found = re.search(r" nll_loss ([0-9.]+)", lines[-1]) or re.search(r"\| loss ([0-9.]+)", lines[-1])
     if not found:
         raise RuntimeError(f"no {subset} nll in {log_path}")
-    nll, loss = found[-1]
-    return float(nll or loss)
+    return float(found.group(1))
 
 
 def mean_spread(values, fmt):

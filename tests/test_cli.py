@@ -89,8 +89,8 @@ def test_checkpoint_loads_with_weights_only_and_needs_the_safe_globals(data_dir,
 
 def test_missing_data_dir_is_a_clear_error(tmp_path):
     proc = run_cli(["fairseq_cli.train", str(tmp_path / "nope"), "--user-dir", USER_DIR, *TINY,
-                    "--source-lang", "de", "--target-lang", "en", "--criterion", "cross_entropy"],
-                   check=False)
+                    "--source-lang", "de", "--target-lang", "en", "--criterion", "cross_entropy",
+                    "--save-dir", str(tmp_path / "ckpt")], check=False)
     assert proc.returncode != 0
     assert "No such file" in proc.stderr and "dict.de.txt" in proc.stderr
 

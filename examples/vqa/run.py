@@ -18,6 +18,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 
@@ -68,7 +69,8 @@ def main(argv=None):
     for name in variants:
         print(f"== {name}", flush=True)
         save = os.path.join(opts.out, name)
-        os.makedirs(save, exist_ok=True)
+        shutil.rmtree(save, ignore_errors=True)  # a leftover checkpoint_last.pt would be resumed
+        os.makedirs(save)
         common = [opts.data, "--user-dir", os.path.join(REPO, "fairseq_varattn")]
         log = os.path.join(save, "train.log")
         t0 = time.time()
