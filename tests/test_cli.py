@@ -131,9 +131,9 @@ def test_prepare_data_drops_empty_and_overlong_training_pairs_and_says_so(tmp_pa
     _write_raw(tmp_path, "val", *_real_lines("val", 20))
     _write_raw(tmp_path, "test_2016_flickr", *_real_lines("test_2016_flickr", 20))
     proc = run_cli(["fairseq_varattn.prepare_data", "--raw-dir", tmp_path, "--out", tmp_path / "o",
-                    "--vocab-size", "300", "--max-len", "100", "--workers", "1"])
+                    "--vocab-size", "300", "--max-len", "250", "--workers", "1"])
     log = proc.stdout + proc.stderr
-    assert "train: kept 300 of 302 pairs (dropped 1 with an empty side, 1 longer than 100 pieces)" in log
+    assert "train: kept 300 of 302 pairs (dropped 1 with an empty side, 1 longer than 250 pieces)" in log
     with open(tmp_path / "o" / "spm" / "train.de", encoding="utf-8") as f:
         assert len(f.read().splitlines()) == 300
 
