@@ -133,7 +133,7 @@ def alignments_of(model, task, subset: str, max_sentences: Optional[int]) -> Dic
         panels = {label_of(model): extra["attn"].float()}
         if has_q:
             q = model.decoder.alignment_distribution(extra["q_scores"], extra["encoder_padding_mask"])
-            panels["posterior q(z|x,y)"] = q.probs if hasattr(q, "probs") else q.mean()
+            panels["posterior q(z|x,y)"] = q.mean()
         for b, sid in enumerate(sample["id"].tolist()):
             src_keep = net["src_tokens"][b].ne(src_dict.pad()) & net["src_tokens"][b].ne(src_dict.eos())
             tgt_keep = target[b].ne(tgt_dict.pad()) & target[b].ne(tgt_dict.eos())

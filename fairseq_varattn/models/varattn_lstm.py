@@ -34,7 +34,7 @@ from fairseq.models import (
 from fairseq.modules import FairseqDropout
 from torch import Tensor
 
-from ..modules.alignment_head import ATTENTION_KINDS, AlignmentHeadMixin
+from ..modules.alignment_head import ATTENTION_KINDS, AlignmentHeadMixin, check_alignment_args
 from ..modules.init import Embedding, Linear, LSTMCell
 from ..modules.output_layer import AlignmentOutputLayer
 from ..modules.scorer import AttentionScorer
@@ -334,20 +334,13 @@ class VarAttnLSTMModel(FairseqEncoderDecoderModel):
 
 def check_args(args):
     """Reject invalid combinations when the model is built, with the fix in the message."""
-    if args.alignment_topk < 0:
-        raise ValueError(f"--alignment-topk must be >= 0 (0 = exact), got {args.alignment_topk}")
+    check_alignment_args(args)
     if args.alignment_chunk_size < 0:
         raise ValueError(f"--alignment-chunk-size must be >= 0, got {args.alignment_chunk_size}")
     max_source = getattr(args, "max_source_positions", DEFAULT_MAX_POSITIONS)
     if args.alignment_topk > max_source:
         raise ValueError(f"--alignment-topk {args.alignment_topk} is larger than the longest allowed "
                          f"source ({max_source} positions): use 0 for exact enumeration")
-    if args.alignment_topk > 0 and args.attention != "categorical":
-        raise ValueError("--alignment-topk only applies to --attention categorical "
-                         f"(got --attention {args.attention})")
-    if args.attention == "soft" and args.inference_network != "none":
-        raise ValueError("--inference-network needs a latent attention "
-                         "(--attention categorical or dirichlet); soft attention has no z to infer")
 
 
 @register_model_architecture("varattn_lstm", "varattn_lstm")

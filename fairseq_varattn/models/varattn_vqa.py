@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 from fairseq.models import BaseFairseqModel, register_model, register_model_architecture
 
-from ..modules.alignment_head import ATTENTION_KINDS, AlignmentHeadMixin
+from ..modules.alignment_head import ATTENTION_KINDS, AlignmentHeadMixin, check_alignment_args
 from ..modules.init import LSTM, Embedding, Linear
 from ..modules.output_layer import AlignmentOutputLayer
 from ..modules.scorer import AttentionScorer
@@ -96,12 +96,7 @@ class VarAttnVQAModel(BaseFairseqModel):
         base_architecture(args)
         if args.region_feature_dim is None:
             args.region_feature_dim = task.feature_dim
-        if args.alignment_topk < 0:
-            raise ValueError(f"--alignment-topk must be >= 0, got {args.alignment_topk}")
-        if args.attention == "soft" and args.inference_network != "none":
-            raise ValueError("--inference-network needs --attention categorical or dirichlet")
-        if args.alignment_topk > 0 and args.attention != "categorical":
-            raise ValueError("--alignment-topk only applies to --attention categorical")
+        check_alignment_args(args)
         return cls(args, task.source_dictionary, task.target_dictionary)
 
     @property

@@ -51,6 +51,10 @@ class CategoricalAlignment:
     def probs(self) -> torch.Tensor:
         return self.log_probs.exp()
 
+    def mean(self) -> torch.Tensor:
+        """E[one-hot(z)]: the probabilities (as ``DirichletAlignment.mean``)."""
+        return self.probs
+
     @property
     def support_size(self) -> int:
         return self.log_probs.size(-1)

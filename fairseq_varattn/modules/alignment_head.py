@@ -26,6 +26,18 @@ def dirichlet_concentration(scores: Tensor, mask: Optional[Tensor]) -> Tensor:
     return alpha if mask is None else alpha.masked_fill(mask, 0.0)
 
 
+def check_alignment_args(args) -> None:
+    """The option checks every model with an alignment head shares (the fix in the message)."""
+    if args.alignment_topk < 0:
+        raise ValueError(f"--alignment-topk must be >= 0 (0 = exact), got {args.alignment_topk}")
+    if args.alignment_topk > 0 and args.attention != "categorical":
+        raise ValueError("--alignment-topk only applies to --attention categorical "
+                         f"(got --attention {args.attention})")
+    if args.attention == "soft" and args.inference_network != "none":
+        raise ValueError("--inference-network needs a latent attention "
+                         "(--attention categorical or dirichlet); soft attention has no z to infer")
+
+
 def _per_row(mask: Optional[Tensor], scores: Tensor) -> Optional[Tensor]:
     """A (B, T) padding mask for (B, N, T) scores."""
     if mask is not None and mask.dim() < scores.dim():

@@ -98,7 +98,7 @@ class VQATask(FairseqTask):
             out["attn_acc_prior"] = (extra["attn"][:, 0].argmax(-1) == gold).float()
             if has_q:
                 q = model.alignment_head.alignment_distribution(extra["q_scores"], extra["encoder_padding_mask"])
-                q_mean = q.probs if hasattr(q, "probs") else q.mean()
+                q_mean = q.mean()
                 out["attn_acc_q"] = (q_mean[:, 0].argmax(-1) == gold).float()
         return out
 
