@@ -4,7 +4,8 @@ setup(
     name="fairseq-varattn",
     version="0.1.0",
     description="Latent alignment and variational attention (Deng et al., 2018) as a fairseq plugin",
-    packages=find_packages(include=["fairseq_varattn", "fairseq_varattn.*"]),
+    packages=find_packages(include=["fairseq_varattn", "fairseq_varattn.*", "varattn_tools",
+                                    "varattn_tools.*"]),
     python_requires=">=3.9",
     install_requires=[
         # PyPI's `fairseq` 0.12.2 does not install on Python 3.11 / modern torch;

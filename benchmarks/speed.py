@@ -87,7 +87,10 @@ def build(name, d, opts):
         args = argparse.Namespace(alignment_chunk_size=opts.chunk, **sizes, **overrides)
         varattn_base(args)
         model = VarAttnLSTMModel.build_model(args, task)
-    criterion = criterion_cls(task, sentence_avg=False, **criterion_kwargs)
+    if criterion_cls is CrossEntropyCriterion:
+        criterion = criterion_cls(task, sentence_avg=False)
+    else:
+        criterion = criterion_cls.build(task, **criterion_kwargs)
     model.to(opts.device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     return model, criterion, optimizer

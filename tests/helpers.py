@@ -76,3 +76,10 @@ def run_cli(args, timeout=900, check=True, env_extra=None):
         raise AssertionError(f"command failed ({proc.returncode}): {' '.join(map(str, args))}\n"
                              f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc
+
+
+def make_criterion(criterion_cls, task, **options):
+    """A criterion without fairseq's option parsing: ours by name, fairseq's cross_entropy as is."""
+    if hasattr(criterion_cls, "build"):
+        return criterion_cls.build(task, **options)
+    return criterion_cls(task, sentence_avg=False, **options)

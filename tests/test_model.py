@@ -73,7 +73,7 @@ def test_marginal_criterion_equals_cross_entropy_of_the_mixture():
     model, d = build_model("categorical")
     batch = random_batch(d)
     ce_loss, _, _ = CrossEntropyCriterion(_task(d), sentence_avg=False)(model, batch)
-    crit = MarginalCriterion(_task(d), sentence_avg=False)
+    crit = MarginalCriterion.build(_task(d))
     loss, _, log = crit(model, batch)
     torch.testing.assert_close(loss, ce_loss, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(log["nll_loss"], ce_loss.detach(), rtol=1e-5, atol=1e-5)
@@ -83,7 +83,7 @@ def test_marginal_criterion_equals_cross_entropy_of_the_mixture():
 def test_elbo_criterion_logs_exact_nll_and_bounds_it(estimator):
     model, d = build_model("categorical", inference_network="birnn")
     batch = random_batch(d)
-    crit = ElboCriterion(_task(d), sentence_avg=False, estimator=estimator, num_samples=2)
+    crit = ElboCriterion.build(_task(d), estimator=estimator, num_samples=2)
     torch.manual_seed(0)
     loss, _, log = crit(model, batch)
     ce_loss, _, _ = CrossEntropyCriterion(_task(d), sentence_avg=False)(model, batch)
@@ -101,7 +101,7 @@ def test_elbo_criterion_logs_exact_nll_and_bounds_it(estimator):
 def test_hard_criterion_is_a_lower_bound(estimator):
     model, d = build_model("categorical")
     batch = random_batch(d)
-    crit = HardAttentionCriterion(_task(d), sentence_avg=False, estimator=estimator, num_samples=3)
+    crit = HardAttentionCriterion.build(_task(d), estimator=estimator, num_samples=3)
     loss, _, log = crit(model, batch)
     if estimator == "enum":
         assert loss >= log["nll_loss"] - 1e-5
@@ -113,7 +113,7 @@ def test_hard_criterion_is_a_lower_bound(estimator):
 
 def test_elbo_without_inference_network_is_a_clear_error():
     model, d = build_model("categorical", inference_network="none")
-    crit = ElboCriterion(_task(d), sentence_avg=False)
+    crit = ElboCriterion.build(_task(d))
     with pytest.raises(ValueError, match="--inference-network birnn"):
         crit(model, random_batch(d))
 
@@ -121,7 +121,7 @@ def test_elbo_without_inference_network_is_a_clear_error():
 def test_latent_criterion_on_soft_model_is_a_clear_error():
     model, d = build_model("soft")
     with pytest.raises(ValueError, match="--attention categorical"):
-        MarginalCriterion(_task(d), sentence_avg=False)(model, random_batch(d))
+        MarginalCriterion.build(_task(d))(model, random_batch(d))
 
 
 @pytest.mark.parametrize("kwargs,match", [
@@ -132,7 +132,7 @@ def test_latent_criterion_on_soft_model_is_a_clear_error():
 def test_invalid_criterion_options_are_rejected(kwargs, match):
     _, d = build_model("categorical")
     with pytest.raises(ValueError, match=match):
-        ElboCriterion(_task(d), sentence_avg=False, **kwargs)
+        ElboCriterion.build(_task(d), **kwargs)
 
 
 @pytest.mark.parametrize("overrides,match", [
@@ -148,7 +148,7 @@ def test_invalid_model_options_are_rejected(overrides, match):
 
 def test_kl_warmup_follows_model_updates():
     model, d = build_model("categorical", inference_network="birnn")
-    crit = ElboCriterion(_task(d), sentence_avg=False, kl_weight=0.5, kl_warmup_updates=10)
+    crit = ElboCriterion.build(_task(d), kl_weight=0.5, kl_warmup_updates=10)
     model.set_num_updates(0)
     assert crit.current_kl_weight(model) == 0.0
     model.set_num_updates(5)
@@ -184,7 +184,7 @@ def test_dirichlet_criterion_estimates_the_marginal_and_trains_q():
     model, d = build_model("dirichlet", inference_network="birnn")
     batch = random_batch(d)
     torch.manual_seed(0)
-    crit = DirichletCriterion(_task(d), sentence_avg=False, num_samples=2, nll_samples=4000)
+    crit = DirichletCriterion.build(_task(d), num_samples=2, nll_samples=4000)
     loss, _, log = crit(model, batch)
     with torch.no_grad():
         reference = _prior_monte_carlo_nll(model, batch, 20000)
@@ -200,7 +200,7 @@ def test_dirichlet_criterion_estimates_the_marginal_and_trains_q():
 def test_dirichlet_negative_elbo_bounds_the_marginal_nll():
     model, d = build_model("dirichlet", inference_network="birnn")
     torch.manual_seed(0)
-    crit = DirichletCriterion(_task(d), sentence_avg=False, num_samples=3000, nll_samples=3000)
+    crit = DirichletCriterion.build(_task(d), num_samples=3000, nll_samples=3000)
     loss, _, log = crit(model, random_batch(d))
     assert float(loss) >= float(log["nll_loss"]) - 0.01 * float(log["nll_loss"])
 
@@ -209,7 +209,7 @@ def test_rws_loss_approaches_the_exact_marginal_with_many_samples():
     model, d = build_model("categorical", inference_network="birnn")
     batch = random_batch(d)
     torch.manual_seed(0)
-    crit = RwsCriterion(_task(d), sentence_avg=False, num_samples=5000)
+    crit = RwsCriterion.build(_task(d), num_samples=5000)
     loss, _, log = crit(model, batch)
     # loss: the importance-weighted NLL estimate; nll_loss: the exact marginal
     assert abs(float(loss) - float(log["nll_loss"])) < 0.01 * float(log["nll_loss"])
@@ -228,13 +228,13 @@ def test_rws_loss_approaches_the_exact_marginal_with_many_samples():
 def test_criterion_and_attention_kind_mismatch_is_a_clear_error(criterion, attention, match):
     model, d = build_model(attention, inference_network="birnn")
     with pytest.raises(ValueError, match=match):
-        criterion(_task(d), sentence_avg=False)(model, random_batch(d))
+        criterion.build(_task(d))(model, random_batch(d))
 
 
 def test_dirichlet_criterion_rejects_bad_sample_counts():
     _, d = build_model("dirichlet")
     with pytest.raises(ValueError, match="--nll-samples"):
-        DirichletCriterion(_task(d), sentence_avg=False, nll_samples=0)
+        DirichletCriterion.build(_task(d), nll_samples=0)
 
 
 @pytest.mark.parametrize("attention", ["soft", "categorical", "dirichlet"])

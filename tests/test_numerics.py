@@ -10,7 +10,7 @@ from fairseq_varattn.criterions.elbo import ElboCriterion
 from fairseq_varattn.criterions.hard import HardAttentionCriterion
 from fairseq_varattn.criterions.marginal import MarginalCriterion
 from fairseq_varattn.criterions.rws import RwsCriterion
-from helpers import FakeTask, build_model, random_batch
+from helpers import FakeTask, build_model, make_criterion, random_batch
 
 LONG_SOURCE = 200
 SHARP = 50.0
@@ -55,7 +55,7 @@ def _run(name, sharp=False, autocast=False):
             if module.__class__.__name__ == "AttentionScorer":
                 module.register_forward_hook(_sharpen)
     batch = random_batch(d, bsz=3, src_len=LONG_SOURCE, tgt_len=6)
-    criterion = criterion_cls(FakeTask(d, d), sentence_avg=False, **options)
+    criterion = make_criterion(criterion_cls, FakeTask(d, d), **options)
     torch.manual_seed(0)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         loss, _, log = criterion(model, batch)

@@ -165,7 +165,7 @@ def test_model_trains_under_every_criterion(vqa_fixture, name):
                     out.fc_out(torch.tanh(out.hidden_proj(h[b]) + out.context_proj(r[b, k]))), -1)[y])
                     for k in range(r.size(1)))
                 brute -= math.log(p_y)
-            _, _, log = MarginalCriterion(task, sentence_avg=False)(model, sample)
+            _, _, log = MarginalCriterion.build(task)(model, sample)
         assert float(log["nll_loss"]) == pytest.approx(brute, rel=1e-4)
 
 

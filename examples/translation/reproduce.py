@@ -37,8 +37,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, REPO)
-from fairseq_varattn.experiments import last_float, mean_spread, read_nll, run  # noqa: E402
+from varattn_tools.experiments import last_float, mean_spread, read_nll, run
 USER_DIR = os.path.join(REPO, "fairseq_varattn")
 GOLD = os.path.join(HERE, "gold", "test_2016_flickr.de-en.pharaoh")
 

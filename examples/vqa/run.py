@@ -24,8 +24,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, REPO)
-from fairseq_varattn.experiments import last_float, read_nll, run  # noqa: E402
+from varattn_tools.experiments import last_float, read_nll, run
 
 LATENT = ["--attention", "categorical"]
 WITH_Q = ["--attention", "categorical", "--inference-network", "answer"]

@@ -1,43 +1,46 @@
-"""What every latent-alignment criterion shares: running the model, the
-alignment bookkeeping, the exact marginal ``nll_loss`` and the logging.
+"""What every latent-alignment criterion shares: running the model, the exact
+marginal ``nll_loss``, the soft-attention warm-up, option checks and logging.
 
-A subclass implements ``token_terms(batch)`` returning per-token tensors: at
-least ``loss`` (the negated objective, with the estimator's gradient) and
-optionally ``nll`` (if it already has the exact marginal), ``kl``,
-``entropy_q``, ``entropy_p`` and estimator diagnostics.
+A criterion is ``__init__(cfg, task)`` (fairseq's convention) with a config
+dataclass built from the option groups below, and implements
+``token_terms(model, batch)`` returning per-token tensors: at least ``loss``
+(the negated objective, with the estimator's gradient) and optionally ``nll``
+(if it already has the exact marginal), ``kl``, ``entropy_q``, ``entropy_p``
+and estimator diagnostics (docs/design.md, "Criterions").
 """
 
 import math
 from dataclasses import dataclass, field
-from functools import cached_property
-from typing import Optional
 
 import torch
-from fairseq import metrics, utils
+from fairseq import utils
 from fairseq.criterions import FairseqCriterion
 from fairseq.dataclass import FairseqDataclass
+from fairseq.logging import metrics
 from omegaconf import II
 
-from ..modules.alignment import CategoricalAlignment, weighted_context
+from ..modules.alignment import CategoricalAlignment
 from ..modules.losses import (
     expected_nll,
-    importance_log_marginal,
     kl_weight_at,
-    marginal_nll,
     reinforce_nll,
     relaxed_nll,
+    value_with_gradient_of,
 )
+from .batch import LatentBatch
 
 # Summed logging keys that are per-token quantities in nats; reported in bits.
-PER_TOKEN_KEYS = ("kl", "entropy_q", "entropy_p", "baseline_nll")
+PER_TOKEN_KEYS = ("kl", "entropy_q", "entropy_p", "baseline_nll", "entropy_post", "entropy_uniform")
 # Summed logging keys that are per-token averages already in their own units.
-PER_TOKEN_RAW_KEYS = ("ess", "nll_samples")
+PER_TOKEN_RAW_KEYS = ("ess", "nll_samples", "prior_maxp", "q_maxp", "score_spread", "logpy_spread",
+                      "annot_spread", "soft_warmup")
 # Mean-squared score-function weights without / with the baseline, per sample.
 ESTIMATOR_KEYS = ("sf_reward_sq", "sf_advantage_sq")
 
 
+# -- option groups ---------------------------------------------------------------
 @dataclass
-class VarAttnCriterionConfig(FairseqDataclass):
+class LatentCriterionConfig(FairseqDataclass):
     sentence_avg: bool = II("optimization.sentence_avg")
     num_samples: int = field(default=1, metadata={"help": "samples of z per target token"})
     # A flag that turns work off: fairseq makes a bool field a store_true
@@ -48,109 +51,65 @@ class VarAttnCriterionConfig(FairseqDataclass):
                           "(validation always does); sampling estimators then skip an "
                           "enumeration forward"},
     )
+    soft_warmup_updates: int = field(
+        default=0,
+        metadata={"help": "train the model as soft attention (the same parameters, output at "
+                          "the prior's expected context) for this many updates before the "
+                          "latent objective; q learns to copy the prior meanwhile"},
+    )
 
 
 @dataclass
-class VarAttnKLConfig(VarAttnCriterionConfig):
+class KLOptions:
     kl_weight: float = field(default=1.0, metadata={"help": "weight of KL(q || p)"})
     kl_warmup_updates: int = field(
         default=0, metadata={"help": "anneal the KL weight linearly from 0 over this many updates"})
 
 
-class LatentBatch:
-    """Decoder features of one batch plus cached alignment log-likelihoods."""
-
-    def __init__(self, model, features, extra, target, padding_idx):
-        # the module holding the alignment distribution and output layer:
-        # the decoder in translation, the answer head in VQA
-        self.head = model.alignment_head
-        self.output = self.head.output
-        self.features = features  # the recurrence's attentional vectors (B, N, D)
-        self.hidden = extra["hidden"]
-        self.enc = extra["encoder_states"]
-        self.enc_mask = extra["encoder_padding_mask"]
-        self.scores = extra["scores"]
-        self.q_scores = extra.get("q_scores")
-        self.target = target
-        self.token_mask = target.ne(padding_idx)
-        self._logp_all = None
-
-    # Cached: the objective and the logged exact nll both read the prior.
-    @cached_property
-    def prior(self):
-        return self.head.alignment_distribution(self.scores, self.enc_mask)
-
-    @cached_property
-    def q(self):
-        return self.head.alignment_distribution(self.q_scores, self.enc_mask)
-
-    def logp_y_all(self) -> torch.Tensor:
-        """log p(y_j | z_j = i) for every i: (B, N, T); computed once per batch."""
-        if self._logp_all is None:
-            self._logp_all = self.output.alignment_logprobs(self.hidden, self.enc, self.target)
-        return self._logp_all
-
-    def logp_y_at(self, positions) -> torch.Tensor:
-        return self.output.alignment_logprobs(self.hidden, self.enc, self.target, positions)
-
-    def enumerate(self, dist: CategoricalAlignment, topk: int):
-        """(log weights, log p(y | z)) over every alignment or dist's top-k."""
-        if 0 < topk < dist.support_size:
-            idx, log_w = dist.topk(topk)
-            return log_w, self.logp_y_at(idx)
-        return dist.log_probs, self.logp_y_all()
-
-    def soft_logp_y(self, dist: CategoricalAlignment) -> torch.Tensor:
-        """log p(y_j | soft context E_dist[x~]): the REINFORCE baseline."""
-        return self.output.context_logprobs(self.hidden, dist.expectation(self.enc), self.target)
-
-    def simplex_logp_y(self, weights: torch.Tensor) -> torch.Tensor:
-        """log p(y_j | context sum_i w_i x~_i) for K weight vectors per token,
-        weights (B, N, K, T) -> (B, N, K): relaxed one-hots and Dirichlet samples."""
-        return self.output.context_logprobs(self.hidden, weighted_context(weights, self.enc), self.target)
-
-    def exact_nll(self) -> torch.Tensor:
-        return marginal_nll(self.prior.log_probs, self.logp_y_all())
-
-    def importance_nll(self, num_samples: int) -> torch.Tensor:
-        """-log p(y_j) for a continuous z, estimated with ``num_samples`` draws
-        (an upper bound on the NLL in expectation, see ``importance_log_marginal``).
-
-        The proposal is the defensive mixture r = (q + p) / 2 (Hesterberg
-        1995): the weights p / r are at most 2, whereas with q alone they
-        have infinite variance as soon as q is more concentrated than the
-        prior in one coordinate, which a trained q routinely is.
-        """
-        prior, q = self.prior, self.q
-        log_z_q, log_z_p = q.rsample_log(num_samples), prior.rsample_log(num_samples)
-        from_q = torch.rand(log_z_q.shape[:-1], device=log_z_q.device).lt(0.5).unsqueeze(-1)
-        log_z = torch.where(from_q, log_z_q, log_z_p)
-        log_prior = prior.log_prob_at_log(log_z)
-        log_mixture = torch.logaddexp(q.log_prob_at_log(log_z), log_prior) - math.log(2.0)
-        return -importance_log_marginal(self.simplex_logp_y(log_z.exp()), log_prior, log_mixture)
+@dataclass
+class BaselineOptions:
+    train_baseline: bool = field(
+        default=False,
+        metadata={"help": "REINFORCE: also train the soft baseline by adding its NLL to the "
+                          "gradient (logged as baseline_nll, not in loss)"})
 
 
+# Invalid values, checked once for whichever of these fields a config has.
+OPTION_CHECKS = {
+    "num_samples": (lambda v: v >= 1, ">= 1"),
+    "soft_warmup_updates": (lambda v: v >= 0, ">= 0"),
+    "kl_weight": (lambda v: v >= 0, ">= 0"),
+    "kl_warmup_updates": (lambda v: v >= 0, ">= 0"),
+    "gumbel_temperature": (lambda v: v > 0, "> 0"),
+    "nll_samples": (lambda v: v >= 1, ">= 1"),
+}
+
+
+def check_options(cfg) -> None:
+    for name, (ok, rule) in OPTION_CHECKS.items():
+        if hasattr(cfg, name) and not ok(getattr(cfg, name)):
+            raise ValueError(f"--{name.replace('_', '-')} must be {rule}, got {getattr(cfg, name)}")
+
+
+# -- the criterion -------------------------------------------------------------------
 class VarAttnCriterion(FairseqCriterion):
+    #: the config dataclass this criterion is registered with
+    config_class = LatentCriterionConfig
     #: attention kinds this criterion can train
     attention_kinds = ("categorical",)
     needs_inference_network = False
 
-    # fairseq builds criterions by matching __init__ parameters to config
-    # fields, so subclasses spell out every parameter (no **kwargs).
-    def __init__(self, task, sentence_avg, num_samples=1, skip_exact_nll_in_training=False,
-                 kl_weight=1.0, kl_warmup_updates=0):
+    def __init__(self, cfg, task):
         super().__init__(task)
-        if num_samples < 1:
-            raise ValueError(f"--num-samples must be >= 1, got {num_samples}")
-        if kl_weight < 0:
-            raise ValueError(f"--kl-weight must be >= 0, got {kl_weight}")
-        if kl_warmup_updates < 0:
-            raise ValueError(f"--kl-warmup-updates must be >= 0, got {kl_warmup_updates}")
-        self.sentence_avg = sentence_avg
-        self.num_samples = num_samples
-        self.skip_exact_nll_in_training = skip_exact_nll_in_training
-        self.kl_weight = kl_weight
-        self.kl_warmup_updates = kl_warmup_updates
+        check_options(cfg)
+        self.cfg = cfg
+        self.sentence_avg = cfg.sentence_avg
+        self.num_samples = cfg.num_samples
+
+    @classmethod
+    def build(cls, task, sentence_avg=False, **options):
+        """Without fairseq's option parsing (tests, benchmarks): options by name."""
+        return cls(cls.config_class(sentence_avg=sentence_avg, **options), task)
 
     # -- checks --------------------------------------------------------------
     def check_model(self, model):
@@ -166,8 +125,8 @@ class VarAttnCriterion(FairseqCriterion):
             raise ValueError(f"{name} needs an inference network q(z | x, y): "
                              "add --inference-network birnn to the model")
 
-    def current_kl_weight(self, model) -> float:
-        return kl_weight_at(getattr(model, "num_updates", 0), self.kl_weight, self.kl_warmup_updates)
+    def in_soft_warmup(self, model) -> bool:
+        return model.training and getattr(model, "num_updates", 0) < self.cfg.soft_warmup_updates
 
     # -- fairseq API -----------------------------------------------------------
     def forward(self, model, sample, reduce=True):
@@ -179,10 +138,14 @@ class VarAttnCriterion(FairseqCriterion):
             features_only=True,
         )
         batch = LatentBatch(model, features, extra, target, self.padding_idx)
-        terms = self.token_terms(model, batch)
-        if "nll" not in terms and not (self.skip_exact_nll_in_training and model.training):
-            with torch.no_grad():
-                terms["nll"] = self.marginal_nll(batch)
+        if self.in_soft_warmup(model):
+            terms = self.soft_warmup_terms(batch)
+        else:
+            terms = self.token_terms(model, batch)
+            if "nll" not in terms and not (self.cfg.skip_exact_nll_in_training and model.training):
+                with torch.no_grad():
+                    terms["nll"] = self.marginal_nll(batch)
+        terms.update(batch.diagnostics())
 
         mask = batch.token_mask
         sums = {k: torch.where(mask.unsqueeze(-1) if v.dim() > mask.dim() else mask, v,
@@ -209,31 +172,22 @@ class VarAttnCriterion(FairseqCriterion):
     def token_terms(self, model, batch: LatentBatch):
         raise NotImplementedError
 
+    def soft_warmup_terms(self, batch: LatentBatch) -> dict:
+        """The warm-up objective: soft attention's NLL with the same
+        parameters, so the prior and the output layer learn to attend before
+        the latent objective starts (docs/design.md, "Is the latent attention
+        learning?").  An inference network learns to copy the prior, so that
+        at the switch KL(q || p) does not drag a sharp prior back to a
+        uniform q.  ``loss`` here is this objective; ``soft_warmup`` says so."""
+        soft = batch.soft_nll()
+        terms = {"loss": soft, "nll": soft.detach(), "soft_warmup": torch.ones_like(soft)}
+        if batch.q_scores is not None:
+            terms["loss"] = soft + batch.q.kl(batch.prior.detached())
+        return terms
+
     def marginal_nll(self, batch: LatentBatch) -> torch.Tensor:
         """The logged ``nll_loss``: exact for categorical alignments."""
         return batch.exact_nll()
-
-    def reconstruction(self, model, batch: LatentBatch, dist: CategoricalAlignment, terms: dict):
-        """-E_dist[log p(y | z)] by ``self.estimator``; adds diagnostics to ``terms``.
-
-        Shared by hard attention (dist = prior) and the ELBO (dist = q).
-        """
-        if self.estimator == "enum":
-            return expected_nll(*batch.enumerate(dist, batch.head.alignment_topk))
-        if self.estimator == "reinforce":
-            # Baseline: the soft-attention likelihood under dist's expected
-            # context (DESIGN.md §8; the paper's Sec. 4 control variate).
-            z = dist.sample(self.num_samples)
-            logp_y = batch.logp_y_at(z)
-            baseline = batch.soft_logp_y(dist)
-            loss, advantage = reinforce_nll(logp_y, dist.log_prob(z), baseline)
-            terms.update(self.score_function_stats(advantage, logp_y))
-            terms["baseline_nll"] = -baseline.detach()
-            return loss - baseline if self.train_baseline else loss
-        if self.estimator == "gumbel":
-            relaxed = dist.gumbel_softmax(self.num_samples, self.gumbel_temperature)
-            return relaxed_nll(batch.simplex_logp_y(relaxed))
-        raise ValueError(f"unknown estimator {self.estimator!r}")
 
     @classmethod
     def reduce_metrics(cls, logging_outputs) -> None:
@@ -261,11 +215,56 @@ class VarAttnCriterion(FairseqCriterion):
     def logging_outputs_can_be_summed() -> bool:
         return True
 
-    # -- shared estimator diagnostics ------------------------------------------
-    @staticmethod
-    def score_function_stats(advantage, reward) -> dict:
-        """Sums over samples of squared score-function weights with/without baseline."""
-        return {
-            "sf_reward_sq": (reward.detach() ** 2).sum(-1),
-            "sf_advantage_sq": (advantage**2).sum(-1),
-        }
+
+# -- what several criterions add ---------------------------------------------------------
+class KLWeightMixin:
+    """``--kl-weight`` annealed over ``--kl-warmup-updates`` (needs ``KLOptions``)."""
+
+    def current_kl_weight(self, model) -> float:
+        return kl_weight_at(getattr(model, "num_updates", 0), self.cfg.kl_weight,
+                            self.cfg.kl_warmup_updates)
+
+
+class EstimatorMixin:
+    """-E_dist[log p(y | z)] by ``--estimator`` (enum, reinforce, gumbel),
+    shared by hard attention (dist = prior) and the ELBO (dist = q)."""
+
+    def reconstruction(self, batch: LatentBatch, dist: CategoricalAlignment, terms: dict):
+        """Returns (per-token loss, the distribution it is an expectation under).
+
+        With ``--alignment-topk k`` the expectation is under dist truncated to
+        its k most probable positions and renormalised, and that truncated
+        distribution is returned, so that the caller's KL uses the same one
+        and the objective stays a bound (docs/design.md, "Top-k")."""
+        estimator = self.cfg.estimator
+        if estimator == "enum":
+            topk = batch.head.alignment_topk
+            if 0 < topk < dist.support_size:
+                idx, log_w = dist.topk(topk)
+                truncated = CategoricalAlignment.from_log_probs(log_w, index=idx)
+                return expected_nll(log_w, batch.logp_y_at(idx)), truncated
+            return expected_nll(dist.log_probs, batch.logp_y_all()), dist
+        if estimator == "reinforce":
+            # Baseline: the soft-attention likelihood under dist's expected
+            # context (docs/design.md; the paper's Sec. 4 control variate).
+            z = dist.sample(self.num_samples)
+            logp_y = batch.logp_y_at(z)
+            baseline = batch.soft_logp_y(dist)
+            loss, advantage = reinforce_nll(logp_y, dist.log_prob(z), baseline)
+            terms.update(score_function_stats(advantage, logp_y))
+            terms["baseline_nll"] = -baseline.detach()
+            if self.cfg.train_baseline:  # its gradient, not its value: loss stays the objective
+                loss = value_with_gradient_of(loss, loss - baseline)
+            return loss, dist
+        if estimator == "gumbel":
+            relaxed = dist.gumbel_softmax(self.num_samples, self.cfg.gumbel_temperature)
+            return relaxed_nll(batch.simplex_logp_y(relaxed)), dist
+        raise ValueError(f"unknown estimator {estimator!r}")
+
+
+def score_function_stats(advantage, reward) -> dict:
+    """Sums over samples of squared score-function weights with/without baseline."""
+    return {
+        "sf_reward_sq": (reward.detach() ** 2).sum(-1),
+        "sf_advantage_sq": (advantage**2).sum(-1),
+    }

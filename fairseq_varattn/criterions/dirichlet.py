@@ -18,32 +18,29 @@ from dataclasses import dataclass, field
 from fairseq.criterions import register_criterion
 
 from ..modules.losses import relaxed_nll
-from .base import VarAttnCriterion, VarAttnKLConfig
+from .base import KLOptions, KLWeightMixin, LatentCriterionConfig, VarAttnCriterion
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class DirichletConfig(VarAttnKLConfig):
+class DirichletConfig(KLOptions, LatentCriterionConfig):
     nll_samples: int = field(
         default=16, metadata={"help": "samples for the importance-sampled nll_loss "
                                             "(proposal: the mixture of q and the prior)"})
 
 
 @register_criterion("varattn_dirichlet", dataclass=DirichletConfig)
-class DirichletCriterion(VarAttnCriterion):
+class DirichletCriterion(KLWeightMixin, VarAttnCriterion):
+    config_class = DirichletConfig
     attention_kinds = ("dirichlet",)
     needs_inference_network = True
 
-    def __init__(self, task, sentence_avg, num_samples=1, skip_exact_nll_in_training=False,
-                 kl_weight=1.0, kl_warmup_updates=0, nll_samples=16):
-        super().__init__(task, sentence_avg, num_samples, skip_exact_nll_in_training,
-                         kl_weight, kl_warmup_updates)
-        if nll_samples < 1:
-            raise ValueError(f"--nll-samples must be >= 1, got {nll_samples}")
-        self.nll_samples = nll_samples
+    def __init__(self, cfg, task):
+        super().__init__(cfg, task)
+        self.nll_samples = cfg.nll_samples
         logger.info("varattn_dirichlet: nll_loss and ppl are importance-sampled estimates "
-                    "(%d samples from (q + p) / 2 per token), not exact", nll_samples)
+                    "(%d samples from (q + p) / 2 per token), not exact", self.nll_samples)
 
     def token_terms(self, model, batch):
         prior, q = batch.prior, batch.q

@@ -1,32 +1,32 @@
 """``varattn_hard``: hard attention, E_{p(z)}[log p(y | z)] (a Jensen lower bound
-on the marginal), by enumeration or by REINFORCE with samples from the prior."""
+on the marginal), by enumeration or by REINFORCE with samples from the prior.
+
+With ``--alignment-topk k`` the expectation is under the prior truncated to
+its top k and renormalised, p', and the objective is E_p'[log p(y | z)] -
+KL(p' || p), the ELBO with q = p', so it stays a lower bound on log p(y).
+"""
 
 from dataclasses import dataclass, field
 
 from fairseq.criterions import register_criterion
 from fairseq.dataclass import ChoiceEnum
 
-from .base import VarAttnCriterion, VarAttnCriterionConfig
+from .base import BaselineOptions, EstimatorMixin, LatentCriterionConfig, VarAttnCriterion
 
 
 @dataclass
-class HardAttentionConfig(VarAttnCriterionConfig):
+class HardAttentionConfig(BaselineOptions, LatentCriterionConfig):
     estimator: ChoiceEnum(["enum", "reinforce"]) = field(
         default="enum", metadata={"help": "exact expectation, or REINFORCE with a baseline"})
-    train_baseline: bool = field(
-        default=False, metadata={"help": "add the soft baseline's own NLL to the loss"})
 
 
 @register_criterion("varattn_hard", dataclass=HardAttentionConfig)
-class HardAttentionCriterion(VarAttnCriterion):
-    def __init__(self, task, sentence_avg, num_samples=1, skip_exact_nll_in_training=False,
-                 estimator="enum", train_baseline=False):
-        super().__init__(task, sentence_avg, num_samples, skip_exact_nll_in_training)
-        self.estimator = estimator
-        self.train_baseline = train_baseline
+class HardAttentionCriterion(EstimatorMixin, VarAttnCriterion):
+    config_class = HardAttentionConfig
 
     def token_terms(self, model, batch):
         prior = batch.prior
         terms = {"entropy_p": prior.entropy()}
-        terms["loss"] = self.reconstruction(model, batch, prior, terms)
+        loss, used = self.reconstruction(batch, prior, terms)
+        terms["loss"] = loss if used is prior else loss + used.kl(prior)
         return terms

@@ -1,5 +1,5 @@
 """``varattn_rws``: reweighted wake-sleep (Bornschein & Bengio 2015) for the
-categorical alignment (DESIGN.md §3 and §8).
+categorical alignment (docs/design.md, "Criterions").
 
 K samples z_k ~ q(z | x, y) with self-normalised weights
 w_k ∝ p(z_k) p(y | z_k) / q(z_k) drive both updates: wake-p follows
@@ -14,21 +14,19 @@ from dataclasses import dataclass, field
 from fairseq.criterions import register_criterion
 
 from ..modules.losses import reweighted_wake_sleep, value_with_gradient_of
-from .base import VarAttnCriterion, VarAttnCriterionConfig
+from .base import LatentCriterionConfig, VarAttnCriterion
 
 
 @dataclass
-class RwsConfig(VarAttnCriterionConfig):
-    # The paper's code draws 5 samples for wake-sleep (DESIGN.md §8).
+class RwsConfig(LatentCriterionConfig):
+    # The paper's code draws 5 samples for wake-sleep (docs/design.md).
     num_samples: int = field(default=5, metadata={"help": "samples from q per target token"})
 
 
 @register_criterion("varattn_rws", dataclass=RwsConfig)
 class RwsCriterion(VarAttnCriterion):
+    config_class = RwsConfig
     needs_inference_network = True
-
-    def __init__(self, task, sentence_avg, num_samples=5, skip_exact_nll_in_training=False):
-        super().__init__(task, sentence_avg, num_samples, skip_exact_nll_in_training)
 
     def token_terms(self, model, batch):
         prior, q = batch.prior, batch.q

@@ -36,20 +36,25 @@ from torch import Tensor
 
 from ..modules.alignment_head import ATTENTION_KINDS, AlignmentHeadMixin, check_alignment_args
 from ..modules.init import Embedding, Linear, LSTMCell
-from ..modules.output_layer import AlignmentOutputLayer
+from ..modules.factored_output import FactoredOutputLayer, SourceLogitsCache
+from ..modules.output_layer import build_output_layer
 from ..modules.scorer import AttentionScorer
 from .encoder import VarAttnLSTMEncoder
 from .inference_network import InferenceNetwork
 
 DEFAULT_MAX_POSITIONS = 1024
 INFERENCE_NETWORKS = ("none", "birnn")
+INPUT_FEEDS = ("attentional", "context")
+OUTPUT_LAYERS = ("joint", "factored")
 class VarAttnLSTMDecoder(AlignmentHeadMixin, FairseqIncrementalDecoder):
     def __init__(self, dictionary, embed_dim, hidden_size, out_embed_dim, num_layers,
                  dropout_in, dropout_out, encoder_output_units, encoder_layers,
                  attention="soft", attention_score="general", attention_dim=None,
-                 alignment_topk=0, alignment_chunk_size=0,
+                 alignment_topk=0, alignment_chunk_size=0, input_feed="attentional",
+                 output_layer="joint", alignment_dropout="shared",
                  max_target_positions=DEFAULT_MAX_POSITIONS):
         super().__init__(dictionary)
+        self.input_feed = input_feed
         self.attention_kind = attention
         self.alignment_topk = alignment_topk
         self.num_layers = num_layers
@@ -67,15 +72,17 @@ class VarAttnLSTMDecoder(AlignmentHeadMixin, FairseqIncrementalDecoder):
             self.encoder_cell_proj = Linear(encoder_output_units, hidden_size)
         else:
             self.encoder_hidden_proj = self.encoder_cell_proj = None
+        self.input_feed_dim = out_embed_dim if input_feed == "attentional" else encoder_output_units
         self.layers = nn.ModuleList(
-            LSTMCell(embed_dim + out_embed_dim if i == 0 else hidden_size, hidden_size)
+            LSTMCell(embed_dim + self.input_feed_dim if i == 0 else hidden_size, hidden_size)
             for i in range(num_layers)
         )
         self.scorer = AttentionScorer(hidden_size, encoder_output_units, attention_dim,
                                       kind=attention_score)
-        self.output = AlignmentOutputLayer(hidden_size, encoder_output_units, out_embed_dim,
-                                           len(dictionary), dropout=dropout_out,
-                                           chunk_size=alignment_chunk_size)
+        self.output = build_output_layer(output_layer, hidden_size, encoder_output_units,
+                                         out_embed_dim, len(dictionary), dropout=dropout_out,
+                                         chunk_size=alignment_chunk_size,
+                                         shared_dropout=alignment_dropout == "shared")
 
     # -- recurrence -------------------------------------------------------
     def forward(self, prev_output_tokens, encoder_out=None,
@@ -84,7 +91,20 @@ class VarAttnLSTMDecoder(AlignmentHeadMixin, FairseqIncrementalDecoder):
         x, extra = self.extract_features(prev_output_tokens, encoder_out, incremental_state)
         if features_only:
             return x, extra
+        if incremental_state is not None and self._caches_source_logits():
+            extra["source_cache"] = self._source_cache(incremental_state, extra["encoder_states"])
         return self.output_layer(x, extra), extra
+
+    def _caches_source_logits(self):
+        # the factored layer's b = g(x~) is the same at every step of a sentence
+        return self.attention_kind == "categorical" and isinstance(self.output, FactoredOutputLayer)
+
+    def _source_cache(self, incremental_state, enc):
+        cache = self.get_incremental_state(incremental_state, "source_cache")
+        if cache is None:
+            cache = SourceLogitsCache.build(self.output, enc)
+            self.set_incremental_state(incremental_state, "source_cache", cache)
+        return cache
 
     def _initial_state(self, encoder_out, bsz, like):
         _, enc_hiddens, enc_cells, _ = encoder_out
@@ -97,7 +117,7 @@ class VarAttnLSTMDecoder(AlignmentHeadMixin, FairseqIncrementalDecoder):
                 h, c = self.encoder_hidden_proj(h), self.encoder_cell_proj(c)
             hiddens.append(h)
             cells.append(c)
-        return hiddens, cells, like.new_zeros(bsz, self.out_embed_dim)
+        return hiddens, cells, like.new_zeros(bsz, self.input_feed_dim)
 
     def extract_features(self, prev_output_tokens, encoder_out,
                          incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None):
@@ -117,7 +137,7 @@ class VarAttnLSTMDecoder(AlignmentHeadMixin, FairseqIncrementalDecoder):
             hiddens, cells, input_feed = self._initial_state(encoder_out, bsz, x)
 
         keys = self.scorer.prepare(enc)
-        outs, tops, scores_all, weights_all = [], [], [], []
+        outs, tops, scores_all, weights_all, contexts = [], [], [], [], []
         for j in range(seqlen):
             layer_input = torch.cat((x[j], input_feed), dim=1)
             for i, cell in enumerate(self.layers):
@@ -127,11 +147,13 @@ class VarAttnLSTMDecoder(AlignmentHeadMixin, FairseqIncrementalDecoder):
             scores = self.scorer(top, keys, enc_mask)
             weights = self.expected_weights(scores, enc_mask)
             context = torch.bmm(weights.unsqueeze(1), enc).squeeze(1)
-            input_feed = self.dropout_out_module(self.output.attentional(top, context))
-            outs.append(input_feed)
+            attentional = self.dropout_out_module(self.output.attentional(top, context))
+            input_feed = attentional if self.input_feed == "attentional" else context
+            outs.append(attentional)
             tops.append(top)
             scores_all.append(scores)
             weights_all.append(weights)
+            contexts.append(context)
 
         self.set_incremental_state(incremental_state, "cached_state", {
             "prev_hiddens": torch.stack(hiddens),
@@ -142,6 +164,7 @@ class VarAttnLSTMDecoder(AlignmentHeadMixin, FairseqIncrementalDecoder):
             "attn": torch.stack(weights_all, dim=1),  # B x N x T expected alignment
             "scores": torch.stack(scores_all, dim=1),  # B x N x T prior scores
             "hidden": torch.stack(tops, dim=1),  # B x N x H decoder states
+            "context": torch.stack(contexts, dim=1),  # B x N x C expected context
             "encoder_states": enc,
             "encoder_padding_mask": enc_mask,
         }
@@ -169,6 +192,10 @@ class VarAttnLSTMDecoder(AlignmentHeadMixin, FairseqIncrementalDecoder):
             "prev_cells": cached["prev_cells"].index_select(1, new_order),
             "input_feed": cached["input_feed"].index_select(0, new_order),
         })
+        source = self.get_incremental_state(incremental_state, "source_cache")
+        if source is not None:
+            self.set_incremental_state(incremental_state, "source_cache",
+                                       SourceLogitsCache.reorder(source, new_order))
 
     def max_positions(self):
         return self.max_target_positions
@@ -234,6 +261,10 @@ class VarAttnLSTMModel(FairseqEncoderDecoderModel):
                             help='size of tanh(W_c [h; context]), the input-feeding vector')
         parser.add_argument('--decoder-dropout-in', type=float, metavar='D')
         parser.add_argument('--decoder-dropout-out', type=float, metavar='D')
+        parser.add_argument('--input-feed', choices=INPUT_FEEDS,
+                            help='what the decoder reads back at the next step: the attentional '
+                                 'vector tanh(W_c [h; c]) (fairseq, Luong) or the raw context c '
+                                 '(the paper\'s code)')
         parser.add_argument('--attention', choices=ATTENTION_KINDS,
                             help='soft: classic attention; categorical: z_j is a latent '
                                  'source position; dirichlet: z_j is a latent point on the simplex')
@@ -249,6 +280,14 @@ class VarAttnLSTMModel(FairseqEncoderDecoderModel):
         parser.add_argument('--alignment-topk', type=int, metavar='K',
                             help='sum the output mixture over the K most probable alignments '
                                  '(0 = exact); also applies at generation')
+        parser.add_argument('--output-layer', choices=OUTPUT_LAYERS,
+                            help='joint: softmax(W_o tanh(W_c [h_j; x~_i])), one vocabulary '
+                                 'softmax per alignment (the paper); factored: logits a(h_j) + '
+                                 'b(x~_i), exact enumeration at about soft attention\'s cost')
+        parser.add_argument('--alignment-dropout', choices=("shared", "independent"),
+                            help='dropout in the latent output layer: one mask per target token '
+                                 'shared by all its alignments (default), or one per alignment '
+                                 '(the paper\'s code; its noise keeps the prior uniform)')
         parser.add_argument('--alignment-chunk-size', type=int, metavar='N',
                             help='source positions per chunk of the latent output layer; '
                                  'bounds peak memory (0 = all at once)')
@@ -286,6 +325,9 @@ class VarAttnLSTMModel(FairseqEncoderDecoderModel):
             attention_dim=args.attention_dim,
             alignment_topk=args.alignment_topk,
             alignment_chunk_size=args.alignment_chunk_size,
+            input_feed=args.input_feed,
+            output_layer=args.output_layer,
+            alignment_dropout=args.alignment_dropout,
             max_target_positions=max_target,
         )
         inference_network = None
@@ -370,6 +412,9 @@ def base_architecture(args):
     args.inference_layers = getattr(args, "inference_layers", 1)
     args.alignment_topk = getattr(args, "alignment_topk", 0)
     args.alignment_chunk_size = getattr(args, "alignment_chunk_size", 0)
+    args.input_feed = getattr(args, "input_feed", "attentional")
+    args.output_layer = getattr(args, "output_layer", "joint")
+    args.alignment_dropout = getattr(args, "alignment_dropout", "shared")
 
 
 @register_model_architecture("varattn_lstm", "varattn_lstm_iwslt_de_en")

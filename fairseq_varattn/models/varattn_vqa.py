@@ -120,8 +120,9 @@ class VarAttnVQAModel(BaseFairseqModel):
         r = self.dropout(torch.tanh(self.region_proj(regions)))
         scores = self.head.scorer(h.unsqueeze(1), self.head.scorer.prepare(r), region_mask)  # B x 1 x K
         weights = self.head.expected_weights(scores, region_mask)
-        features = self.dropout(self.head.output.attentional(h.unsqueeze(1), torch.bmm(weights, r)))
-        extra = {"attn": weights, "scores": scores, "hidden": h.unsqueeze(1),
+        context = torch.bmm(weights, r)
+        features = self.dropout(self.head.output.attentional(h.unsqueeze(1), context))
+        extra = {"attn": weights, "scores": scores, "hidden": h.unsqueeze(1), "context": context,
                  "encoder_states": r, "encoder_padding_mask": region_mask}
         if target is not None and self.inference_network is not None:
             extra["q_scores"] = self.inference_network(h, target, r, region_mask)

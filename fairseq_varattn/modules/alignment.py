@@ -39,13 +39,20 @@ class CategoricalAlignment:
             scores = scores.masked_fill(mask, float("-inf"))
         self.log_probs = F.log_softmax(scores, dim=-1)
         self.mask = mask
+        self.index = None
 
     @classmethod
-    def from_log_probs(cls, log_probs: torch.Tensor):
+    def from_log_probs(cls, log_probs: torch.Tensor, index: torch.Tensor = None):
+        """A categorical from normalised log-probs; with ``index`` (same
+        shape), a distribution on those positions only (a top-k truncation)."""
         dist = cls.__new__(cls)
         dist.log_probs = log_probs
         dist.mask = None
+        dist.index = index
         return dist
+
+    def detached(self) -> "CategoricalAlignment":
+        return CategoricalAlignment.from_log_probs(self.log_probs.detach(), self.index)
 
     @property
     def probs(self) -> torch.Tensor:
@@ -67,9 +74,11 @@ class CategoricalAlignment:
         return -_masked_plogp(self.probs, self.log_probs).sum(-1)
 
     def kl(self, other: "CategoricalAlignment") -> torch.Tensor:
-        """KL(self || other), closed form, zero where self has no mass."""
+        """KL(self || other), closed form, zero where self has no mass.
+        ``other`` is over every position; self may be a truncation."""
         p = self.probs
-        diff = (self.log_probs - other.log_probs).masked_fill(p == 0, 0.0)
+        other_lp = other.log_probs if self.index is None else other.log_probs.gather(-1, self.index)
+        diff = (self.log_probs - other_lp).masked_fill(p == 0, 0.0)
         return (p * diff).sum(-1)
 
     def expectation(self, values: torch.Tensor) -> torch.Tensor:
@@ -132,6 +141,9 @@ class DirichletAlignment:
 
     def mean(self) -> torch.Tensor:
         return self.concentration * self.valid / self.total.unsqueeze(-1)
+
+    def detached(self) -> "DirichletAlignment":
+        return DirichletAlignment(self.concentration.detach(), self.mask)
 
     def rsample_log(self, num_samples: int) -> torch.Tensor:
         """log z for reparameterised samples z ~ Dir: batch_shape + (K, T).

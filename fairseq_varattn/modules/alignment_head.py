@@ -67,16 +67,22 @@ class AlignmentHeadMixin:
         """Soft: logits.  Categorical: normalised log p(y | x) of the mixture."""
         if self.attention_kind != "categorical":
             # Dirichlet at test time uses the prior mean's context, which is
-            # exactly the attentional vector in ``features``.
-            return self.output.fc_out(features)
+            # exactly soft attention's context.
+            return self.output.soft_logits(features, extra["hidden"], extra["context"])
         prior = CategoricalAlignment(extra["scores"])
+        cached = {"cache": extra["source_cache"]} if "source_cache" in extra else {}
         return self.output.mixture_logprobs(extra["hidden"], extra["encoder_states"], prior,
-                                            topk=self.alignment_topk)
+                                            topk=self.alignment_topk, **cached)
 
     def normalized_output(self, net_output, log_probs):
-        """``get_normalized_probs`` for every kind: the mixture is already normalised."""
-        if self.attention_kind == "categorical":
-            lprobs = net_output[0]
-            return lprobs if log_probs else lprobs.exp()
-        logits = net_output[0].float()
-        return F.log_softmax(logits, dim=-1) if log_probs else F.softmax(logits, dim=-1)
+        """``get_normalized_probs`` for every kind.
+
+        A categorical model's output is already the mixture's normalised
+        log p(y_j | x, y_<j); it is normalised again because fairseq's
+        generator divides the decoder output by ``--temperature`` before
+        asking for normalised probabilities.  Temperature T then means what
+        it means for a softmax model: p(y)^(1/T) renormalised over the
+        vocabulary (docs/design.md, "Generation").
+        """
+        out = net_output[0].float()
+        return F.log_softmax(out, dim=-1) if log_probs else F.softmax(out, dim=-1)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .alignment import CategoricalAlignment
+from .factored_output import FactoredOutputLayer
 from .init import Linear
 
 
@@ -28,21 +29,56 @@ def gather_positions(values: torch.Tensor, positions: torch.Tensor) -> torch.Ten
 
 
 class AlignmentOutputLayer(nn.Module):
-    def __init__(self, hidden_dim, context_dim, embed_dim, vocab_size, dropout=0.0, chunk_size=0):
+    """The joint layer, ``--output-layer joint`` (the paper's)."""
+
+    #: log p(y | z = i) at a few positions is cheaper than at all of them
+    enumeration_is_cheap = False
+
+    def __init__(self, hidden_dim, context_dim, embed_dim, vocab_size, dropout=0.0, chunk_size=0,
+                 shared_dropout=True):
         super().__init__()
         self.hidden_proj = Linear(hidden_dim, embed_dim, bias=False)
         self.context_proj = Linear(context_dim, embed_dim, bias=False)
         self.fc_out = Linear(embed_dim, vocab_size)
         self.dropout = nn.Dropout(dropout)
         self.chunk_size = chunk_size
+        self.shared_dropout = shared_dropout
 
     # -- pieces -----------------------------------------------------------
     def attentional(self, h: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
         """tanh(W_c [h; ctx]): the input-feeding vector and the soft output's features."""
         return torch.tanh(self.hidden_proj(h) + self.context_proj(ctx))
 
-    def _logits(self, hidden_part, context_part):
-        return self.fc_out(self.dropout(torch.tanh(hidden_part + context_part))).float()
+    def soft_logits(self, features, h, ctx):
+        """Soft attention's output: W_o of the attentional vector ``features``
+        (= tanh(W_c [h; ctx]) with the decoder's dropout), computed once by the recurrence."""
+        return self.fc_out(features)
+
+    def dropout_masks(self, h):
+        """The dropout mask of one batch: one per target token (B, N, D),
+        shared by all of its alignments, samples and the soft baseline; None
+        outside training (or with ``--alignment-dropout independent``, the
+        paper's code, a fresh mask per (j, i) pair).
+
+        With a mask per (j, i), log p(y_j | z_j = i) differs across i by
+        dropout noise alone: on fresh weights that noise is several times the
+        real differences, the posterior follows it, and the prior, fitted to
+        random posteriors, is pulled to their average, the uniform
+        distribution (docs/design.md, "Is the latent attention learning?").
+        """
+        p = self.dropout.p
+        if not (self.shared_dropout and self.training and p > 0):
+            return None
+        return h.new_empty(*h.shape[:-1], self.fc_out.in_features).bernoulli_(1 - p) / (1 - p)
+
+    def _logits(self, hidden_part, context_part, mask=None):
+        """hidden_part (B, N, [1,] D) + context_part, mask (B, N, D) or None."""
+        features = torch.tanh(hidden_part + context_part)
+        if not self.shared_dropout:
+            features = self.dropout(features)
+        elif mask is not None:
+            features = features * (mask.unsqueeze(-2) if features.dim() > mask.dim() else mask)
+        return self.fc_out(features).float()
 
     @staticmethod
     def _select(log_probs, target):
@@ -53,39 +89,42 @@ class AlignmentOutputLayer(nn.Module):
         return log_probs.gather(-1, index).squeeze(-1)
 
     # -- log p(y | h, explicit context) ----------------------------------
-    def context_logprobs(self, h, ctx, target=None):
+    def context_logprobs(self, h, ctx, target=None, masks=None):
         """h (B, N, H); ctx (B, N, C) or K contexts per token (B, N, K, C).
 
         Returns log p(y_j | ctx) at ``target`` (B, N[, K]) or over the
         vocabulary (..., V).  Used by the soft baseline, Gumbel-softmax and
         Dirichlet samples: one softmax per context, not per source position.
         """
+        masks = self.dropout_masks(h) if masks is None else masks
         hidden_part = self.hidden_proj(h)
         if ctx.dim() == 4:
             hidden_part = hidden_part.unsqueeze(2)
-        log_probs = F.log_softmax(self._logits(hidden_part, self.context_proj(ctx)), dim=-1)
+        log_probs = F.log_softmax(self._logits(hidden_part, self.context_proj(ctx), masks), dim=-1)
         return self._select(log_probs, target)
 
     # -- log p(y_j | z_j = i) for the gold target --------------------------
-    def _target_logprobs(self, hidden_part, context_part, target):
-        logits = self._logits(hidden_part, context_part)  # B, N, t, V
+    def _target_logprobs(self, hidden_part, context_part, target, mask=None):
+        logits = self._logits(hidden_part, context_part, mask)  # B, N, t, V
         gold = logits.gather(-1, target.view(*target.shape, 1, 1).expand(*logits.shape[:-1], 1))
         return gold.squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
-    def alignment_logprobs(self, h, enc, target, positions: Optional[torch.Tensor] = None):
+    def alignment_logprobs(self, h, enc, target, positions: Optional[torch.Tensor] = None, masks=None):
         """log p(y_j | x, y_<j, z_j = i).
 
         h (B, N, H) decoder states, enc (B, T, C) annotations, target (B, N).
         ``positions`` (B, N, K) restricts i to given source positions
         (samples, top-k); otherwise every i: output (B, N, T).
         """
+        mask = self.dropout_masks(h) if masks is None else masks
         hidden_part = self.hidden_proj(h).unsqueeze(2)
         context_part = self.context_proj(enc)
         if positions is not None:
-            return self._target_logprobs(hidden_part, gather_positions(context_part, positions), target)
+            return self._target_logprobs(hidden_part, gather_positions(context_part, positions), target,
+                                         mask)
         return torch.cat(
             [
-                self._run_chunk(self._target_logprobs, hidden_part, chunk.unsqueeze(1), target)
+                self._run_chunk(self._target_logprobs, hidden_part, chunk.unsqueeze(1), target, mask)
                 for chunk in self._chunks(context_part)
             ],
             dim=-1,
@@ -98,11 +137,13 @@ class AlignmentOutputLayer(nn.Module):
         ``topk`` > 0 sums over the k most probable alignments only, with the
         prior renormalised over them (the paper's K-max decoding).
         """
+        mask = self.dropout_masks(h)
         hidden_part = self.hidden_proj(h).unsqueeze(2)
         context_part = self.context_proj(enc)
         if 0 < topk < prior.support_size:
             idx, log_w = prior.topk(topk)
-            log_py = F.log_softmax(self._logits(hidden_part, gather_positions(context_part, idx)), dim=-1)
+            log_py = F.log_softmax(self._logits(hidden_part, gather_positions(context_part, idx), mask),
+                                   dim=-1)
             return torch.logsumexp(log_py + log_w.unsqueeze(-1), dim=2)
         total = None
         start = 0
@@ -112,12 +153,12 @@ class AlignmentOutputLayer(nn.Module):
             # whose gradient is NaN; exp(-1e4) is exactly 0 in fp16/32 alike.
             log_w = prior.log_probs[:, :, start : start + width].clamp_min(-1e4).unsqueeze(-1)
             start += width
-            part = self._run_chunk(self._weighted_mixture, hidden_part, chunk.unsqueeze(1), log_w)
+            part = self._run_chunk(self._weighted_mixture, hidden_part, chunk.unsqueeze(1), log_w, mask)
             total = part if total is None else torch.logaddexp(total, part)
         return total
 
-    def _weighted_mixture(self, hidden_part, context_part, log_w):
-        log_py = F.log_softmax(self._logits(hidden_part, context_part), dim=-1)
+    def _weighted_mixture(self, hidden_part, context_part, log_w, mask=None):
+        log_py = F.log_softmax(self._logits(hidden_part, context_part, mask), dim=-1)
         return torch.logsumexp(log_py + log_w, dim=2)
 
     # -- chunking ----------------------------------------------------------
@@ -131,3 +172,14 @@ class AlignmentOutputLayer(nn.Module):
         if self.chunk_size > 0 and torch.is_grad_enabled():
             return checkpoint(fn, *args, use_reentrant=False)
         return fn(*args)
+
+
+def build_output_layer(kind, hidden_dim, context_dim, embed_dim, vocab_size, dropout=0.0, chunk_size=0,
+                       shared_dropout=True):
+    """``--output-layer joint|factored``: both have the same parameters."""
+    if kind == "joint":
+        return AlignmentOutputLayer(hidden_dim, context_dim, embed_dim, vocab_size, dropout, chunk_size,
+                                    shared_dropout)
+    if kind == "factored":
+        return FactoredOutputLayer(hidden_dim, context_dim, embed_dim, vocab_size, dropout)
+    raise ValueError(f"unknown output layer {kind!r}; choose joint or factored")

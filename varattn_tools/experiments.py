@@ -6,13 +6,11 @@ import re
 import statistics
 import subprocess
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-def run(cmd, log_path, env):
-    """Run ``cmd`` in the repository root, output to ``log_path``; its text, or an error with the tail."""
-    with open(log_path, "w") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+def run(cmd, log_path, env, cwd=None, append=False):
+    """Run ``cmd`` (in ``cwd``), output to ``log_path``; its text, or an error with the tail."""
+    with open(log_path, "a" if append else "w") as log:
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, env=env)
     text = open(log_path).read()
     if proc.returncode != 0:
         raise RuntimeError(f"failed ({proc.returncode}): {' '.join(cmd)}\nsee {log_path}:\n{text[-3000:]}")

@@ -1,0 +1,266 @@
+"""The paper's comparison on converged models: Multi30k De-En, 2 CPU cores.
+
+    python examples/translation/converge.py run                  # the whole plan, 2 jobs at a time
+    python examples/translation/converge.py run --only soft:1,marginal:1
+    python examples/translation/converge.py table                # README table from finished runs
+
+Every variant (soft, marginal, hard-enum, hard-reinforce, elbo-enum,
+elbo-reinforce, elbo-gumbel, dirichlet, rws) trains with the same preset
+until validation perplexity has not improved for ``PATIENCE`` epochs
+(fairseq's ``--patience`` on ``ppl``: the exact marginal for categorical
+models, importance-sampled for Dirichlet), with the learning rate halved
+after every epoch without improvement.  Soft attention uses the joint output
+layer (the paper's); every latent variant uses ``--output-layer factored``,
+without which exact enumeration is about 20 times slower on a CPU and these
+runs would not fit.  ``PLAN`` gives 3 seeds to soft, marginal, elbo-enum and
+elbo-reinforce and 1 to the others.
+
+For the best checkpoint of each run it records: test PPL (``fairseq-validate``
+with the run's own criterion), sacreBLEU of beam-5 translations against the
+raw test references (with its signature), valid KL, prior / q / exact
+posterior entropies, AER of soft attention, the prior's argmax and the
+posterior's argmax on the hand-aligned test sentences, training tokens/s and
+the epoch of the best checkpoint.
+
+Runs are resumable: an interrupted run restarts from its ``checkpoint_last.pt``
+(fairseq's own resume), and a finished run leaves its result in
+``examples/translation/results/converge/NAME-seedS.json`` (committed to the
+repository), which later invocations reuse instead of training again.
+"""
+
+import argparse
+import concurrent.futures
+import datetime
+import gzip
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+
+from varattn_tools.experiments import read_nll, run
+from varattn_tools.variants import options
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+USER_DIR = os.path.join(REPO, "fairseq_varattn")
+GOLD = os.path.join(HERE, "gold", "test_2016_flickr.de-en.pharaoh")
+RESULTS = os.path.join(HERE, "results", "converge")
+RAW_TEST_REF = os.path.join(REPO, "data", "multi30k", "test_2016_flickr.en.gz")
+
+PATIENCE = 3
+PRESET = [
+    "--arch", "varattn_lstm", "--encoder-embed-dim", "128", "--encoder-hidden-size", "128",
+    "--decoder-embed-dim", "128", "--decoder-hidden-size", "256", "--decoder-out-embed-dim", "128",
+    "--dropout", "0.3", "--optimizer", "adam", "--lr", "0.002", "--clip-norm", "5",
+    "--max-tokens", "3000", "--lr-scheduler", "reduce_lr_on_plateau", "--lr-shrink", "0.5",
+    "--lr-patience", "0", "--max-epoch", "30", "--patience", str(PATIENCE),
+    "--best-checkpoint-metric", "ppl", "--no-epoch-checkpoints",
+]
+# variant -> seeds, in the order they run (first seeds of everything first)
+PLAN = {
+    "soft": [1, 2, 3], "marginal": [1, 2, 3], "elbo-enum": [1, 2, 3], "elbo-reinforce": [1, 2, 3],
+    "hard-enum": [1], "hard-reinforce": [1], "elbo-gumbel": [1], "dirichlet": [1], "rws": [1],
+}
+
+
+def ordered_plan():
+    width = max(len(s) for s in PLAN.values())
+    return [(name, seeds[k]) for k in range(width) for name, seeds in PLAN.items() if k < len(seeds)]
+
+
+def train_options(name):
+    return [*PRESET, *options(name, factored=name != "soft")]
+
+
+def result_path(name, seed):
+    return os.path.join(RESULTS, f"{name}-seed{seed}.json")
+
+
+def parse_training(text):
+    """What the training log says: per-epoch train wps, the best validation line."""
+    wps = [float(x) for x in re.findall(r"\| train \|.*? wps ([0-9.]+)", text)]
+    # "epoch 003 | valid on 'valid' subset | loss ... | ppl ...", one per epoch
+    valid = {int(e): line for e, line in re.findall(r"epoch (\d+) \| valid on 'valid' subset \|(.*)", text)}
+    if not valid:
+        raise RuntimeError("no validation in the training log")
+
+    def value(line, key):
+        found = re.search(rf"\| {key} ([-0-9.]+)", line)
+        return float(found.group(1)) if found else None
+
+    best = min(valid, key=lambda e: value(valid[e], "ppl"))
+    best_line = valid[best]
+    return {
+        "train_wps": statistics.mean(wps) if wps else None,
+        "epochs_run": max(valid),
+        "best_epoch": best,
+        "valid_ppl": value(best_line, "ppl"),
+        **{f"valid_{k}": value(best_line, k) for k in
+           ("kl", "entropy_p", "entropy_q", "entropy_post", "entropy_uniform", "prior_maxp", "q_maxp")},
+    }
+
+
+def sacrebleu_score(generate_text, work):
+    """Detokenised hypotheses in corpus order, scored against the raw references."""
+    hyps = {}
+    for line in generate_text.splitlines():
+        if line.startswith("D-"):
+            sid, _, text = line[2:].split("\t", 2)
+            hyps[int(sid)] = text
+    with gzip.open(RAW_TEST_REF, "rt", encoding="utf-8") as f:
+        refs = f.read().splitlines()
+    if sorted(hyps) != list(range(len(refs))):
+        raise RuntimeError(f"{len(hyps)} hypotheses for {len(refs)} references")
+    import sacrebleu
+
+    bleu = sacrebleu.metrics.BLEU()
+    score = bleu.corpus_score([hyps[i] for i in range(len(refs))], [refs])
+    with open(os.path.join(work, "hyp.txt"), "w", encoding="utf-8") as f:
+        f.write("\n".join(hyps[i] for i in range(len(refs))) + "\n")
+    return score.score, str(bleu.get_signature())
+
+
+def alignment_scores(data, ckpt, work, env):
+    out = os.path.join(work, "alignments")
+    run([sys.executable, "-m", "fairseq_varattn.alignments", data, "--subset", "test", "--path", ckpt,
+         "--name", "model", "--out", out, "--gold", GOLD, "--max-sentences", "30", "--plot", "0,1,3"],
+        os.path.join(work, "alignments.log"), env)
+    with open(os.path.join(out, "summary.json")) as f:
+        rows = json.load(f)
+    scores = {}
+    for row in rows:
+        key = "posterior" if row["alignment"].startswith("posterior") else (
+            "soft" if row["alignment"] == "soft attention" else "prior")
+        scores[f"aer_{key}"] = row.get("aer")
+        scores[f"test_entropy_{key}_nats"] = row["entropy_nats"]
+    return scores
+
+
+def run_one(name, seed, opts, env):
+    done = result_path(name, seed)
+    if os.path.isfile(done):
+        return json.load(open(done))
+    work = os.path.join(opts.work, f"{name}-seed{seed}")
+    os.makedirs(work, exist_ok=True)
+    common = [opts.data, "--user-dir", USER_DIR]
+    cmd = [sys.executable, "-m", "fairseq_cli.train", *common, *train_options(name), "--seed", str(seed),
+           "--num-workers", "0", "--log-format", "simple", "--log-interval", "100", "--save-dir", work]
+    start = time.time()
+    print(f"== {name} seed {seed}: training in {work} (resumes from checkpoint_last.pt)", flush=True)
+    text = run(cmd, os.path.join(work, "train.log"), env, append=True)
+    row = {"variant": name, "seed": seed, "output_layer": "joint" if name == "soft" else "factored",
+           "train_cmd": " ".join(["fairseq-train", *cmd[3:]]), **parse_training(text)}
+    ckpt = os.path.join(work, "checkpoint_best.pt")
+    test = run([sys.executable, "-m", "fairseq_cli.validate", *common, "--task", "translation", "--path", ckpt,
+                "--valid-subset", "test", "--max-tokens", "3000", "--num-workers", "0", "--seed", "1"],
+               os.path.join(work, "test.log"), env)
+    row["test_ppl"] = 2 ** read_nll("test", test, os.path.join(work, "test.log"))
+    gen = run([sys.executable, "-m", "fairseq_cli.generate", *common, "--path", ckpt, "--gen-subset", "test",
+               "--beam", "5", "--batch-size", "64", "--post-process", "sentencepiece", "--num-workers", "0"],
+              os.path.join(work, "generate.log"), env)
+    row["test_bleu"], row["bleu_signature"] = sacrebleu_score(gen, work)
+    row.update(alignment_scores(opts.data, ckpt, work, env))
+    row["wall_s"] = time.time() - start
+    row["date"] = str(datetime.date.today())
+    row["machine"] = f"{platform.machine()} x{os.cpu_count()} CPU cores"
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(done, "w") as f:
+        json.dump(row, f, indent=1)
+    print(f"== {name} seed {seed}: test ppl {row['test_ppl']:.2f}, BLEU {row['test_bleu']:.2f} "
+          f"({row['wall_s'] / 60:.0f} min)", flush=True)
+    return row
+
+
+def prepare(data_root, env):
+    data = os.path.join(data_root, "bin")
+    if not os.path.isfile(os.path.join(data, "dict.en.txt")):
+        print(f"== preparing data/multi30k -> {data_root} (prepare_data defaults)", flush=True)
+        os.makedirs(data_root, exist_ok=True)
+        run([sys.executable, "-m", "fairseq_varattn.prepare_data", "--raw-dir",
+             os.path.join(REPO, "data", "multi30k"), "--out", data_root],
+            os.path.join(data_root, "prepare.log"), env)
+    return data
+
+
+# -- the table -------------------------------------------------------------------------------
+COLUMNS = [
+    ("test PPL", "test_ppl", ".2f"), ("BLEU", "test_bleu", ".2f"), ("valid KL (bits)", "valid_kl", ".3f"),
+    ("H prior (bits)", "valid_entropy_p", ".2f"), ("H q (bits)", "valid_entropy_q", ".2f"),
+    ("H posterior (bits)", "valid_entropy_post", ".2f"), ("AER soft", "aer_soft", ".3f"),
+    ("AER prior", "aer_prior", ".3f"), ("AER posterior", "aer_posterior", ".3f"),
+    ("train tok/s", "train_wps", ".0f"), ("best epoch", "best_epoch", ".1f"),
+]
+
+
+def cell(values, fmt):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return format(values[0], fmt)
+    return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), fmt)}"
+
+
+def table():
+    rows = [json.load(open(os.path.join(RESULTS, f))) for f in sorted(os.listdir(RESULTS))
+            if f.endswith(".json")] if os.path.isdir(RESULTS) else []
+    if not rows:
+        return "No finished runs yet.\n"
+    lines = ["| variant | output layer | seeds | " + " | ".join(c[0] for c in COLUMNS) + " |",
+             "|---|---|---|" + "---|" * len(COLUMNS)]
+    for name in PLAN:
+        runs = [r for r in rows if r["variant"] == name]
+        if not runs:
+            continue
+        label = name + (" (IS ppl)" if name == "dirichlet" else "")
+        seeds = ",".join(str(r["seed"]) for r in sorted(runs, key=lambda r: r["seed"]))
+        lines.append(f"| {label} | {runs[0]['output_layer']} | {seeds} | "
+                     + " | ".join(cell([r.get(key) for r in runs], fmt) for _, key, fmt in COLUMNS) + " |")
+    signature = rows[0]["bleu_signature"]
+    dates = sorted({r["date"] for r in rows})
+    head = (f"`python examples/translation/converge.py run`, {dates[0]} to {dates[-1]}, {rows[0]['machine']}, "
+            f"no GPU; early stopping on valid PPL with patience {PATIENCE}; mean ± std over seeds; "
+            f"sacreBLEU `{signature}`, beam 5, test_2016_flickr.  Entropies and KL are per target token "
+            f"on the validation set at the best checkpoint (uniform: the entropy of a uniform alignment).\n\n")
+    return head + "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["run", "table"])
+    parser.add_argument("--only", default="", help="NAME:SEED,... (default: the whole PLAN)")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one CPU thread each)")
+    parser.add_argument("--work", default=os.path.join("runs", "converge"), help="checkpoints and logs")
+    parser.add_argument("--data-root", default=os.path.join("runs", "multi30k"))
+    opts = parser.parse_args(argv)
+    if opts.command == "table":
+        print(table(), end="")
+        return
+    plan = ordered_plan()
+    if opts.only:
+        try:
+            wanted = [(n, int(s)) for n, s in (item.split(":") for item in opts.only.split(","))]
+        except ValueError:
+            parser.error(f"--only takes NAME:SEED,..., got {opts.only!r}")
+        unknown = [w for w in wanted if w[0] not in PLAN]
+        if unknown:
+            parser.error(f"unknown variants {unknown}; choose from {list(PLAN)}")
+        plan = wanted
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    opts.data = prepare(opts.data_root, env)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=opts.jobs) as pool:
+        futures = {pool.submit(run_one, name, seed, opts, env): (name, seed) for name, seed in plan}
+        for future in concurrent.futures.as_completed(futures):
+            name, seed = futures[future]
+            try:
+                future.result()
+            except Exception as err:  # one failed run must not stop the others
+                print(f"== {name} seed {seed} FAILED: {err}", flush=True)
+    print(table(), end="")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,277 @@
+"""The factored output layer (``--output-layer factored``, docs/design.md §"Output layers").
+
+The alignment enters the logits additively:
+
+    logit(j, i, v) = a_jv + b_iv,   a_j = W_o d(tanh(W_h h_j)) + bias,
+                                    b_i = W_o d(tanh(W_c x~_i))
+
+with d = dropout and one vocabulary matrix W_o shared by both sides.  Then
+everything exact enumeration needs is a product of small matrices instead of
+one vocabulary softmax per (j, i) pair:
+
+* the T normalisers, L_ji = logsumexp_v(a_jv + b_iv)
+  = m_j + m_i + log sum_v exp(a_jv - m_j) exp(b_iv - m_i), one (N, V) x (V, T)
+  product per sentence (m_j, m_i the row maxima);
+* log p(y_j | z_j = i) = a_{j,y_j} + b_{i,y_j} - L_ji, gathers for every i;
+* the mixture over the vocabulary (generation, ``--score-reference``),
+  log p(y_j = v) = a_jv + log sum_i exp(c_ji + b_iv) with c_ji = log p(z_j = i) - L_ji,
+  a second product, (N, T) x (T, V), after shifting c by its row maxima and
+  b by its column maxima.
+
+Cost: a costs what soft attention's output costs, b one more projection per
+*source* position (computed once per sentence, not per target token), the
+two products N T V, which is small next to the N D V of a projection.
+
+Why W_o is shared (rather than a separate or low-rank source projection):
+it keeps the parameters of the joint layer exactly (W_h, W_c, W_o, bias), so
+the two layers are compared at equal size, and it makes every *context*
+path linear in the two halves: p(y_j | context c) = softmax(W_o (d(u_j) +
+d(tanh(W_c c))) + bias) is a single projection, so soft attention, the
+REINFORCE baseline, Gumbel-softmax and Dirichlet samples cost what they cost
+with the joint layer.  A low-rank b (rank r < D) would cut b's cost by D/r
+but b is at most half of the layer's projections and exact enumeration
+already meets its speed target without it (benchmarks/README.md).
+
+Soft attention in this family is softmax(a_j + g(E_p[x~])) with
+g(c) = W_o d(tanh(W_c c)): the output at the expected context, which is how
+the joint layer (and the paper) define soft attention, and the same function
+the relaxed estimators evaluate at their sampled contexts.  (The log-linear
+pool softmax(a_j + sum_i p_i b_i) would make soft attention a normalised
+geometric mixture of the categorical components; it costs the same here,
+but it would be a different model from soft attention's usual definition and
+from what Gumbel-softmax and Dirichlet samples are fed.)
+
+Numerics: the shifted products can underflow when a_j and b_i peak at words
+whose logits differ by more than about 87 nats (float32's range).  Entries
+that underflow are recomputed exactly (a logsumexp over the vocabulary for
+that (j, i) pair, or over the source for that row of the mixture), so the
+result is exact and finite for any logits; the products themselves always run
+in float32, also under autocast.
+"""
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .alignment import CategoricalAlignment
+from .init import Linear
+
+# Products smaller than this are recomputed exactly: far above float32's
+# smallest normal number (1.2e-38), so what is kept has full precision.
+UNDERFLOW = 1e-30
+
+
+def _float32(fn):
+    """Run ``fn`` outside autocast, in float32: the products must not lose
+    their dynamic range to bf16/fp16."""
+
+    def wrapper(*args, **kwargs):
+        device_type = next((a.device.type for a in args if torch.is_tensor(a)), "cpu")
+        with torch.autocast(device_type=device_type, enabled=False):
+            return fn(*(a.float() if torch.is_tensor(a) and a.is_floating_point() else a
+                        for a in args), **kwargs)
+
+    return wrapper
+
+
+@_float32
+def log_normalisers(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """L_ji = logsumexp_v(a_jv + b_iv) for a (B, N, V), b (B, T, V): (B, N, T)."""
+    m_a = a.detach().amax(-1, keepdim=True)
+    m_b = b.detach().amax(-1, keepdim=True)
+    prod = torch.bmm((a - m_a).exp(), (b - m_b).exp().transpose(1, 2))
+    bad = ~(prod > UNDERFLOW)  # also catches NaN from inf - inf rows
+    safe = torch.where(bad, torch.ones_like(prod), prod)
+    out = m_a + m_b.transpose(1, 2) + safe.log()
+    if bad.any():
+        bi, ji, ii = bad.nonzero(as_tuple=True)
+        exact = torch.logsumexp(a[bi, ji] + b[bi, ii], dim=-1)
+        out = out.index_put((bi, ji, ii), exact)
+    return out
+
+
+@_float32
+def log_mixture(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """log sum_i exp(a_jv + b_iv + c_ji) for a (B, N, V), b (B, T, V), c (B, N, T).
+
+    c is -inf where position i has no weight (padding, outside a top-k set).
+    """
+    valid = torch.isfinite(c)  # B, N, T
+    m_c = c.detach().masked_fill(~valid, float("-inf")).amax(-1, keepdim=True)  # B, N, 1
+    m_c = m_c.masked_fill(~torch.isfinite(m_c), 0.0)
+    used = valid.any(1).unsqueeze(-1)  # B, T, 1: positions some row puts weight on
+    m_b = b.detach().masked_fill(~used, float("-inf")).amax(1, keepdim=True)  # B, 1, V
+    m_b = m_b.masked_fill(~torch.isfinite(m_b), 0.0)
+    weights = (c - m_c).exp()
+    columns = (b - m_b).masked_fill(~used, 0.0).exp().masked_fill(~used, 0.0)
+    prod = torch.bmm(weights, columns)  # B, N, V
+    bad_rows = ~(prod > UNDERFLOW).all(-1)  # B, N
+    safe = torch.where(prod > UNDERFLOW, prod, torch.ones_like(prod))
+    out = a + m_c + m_b + safe.log()
+    if bad_rows.any():
+        bi, ji = bad_rows.nonzero(as_tuple=True)
+        exact = a[bi, ji] + torch.logsumexp(c[bi, ji].unsqueeze(-1) + b[bi], dim=1)
+        out = out.index_put((bi, ji), exact)
+    return out
+
+
+class FactoredOutputLayer(nn.Module):
+    """Same parameters and interface as ``AlignmentOutputLayer``; see the module docstring."""
+
+    #: every log p(y | z = i) costs about what a few do: gather samples from them
+    enumeration_is_cheap = True
+
+    def __init__(self, hidden_dim, context_dim, embed_dim, vocab_size, dropout=0.0):
+        super().__init__()
+        self.hidden_proj = Linear(hidden_dim, embed_dim, bias=False)
+        self.context_proj = Linear(context_dim, embed_dim, bias=False)
+        self.fc_out = Linear(embed_dim, vocab_size)
+        self.dropout = nn.Dropout(dropout)
+
+    # -- pieces -----------------------------------------------------------
+    def attentional(self, h: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        """tanh(W_c [h; ctx]): the input-feeding vector (as in the joint layer)."""
+        return torch.tanh(self.hidden_proj(h) + self.context_proj(ctx))
+
+    def dropout_masks(self, h):
+        """(decoder mask (B, N, D), source mask (B, 1, D)), or Nones outside training.
+
+        The decoder side gets a mask per target token, the source side one
+        per sentence, so no mask varies with the alignment: with a mask per
+        (j, i), log p(y_j | z_j = i) would differ across i by dropout noise
+        alone, and the prior would be fitted to that noise
+        (docs/design.md, "Is the latent attention learning?")."""
+        p = self.dropout.p
+        if not self.training or p == 0:
+            return None, None
+        dim = self.fc_out.in_features
+        decoder = h.new_empty(*h.shape[:-1], dim).bernoulli_(1 - p) / (1 - p)
+        source = h.new_empty(h.size(0), 1, dim).bernoulli_(1 - p) / (1 - p)
+        return decoder, source
+
+    @staticmethod
+    def _apply(features, mask):
+        return features if mask is None else features * mask
+
+    def decoder_logits(self, h, mask=None):
+        """a_j = W_o d(tanh(W_h h_j)) + bias."""
+        return self.fc_out(self._apply(torch.tanh(self.hidden_proj(h)), mask))
+
+    def source_logits(self, enc, mask=None):
+        """b_i = W_o d(tanh(W_c x~_i)), once per source position."""
+        return F.linear(self._apply(torch.tanh(self.context_proj(enc)), mask), self.fc_out.weight)
+
+    @staticmethod
+    def _select(log_probs, target):
+        if target is None:
+            return log_probs
+        index = target.view(*target.shape, *([1] * (log_probs.dim() - target.dim())))
+        index = index.expand(*log_probs.shape[:-1], 1)
+        return log_probs.gather(-1, index).squeeze(-1)
+
+    # -- log p(y | h, explicit context) ----------------------------------
+    def context_logits(self, h, ctx, masks=None):
+        """softmax(a_j + g(ctx)) logits; ctx (B, N, C) or (B, N, K, C)."""
+        decoder_mask, source_mask = self.dropout_masks(h) if masks is None else masks
+        u = self._apply(torch.tanh(self.hidden_proj(h)), decoder_mask)
+        w = torch.tanh(self.context_proj(ctx))
+        if ctx.dim() == 4:
+            u = u.unsqueeze(2)
+            source_mask = None if source_mask is None else source_mask.unsqueeze(2)
+        return self.fc_out(u + self._apply(w, source_mask)).float()
+
+    def context_logprobs(self, h, ctx, target=None, masks=None):
+        return self._select(F.log_softmax(self.context_logits(h, ctx, masks), dim=-1), target)
+
+    def soft_logits(self, features, h, ctx):
+        """Soft attention's output: the output at the expected context ``ctx``."""
+        return self.context_logits(h, ctx)
+
+    # -- log p(y_j | z_j = i) for the gold target --------------------------
+    def alignment_logprobs(self, h, enc, target, positions: Optional[torch.Tensor] = None, masks=None):
+        """log p(y_j | x, y_<j, z_j = i): (B, N, T), or (B, N, K) at ``positions``."""
+        decoder_mask, source_mask = self.dropout_masks(h) if masks is None else masks
+        a = self.decoder_logits(h, decoder_mask).float()  # B, N, V
+        b = self.source_logits(enc, source_mask).float()  # B, T, V
+        norm = log_normalisers(a, b)  # B, N, T
+        gold_a = a.gather(-1, target.unsqueeze(-1))  # B, N, 1
+        gold_b = b.gather(-1, target.unsqueeze(1).expand(-1, b.size(1), -1)).transpose(1, 2)  # B, N, T
+        logp = gold_a + gold_b - norm
+        return logp if positions is None else logp.gather(-1, positions)
+
+    # -- the mixture over the vocabulary (generation, scoring) -------------
+    def mixture_logprobs(self, h, enc, prior: CategoricalAlignment, topk: int = 0, cache=None):
+        """log sum_i p(z_j = i) p(y_j = v | z_j = i) for every v: (B, N, V);
+        ``topk`` > 0 keeps the k most probable alignments, renormalised.
+        ``cache``: a ``SourceLogitsCache`` for ``enc`` (incremental decoding)."""
+        decoder_mask, source_mask = self.dropout_masks(h)
+        a = self.decoder_logits(h, decoder_mask).float()
+        log_w = prior.log_probs.float()
+        if 0 < topk < prior.support_size:
+            idx, top_w = prior.topk(topk)
+            log_w = torch.full_like(log_w, float("-inf")).scatter(-1, idx, top_w)
+        if cache is None:
+            b, k = self.source_logits(enc, source_mask).float(), 1
+        else:
+            b, k = SourceLogitsCache.grouped(cache)
+        rows, n = a.shape[:2]
+        # the k hypotheses of a sentence become k * N rows against its one b
+        a = a.reshape(rows // k, k * n, -1)
+        log_w = log_w.reshape(rows // k, k * n, -1)
+        out = log_mixture(a, b, log_w - log_normalisers(a, b))
+        return out.reshape(rows, n, -1)
+
+
+class SourceLogitsCache:
+    """b = g(x~) for incremental decoding, computed once per *sentence*.
+
+    Beam search repeats each sentence's encoder outputs once per hypothesis
+    and reorders the hypotheses at every step.  Caching b per hypothesis
+    would hold (and copy, at every reorder) beam x T x V floats per sentence;
+    this cache holds T x V per distinct sentence plus each hypothesis's
+    sentence index, and when the hypotheses of each sentence sit next to each
+    other in equal numbers (fairseq's layout) the products run on the
+    sentence's b without any copy.  Sentences that finish are dropped from
+    the cache when the decoder stops asking for them.
+    """
+
+    @staticmethod
+    def build(layer, enc):
+        """A cache for the rows of ``enc`` (R, T, C): {"logits": (U, T, V), "sentence": (R,)}.
+
+        Consecutive rows with the same annotations (beam copies) share one
+        sentence.  "The same" allows a relative 1e-5: identical sentences in
+        one batch can come out of the encoder a few ulps apart.
+        """
+        rows = enc.size(0)
+        flat = enc.detach().reshape(rows, -1).float()
+        tolerance = 1e-5 * flat.abs().amax().clamp_min(1.0)
+        new = torch.ones(rows, dtype=torch.bool, device=enc.device)
+        new[1:] = (flat[1:] - flat[:-1]).abs().amax(-1) > tolerance
+        sentence = new.long().cumsum(0) - 1
+        return {"logits": layer.source_logits(enc[new]).float(), "sentence": sentence}
+
+    @staticmethod
+    def reorder(cache, new_order):
+        sentence = cache["sentence"].index_select(0, new_order)
+        kept = torch.unique(sentence)
+        logits = cache["logits"]
+        if kept.numel() < logits.size(0):
+            logits = logits.index_select(0, kept)
+            sentence = torch.searchsorted(kept, sentence)
+        return {"logits": logits, "sentence": sentence}
+
+    @staticmethod
+    def grouped(cache):
+        """(b (U, T, V), hypotheses per sentence k) so that row r belongs to
+        sentence r // k, copying b only if the rows are not laid out so."""
+        logits, sentence = cache["logits"], cache["sentence"]
+        sentences, rows = logits.size(0), sentence.numel()
+        if rows % sentences == 0:
+            k = rows // sentences
+            layout = torch.arange(sentences, device=sentence.device).repeat_interleave(k)
+            if torch.equal(sentence, layout):
+                return logits, k
+        return logits.index_select(0, sentence), 1
