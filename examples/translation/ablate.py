@@ -1,10 +1,10 @@
 """Why does (or doesn't) the latent alignment learn?  Short runs, one change each.
 
-    python examples/translation/ablate.py --out runs/ablate                 # every ablation
-    python examples/translation/ablate.py --out runs/ablate --only base,warm
+    python examples/translation/ablate.py                       # every ablation, 2 at a time
+    python examples/translation/ablate.py --only marginal,elbo-reinforce
 
-Each ablation trains ``varattn_lstm`` on the shipped Multi30k De-En (8k
-sentencepiece vocabulary, ``prepare_data`` defaults) with the quick preset of
+Each ablation trains ``varattn_lstm`` (joint output layer) on the shipped
+Multi30k De-En (a 2k sentencepiece vocabulary) with the quick preset of
 ``reproduce.py`` plus its own options, validates every ``--every`` updates,
 and records what the latent criterions log to show whether the alignment is
 learnt (docs/design.md, "Is the latent attention learning?"): the prior's
@@ -15,15 +15,18 @@ OUT/ablate.csv; a finished ablation (its ``row.json``) is not run again.
 """
 
 import argparse
+import concurrent.futures
 import csv
+import datetime
 import json
 import os
 import re
 import sys
 import time
 
-from varattn_tools.experiments import REPO, run
+from varattn_tools.experiments import run
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 USER_DIR = os.path.join(REPO, "fairseq_varattn")
 
 QUICK = ["--arch", "varattn_lstm", "--encoder-embed-dim", "64", "--encoder-hidden-size", "64",
@@ -31,14 +34,39 @@ QUICK = ["--arch", "varattn_lstm", "--encoder-embed-dim", "64", "--encoder-hidde
          "--decoder-out-embed-dim", "64", "--dropout", "0.2",
          "--optimizer", "adam", "--lr", "0.005", "--clip-norm", "5", "--max-tokens", "1000"]
 MARGINAL = ["--attention", "categorical", "--criterion", "varattn_marginal"]
+ELBO_ENUM = ["--attention", "categorical", "--inference-network", "birnn", "--criterion", "varattn_elbo",
+             "--estimator", "enum"]
 ELBO_RF = ["--attention", "categorical", "--inference-network", "birnn", "--criterion", "varattn_elbo",
            "--estimator", "reinforce", "--train-baseline", "--skip-exact-nll-in-training"]
 
 # name -> (what it tests, extra options); later options override earlier ones
-ABLATIONS = {}
+ABLATIONS = {
+    "marginal-independent": ("exact marginal, a dropout mask per (j, i) pair (the paper's code; "
+                             "the default before the fix)", [*MARGINAL, "--alignment-dropout", "independent"]),
+    "marginal": ("exact marginal, defaults (one mask per target token)", MARGINAL),
+    "marginal-no-dropout": ("exact marginal without any dropout", [*MARGINAL, "--dropout", "0"]),
+    "marginal-context-feed": ("input feeding of the raw context c_j (the paper's code), "
+                              "independent masks", [*MARGINAL, "--alignment-dropout", "independent",
+                                                    "--input-feed", "context"]),
+    "marginal-paper-batches": ("the paper's optimiser: 6 sentences, Adam 3e-4, independent masks",
+                               [*MARGINAL, "--alignment-dropout", "independent", "--lr", "3e-4",
+                                "--batch-size", "6", "--max-tokens", "100000"]),
+    "marginal-soft-warmup": ("500 updates as soft attention first, independent masks",
+                             [*MARGINAL, "--alignment-dropout", "independent", "--soft-warmup-updates", "500"]),
+    "elbo-reinforce-independent": ("the issue's run: ELBO by REINFORCE, independent masks",
+                                   [*ELBO_RF, "--alignment-dropout", "independent"]),
+    "elbo-reinforce": ("ELBO by REINFORCE, defaults", ELBO_RF),
+    "elbo-reinforce-kl-warmup": ("ELBO by REINFORCE, KL weight annealed over 1000 updates",
+                                 [*ELBO_RF, "--kl-warmup-updates", "1000"]),
+    "elbo-reinforce-soft-warmup": ("ELBO by REINFORCE, 500 updates as soft attention first",
+                                   [*ELBO_RF, "--soft-warmup-updates", "500"]),
+    "elbo-enum": ("ELBO by enumeration, defaults", ELBO_ENUM),
+    "elbo-enum-soft-warmup": ("ELBO by enumeration, 500 updates as soft attention first",
+                              [*ELBO_ENUM, "--soft-warmup-updates", "500"]),
+}
 
-KEYS = ("nll_loss", "entropy_p", "entropy_uniform", "prior_maxp", "entropy_post", "logpy_spread",
-        "score_spread", "entropy_q", "q_maxp", "kl")
+KEYS = ("ppl", "entropy_p", "entropy_uniform", "prior_maxp", "entropy_post", "logpy_spread",
+        "score_spread", "annot_spread", "entropy_q", "q_maxp", "kl")
 
 
 def parse_valid(text):
@@ -66,46 +94,65 @@ def run_one(name, args, opts, data, env):
         if done["cmd"] == cmd[1:]:
             return done["curve"]
     start = time.time()
-    text = run(cmd, os.path.join(save, "train.log"), env)
+    print(f"== {name}: training in {save}", flush=True)
+    text = run(cmd, os.path.join(save, "train.log"), env, append=True)
     curve = parse_valid(text)
     with open(cached, "w") as f:
         json.dump({"cmd": cmd[1:], "curve": curve, "wall_s": time.time() - start}, f)
     return curve
 
 
+def markdown(rows, opts):
+    head = ("| ablation | updates | valid PPL | H prior | H uniform | prior max p | H posterior | "
+            "spread of log p(y given z=i) | H q | KL |")
+    lines = [f"`python examples/translation/ablate.py` on {datetime.date.today()}: quick preset (64-d, "
+             f"lr 0.005, 1000-token batches), Multi30k with a 2k sentencepiece vocabulary, seed {opts.seed}, "
+             "validation set; entropies in bits per target token, spread in nats.", "", head,
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append("| " + " | ".join(str(r.get(k, "")) if r.get(k, "") != "" else "-" for k in (
+            "ablation", "updates", "ppl", "entropy_p", "entropy_uniform", "prior_maxp", "entropy_post",
+            "logpy_spread", "entropy_q", "kl")) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=os.path.join(REPO, "runs", "ablate"))
+    parser.add_argument("--out", default=os.path.join("runs", "ablate"))
     parser.add_argument("--only", default="", help="comma-separated ablation names (default: all)")
-    parser.add_argument("--max-update", type=int, default=1500)
-    parser.add_argument("--every", type=int, default=500, help="validate every N updates")
+    parser.add_argument("--max-update", type=int, default=1000)
+    parser.add_argument("--every", type=int, default=250, help="validate every N updates")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one CPU thread each)")
     opts = parser.parse_args()
     names = [n for n in opts.only.split(",") if n] or list(ABLATIONS)
     unknown = [n for n in names if n not in ABLATIONS]
     if unknown:
         parser.error(f"unknown ablations {unknown}; choose from {list(ABLATIONS)}")
     os.makedirs(opts.out, exist_ok=True)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    data = os.path.join(REPO, "runs", "multi30k_2k", "bin")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    data = os.path.join("runs", "multi30k_2k", "bin")
     if not os.path.isfile(os.path.join(data, "dict.en.txt")):
         print(f"== preparing data/multi30k -> {data} (sentencepiece 2k joint vocabulary)", flush=True)
         run([sys.executable, "-m", "fairseq_varattn.prepare_data", "--raw-dir",
              os.path.join(REPO, "data", "multi30k"), "--out", os.path.dirname(data),
              "--vocab-size", "2000"], os.path.join(opts.out, "prepare.log"), env)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=opts.jobs) as pool:
+        curves = dict(zip(names, pool.map(lambda n: run_one(n, ABLATIONS[n][1], opts, data, env), names)))
     rows = []
     for name in names:
-        what, args = ABLATIONS[name]
-        print(f"== {name}: {what}", flush=True)
-        for updates, values in run_one(name, args, opts, data, env):
-            row = {"ablation": name, "updates": updates}
-            row.update({k: values.get(k, "") for k in KEYS})
+        print(f"== {name}: {ABLATIONS[name][0]}", flush=True)
+        for updates, values in curves[name]:
+            row = {"ablation": name, "updates": updates, **{k: values.get(k, "") for k in KEYS}}
             rows.append(row)
             print("   " + " ".join(f"{k}={row[k]}" for k in ("updates",) + KEYS if row[k] != ""), flush=True)
     with open(os.path.join(opts.out, "ablate.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["ablation", "updates", *KEYS])
         writer.writeheader()
         writer.writerows(rows)
+    with open(os.path.join(opts.out, "ablate.md"), "w") as f:
+        f.write(markdown([r for r in rows if r["updates"] in (opts.every * 2, opts.max_update)], opts))
+    print(markdown(rows, opts))
 
 
 if __name__ == "__main__":
