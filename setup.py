@@ -14,7 +14,19 @@ setup(
         "torch>=2.6",
         "sacrebleu>=2.0",
         "sentencepiece>=0.1.99",
+        # fairseq logs "Please install tensorboardX" on every import without
+        # it; with it, --tensorboard-logdir works too
+        "tensorboardX>=2.6",
     ],
+    entry_points={
+        "console_scripts": [
+            "varattn-prepare = varattn_tools.prepare:main",
+            "varattn-align = varattn_tools.align:main",
+            "varattn-vqa-data = varattn_tools.vqa_data:main",
+            "varattn-vqa-eval = varattn_tools.vqa_eval:main",
+            "varattn-train-cpu = varattn_tools.train_cpu:main",
+        ],
+    },
     extras_require={
         "test": ["pytest>=7"],
         "plot": ["matplotlib>=3.5"],

@@ -21,42 +21,29 @@ import sys
 import time
 
 import torch
+from fairseq.criterions import CRITERION_REGISTRY
+from fairseq.criterions.cross_entropy import CrossEntropyCriterion
+from fairseq.data import Dictionary
+from fairseq.models.lstm import LSTMModel
+from fairseq.models.lstm import base_architecture as lstm_base
+from fairseq.sequence_generator import SequenceGenerator
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import fairseq_varattn  # noqa: F401
+from fairseq_varattn.models.varattn_lstm import VarAttnLSTMModel
+from fairseq_varattn.models.varattn_lstm import base_architecture as varattn_base
+from varattn_tools import variants
 
-from fairseq.criterions.cross_entropy import CrossEntropyCriterion  # noqa: E402
-from fairseq.data import Dictionary  # noqa: E402
-from fairseq.models.lstm import LSTMModel  # noqa: E402
-from fairseq.models.lstm import base_architecture as lstm_base  # noqa: E402
-
-import fairseq_varattn  # noqa: E402,F401
-from fairseq_varattn.criterions.dirichlet import DirichletCriterion  # noqa: E402
-from fairseq_varattn.criterions.elbo import ElboCriterion  # noqa: E402
-from fairseq_varattn.criterions.hard import HardAttentionCriterion  # noqa: E402
-from fairseq_varattn.criterions.marginal import MarginalCriterion  # noqa: E402
-from fairseq_varattn.criterions.rws import RwsCriterion  # noqa: E402
-from fairseq_varattn.models.varattn_lstm import VarAttnLSTMModel  # noqa: E402
-from fairseq_varattn.models.varattn_lstm import base_architecture as varattn_base  # noqa: E402
-
-# name -> (model kind, model overrides, criterion class, criterion kwargs)
-VARIANTS = {
-    "lstm": ("fairseq", {}, CrossEntropyCriterion, {}),
-    "soft": ("varattn", {"attention": "soft"}, CrossEntropyCriterion, {}),
-    "marginal": ("varattn", {"attention": "categorical"}, MarginalCriterion, {}),
-    "hard-enum": ("varattn", {"attention": "categorical"}, HardAttentionCriterion, {"estimator": "enum"}),
-    "elbo-enum": ("varattn", {"attention": "categorical", "inference_network": "birnn"},
-                  ElboCriterion, {"estimator": "enum"}),
-    "elbo-reinforce": ("varattn", {"attention": "categorical", "inference_network": "birnn"},
-                       ElboCriterion, {"estimator": "reinforce", "skip_exact_nll_in_training": True}),
-    "elbo-gumbel": ("varattn", {"attention": "categorical", "inference_network": "birnn"},
-                    ElboCriterion, {"estimator": "gumbel", "skip_exact_nll_in_training": True}),
-    "dirichlet": ("varattn", {"attention": "dirichlet", "inference_network": "birnn"},
-                  DirichletCriterion, {"skip_exact_nll_in_training": True}),
-    "rws": ("varattn", {"attention": "categorical", "inference_network": "birnn"},
-            RwsCriterion, {"num_samples": 5, "skip_exact_nll_in_training": True}),
-    "marginal-top5": ("varattn", {"attention": "categorical", "alignment_topk": 5}, MarginalCriterion,
-                      {"skip_exact_nll_in_training": True}),
-}
+# benchmark row -> (variant of varattn_tools.variants, factored output layer, extra model args);
+# "lstm" is fairseq's own LSTM of the same size
+ROWS = {"lstm": (None, False, {})}
+for _name in variants.VARIANTS:
+    ROWS[_name] = (_name, False, {})
+    ROWS[f"factored-{_name}"] = (_name, True, {})
+ROWS["marginal-top5"] = ("marginal", False, {"alignment_topk": 5})
+ROWS["factored-marginal-top5"] = ("marginal", True, {"alignment_topk": 5})
+# issue 13's comparison: the factored family next to joint soft and joint marginal
+DEFAULT_ROWS = ["soft", "marginal", "factored-soft", "factored-marginal", "factored-hard-enum",
+                "factored-elbo-enum", "factored-elbo-reinforce", "factored-marginal-top5"]
 
 
 class Task:
@@ -72,25 +59,27 @@ def make_dictionary(vocab):
 
 
 def build(name, d, opts):
-    kind, overrides, criterion_cls, criterion_kwargs = VARIANTS[name]
+    variant, factored, extra = ROWS[name]
     sizes = dict(dropout=0.1, encoder_embed_dim=opts.embed, encoder_hidden_size=opts.hidden // 2,
                  decoder_embed_dim=opts.embed, decoder_hidden_size=opts.hidden,
                  decoder_out_embed_dim=opts.hidden)
     task = Task(d)
     torch.manual_seed(0)
-    if kind == "fairseq":
+    if variant is None:
         args = argparse.Namespace(encoder_bidirectional=True, criterion="cross_entropy",
                                   encoder_layers=1, decoder_layers=1, **sizes)
         lstm_base(args)
         model = LSTMModel.build_model(args, task)
     else:
+        overrides = {**variants.model_overrides(variant, factored=factored), **extra}
         args = argparse.Namespace(alignment_chunk_size=opts.chunk, **sizes, **overrides)
         varattn_base(args)
         model = VarAttnLSTMModel.build_model(args, task)
-    if criterion_cls is CrossEntropyCriterion:
-        criterion = criterion_cls(task, sentence_avg=False)
+    criterion_name = "cross_entropy" if variant is None else variants.get(variant).criterion
+    if criterion_name == "cross_entropy":
+        criterion = CrossEntropyCriterion(task, sentence_avg=False)
     else:
-        criterion = criterion_cls.build(task, **criterion_kwargs)
+        criterion = CRITERION_REGISTRY[criterion_name].build(task, **variants.criterion_options(variant))
     model.to(opts.device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     return model, criterion, optimizer
@@ -155,7 +144,11 @@ def _proc_status_kb(field):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--variants", default=",".join(DEFAULT_ROWS),
+                        help=f"comma-separated rows of: {', '.join(ROWS)}")
+    parser.add_argument("--generate", default="",
+                        help="rows whose beam-5 generation speed to measure, e.g. soft,factored-marginal")
+    parser.add_argument("--gen-sentences", type=int, default=64)
     parser.add_argument("--vocab", type=int, default=10000)
     parser.add_argument("--src-len", type=int, default=30)
     parser.add_argument("--tgt-len", type=int, default=30)
@@ -175,9 +168,10 @@ def main():
         return
 
     names = [n for n in opts.variants.split(",") if n]
-    unknown = set(names) - set(VARIANTS)
+    gen_names = [n for n in opts.generate.split(",") if n]
+    unknown = set(names + gen_names) - set(ROWS)
     if unknown:
-        parser.error(f"unknown variants {sorted(unknown)}; choose from {list(VARIANTS)}")
+        parser.error(f"unknown rows {sorted(unknown)}; choose from {list(ROWS)}")
     d = make_dictionary(opts.vocab)
     built = {n: build(n, d, opts) for n in names}
     batches = [make_batch(d, opts, s) for s in range(opts.steps + 1)]
@@ -207,8 +201,8 @@ def main():
     print(f"\ndevice={opts.device} vocab={opts.vocab} T={opts.src_len} N={opts.tgt_len} "
           f"batch={opts.batch} embed={opts.embed} hidden={opts.hidden} chunk={opts.chunk} "
           f"steps={opts.steps} (median step time)")
-    print(f"| variant | tokens/s | speed vs soft | peak MB | memory vs soft |")
-    print(f"|---|---|---|---|---|")
+    print("| variant | tokens/s | speed vs soft | peak MB | memory vs soft |")
+    print("|---|---|---|---|---|")
     for n in names:
         r = results[n]
         speed = f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}" if ref else "-"
@@ -216,9 +210,43 @@ def main():
         mem_ratio = f"{mem / ref['peak_mb']:.2f}" if ref and mem and ref.get("peak_mb") else "-"
         print(f"| {n} | {r['tokens_per_s']:.0f} | {speed} | {mem:.0f} | {mem_ratio} |"
               if mem is not None else f"| {n} | {r['tokens_per_s']:.0f} | {speed} | - | - |")
+    if gen_names:
+        results["generation"] = benchmark_generation(gen_names, d, opts)
     if opts.json:
         with open(opts.json, "w") as f:
             json.dump({"options": vars(opts), "results": results}, f, indent=2)
+
+
+def benchmark_generation(names, d, opts):
+    """Beam-5 sentences/s with fairseq's SequenceGenerator (incremental
+    decoding), fixed output length, interleaved repetitions."""
+    models = {n: build(n, d, opts)[0].eval() for n in names}
+    g = torch.Generator().manual_seed(0)
+    src = torch.randint(d.nspecial, len(d), (opts.gen_sentences, opts.src_len), generator=g)
+    src[:, -1] = d.eos()
+    sample = {"net_input": {"src_tokens": src.to(opts.device),
+                            "src_lengths": torch.full((opts.gen_sentences,), opts.src_len).to(opts.device)}}
+    generators = {n: SequenceGenerator([m], d, beam_size=5, min_len=opts.tgt_len, max_len_b=opts.tgt_len,
+                                       max_len_a=0) for n, m in models.items()}
+    times = {n: [] for n in names}
+    with torch.no_grad():
+        for n in names:  # warm-up
+            generators[n].generate([models[n]], sample)
+        for _ in range(max(1, opts.steps // 2)):
+            for n in names:
+                t0 = time.perf_counter()
+                generators[n].generate([models[n]], sample)
+                times[n].append(time.perf_counter() - t0)
+    out = {n: {"sentences_per_s": opts.gen_sentences / statistics.median(times[n])} for n in names}
+    ref = out.get("soft")
+    print(f"\nbeam-5 generation, {opts.gen_sentences} sentences of {opts.src_len} tokens, "
+          f"{opts.tgt_len} output tokens each")
+    print("| variant | sentences/s | speed vs soft |")
+    print("|---|---|---|")
+    for n in names:
+        speed = f"{out[n]['sentences_per_s'] / ref['sentences_per_s']:.2f}" if ref else "-"
+        print(f"| {n} | {out[n]['sentences_per_s']:.1f} | {speed} |")
+    return out
 
 
 if __name__ == "__main__":

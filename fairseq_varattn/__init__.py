@@ -1,13 +1,14 @@
 """fairseq-varattn: latent alignment and variational attention for fairseq.
 
 Importing the package (or ``--user-dir fairseq_varattn``) registers the
-``varattn_*`` models, criterions and tasks, and allow-lists the classes that
-fairseq checkpoints hold for torch's ``weights_only`` loader.
+``varattn_*`` models, criterions and tasks, allow-lists the classes that
+fairseq checkpoints hold for torch's ``weights_only`` loader, and filters
+one deprecation warning fairseq itself triggers (see ``compat``).
 """
 
-from .checkpoint_safety import register_safe_globals
+from .compat import install
 
-register_safe_globals()
+install()
 
 from . import criterions, models, tasks  # noqa: E402,F401  (registration)
 

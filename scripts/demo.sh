@@ -16,7 +16,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 
 if [ ! -f "$DATA/bin/dict.en.txt" ]; then
   echo "== preparing data/multi30k -> $DATA (sentencepiece 8k joint vocabulary)"
-  $PY -m fairseq_varattn.prepare_data --raw-dir data/multi30k --out "$DATA"
+  $PY -m varattn_tools.prepare --raw-dir data/multi30k --out "$DATA"
 fi
 
 echo "== training varattn_lstm (soft attention), $MAX_EPOCH epochs"

@@ -28,6 +28,6 @@ def data_dir(tmp_path_factory):
                 lines = f.read().splitlines()[:limit]
             (raw / f"{split}.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
     out = tmp_path_factory.mktemp("multi30k")
-    run_cli(["fairseq_varattn.prepare_data", "--raw-dir", raw, "--out", out,
+    run_cli(["varattn_tools.prepare", "--raw-dir", raw, "--out", out,
              "--vocab-size", "800", "--workers", "1"])
     return str(out / "bin")

@@ -7,7 +7,6 @@ import subprocess
 
 import pytest
 import torch
-
 from helpers import PYTHON, REPO, run_cli
 
 USER_DIR = os.path.join(REPO, "fairseq_varattn")
@@ -105,7 +104,7 @@ def test_unknown_attention_value_is_a_clear_error(data_dir, tmp_path):
 def test_prepare_data_rejects_a_missing_split(tmp_path):
     (tmp_path / "train.de").write_text("ein Hund\n")
     (tmp_path / "train.en").write_text("a dog\n")
-    proc = run_cli(["fairseq_varattn.prepare_data", "--raw-dir", tmp_path, "--out", tmp_path / "o"],
+    proc = run_cli(["varattn_tools.prepare", "--raw-dir", tmp_path, "--out", tmp_path / "o"],
                    check=False)
     assert proc.returncode != 0 and "no val.de or val.de.gz" in proc.stderr
 
@@ -130,7 +129,7 @@ def test_prepare_data_drops_empty_and_overlong_training_pairs_and_says_so(tmp_pa
     _write_raw(tmp_path, "train", de, en)
     _write_raw(tmp_path, "val", *_real_lines("val", 20))
     _write_raw(tmp_path, "test_2016_flickr", *_real_lines("test_2016_flickr", 20))
-    proc = run_cli(["fairseq_varattn.prepare_data", "--raw-dir", tmp_path, "--out", tmp_path / "o",
+    proc = run_cli(["varattn_tools.prepare", "--raw-dir", tmp_path, "--out", tmp_path / "o",
                     "--vocab-size", "300", "--max-len", "250", "--workers", "1"])
     log = proc.stdout + proc.stderr
     assert "train: kept 300 of 302 pairs (dropped 1 with an empty side, 1 longer than 250 pieces)" in log
@@ -141,7 +140,7 @@ def test_prepare_data_drops_empty_and_overlong_training_pairs_and_says_so(tmp_pa
 def test_prepare_data_rejects_sides_of_different_length(tmp_path):
     de, en = _real_lines("train", 10)
     _write_raw(tmp_path, "train", de, en[:9])
-    proc = run_cli(["fairseq_varattn.prepare_data", "--raw-dir", tmp_path, "--out", tmp_path / "o"],
+    proc = run_cli(["varattn_tools.prepare", "--raw-dir", tmp_path, "--out", tmp_path / "o"],
                    check=False)
     assert proc.returncode != 0 and "10 de lines but 9 en lines" in proc.stderr
     assert not (tmp_path / "o" / "bin").exists()  # nothing half-written

@@ -8,7 +8,7 @@ fresh weights), in float64 where the reference must be exact.
 
 import pytest
 import torch
-import torch.nn.functional as F
+from helpers import build_model, random_batch
 
 from fairseq_varattn.modules.alignment import CategoricalAlignment
 from fairseq_varattn.modules.factored_output import (
@@ -18,7 +18,6 @@ from fairseq_varattn.modules.factored_output import (
     log_normalisers,
 )
 from fairseq_varattn.modules.output_layer import build_output_layer
-from helpers import build_model, random_batch
 
 B, N, T, V = 2, 4, 6, 23
 
@@ -220,3 +219,13 @@ def test_factored_model_incremental_equals_full_under_beam_reordering(attention)
         model.decoder.reorder_incremental_state(state, new_order)
         encoder_out = model.encoder.reorder_encoder_out(encoder_out, new_order)
         rows = rows[new_order]
+
+
+def test_factored_model_moves_between_dtypes_and_devices():
+    """nn.Module.to / double / half go through Module._apply, which the layer must not shadow."""
+    model, d = build_model("categorical", output_layer="factored")
+    model.double()
+    batch = random_batch(d)
+    out = model.get_normalized_probs(model(**batch["net_input"]), log_probs=True)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()  # the products run in float32
+    assert model.decoder.output.fc_out.weight.dtype == torch.float64

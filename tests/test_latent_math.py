@@ -1,12 +1,12 @@
 """Brute-force checks of the latent-alignment math on tiny models."""
 
-import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import build_model, random_batch
 
-from fairseq_varattn.modules.alignment import CategoricalAlignment
+from fairseq_varattn.modules.alignment import CategoricalAlignment, weighted_context
 from fairseq_varattn.modules.losses import (
     expected_nll,
     marginal_nll,
@@ -14,8 +14,6 @@ from fairseq_varattn.modules.losses import (
     relaxed_nll,
     reweighted_wake_sleep,
 )
-from fairseq_varattn.modules.alignment import weighted_context
-from helpers import build_model, random_batch
 
 
 def features(model, batch, with_q=False):

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from fairseq.criterions.cross_entropy import CrossEntropyCriterion
+from helpers import FakeTask, build_model, random_batch
 
 from fairseq_varattn.criterions.dirichlet import DirichletCriterion
 from fairseq_varattn.criterions.elbo import ElboCriterion
@@ -11,7 +12,6 @@ from fairseq_varattn.criterions.hard import HardAttentionCriterion
 from fairseq_varattn.criterions.marginal import MarginalCriterion
 from fairseq_varattn.criterions.rws import RwsCriterion
 from fairseq_varattn.modules.alignment import weighted_context
-from helpers import FakeTask, build_model, random_batch
 
 
 def incremental_scores(model, batch):

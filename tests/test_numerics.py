@@ -4,13 +4,13 @@ attention and bf16 autocast (the CPU's reduced precision; fp16 needs a GPU)."""
 import pytest
 import torch
 from fairseq.criterions.cross_entropy import CrossEntropyCriterion
+from helpers import FakeTask, build_model, make_criterion, random_batch
 
 from fairseq_varattn.criterions.dirichlet import DirichletCriterion
 from fairseq_varattn.criterions.elbo import ElboCriterion
 from fairseq_varattn.criterions.hard import HardAttentionCriterion
 from fairseq_varattn.criterions.marginal import MarginalCriterion
 from fairseq_varattn.criterions.rws import RwsCriterion
-from helpers import FakeTask, build_model, make_criterion, random_batch
 
 LONG_SOURCE = 200
 SHARP = 50.0

@@ -3,15 +3,14 @@ crashes while a checkpoint is written, unreadable checkpoints."""
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 
 import pytest
 import torch
+from helpers import PYTHON, REPO, run_cli
 
 import fairseq_varattn  # noqa: F401  (safe globals for torch.load)
-from helpers import PYTHON, REPO, run_cli
 
 USER_DIR = os.path.join(REPO, "fairseq_varattn")
 # dropout 0: ranks and micro-batches draw different dropout masks, and the
@@ -153,7 +152,7 @@ def _train_two_ways(data_dir, tmp_path, name):
     one = str(tmp_path / f"{name}-one")
     run_cli(["fairseq_cli.train", *common, "--update-freq", "2", "--save-dir", one])
     two = str(tmp_path / f"{name}-two")
-    launch = run_cli(["fairseq_varattn.launch_cpu", "--nprocs", "2", "--", *common, "--save-dir", two],
+    launch = run_cli(["varattn_tools.train_cpu", "--nprocs", "2", "--", *common, "--save-dir", two],
                      timeout=600)
     assert "distributed init (rank 0)" in launch.stdout + launch.stderr
     return checkpoint(os.path.join(one, "checkpoint_last.pt")), checkpoint(os.path.join(two, "checkpoint_last.pt"))

@@ -9,8 +9,9 @@ import subprocess
 
 import pytest
 import torch
+from helpers import PYTHON, REPO, run_cli
 
-from fairseq_varattn.alignments import (
+from varattn_tools.align import (
     alignment_error_rate,
     hard_links,
     parse_pharaoh,
@@ -18,7 +19,6 @@ from fairseq_varattn.alignments import (
     word_ids,
     word_matrix,
 )
-from helpers import PYTHON, REPO, run_cli
 
 GOLD = os.path.join(REPO, "examples", "translation", "gold", "test_2016_flickr.de-en.pharaoh")
 
@@ -114,6 +114,6 @@ def test_quick_pipeline_runs_every_variant(data_dir, tmp_path):
 
 
 def test_alignments_command_rejects_a_missing_checkpoint(data_dir, tmp_path):
-    proc = run_cli(["fairseq_varattn.alignments", data_dir, "--path", str(tmp_path / "none.pt"),
+    proc = run_cli(["varattn_tools.align", data_dir, "--path", str(tmp_path / "none.pt"),
                     "--out", str(tmp_path / "a")], check=False)
     assert proc.returncode != 0 and "does not exist" in proc.stderr + proc.stdout

@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 import torch
 from fairseq.criterions.cross_entropy import CrossEntropyCriterion
+from helpers import REPO, make_criterion, run_cli
 
 from fairseq_varattn.criterions.dirichlet import DirichletCriterion
 from fairseq_varattn.criterions.elbo import ElboCriterion
 from fairseq_varattn.criterions.hard import HardAttentionCriterion
 from fairseq_varattn.criterions.marginal import MarginalCriterion
 from fairseq_varattn.criterions.rws import RwsCriterion
-from fairseq_varattn.data.vqa import VQADataset, build_vocabularies, vqa_accuracy, vqa_scores
+from fairseq_varattn.data.vqa import build_vocabularies, vqa_scores
 from fairseq_varattn.models.varattn_vqa import VarAttnVQAModel
-from fairseq_varattn.tasks.vqa import VQATask
-from fairseq_varattn.vqa_data import grid_features
-from helpers import REPO, run_cli
+from fairseq_varattn.tasks.vqa import VQATask, vqa_accuracy
+from varattn_tools.vqa_data import grid_features
 
 USER_DIR = os.path.join(REPO, "fairseq_varattn")
 
@@ -142,7 +142,7 @@ def test_model_trains_under_every_criterion(vqa_fixture, name):
     sample = data.collater([data[i] for i in range(3)])
     model = build(task, attention, inference)
     model.train()
-    loss, _, log = criterion_cls(task, sentence_avg=False, **options)(model, sample)
+    loss, _, log = make_criterion(criterion_cls, task, **options)(model, sample)
     assert torch.isfinite(loss)
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
@@ -185,14 +185,14 @@ def test_tsv_features_become_one_array_per_image(tmp_path):
     line = "\t".join(["42", "64", "48", "3", base64.b64encode(np.zeros(12, np.float32).tobytes()).decode(),
                       base64.b64encode(boxes.tobytes()).decode()])
     (tmp_path / "f.tsv").write_text(line + "\n")
-    run_cli(["fairseq_varattn.vqa_data", "from-tsv", tmp_path / "f.tsv", "--out", tmp_path / "features"])
+    run_cli(["varattn_tools.vqa_data", "from-tsv", tmp_path / "f.tsv", "--out", tmp_path / "features"])
     np.testing.assert_array_equal(np.load(tmp_path / "features" / "42.npy"), boxes)
 
 
 @pytest.fixture(scope="session")
 def easy_vqa_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("easy-vqa")
-    run_cli(["fairseq_varattn.vqa_data", "easy-vqa", "--out", out])
+    run_cli(["varattn_tools.vqa_data", "easy-vqa", "--out", out])
     return str(out)
 
 
@@ -230,6 +230,6 @@ def test_train_validate_round_trip_on_easy_vqa(easy_vqa_dir, tmp_path, variant):
     assert reloaded == pytest.approx(acc[-1], abs=0.01)
     # more than chance (a 13-way answer; yes/no questions are 74% of valid)
     assert acc[-1] > 40.0
-    proc = run_cli(["fairseq_varattn.vqa_eval", easy_vqa_dir, "--path", os.path.join(save, "checkpoint_last.pt"),
+    proc = run_cli(["varattn_tools.vqa_eval", easy_vqa_dir, "--path", os.path.join(save, "checkpoint_last.pt"),
                     "--subset", "valid"])
     assert re.search(r"^\| yes/no \| \d+ \| [0-9.]+ \|", proc.stdout, re.M)

@@ -1,7 +1,6 @@
 """Helpers of the experiment scripts (examples/*/): run a logged command,
 read fairseq's log lines, summarise seeds."""
 
-import os
 import re
 import statistics
 import subprocess

@@ -1,44 +1,80 @@
-"""The named variants of the paper's comparison, one table for every script,
-benchmark and test: name -> the fairseq-train options that select its model
-and criterion (on top of an architecture preset).
+"""The named variants of the paper's comparison: one table that every script,
+benchmark and test reads.
 
-``FACTORED`` adds the factored output layer: with it exact enumeration costs
-about what soft attention costs (docs/design.md, "Output layers").
+A variant is an attention kind, a criterion with its options, and whether it
+needs an inference network.  ``train_options`` turns it into fairseq-train
+options, ``model_overrides`` / ``criterion_options`` into the Python values
+that tests and benchmarks build models and criterions from.  ``factored``
+adds the factored output layer, with which exact enumeration costs about what
+soft attention costs (docs/design.md, "Output layers").
 """
 
-CATEGORICAL = ("--attention", "categorical")
-WITH_Q = ("--attention", "categorical", "--inference-network", "birnn")
-# Sampling estimators skip the exact nll on training batches (validation
-# always computes it): otherwise every update pays for an enumeration.
-SAMPLED = ("--skip-exact-nll-in-training",)
+from dataclasses import dataclass, field
+from typing import Dict, List
 
-VARIANTS = {
-    "soft": ("--attention", "soft", "--criterion", "cross_entropy"),
-    "marginal": (*CATEGORICAL, "--criterion", "varattn_marginal"),
-    "hard-enum": (*CATEGORICAL, "--criterion", "varattn_hard", "--estimator", "enum"),
-    "hard-reinforce": (*CATEGORICAL, "--criterion", "varattn_hard", "--estimator", "reinforce",
-                       "--train-baseline", *SAMPLED),
-    "elbo-enum": (*WITH_Q, "--criterion", "varattn_elbo", "--estimator", "enum"),
-    "elbo-reinforce": (*WITH_Q, "--criterion", "varattn_elbo", "--estimator", "reinforce",
-                       "--train-baseline", *SAMPLED),
-    "elbo-gumbel": (*WITH_Q, "--criterion", "varattn_elbo", "--estimator", "gumbel", *SAMPLED),
-    "dirichlet": ("--attention", "dirichlet", "--inference-network", "birnn",
-                  "--criterion", "varattn_dirichlet", *SAMPLED),
-    "rws": (*WITH_Q, "--criterion", "varattn_rws", "--num-samples", "5", *SAMPLED),
+
+@dataclass(frozen=True)
+class Variant:
+    attention: str
+    criterion: str
+    options: Dict[str, object] = field(default_factory=dict)
+    needs_q: bool = False
+    #: sampling estimators skip the exact nll on training batches (validation
+    #: always computes it): otherwise every update pays for an enumeration
+    sampled: bool = False
+
+
+VARIANTS: Dict[str, Variant] = {
+    "soft": Variant("soft", "cross_entropy"),
+    "marginal": Variant("categorical", "varattn_marginal"),
+    "hard-enum": Variant("categorical", "varattn_hard", {"estimator": "enum"}),
+    "hard-reinforce": Variant("categorical", "varattn_hard", {"estimator": "reinforce", "train_baseline": True},
+                              sampled=True),
+    "elbo-enum": Variant("categorical", "varattn_elbo", {"estimator": "enum"}, needs_q=True),
+    "elbo-reinforce": Variant("categorical", "varattn_elbo", {"estimator": "reinforce", "train_baseline": True},
+                              needs_q=True, sampled=True),
+    "elbo-gumbel": Variant("categorical", "varattn_elbo", {"estimator": "gumbel"}, needs_q=True, sampled=True),
+    "dirichlet": Variant("dirichlet", "varattn_dirichlet", needs_q=True, sampled=True),
+    "rws": Variant("categorical", "varattn_rws", {"num_samples": 5}, needs_q=True, sampled=True),
 }
 
-FACTORED = ("--output-layer", "factored")
-# criterions whose validation logs a KL(q || p)
-KL_CRITERIONS = ("varattn_elbo", "varattn_dirichlet", "varattn_rws")
 
-
-def options(name, factored=False):
-    """fairseq-train options of a variant, as a list."""
+def get(name: str) -> Variant:
     if name not in VARIANTS:
         raise KeyError(f"unknown variant {name!r}; choose from {list(VARIANTS)}")
-    return [*VARIANTS[name], *(FACTORED if factored else ())]
+    return VARIANTS[name]
 
 
-def criterion_of(name):
-    opts = VARIANTS[name]
-    return opts[opts.index("--criterion") + 1]
+def criterion_options(name: str) -> Dict[str, object]:
+    """The criterion's config fields (``Criterion.build(task, **these)``)."""
+    variant = get(name)
+    return {**variant.options, **({"skip_exact_nll_in_training": True} if variant.sampled else {})}
+
+
+def model_overrides(name: str, inference_network: str = "birnn", factored: bool = False) -> Dict[str, object]:
+    """The model's args for this variant (``--attention``, ``--inference-network``, ``--output-layer``)."""
+    variant = get(name)
+    out = {"attention": variant.attention, "inference_network": inference_network if variant.needs_q else "none"}
+    if factored:
+        out["output_layer"] = "factored"
+    return out
+
+
+def _flag(key: str, value) -> List[str]:
+    flag = "--" + key.replace("_", "-")
+    if value is True:
+        return [flag]
+    if value is False:
+        return []
+    return [flag, str(value)]
+
+
+def train_options(name: str, inference_network: str = "birnn", factored: bool = False) -> List[str]:
+    """fairseq-train options selecting the variant's model and criterion."""
+    out = ["--criterion", get(name).criterion]
+    for key, value in model_overrides(name, inference_network, factored).items():
+        if not (key == "inference_network" and value == "none"):
+            out += _flag(key, value)
+    for key, value in criterion_options(name).items():
+        out += _flag(key, value)
+    return out

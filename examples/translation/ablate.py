@@ -134,7 +134,7 @@ def main():
     data = os.path.join("runs", "multi30k_2k", "bin")
     if not os.path.isfile(os.path.join(data, "dict.en.txt")):
         print(f"== preparing data/multi30k -> {data} (sentencepiece 2k joint vocabulary)", flush=True)
-        run([sys.executable, "-m", "fairseq_varattn.prepare_data", "--raw-dir",
+        run([sys.executable, "-m", "varattn_tools.prepare", "--raw-dir",
              os.path.join(REPO, "data", "multi30k"), "--out", os.path.dirname(data),
              "--vocab-size", "2000"], os.path.join(opts.out, "prepare.log"), env)
     with concurrent.futures.ThreadPoolExecutor(max_workers=opts.jobs) as pool:

@@ -41,7 +41,7 @@ import sys
 import time
 
 from varattn_tools.experiments import read_nll, run
-from varattn_tools.variants import options
+from varattn_tools.variants import train_options as variant_options
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -72,7 +72,7 @@ def ordered_plan():
 
 
 def train_options(name):
-    return [*PRESET, *options(name, factored=name != "soft")]
+    return [*PRESET, *variant_options(name, factored=name != "soft")]
 
 
 def result_path(name, seed):
@@ -125,7 +125,7 @@ def sacrebleu_score(generate_text, work):
 
 def alignment_scores(data, ckpt, work, env):
     out = os.path.join(work, "alignments")
-    run([sys.executable, "-m", "fairseq_varattn.alignments", data, "--subset", "test", "--path", ckpt,
+    run([sys.executable, "-m", "varattn_tools.align", data, "--subset", "test", "--path", ckpt,
          "--name", "model", "--out", out, "--gold", GOLD, "--max-sentences", "30", "--plot", "0,1,3"],
         os.path.join(work, "alignments.log"), env)
     with open(os.path.join(out, "summary.json")) as f:
@@ -179,7 +179,7 @@ def prepare(data_root, env):
     if not os.path.isfile(os.path.join(data, "dict.en.txt")):
         print(f"== preparing data/multi30k -> {data_root} (prepare_data defaults)", flush=True)
         os.makedirs(data_root, exist_ok=True)
-        run([sys.executable, "-m", "fairseq_varattn.prepare_data", "--raw-dir",
+        run([sys.executable, "-m", "varattn_tools.prepare", "--raw-dir",
              os.path.join(REPO, "data", "multi30k"), "--out", data_root],
             os.path.join(data_root, "prepare.log"), env)
     return data

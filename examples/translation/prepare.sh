@@ -5,4 +5,4 @@
 # IWSLT14 De-En: examples/translation/prepare.sh DIR OUT --train train --valid valid --test test --vocab-size 14000
 set -euo pipefail
 RAW=${1:?raw dir}; OUT=${2:?out dir}; shift 2
-exec python -m fairseq_varattn.prepare_data --raw-dir "$RAW" --out "$OUT" "$@"
+exec python -m varattn_tools.prepare --raw-dir "$RAW" --out "$OUT" "$@"

@@ -31,36 +31,16 @@ import os
 import platform
 import re
 import statistics
-import subprocess
 import sys
 import time
 
+from varattn_tools.experiments import last_float, mean_spread, read_nll, run
+from varattn_tools.variants import VARIANTS, train_options
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
-from varattn_tools.experiments import last_float, mean_spread, read_nll, run
 USER_DIR = os.path.join(REPO, "fairseq_varattn")
 GOLD = os.path.join(HERE, "gold", "test_2016_flickr.de-en.pharaoh")
-
-CATEGORICAL = ["--attention", "categorical"]
-WITH_Q = ["--attention", "categorical", "--inference-network", "birnn"]
-# Sampling estimators skip the exact nll on training batches (validation
-# always computes it): otherwise every update pays for an enumeration.
-SAMPLED = ["--skip-exact-nll-in-training"]
-VARIANTS = {
-    "soft": ["--attention", "soft", "--criterion", "cross_entropy"],
-    "marginal": [*CATEGORICAL, "--criterion", "varattn_marginal"],
-    "hard-enum": [*CATEGORICAL, "--criterion", "varattn_hard", "--estimator", "enum"],
-    "hard-reinforce": [*CATEGORICAL, "--criterion", "varattn_hard", "--estimator", "reinforce",
-                       "--train-baseline", *SAMPLED],
-    "elbo-enum": [*WITH_Q, "--criterion", "varattn_elbo", "--estimator", "enum"],
-    "elbo-reinforce": [*WITH_Q, "--criterion", "varattn_elbo", "--estimator", "reinforce",
-                       "--train-baseline", *SAMPLED],
-    "elbo-gumbel": [*WITH_Q, "--criterion", "varattn_elbo", "--estimator", "gumbel", *SAMPLED],
-    "dirichlet": ["--attention", "dirichlet", "--inference-network", "birnn",
-                  "--criterion", "varattn_dirichlet", *SAMPLED],
-    "rws": [*WITH_Q, "--criterion", "varattn_rws", "--num-samples", "5", *SAMPLED],
-}
-KL_CRITERIONS = ("varattn_elbo", "varattn_dirichlet")
 
 PRESETS = {
     # small enough for 2 CPU cores
@@ -92,7 +72,7 @@ def run_one(name, seed, opts, env):
     save = os.path.join(opts.out, f"{name}-seed{seed}")
     os.makedirs(save, exist_ok=True)
     common = [opts.data, "--user-dir", USER_DIR]
-    train_cmd = [sys.executable, "-c", MEASURED_TRAIN, *common, *PRESETS[opts.preset], *VARIANTS[name],
+    train_cmd = [sys.executable, "-c", MEASURED_TRAIN, *common, *PRESETS[opts.preset], *train_options(name),
                  "--max-tokens", str(opts.max_tokens), "--max-update", str(opts.max_update),
                  "--seed", str(seed), "--num-workers", "0", "--log-interval", "50",
                  "--log-format", "simple", "--validate-interval-updates", str(opts.max_update),
@@ -186,7 +166,7 @@ def prepare_quick_data(out, env):
     data = os.path.join(out, "data")
     if not os.path.isfile(os.path.join(data, "bin", "dict.en.txt")):
         print(f"== preparing data/multi30k -> {data} (sentencepiece 2k joint vocabulary)", flush=True)
-        run([sys.executable, "-m", "fairseq_varattn.prepare_data", "--raw-dir",
+        run([sys.executable, "-m", "varattn_tools.prepare", "--raw-dir",
              os.path.join(REPO, "data", "multi30k"), "--out", data, "--vocab-size", "2000"],
             os.path.join(out, "prepare.log"), env)
     return os.path.join(data, "bin")
@@ -197,7 +177,7 @@ def run_alignments(rows, opts, env):
     seed = rows[0]["seed"]
     names = [n for n in ("soft", "marginal", "elbo-enum", "elbo-reinforce") if any(
         r["variant"] == n for r in rows)]
-    cmd = [sys.executable, "-m", "fairseq_varattn.alignments", opts.data, "--subset", opts.test_subset,
+    cmd = [sys.executable, "-m", "varattn_tools.align", opts.data, "--subset", opts.test_subset,
            "--out", os.path.join(opts.out, "alignments"), "--plot", "0,1,3"]
     for n in names:
         cmd += ["--path", os.path.join(opts.out, f"{n}-seed{seed}", "checkpoint_last.pt"), "--name", n]
@@ -214,7 +194,7 @@ def main(argv=None):
     mode.add_argument("--quick", action="store_true",
                       help="shipped Multi30k (prepared here, 2k pieces), small model, seed 1")
     mode.add_argument("--full", action="store_true", help="the paper's IWSLT preset (a GPU job)")
-    parser.add_argument("--data", help="fairseq binary data dir (prepared by fairseq_varattn.prepare_data)")
+    parser.add_argument("--data", help="fairseq binary data dir (prepared by varattn_tools.prepare)")
     parser.add_argument("--out", help="default runs/reproduce-quick or runs/reproduce")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--seeds", help="comma-separated (quick: 1,2; full: 1,2,3)")
@@ -267,7 +247,7 @@ def main(argv=None):
             opts.gold = GOLD
         opts.alignments = True
     elif not os.path.isdir(opts.data) or not any(f.startswith("dict.") for f in os.listdir(opts.data)):
-        parser.error(f"--data {opts.data!r} has no fairseq dictionaries (run fairseq_varattn.prepare_data)")
+        parser.error(f"--data {opts.data!r} has no fairseq dictionaries (run varattn_tools.prepare)")
 
     start = time.time()
     rows = []

@@ -1,14 +1,14 @@
 """Latent region attention on easy-VQA: build the data, train every variant, tabulate.
 
     python examples/vqa/run.py                      # about 10 minutes on 2 CPU cores
-    python examples/vqa/run.py --epochs 1 --variants soft,var-enum
+    python examples/vqa/run.py --epochs 1 --variants soft,elbo-enum
 
 For each variant it runs ``fairseq-train --task varattn_vqa --arch
 varattn_vqa`` with the same settings, batches and seed, then evaluates the
 final checkpoint on easy-VQA's test set: NLL from ``fairseq-validate`` (the
 exact marginal under the prior; importance-sampled for dirichlet), VQA
 accuracy and attention accuracy (the prior's and q's most probable region
-against the gold region) from ``python -m fairseq_varattn.vqa_eval``.
+against the gold region) from ``python -m varattn_tools.vqa_eval``.
 Writes OUT/results.md, OUT/results.csv.
 """
 
@@ -22,23 +22,13 @@ import shutil
 import sys
 import time
 
+from varattn_tools.experiments import last_float, read_nll, run
+from varattn_tools.variants import train_options
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
-from varattn_tools.experiments import last_float, read_nll, run
-
-LATENT = ["--attention", "categorical"]
-WITH_Q = ["--attention", "categorical", "--inference-network", "answer"]
-VARIANTS = {
-    "soft": ["--attention", "soft", "--criterion", "cross_entropy"],
-    "marginal": [*LATENT, "--criterion", "varattn_marginal"],
-    "hard": [*LATENT, "--criterion", "varattn_hard", "--estimator", "enum"],
-    "var-enum": [*WITH_Q, "--criterion", "varattn_elbo", "--estimator", "enum"],
-    "var-sample": [*WITH_Q, "--criterion", "varattn_elbo", "--estimator", "reinforce", "--train-baseline"],
-    "var-gumbel": [*WITH_Q, "--criterion", "varattn_elbo", "--estimator", "gumbel"],
-    "dirichlet": ["--attention", "dirichlet", "--inference-network", "answer",
-                  "--criterion", "varattn_dirichlet"],
-    "rws": [*WITH_Q, "--criterion", "varattn_rws"],
-}
+# the variants of varattn_tools.variants that apply to one-token answers
+VARIANTS = ["soft", "marginal", "hard-enum", "elbo-enum", "elbo-reinforce", "elbo-gumbel", "dirichlet", "rws"]
 TRAIN = ["--task", "varattn_vqa", "--arch", "varattn_vqa", "--optimizer", "adam", "--lr", "0.003",
          "--clip-norm", "5", "--batch-size", "128", "--num-workers", "0", "--log-format", "simple",
          "--log-interval", "100", "--no-epoch-checkpoints"]
@@ -60,7 +50,7 @@ def main(argv=None):
     os.makedirs(opts.out, exist_ok=True)
     if not os.path.isfile(os.path.join(opts.data, "answers.txt")):
         print(f"== building easy-VQA in {opts.data}", flush=True)
-        run([sys.executable, "-m", "fairseq_varattn.vqa_data", "easy-vqa", "--out", opts.data],
+        run([sys.executable, "-m", "varattn_tools.vqa_data", "easy-vqa", "--out", opts.data],
             os.path.join(opts.out, "build.log"), env)
 
     start = time.time()
@@ -73,7 +63,8 @@ def main(argv=None):
         common = [opts.data, "--user-dir", os.path.join(REPO, "fairseq_varattn")]
         log = os.path.join(save, "train.log")
         t0 = time.time()
-        text = run([sys.executable, "-m", "fairseq_cli.train", *common, *TRAIN, *VARIANTS[name],
+        train = train_options(name, inference_network="answer")
+        text = run([sys.executable, "-m", "fairseq_cli.train", *common, *TRAIN, *train,
                     "--max-epoch", str(opts.epochs), "--seed", str(opts.seed), "--save-dir", save], log, env)
         wps = last_float(r"\| train \|.*? wps ([0-9.]+)", text, "wps", log)
         train_s = time.time() - t0
@@ -84,7 +75,7 @@ def main(argv=None):
                    log, env)
         nll_bits = read_nll("test", text, log)
         scores_path = os.path.join(save, "test_scores.json")
-        run([sys.executable, "-m", "fairseq_varattn.vqa_eval", opts.data, "--path", ckpt, "--subset", "test",
+        run([sys.executable, "-m", "varattn_tools.vqa_eval", opts.data, "--path", ckpt, "--subset", "test",
              "--json", scores_path], os.path.join(save, "eval.log"), env)
         with open(scores_path) as f:
             scores = json.load(f)["scores"]

@@ -19,6 +19,7 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.logging import metrics
 from omegaconf import II
 
+from ..modules import attention_kinds
 from ..modules.alignment import CategoricalAlignment
 from ..modules.losses import (
     expected_nll,
@@ -95,8 +96,9 @@ def check_options(cfg) -> None:
 class VarAttnCriterion(FairseqCriterion):
     #: the config dataclass this criterion is registered with
     config_class = LatentCriterionConfig
-    #: attention kinds this criterion can train
-    attention_kinds = ("categorical",)
+    #: the alignment distribution family this criterion trains (docs/design.md,
+    #: "Adding an attention kind"): any --attention whose kind has it will do
+    distribution_class = CategoricalAlignment
     needs_inference_network = False
 
     def __init__(self, cfg, task):
@@ -114,13 +116,15 @@ class VarAttnCriterion(FairseqCriterion):
     # -- checks --------------------------------------------------------------
     def check_model(self, model):
         name = self.__class__.__name__
-        kind = getattr(model, "attention_kind", None)
-        if kind is None:
+        head = getattr(model, "alignment_head", None)
+        if head is None:
             raise ValueError(f"{name} trains latent-attention models (--arch varattn_lstm*, "
                              "varattn_vqa); this model has no latent alignment")
-        if kind not in self.attention_kinds:
-            raise ValueError(f"{name} needs --attention {' or '.join(self.attention_kinds)}, "
-                             f"but the model has --attention {kind}")
+        if head.kind.distribution_class is not self.distribution_class:
+            fitting = [n for n, k in attention_kinds.KINDS.items()
+                       if k.distribution_class is self.distribution_class]
+            raise ValueError(f"{name} needs --attention {' or '.join(fitting)}, "
+                             f"but the model has --attention {head.kind.name}")
         if self.needs_inference_network and getattr(model, "inference_network", None) is None:
             raise ValueError(f"{name} needs an inference network q(z | x, y): "
                              "add --inference-network birnn to the model")

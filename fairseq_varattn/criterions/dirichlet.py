@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from fairseq.criterions import register_criterion
 
+from ..modules.alignment import DirichletAlignment
 from ..modules.losses import relaxed_nll
 from .base import KLOptions, KLWeightMixin, LatentCriterionConfig, VarAttnCriterion
 
@@ -33,7 +34,7 @@ class DirichletConfig(KLOptions, LatentCriterionConfig):
 @register_criterion("varattn_dirichlet", dataclass=DirichletConfig)
 class DirichletCriterion(KLWeightMixin, VarAttnCriterion):
     config_class = DirichletConfig
-    attention_kinds = ("dirichlet",)
+    distribution_class = DirichletAlignment
     needs_inference_network = True
 
     def __init__(self, cfg, task):

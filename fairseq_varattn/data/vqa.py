@@ -10,7 +10,7 @@ On disk (DATA is what ``fairseq-train DATA --task varattn_vqa`` gets):
     DATA/features/IMAGE_ID.npy       float32 array, K regions x D features (or .npz with "features")
     DATA/gold_regions.json           optional {"IMAGE_ID": region index}: for attention accuracy
 
-``python -m fairseq_varattn.vqa_data`` writes the vocabularies, converts
+``python -m varattn_tools.vqa_data`` writes the vocabularies, converts
 bottom-up-attention tsv features, and builds the shipped easy-VQA set.
 """
 
@@ -203,8 +203,3 @@ class VQADataset(FairseqDataset):
     def answer_type(self, index) -> str:
         return self.examples[index]["answer_type"]
 
-
-def vqa_accuracy(predictions: torch.Tensor, answer_scores: torch.Tensor) -> torch.Tensor:
-    """Per-question VQA accuracy of predicted answer indices: the predicted
-    answer's min(#annotators / 3, 1) (0 for answers nobody gave)."""
-    return answer_scores.gather(1, predictions.unsqueeze(1)).squeeze(1)

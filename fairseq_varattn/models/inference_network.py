@@ -8,8 +8,8 @@ generation time calls it.
 
 import torch
 import torch.nn as nn
+from fairseq.models.lstm import LSTM, Embedding
 
-from ..modules.init import LSTM, Embedding
 from ..modules.scorer import AttentionScorer
 
 

@@ -31,11 +31,17 @@ from fairseq.models import (
     register_model,
     register_model_architecture,
 )
+from fairseq.models.lstm import Embedding, Linear, LSTMCell
 from fairseq.modules import FairseqDropout
 from torch import Tensor
 
-from ..modules.alignment_head import ATTENTION_KINDS, AlignmentHeadMixin, check_alignment_args
-from ..modules.init import Embedding, Linear, LSTMCell
+from ..modules.alignment_head import (
+    AlignmentHeadMixin,
+    add_alignment_args,
+    alignment_defaults,
+    check_alignment_args,
+)
+from ..modules.attention_kinds import KIND_IDS
 from ..modules.factored_output import FactoredOutputLayer, SourceLogitsCache
 from ..modules.output_layer import build_output_layer
 from ..modules.scorer import AttentionScorer
@@ -45,7 +51,6 @@ from .inference_network import InferenceNetwork
 DEFAULT_MAX_POSITIONS = 1024
 INFERENCE_NETWORKS = ("none", "birnn")
 INPUT_FEEDS = ("attentional", "context")
-OUTPUT_LAYERS = ("joint", "factored")
 class VarAttnLSTMDecoder(AlignmentHeadMixin, FairseqIncrementalDecoder):
     def __init__(self, dictionary, embed_dim, hidden_size, out_embed_dim, num_layers,
                  dropout_in, dropout_out, encoder_output_units, encoder_layers,
@@ -62,7 +67,6 @@ class VarAttnLSTMDecoder(AlignmentHeadMixin, FairseqIncrementalDecoder):
         self.hidden_size = hidden_size
         self.out_embed_dim = out_embed_dim
         self.max_target_positions = max_target_positions
-        self.need_attn = True
         self.dropout_in_module = FairseqDropout(dropout_in, module_name=self.__class__.__name__)
         self.dropout_out_module = FairseqDropout(dropout_out, module_name=self.__class__.__name__)
 
@@ -97,7 +101,7 @@ class VarAttnLSTMDecoder(AlignmentHeadMixin, FairseqIncrementalDecoder):
 
     def _caches_source_logits(self):
         # the factored layer's b = g(x~) is the same at every step of a sentence
-        return self.attention_kind == "categorical" and isinstance(self.output, FactoredOutputLayer)
+        return self.kind.supports_topk and isinstance(self.output, FactoredOutputLayer)
 
     def _source_cache(self, incremental_state, enc):
         cache = self.get_incremental_state(incremental_state, "source_cache")
@@ -200,9 +204,6 @@ class VarAttnLSTMDecoder(AlignmentHeadMixin, FairseqIncrementalDecoder):
     def max_positions(self):
         return self.max_target_positions
 
-    def make_generation_fast_(self, need_attn=False, **kwargs):
-        self.need_attn = need_attn
-
 
 def dictionary_checksum(dictionary) -> torch.Tensor:
     """CRC32 of the symbol list: equal sizes do not make equal dictionaries."""
@@ -221,12 +222,12 @@ class VarAttnLSTMModel(FairseqEncoderDecoderModel):
         self.register_buffer("target_dictionary_crc", dictionary_checksum(decoder.dictionary))
         # soft, categorical and dirichlet models have the same parameters, so
         # only this tells a --restore-file of another attention kind apart
-        self.register_buffer("attention_kind_id", torch.tensor(ATTENTION_KINDS.index(decoder.attention_kind)))
+        self.register_buffer("attention_kind_id", torch.tensor(KIND_IDS.index(decoder.attention_kind)))
 
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
         if "attention_kind_id" not in state_dict:  # a checkpoint from before the marker
             state_dict["attention_kind_id"] = self.attention_kind_id.clone()
-        saved_kind = ATTENTION_KINDS[int(state_dict["attention_kind_id"])]
+        saved_kind = KIND_IDS[int(state_dict["attention_kind_id"])]
         if saved_kind != self.attention_kind:
             raise ValueError(
                 f"this checkpoint holds a --attention {saved_kind} model, but the model being "
@@ -265,32 +266,13 @@ class VarAttnLSTMModel(FairseqEncoderDecoderModel):
                             help='what the decoder reads back at the next step: the attentional '
                                  'vector tanh(W_c [h; c]) (fairseq, Luong) or the raw context c '
                                  '(the paper\'s code)')
-        parser.add_argument('--attention', choices=ATTENTION_KINDS,
-                            help='soft: classic attention; categorical: z_j is a latent '
-                                 'source position; dirichlet: z_j is a latent point on the simplex')
-        parser.add_argument('--attention-score', choices=AttentionScorer.KINDS,
-                            help='general (bilinear, Luong) or mlp (Bahdanau) scores')
-        parser.add_argument('--attention-dim', type=int, metavar='N',
-                            help='hidden size of mlp attention scores')
-        parser.add_argument('--inference-network', choices=INFERENCE_NETWORKS,
-                            help='q(z | x, y) for variational criterions (training only)')
         parser.add_argument('--inference-embed-dim', type=int, metavar='N')
         parser.add_argument('--inference-hidden-size', type=int, metavar='N')
         parser.add_argument('--inference-layers', type=int, metavar='N')
-        parser.add_argument('--alignment-topk', type=int, metavar='K',
-                            help='sum the output mixture over the K most probable alignments '
-                                 '(0 = exact); also applies at generation')
-        parser.add_argument('--output-layer', choices=OUTPUT_LAYERS,
-                            help='joint: softmax(W_o tanh(W_c [h_j; x~_i])), one vocabulary '
-                                 'softmax per alignment (the paper); factored: logits a(h_j) + '
-                                 'b(x~_i), exact enumeration at about soft attention\'s cost')
-        parser.add_argument('--alignment-dropout', choices=("shared", "independent"),
-                            help='dropout in the latent output layer: one mask per target token '
-                                 'shared by all its alignments (default), or one per alignment '
-                                 '(the paper\'s code; its noise keeps the prior uniform)')
         parser.add_argument('--alignment-chunk-size', type=int, metavar='N',
-                            help='source positions per chunk of the latent output layer; '
+                            help='source positions per chunk of the joint output layer; '
                                  'bounds peak memory (0 = all at once)')
+        add_alignment_args(parser, INFERENCE_NETWORKS)
         # fmt: on
 
     @classmethod
@@ -399,22 +381,12 @@ def base_architecture(args):
     args.decoder_out_embed_dim = getattr(args, "decoder_out_embed_dim", 256)
     args.decoder_dropout_in = getattr(args, "decoder_dropout_in", args.dropout)
     args.decoder_dropout_out = getattr(args, "decoder_dropout_out", args.dropout)
-    args.attention = getattr(args, "attention", "soft")
-    # MLP scores, as the paper's code: with bilinear ("general") scores and
-    # this initialisation the softmax saturates early on Multi30k and
-    # attention collapses onto one source position (demo valid PPL 19.0 and
-    # BLEU 11.7 with general, 10.3 and 27.4 with mlp).
-    args.attention_score = getattr(args, "attention_score", "mlp")
-    args.attention_dim = getattr(args, "attention_dim", None)
-    args.inference_network = getattr(args, "inference_network", "none")
+    alignment_defaults(args)
     args.inference_embed_dim = getattr(args, "inference_embed_dim", args.decoder_embed_dim)
     args.inference_hidden_size = getattr(args, "inference_hidden_size", args.encoder_hidden_size)
     args.inference_layers = getattr(args, "inference_layers", 1)
-    args.alignment_topk = getattr(args, "alignment_topk", 0)
     args.alignment_chunk_size = getattr(args, "alignment_chunk_size", 0)
     args.input_feed = getattr(args, "input_feed", "attentional")
-    args.output_layer = getattr(args, "output_layer", "joint")
-    args.alignment_dropout = getattr(args, "alignment_dropout", "shared")
 
 
 @register_model_architecture("varattn_lstm", "varattn_lstm_iwslt_de_en")

@@ -19,9 +19,14 @@ positions".
 import torch
 import torch.nn as nn
 from fairseq.models import BaseFairseqModel, register_model, register_model_architecture
+from fairseq.models.lstm import LSTM, Embedding, Linear
 
-from ..modules.alignment_head import ATTENTION_KINDS, AlignmentHeadMixin, check_alignment_args
-from ..modules.init import LSTM, Embedding, Linear
+from ..modules.alignment_head import (
+    AlignmentHeadMixin,
+    add_alignment_args,
+    alignment_defaults,
+    check_alignment_args,
+)
 from ..modules.output_layer import AlignmentOutputLayer
 from ..modules.scorer import AttentionScorer
 
@@ -30,12 +35,16 @@ INFERENCE_NETWORKS = ("none", "answer")
 
 class VQAAnswerHead(AlignmentHeadMixin, nn.Module):
     def __init__(self, question_dim, region_dim, mlp_dim, num_answers, attention="soft",
-                 attention_score="mlp", attention_dim=None, dropout=0.0, alignment_topk=0):
+                 attention_score="mlp", attention_dim=None, dropout=0.0, alignment_topk=0,
+                 alignment_dropout="shared"):
         super().__init__()
         self.attention_kind = attention
         self.alignment_topk = alignment_topk
         self.scorer = AttentionScorer(question_dim, region_dim, attention_dim, kind=attention_score)
-        self.output = AlignmentOutputLayer(question_dim, region_dim, mlp_dim, num_answers, dropout=dropout)
+        # the joint MLP on [question; region]: with 13 to 3k answers the
+        # vocabulary is not the bottleneck, so no factored layer here
+        self.output = AlignmentOutputLayer(question_dim, region_dim, mlp_dim, num_answers, dropout=dropout,
+                                           shared_dropout=alignment_dropout == "shared")
 
 
 class VQAInferenceNetwork(nn.Module):
@@ -65,7 +74,8 @@ class VarAttnVQAModel(BaseFairseqModel):
         self.head = VQAAnswerHead(question_dim, args.region_dim, args.mlp_dim, len(answers),
                                   attention=args.attention, attention_score=args.attention_score,
                                   attention_dim=args.attention_dim, dropout=args.dropout,
-                                  alignment_topk=args.alignment_topk)
+                                  alignment_topk=args.alignment_topk,
+                                  alignment_dropout=args.alignment_dropout)
         self.inference_network = None
         if args.inference_network == "answer":
             self.inference_network = VQAInferenceNetwork(answers, args.embed_dim, question_dim,
@@ -75,19 +85,13 @@ class VarAttnVQAModel(BaseFairseqModel):
     @staticmethod
     def add_args(parser):
         # fmt: off
-        parser.add_argument('--attention', choices=ATTENTION_KINDS,
-                            help='soft attention, or the region z as a categorical / Dirichlet latent')
-        parser.add_argument('--inference-network', choices=INFERENCE_NETWORKS,
-                            help='q(z | question, regions, answer) for variational criterions')
         parser.add_argument('--embed-dim', type=int, metavar='N')
         parser.add_argument('--question-hidden-size', type=int, metavar='N', help='per direction')
         parser.add_argument('--region-feature-dim', type=int, metavar='N',
                             help='D of the K x D region features (default: read from the data)')
         parser.add_argument('--region-dim', type=int, metavar='N')
         parser.add_argument('--mlp-dim', type=int, metavar='N', help='hidden size of the answer MLP')
-        parser.add_argument('--attention-score', choices=AttentionScorer.KINDS)
-        parser.add_argument('--attention-dim', type=int, metavar='N')
-        parser.add_argument('--alignment-topk', type=int, metavar='K')
+        add_alignment_args(parser, INFERENCE_NETWORKS, output_layers=("joint",))
         parser.add_argument('--dropout', type=float, metavar='D')
         # fmt: on
 
@@ -139,14 +143,10 @@ class VarAttnVQAModel(BaseFairseqModel):
 
 @register_model_architecture("varattn_vqa", "varattn_vqa")
 def base_architecture(args):
-    args.attention = getattr(args, "attention", "soft")
-    args.inference_network = getattr(args, "inference_network", "none")
+    alignment_defaults(args)
     args.embed_dim = getattr(args, "embed_dim", 64)
     args.question_hidden_size = getattr(args, "question_hidden_size", 64)
     args.region_feature_dim = getattr(args, "region_feature_dim", None)
     args.region_dim = getattr(args, "region_dim", 128)
     args.mlp_dim = getattr(args, "mlp_dim", 128)
-    args.attention_score = getattr(args, "attention_score", "mlp")
-    args.attention_dim = getattr(args, "attention_dim", None)
-    args.alignment_topk = getattr(args, "alignment_topk", 0)
     args.dropout = getattr(args, "dropout", 0.1)

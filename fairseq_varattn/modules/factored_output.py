@@ -54,9 +54,9 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from fairseq.models.lstm import Linear
 
 from .alignment import CategoricalAlignment
-from .init import Linear
 
 # Products smaller than this are recomputed exactly: far above float32's
 # smallest normal number (1.2e-38), so what is kept has full precision.
@@ -152,16 +152,16 @@ class FactoredOutputLayer(nn.Module):
         return decoder, source
 
     @staticmethod
-    def _apply(features, mask):
+    def _masked(features, mask):
         return features if mask is None else features * mask
 
     def decoder_logits(self, h, mask=None):
         """a_j = W_o d(tanh(W_h h_j)) + bias."""
-        return self.fc_out(self._apply(torch.tanh(self.hidden_proj(h)), mask))
+        return self.fc_out(self._masked(torch.tanh(self.hidden_proj(h)), mask))
 
     def source_logits(self, enc, mask=None):
         """b_i = W_o d(tanh(W_c x~_i)), once per source position."""
-        return F.linear(self._apply(torch.tanh(self.context_proj(enc)), mask), self.fc_out.weight)
+        return F.linear(self._masked(torch.tanh(self.context_proj(enc)), mask), self.fc_out.weight)
 
     @staticmethod
     def _select(log_probs, target):
@@ -175,12 +175,12 @@ class FactoredOutputLayer(nn.Module):
     def context_logits(self, h, ctx, masks=None):
         """softmax(a_j + g(ctx)) logits; ctx (B, N, C) or (B, N, K, C)."""
         decoder_mask, source_mask = self.dropout_masks(h) if masks is None else masks
-        u = self._apply(torch.tanh(self.hidden_proj(h)), decoder_mask)
+        u = self._masked(torch.tanh(self.hidden_proj(h)), decoder_mask)
         w = torch.tanh(self.context_proj(ctx))
         if ctx.dim() == 4:
             u = u.unsqueeze(2)
             source_mask = None if source_mask is None else source_mask.unsqueeze(2)
-        return self.fc_out(u + self._apply(w, source_mask)).float()
+        return self.fc_out(u + self._masked(w, source_mask)).float()
 
     def context_logprobs(self, h, ctx, target=None, masks=None):
         return self._select(F.log_softmax(self.context_logits(h, ctx, masks), dim=-1), target)

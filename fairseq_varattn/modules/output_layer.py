@@ -14,11 +14,11 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from fairseq.models.lstm import Linear
 from torch.utils.checkpoint import checkpoint
 
 from .alignment import CategoricalAlignment
 from .factored_output import FactoredOutputLayer
-from .init import Linear
 
 
 def gather_positions(values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

@@ -2,8 +2,7 @@
 
 import torch
 import torch.nn as nn
-
-from .init import Linear
+from fairseq.models.lstm import Linear
 
 
 class AttentionScorer(nn.Module):

@@ -14,14 +14,20 @@ import os
 from dataclasses import dataclass, field
 
 import torch
-from fairseq import metrics
 from fairseq.data import Dictionary
 from fairseq.dataclass import FairseqDataclass
+from fairseq.logging import metrics
 from fairseq.tasks import FairseqTask, register_task
 
-from ..data.vqa import VQADataset, load_features, vqa_accuracy
+from ..data.vqa import VQADataset, load_features
 
 logger = logging.getLogger(__name__)
+
+
+def vqa_accuracy(predictions: torch.Tensor, answer_scores: torch.Tensor) -> torch.Tensor:
+    """Per-question VQA accuracy of predicted answer indices: the predicted
+    answer's min(#annotators / 3, 1) (0 for answers nobody gave)."""
+    return answer_scores.gather(1, predictions.unsqueeze(1)).squeeze(1)
 
 
 @dataclass
@@ -59,7 +65,7 @@ class VQATask(FairseqTask):
     def setup_task(cls, cfg, **kwargs):
         if not os.path.isdir(cfg.data):
             raise FileNotFoundError(f"VQA data dir {cfg.data!r} does not exist")
-        how = f"run `python -m fairseq_varattn.vqa_data vocab {cfg.data}`"
+        how = f"run `python -m varattn_tools.vqa_data vocab {cfg.data}`"
         words = load_dictionary(os.path.join(cfg.data, "dict.txt"), "question-word dictionary", how)
         answers = load_dictionary(os.path.join(cfg.data, "answers.txt"), "answer vocabulary", how)
         logger.info("question words: %d, answers: %d", len(words), len(answers) - answers.nspecial)
@@ -93,7 +99,7 @@ class VQATask(FairseqTask):
         prediction = lprobs.argmax(-1)
         out = {"prediction": prediction, "vqa_acc": vqa_accuracy(prediction, sample["answer_scores"])}
         gold = sample.get("gold_region")
-        if gold is not None and getattr(model, "attention_kind", None) is not None:
+        if gold is not None:
             extra = net_output[1]
             out["attn_acc_prior"] = (extra["attn"][:, 0].argmax(-1) == gold).float()
             if has_q:

@@ -1,6 +1,6 @@
 """Raw parallel text -> sentencepiece -> fairseq binaries.
 
-    python -m fairseq_varattn.prepare_data --raw-dir data/multi30k --out runs/multi30k
+    python -m varattn_tools.prepare --raw-dir data/multi30k --out runs/multi30k
 
 reads ``{raw-dir}/{split}.{lang}`` (plain or ``.gz``) for the train / valid /
 test split names given, trains one joint sentencepiece model on the training
@@ -20,7 +20,7 @@ import shutil
 import subprocess
 import sys
 
-logger = logging.getLogger("fairseq_varattn.prepare_data")
+logger = logging.getLogger("varattn_tools.prepare")
 
 
 def open_text(path):

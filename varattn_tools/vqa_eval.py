@@ -1,6 +1,6 @@
 """VQA accuracy of a ``varattn_vqa`` checkpoint, overall and per answer type.
 
-    python -m fairseq_varattn.vqa_eval DATA --path checkpoints/checkpoint_best.pt --subset test
+    python -m varattn_tools.vqa_eval DATA --path checkpoints/checkpoint_best.pt --subset test
 
 Prints (and with ``--json FILE`` writes) the standard VQA accuracy
 min(#annotators who gave the predicted answer / 3, 1) in %, per answer type
@@ -48,8 +48,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, force=True)
 
-    import fairseq_varattn  # noqa: F401  (registers the task and model; safe globals)
     from fairseq import checkpoint_utils
+
+    import fairseq_varattn  # noqa: F401  (registers the task and model; safe globals)
 
     if not os.path.isfile(args.path):
         parser.error(f"checkpoint {args.path!r} does not exist")
@@ -69,7 +70,6 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"scores": scores, "counts": counts}, f, indent=1)
-    return scores
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Build VQA data dirs for ``--task varattn_vqa`` (layout: fairseq_varattn/data/vqa.py).
 
-    python -m fairseq_varattn.vqa_data easy-vqa --out runs/easy-vqa     # the shipped set
-    python -m fairseq_varattn.vqa_data vocab DATA [--min-answer-count 9]
-    python -m fairseq_varattn.vqa_data from-tsv FEATURES.tsv --out DATA/features
+    python -m varattn_tools.vqa_data easy-vqa --out runs/easy-vqa     # the shipped set
+    python -m varattn_tools.vqa_data vocab DATA [--min-answer-count 9]
+    python -m varattn_tools.vqa_data from-tsv FEATURES.tsv --out DATA/features
 
 ``easy-vqa`` converts the easy-VQA package (PyPI ``easy-vqa`` 1.0, MIT;
 installed with the ``vqa`` extra, read from disk, never downloaded) into the
@@ -31,9 +31,9 @@ import sys
 
 import numpy as np
 
-from .data.vqa import build_vocabularies
+from fairseq_varattn.data.vqa import build_vocabularies
 
-logger = logging.getLogger("fairseq_varattn.vqa_data")
+logger = logging.getLogger("varattn_tools.vqa_data")
 
 TEST_IMAGE_OFFSET = 100_000
 COLORS = {"red", "green", "blue", "black", "gray", "teal", "brown", "yellow"}

@@ -1,6 +1,6 @@
 """Data-parallel fairseq training on CPUs: one gloo process per rank.
 
-    python -m fairseq_varattn.launch_cpu --nprocs 2 -- DATA --user-dir fairseq_varattn \
+    python -m varattn_tools.train_cpu --nprocs 2 -- DATA --user-dir fairseq_varattn \
         --arch varattn_lstm --criterion varattn_elbo ... --save-dir ckpt
 
 fairseq's own launcher spawns one process per GPU and starts none on a

@@ -1,6 +1,6 @@
 """Dump, plot and score the alignments of trained checkpoints.
 
-    python -m fairseq_varattn.alignments DATA --path soft/checkpoint_last.pt \
+    python -m varattn_tools.align DATA --path soft/checkpoint_last.pt \
         --path elbo/checkpoint_last.pt --subset test --out runs/align \
         --plot 0,1,2 --gold examples/translation/gold/test_2016_flickr.de-en.pharaoh
 
@@ -31,7 +31,7 @@ import torch
 
 WORD_START = "\u2581"  # sentencepiece's word-boundary marker
 
-logger = logging.getLogger("fairseq_varattn.alignments")
+logger = logging.getLogger("varattn_tools.align")
 
 Links = Set[Tuple[int, int]]
 
@@ -112,8 +112,8 @@ def load(path: str, data: str):
 
 
 def label_of(model) -> str:
-    kind = getattr(model, "attention_kind", "soft")
-    return "soft attention" if kind == "soft" else f"{kind} prior p(z|x)"
+    head = getattr(model, "alignment_head", None)
+    return head.kind.label if head is not None else "soft attention"
 
 
 @torch.no_grad()
@@ -132,7 +132,7 @@ def alignments_of(model, task, subset: str, max_sentences: Optional[int]) -> Dic
         _, extra = model(**net, target=target if has_q else None, features_only=True)
         panels = {label_of(model): extra["attn"].float()}
         if has_q:
-            q = model.decoder.alignment_distribution(extra["q_scores"], extra["encoder_padding_mask"])
+            q = model.alignment_head.alignment_distribution(extra["q_scores"], extra["encoder_padding_mask"])
             panels["posterior q(z|x,y)"] = q.mean()
         for b, sid in enumerate(sample["id"].tolist()):
             src_keep = net["src_tokens"][b].ne(src_dict.pad()) & net["src_tokens"][b].ne(src_dict.eos())
@@ -260,7 +260,6 @@ def main(argv=None):
     with open(os.path.join(args.out, "summary.md"), "w") as f:
         f.write(table)
     print(table)
-    return rows
 
 
 if __name__ == "__main__":

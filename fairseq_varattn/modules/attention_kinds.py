@@ -1,0 +1,130 @@
+"""Attention kinds (``--attention``): one class each, in one registry.
+
+An attention kind says what the scores of an alignment head mean:
+
+* ``distribution(scores, mask)``: the alignment distribution they define (the
+  prior from the model's scores, q from the inference network's), an object
+  of ``distribution_class`` with ``mean``, ``entropy``, ``kl`` and sampling;
+* ``expected_weights(scores, mask)``: the weights of the expected context
+  that input feeding (and soft attention's output) use;
+* ``output(head, features, extra)``: what the model returns at generation
+  time, logits or normalised log-probabilities;
+* what it can be trained with: latent criterions declare the
+  ``distribution_class`` they need and check it against the model's kind;
+  ``latent`` says whether an inference network (a posterior over z) makes
+  sense, ``supports_topk`` whether ``--alignment-topk`` does.
+
+To add a kind: subclass ``AttentionKind`` here and ``register`` it.  Its
+position in ``KIND_IDS`` is saved in checkpoints, so new kinds are appended
+(docs/design.md, "Adding an attention kind").
+"""
+
+from typing import Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .alignment import CategoricalAlignment, DirichletAlignment
+
+# Dirichlet concentrations are softplus(score) + floor: softplus keeps the
+# map smooth and non-saturating for large scores (exp overflows in fp16), and
+# the floor keeps lgamma/digamma away from their pole at 0.
+DIRICHLET_FLOOR = 1e-3
+
+
+def _per_row(mask: Optional[Tensor], scores: Tensor) -> Optional[Tensor]:
+    """A (B, T) padding mask for (B, N, T) scores."""
+    if mask is not None and mask.dim() < scores.dim():
+        mask = mask.unsqueeze(1).expand_as(scores)
+    return mask
+
+
+def dirichlet_concentration(scores: Tensor, mask: Optional[Tensor]) -> Tensor:
+    alpha = F.softplus(scores.float().masked_fill(torch.isinf(scores), 0.0)) + DIRICHLET_FLOOR
+    return alpha if mask is None else alpha.masked_fill(_per_row(mask, scores), 0.0)
+
+
+class AttentionKind:
+    name: str = ""
+    #: the alignment distribution family, or None for a deterministic attention
+    distribution_class = None
+    #: whether z is a latent variable (so an inference network can infer it)
+    latent = False
+    supports_topk = False
+    #: how the alignment tools label the head's attention
+    label = ""
+
+    def distribution(self, scores: Tensor, mask: Optional[Tensor]):
+        raise NotImplementedError
+
+    def expected_weights(self, scores: Tensor, mask: Optional[Tensor]) -> Tensor:
+        return self.distribution(scores, mask).mean().type_as(scores)
+
+    def output(self, head, features: Tensor, extra: dict) -> Tensor:
+        """Logits at the expected context (soft attention's output)."""
+        return head.output.soft_logits(features, extra["hidden"], extra["context"])
+
+
+class SoftAttention(AttentionKind):
+    """Classic attention: the output at the expected context, no latent z."""
+
+    name = "soft"
+    label = "soft attention"
+
+    def distribution(self, scores, mask):
+        return CategoricalAlignment(scores)  # the attention weights, for tools
+
+
+class CategoricalAttention(AttentionKind):
+    """z_j a source position; the output is the mixture over z_j (exact or top-k)."""
+
+    name = "categorical"
+    distribution_class = CategoricalAlignment
+    latent = True
+    supports_topk = True
+    label = "categorical prior p(z|x)"
+
+    def distribution(self, scores, mask):
+        return CategoricalAlignment(scores)
+
+    def output(self, head, features, extra):
+        prior = CategoricalAlignment(extra["scores"])
+        cached = {"cache": extra["source_cache"]} if "source_cache" in extra else {}
+        return head.output.mixture_logprobs(extra["hidden"], extra["encoder_states"], prior,
+                                            topk=head.alignment_topk, **cached)
+
+
+class DirichletAttention(AttentionKind):
+    """z_j a point on the simplex, the context sum_i z_ji x~_i; generation uses
+    the prior's mean, i.e. soft attention's output with Dirichlet-mean weights."""
+
+    name = "dirichlet"
+    distribution_class = DirichletAlignment
+    latent = True
+    label = "dirichlet prior p(z|x)"
+
+    def distribution(self, scores, mask):
+        mask = _per_row(mask, scores)
+        return DirichletAlignment(dirichlet_concentration(scores, mask), mask)
+
+
+KINDS: Dict[str, AttentionKind] = {}
+# saved in checkpoints as an index: append, never reorder
+KIND_IDS = []
+
+
+def register(kind: AttentionKind) -> AttentionKind:
+    KINDS[kind.name] = kind
+    KIND_IDS.append(kind.name)
+    return kind
+
+
+for _kind in (SoftAttention(), CategoricalAttention(), DirichletAttention()):
+    register(_kind)
+
+
+def get(name: str) -> AttentionKind:
+    if name not in KINDS:
+        raise ValueError(f"unknown attention kind {name!r}; choose from {list(KINDS)}")
+    return KINDS[name]
