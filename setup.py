@@ -6,6 +6,7 @@ setup(
     description="Latent alignment and variational attention (Deng et al., 2018) as a fairseq plugin",
     packages=find_packages(include=["fairseq_varattn", "fairseq_varattn.*", "varattn_tools",
                                     "varattn_tools.*"]),
+    license="MIT",
     python_requires=">=3.9",
     install_requires=[
         # PyPI's `fairseq` 0.12.2 does not install on Python 3.11 / modern torch;

@@ -149,8 +149,12 @@ def run_one(name, seed, opts, env):
     cmd = [sys.executable, "-m", "fairseq_cli.train", *common, *train_options(name), "--seed", str(seed),
            "--num-workers", "0", "--log-format", "simple", "--log-interval", "100", "--save-dir", work]
     start = time.time()
-    print(f"== {name} seed {seed}: training in {work} (resumes from checkpoint_last.pt)", flush=True)
-    text = run(cmd, os.path.join(work, "train.log"), env, append=True)
+    log = os.path.join(work, "train.log")
+    text = open(log).read() if os.path.isfile(log) else ""
+    # early stopping is not saved in checkpoints: a finished run is not resumed
+    if "done training in" not in text:
+        print(f"== {name} seed {seed}: training in {work} (resumes from checkpoint_last.pt)", flush=True)
+        text = run(cmd, log, env, append=True)
     row = {"variant": name, "seed": seed, "output_layer": "joint" if name == "soft" else "factored",
            "train_cmd": " ".join(["fairseq-train", *cmd[3:]]), **parse_training(text)}
     ckpt = os.path.join(work, "checkpoint_best.pt")

@@ -48,7 +48,7 @@ PRESETS = {
               "--decoder-embed-dim", "64", "--decoder-hidden-size", "128",
               "--decoder-out-embed-dim", "64", "--dropout", "0.2",
               "--optimizer", "adam", "--lr", "0.005", "--clip-norm", "5"],
-    # the paper's IWSLT14 settings (DESIGN.md §8); max-tokens replaces batch 6 sentences
+    # the paper's IWSLT14 settings (docs/design.md, "Reference settings"); max-tokens replaces batch 6 sentences
     "full": ["--arch", "varattn_lstm_iwslt_de_en", "--optimizer", "adam", "--lr", "3e-4",
              "--adam-eps", "1e-8", "--clip-norm", "5", "--lr-scheduler", "fixed",
              "--force-anneal", "2", "--lr-shrink", "0.5"],

@@ -239,7 +239,7 @@ class EstimatorMixin:
         With ``--alignment-topk k`` the expectation is under dist truncated to
         its k most probable positions and renormalised, and that truncated
         distribution is returned, so that the caller's KL uses the same one
-        and the objective stays a bound (docs/design.md, "Top-k")."""
+        and the objective stays a bound (docs/design.md, "Criterions")."""
         estimator = self.cfg.estimator
         if estimator == "enum":
             topk = batch.head.alignment_topk
@@ -258,7 +258,7 @@ class EstimatorMixin:
             terms.update(score_function_stats(advantage, logp_y))
             terms["baseline_nll"] = -baseline.detach()
             if self.cfg.train_baseline:  # its gradient, not its value: loss stays the objective
-                loss = value_with_gradient_of(loss, loss - baseline)
+                loss = value_with_gradient_of(loss, -baseline)
             return loss, dist
         if estimator == "gumbel":
             relaxed = dist.gumbel_softmax(self.num_samples, self.cfg.gumbel_temperature)

@@ -1,5 +1,5 @@
 """``varattn_dirichlet``: relaxed variational attention, z_j on the simplex
-(DESIGN.md §3; the paper's Sec. 4 "relaxed" baseline):
+(docs/design.md, "Criterions"; the paper's Sec. 4 "relaxed" baseline):
 
     E_{Dir(alpha_q)}[log p(y_j | context = sum_i z_i x~_i)] - KL(Dir_q || Dir_p)
 

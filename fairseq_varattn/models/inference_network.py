@@ -1,4 +1,4 @@
-"""Amortised posterior q(z | x, y) over source positions -- DESIGN.md §2.
+"""Amortised posterior q(z | x, y) over source positions (docs/design.md, "The inference network").
 
 A bidirectional LSTM reads the whole target y (so g_j sees y_j and its
 future, which the prior cannot), and q(z_j = i) = softmax_i(score_q(g_j, x~_i))

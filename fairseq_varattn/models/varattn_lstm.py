@@ -1,6 +1,6 @@
 """``varattn_lstm``: attention LSTM whose alignment can be a latent variable.
 
-The recurrence is the same for every attention kind (DESIGN.md §1): a
+The recurrence is the same for every attention kind (docs/design.md, "The model"): a
 bidirectional LSTM encoder, an input-feeding LSTM decoder, and at each step
 the prior p(z_j | x, y_<j) = softmax(score(h_j, x~)).  What differs is how
 the output distribution uses the alignment, which is delegated to

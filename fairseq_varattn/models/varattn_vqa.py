@@ -1,7 +1,7 @@
 """``varattn_vqa``: answer a question about an image through one latent region.
 
 x = (question, regions r_1..r_K), y = the answer, z = the region the answer
-is read from (DESIGN.md §6):
+is read from (docs/design.md, "VQA"):
 
 * question encoder: a bidirectional LSTM over word embeddings, h = [h_fwd; h_bwd];
 * prior p(z = k | x) = softmax_k(score(h, r_k)) (question-region attention);

@@ -1,4 +1,4 @@
-"""The factored output layer (``--output-layer factored``, docs/design.md §"Output layers").
+"""The factored output layer (``--output-layer factored``; docs/design.md, "Output layers").
 
 The alignment enters the logits additively:
 

@@ -1,4 +1,4 @@
-"""Per-token objectives of DESIGN.md §3 as pure functions.
+"""Per-token objectives (docs/design.md, "Criterions") as pure functions.
 
 Every function takes log-probabilities and returns per-token tensors (the
 batch shape of its inputs, the last "alignment" dimension reduced).  Losses
@@ -14,6 +14,8 @@ import torch
 
 
 def value_with_gradient_of(value: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
+    """``value``'s value; gradient: ``value``'s plus ``surrogate``'s (detach
+    ``value`` for the surrogate's gradient alone)."""
     return value + (surrogate - surrogate.detach())
 
 

@@ -1,5 +1,5 @@
 """``varattn_vqa``: visual question answering with attention over image
-regions as the latent variable (DESIGN.md §6; the paper's Sec. 5.2).
+regions as the latent variable (docs/design.md, "VQA"; the paper's Sec. 5.2).
 
 Validation logs, besides the criterion's ``loss`` / ``nll_loss`` (exact
 marginal NLL under the prior), ``vqa_acc`` (the standard min(n/3, 1) VQA

@@ -1,0 +1,352 @@
+"""Criterions on weights where the alignment matters.
+
+Fresh weights give alignment distributions within about 1e-4 of uniform,
+where a right and a wrong criterion give the same numbers.  Every model here
+is *sharpened* (scores and output logits scaled up) and checked to be far
+from uniform before anything is compared; every reference is computed by
+explicit enumeration through a different code path than the criterion's.
+"""
+
+import math
+
+import pytest
+import torch
+from helpers import FakeTask, build_model, random_batch
+
+from fairseq_varattn.criterions.base import EstimatorMixin
+from fairseq_varattn.criterions.dirichlet import DirichletCriterion
+from fairseq_varattn.criterions.elbo import ElboCriterion
+from fairseq_varattn.criterions.hard import HardAttentionCriterion
+from fairseq_varattn.criterions.marginal import MarginalCriterion
+from fairseq_varattn.criterions.rws import RwsCriterion
+from fairseq_varattn.modules.alignment import CategoricalAlignment
+
+OUTPUT_LAYERS = ["joint", "factored"]
+
+
+def _sharp_scores(phase, amplitude=6.0):
+    """Adds a sin(3 sum(query) + 1.7 i + phase) to the scores of position i:
+    a sharp, input-dependent, non-uniform pattern (-inf padding stays -inf)."""
+    def hook(module, inputs, output):
+        query = inputs[0]
+        positions = torch.arange(output.size(-1), dtype=output.dtype)
+        pattern = amplitude * torch.sin(3.0 * query.sum(-1, keepdim=True) + 1.7 * positions + phase)
+        return output + pattern
+    return hook
+
+
+def _amplify_context(module, inputs, output):
+    """W_c x~ made to vary quickly with x~: small differences between
+    annotations become large differences between log p(y | z = i)."""
+    return 10.0 * output + 3.0 * torch.sin(40.0 * inputs[0].sum(-1, keepdim=True) + torch.arange(
+        output.size(-1), dtype=output.dtype))
+
+
+def sharpened(attention="categorical", inference_network="birnn", output_layer="joint", seed=0, q_amplitude=6.0):
+    """A model whose prior, q and output distributions are far from uniform:
+    forward hooks give the prior and q sharp, different score patterns and
+    scale the context's share of the output logits, so every code path (the
+    criterion's and the explicit references) sees the same sharpened model."""
+    model, d = build_model(attention, inference_network=inference_network, seed=seed,
+                           output_layer=output_layer)
+    model.decoder.scorer.register_forward_hook(_sharp_scores(0.0))
+    if model.inference_network is not None:
+        model.inference_network.scorer.register_forward_hook(_sharp_scores(2.0, q_amplitude))
+    model.decoder.output.context_proj.register_forward_hook(_amplify_context)
+    with torch.no_grad():
+        model.encoder.embed_tokens.weight.mul_(10.0)  # annotations that differ by position
+        model.decoder.output.fc_out.weight.mul_(10.0)
+    return model, d
+
+
+def explicit(model, batch):
+    """Per-token prior, q, log p(y_j | z_j = i) for every i by T separate
+    context softmaxes (not the enumeration path), and the token mask."""
+    net = batch["net_input"]
+    target = batch["target"]
+    _, extra = model(**net, target=target if model.inference_network is not None else None,
+                     features_only=True)
+    head = model.decoder
+    enc = extra["encoder_states"]
+    columns = [head.output.context_logprobs(extra["hidden"], enc[:, i:i + 1].expand(-1, target.size(1), -1),
+                                            target) for i in range(enc.size(1))]
+    logp = torch.stack(columns, dim=-1).double()  # B, N, T
+    prior = head.alignment_distribution(extra["scores"], extra["encoder_padding_mask"])
+    q = head.alignment_distribution(extra["q_scores"], extra["encoder_padding_mask"]) \
+        if "q_scores" in extra else None
+    mask = target.ne(head.dictionary.pad())
+    return prior, q, logp, mask
+
+
+def assert_alignment_matters(prior, logp, mask):
+    valid = torch.isfinite(prior.log_probs)
+    maxp = prior.probs.max(-1).values[mask]
+    assert maxp.mean() > 0.5, "the prior is still near uniform"
+    spread = logp.masked_fill(~valid, float("nan")).nanmean(-1, keepdim=True)
+    assert (logp - spread).abs().masked_fill(~valid, 0).amax(-1)[mask].mean() > 0.5, \
+        "log p(y | z = i) barely depends on i"
+
+
+def per_token(crit, model, batch):
+    """The criterion's per-token terms (the sums it logs, before summing)."""
+    from fairseq_varattn.criterions.batch import LatentBatch
+
+    target = batch["target"]
+    features, extra = model(**batch["net_input"], target=target if crit.needs_inference_network else None,
+                            features_only=True)
+    return crit.token_terms(model, LatentBatch(model, features, extra, target, crit.padding_idx))
+
+
+def task(d):
+    return FakeTask(d, d)
+
+
+@pytest.mark.parametrize("output_layer", OUTPUT_LAYERS)
+@pytest.mark.parametrize("kl_weight", [1.0, 0.3])
+def test_elbo_enum_is_reconstruction_plus_weighted_kl(output_layer, kl_weight):
+    """loss = E_q[-log p(y | z)] + w KL(q || p); with w = 1 the gap to the
+    exact nll is KL(q || exact posterior).  A flipped KL sign, an ignored
+    --kl-weight or a loss that returns the marginal all fail here."""
+    model, d = sharpened(output_layer=output_layer)
+    batch = random_batch(d, bsz=4, src_len=7, tgt_len=6)
+    prior, q, logp, mask = explicit(model, batch)
+    assert_alignment_matters(prior, logp, mask)
+    crit = ElboCriterion.build(task(d), estimator="enum", kl_weight=kl_weight)
+    loss, _, log = crit(model, batch)
+    qp = q.probs.double()
+    recon = -(qp * logp.masked_fill(qp == 0, 0)).sum(-1)
+    kl = q.kl(prior).double()
+    want = (recon + kl_weight * kl)[mask].sum()
+    torch.testing.assert_close(loss.double(), want, rtol=1e-5, atol=1e-4)
+    log_marginal = torch.logsumexp(prior.log_probs.double() + logp, -1)
+    torch.testing.assert_close(log["nll_loss"].double(), -log_marginal[mask].sum(), rtol=1e-5, atol=1e-4)
+    if kl_weight == 1.0:
+        posterior = CategoricalAlignment.from_log_probs((prior.log_probs.double() + logp
+                                                         - log_marginal.unsqueeze(-1)))
+        gap = q.kl(posterior)[mask].sum()
+        assert gap > 1.0, "q must be far from the posterior for this check to mean anything"
+        torch.testing.assert_close((loss - log["nll_loss"]).double(), gap.double(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("output_layer", OUTPUT_LAYERS)
+def test_marginal_and_hard_enum_equal_explicit_sums(output_layer):
+    model, d = sharpened(inference_network="none", output_layer=output_layer)
+    batch = random_batch(d, bsz=4, src_len=7, tgt_len=6)
+    prior, _, logp, mask = explicit(model, batch)
+    assert_alignment_matters(prior, logp, mask)
+    lp = prior.log_probs.double()
+    loss, _, _ = MarginalCriterion.build(task(d))(model, batch)
+    torch.testing.assert_close(loss.double(), -torch.logsumexp(lp + logp, -1)[mask].sum(), rtol=1e-5, atol=1e-4)
+    loss, _, _ = HardAttentionCriterion.build(task(d), estimator="enum")(model, batch)
+    p = lp.exp()
+    torch.testing.assert_close(loss.double(), -(p * logp.masked_fill(p == 0, 0)).sum(-1)[mask].sum(),
+                               rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("output_layer", OUTPUT_LAYERS)
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_topk_training_objectives(output_layer, k):
+    """Marginal: the renormalised top-k sum.  ELBO and hard attention: a
+    lower bound on log p(y) for every token, with the truncated q (or p) in
+    both terms."""
+    model, d = sharpened(output_layer=output_layer)
+    model.decoder.alignment_topk = k
+    batch = random_batch(d, bsz=4, src_len=7, tgt_len=6)
+    prior, q, logp, mask = explicit(model, batch)
+    log_marginal = torch.logsumexp(prior.log_probs.double() + logp, -1)
+    idx, log_w = prior.topk(k)
+    top = torch.logsumexp(log_w.double() + logp.gather(-1, idx), -1)
+    loss, _, _ = MarginalCriterion.build(task(d))(model, batch)
+    torch.testing.assert_close(loss.double(), -top[mask].sum(), rtol=1e-5, atol=1e-4)
+    for crit in (ElboCriterion.build(task(d), estimator="enum"), HardAttentionCriterion.build(task(d))):
+        terms = per_token(crit, model, batch)
+        bound = -terms["loss"].double()
+        assert (bound[mask] <= log_marginal[mask] + 1e-5).all(), (crit, bound[mask] - log_marginal[mask])
+
+
+def test_topk_elbo_hand_example_is_a_bound():
+    """p = (.98, .01, .01), log p(y | z) = (-10, 0, 0), q = (.02, .49, .49),
+    k = 1: with the full q in the KL the "ELBO" was -3.74, above
+    log p(y) = -3.91; with the truncated q' in both terms it is -4.61."""
+
+    class OneToken:
+        class head:
+            alignment_topk = 1
+
+        @staticmethod
+        def logp_y_at(idx):
+            return torch.tensor([-10.0, 0.0, 0.0]).gather(-1, idx)
+
+    class Crit(EstimatorMixin):
+        num_samples = 1
+
+        class cfg:
+            estimator = "enum"
+
+    p = CategoricalAlignment.from_log_probs(torch.tensor([0.98, 0.01, 0.01]).log())
+    q = CategoricalAlignment.from_log_probs(torch.tensor([0.02, 0.49, 0.49]).log())
+    reconstruction, used = Crit().reconstruction(OneToken, q, {})
+    elbo = -(reconstruction + used.kl(p))
+    log_py = math.log(0.98 * math.exp(-10) + 0.02)
+    assert float(elbo) <= log_py
+    assert float(elbo) == pytest.approx(-math.log(1 / 0.01), abs=1e-5)
+
+
+def _gradient(model, loss):
+    model.zero_grad()
+    loss.backward()
+    return torch.cat([p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel())
+                      for p in model.parameters()])
+
+
+def _without_dropout(model):
+    model.train()
+    for module in model.modules():  # exact comparisons: no dropout noise
+        if isinstance(module, torch.nn.Dropout) or module.__class__.__name__ == "FairseqDropout":
+            module.p = 0.0
+    return model
+
+
+class GradientProbe:
+    """The gradient of a loss w.r.t. q's scores (B, N, T) and the output layer's parameters."""
+
+    def __init__(self, model):
+        self.model = model
+        self.q_scores = None
+        model.inference_network.register_forward_hook(self._keep)
+
+    def _keep(self, module, inputs, output):
+        output.retain_grad()
+        self.q_scores = output
+
+    def __call__(self, loss):
+        self.model.zero_grad()
+        loss.backward()
+        q = torch.nan_to_num(self.q_scores.grad.double(), nan=0.0, posinf=0.0, neginf=0.0).flatten()
+        out = torch.cat([p.grad.reshape(-1).double() for p in self.model.decoder.output.parameters()])
+        return torch.cat([q, out]), q.numel()
+
+
+def _soft_baseline_loss(model, batch):
+    """-sum_j log p(y_j | E_q[x~]): the loss whose gradient --train-baseline adds."""
+    target = batch["target"]
+    _, extra = model(**batch["net_input"], target=target, features_only=True)
+    q = model.decoder.alignment_distribution(extra["q_scores"], extra["encoder_padding_mask"])
+    logp = model.decoder.output.context_logprobs(extra["hidden"], q.expectation(extra["encoder_states"]), target)
+    return -logp[target.ne(model.decoder.dictionary.pad())].sum()
+
+
+@pytest.mark.parametrize("estimator,options", [
+    ("reinforce", {"train_baseline": True}),
+    ("gumbel", {"gumbel_temperature": 0.001}),
+])
+def test_sampled_elbo_gradient_averages_to_the_enumeration_gradient(estimator, options):
+    """Through the criterion class, K = 100 samples per draw, 40 draws: the
+    mean gradient (minus, for REINFORCE, the learned baseline's own
+    gradient) equals the enumeration gradient within 4 standard errors.
+    Compared w.r.t. q's scores (REINFORCE: the score function's target;
+    standard error about 0.5% of the gradient there) and the output layer's
+    parameters (the pathwise part), projected on the enumeration gradient and
+    on random directions.  A 10% scale error in the score function, a
+    baseline that is not detached, or Gumbel at a temperature far from 0
+    fall well outside."""
+    model, d = sharpened(seed=1, q_amplitude=2.0)
+    _without_dropout(model)
+    probe = GradientProbe(model)
+    batch = random_batch(d, bsz=12, src_len=6, tgt_len=8)
+    # without the KL term, q's whole gradient is the reconstruction's
+    enum, n_q = probe(ElboCriterion.build(task(d), estimator="enum", kl_weight=0.0)(model, batch)[0])
+    baseline = probe(_soft_baseline_loss(model, batch))[0] if options.get("train_baseline") else 0.0
+    crit = ElboCriterion.build(task(d), estimator=estimator, num_samples=100, kl_weight=0.0, **options)
+    torch.manual_seed(0)
+    draws = torch.stack([probe(crit(model, batch)[0])[0] - baseline for _ in range(40)])
+    parts = {"q": slice(0, n_q), "output": slice(n_q, None)} if estimator == "reinforce" else {
+        "output": slice(n_q, None)}  # relaxed samples do not give q the score-function gradient
+    g = torch.Generator().manual_seed(0)
+    for name, part in parts.items():
+        ref_full = enum[part]
+        directions = torch.cat([ref_full.unsqueeze(0), torch.randn(4, ref_full.numel(), generator=g,
+                                                                   dtype=torch.double)])
+        projected = draws[:, part] @ directions.T
+        mean, stderr = projected.mean(0), projected.std(0) / math.sqrt(len(draws))
+        ref = directions @ ref_full
+        assert ((mean - ref).abs() <= 4 * stderr + 1e-6 * ref.abs().max()).all(), (name, mean, ref, stderr)
+        assert 0.1 * ref[0].abs() > 4 * stderr[0], (name, "too few draws to tell a 10% scale error", ref, stderr)
+
+
+def test_gumbel_objective_follows_the_temperature():
+    """At a low temperature the relaxed samples are near one-hot and the
+    objective is close to the exact E_q[-log p(y | z)]; at a high one they
+    are near uniform over the source and it is close to the loss at the mean
+    annotation.  A criterion that ignored --gumbel-temperature would give
+    the same number for both."""
+    model, d = sharpened()
+    _without_dropout(model)
+    batch = random_batch(d, bsz=4, src_len=7, tgt_len=6)
+    enum = float(ElboCriterion.build(task(d), estimator="enum", kl_weight=0.0)(model, batch)[0])
+    torch.manual_seed(0)
+    values = {t: float(ElboCriterion.build(task(d), estimator="gumbel", num_samples=200, gumbel_temperature=t,
+                                           kl_weight=0.0)(model, batch)[0]) for t in (0.01, 1000.0)}
+    _, extra = model(**batch["net_input"], target=batch["target"], features_only=True)
+    valid = (~extra["encoder_padding_mask"]).float()
+    mean_annotation = (extra["encoder_states"] * valid.unsqueeze(-1)).sum(1) / valid.sum(1, keepdim=True)
+    mask = batch["target"].ne(d.pad())
+    uniform = model.decoder.output.context_logprobs(
+        extra["hidden"], mean_annotation.unsqueeze(1).expand(-1, mask.size(1), -1), batch["target"])
+    uniform = float(-uniform[mask].sum())
+    assert abs(enum - uniform) > 2.0, "the two limits must differ for this check to mean anything"
+    assert abs(values[0.01] - enum) < 0.1 * abs(enum - uniform), (values, enum, uniform)
+    assert abs(values[1000.0] - uniform) < 0.1 * abs(enum - uniform), (values, enum, uniform)
+
+
+def test_train_baseline_changes_the_gradient_not_the_logged_loss():
+    model, d = sharpened()
+    model.train()
+    batch = random_batch(d)
+    logs = {}
+    for flag in (False, True):
+        torch.manual_seed(0)
+        loss, _, log = ElboCriterion.build(task(d), estimator="reinforce", train_baseline=flag)(model, batch)
+        logs[flag] = (float(loss), _gradient(model, loss))
+    assert logs[False][0] == pytest.approx(logs[True][0], rel=1e-6)
+    assert (logs[False][1] - logs[True][1]).abs().max() > 1e-4
+
+
+def test_rws_weights_are_unequal_where_the_alignment_matters():
+    model, d = sharpened(q_amplitude=1.0)  # a broad q: samples land on positions of unequal weight
+    batch = random_batch(d, bsz=4, src_len=7, tgt_len=6)
+    prior, q, logp, mask = explicit(model, batch)
+    assert_alignment_matters(prior, logp, mask)
+    torch.manual_seed(0)
+    k = 8
+    loss, _, log = RwsCriterion.build(task(d), num_samples=k)(model, batch)
+    ntokens = int(mask.sum())
+    mean_ess = float(log["ess"]) / ntokens
+    assert 1.0 <= mean_ess < 0.6 * k, mean_ess  # far from K equal weights
+    torch.manual_seed(0)
+    loss, _, log = RwsCriterion.build(task(d), num_samples=4000)(model, batch)
+    assert abs(float(loss) - float(log["nll_loss"])) < 0.01 * float(log["nll_loss"])
+
+
+def test_dirichlet_importance_nll_where_the_alignment_matters():
+    """The importance-sampled nll of a Dirichlet model whose prior and q
+    differ and whose output depends on the context matches a brute-force
+    Monte Carlo estimate under the prior alone."""
+    model, d = sharpened("dirichlet")
+    with torch.no_grad():
+        model.decoder.scorer.v.weight.div_(40.0 / 3.0)  # moderate concentrations
+    batch = random_batch(d, bsz=3, src_len=6, tgt_len=5)
+    _, extra = model(**batch["net_input"], target=batch["target"], features_only=True)
+    prior = model.decoder.alignment_distribution(extra["scores"], extra["encoder_padding_mask"])
+    q = model.decoder.alignment_distribution(extra["q_scores"], extra["encoder_padding_mask"])
+    mask = batch["target"].ne(d.pad())
+    assert q.kl(prior)[mask].mean() > 1.0, "q must differ from the prior"
+    with torch.no_grad():
+        contexts = torch.bmm(prior.rsample(20000).flatten(1, 2), extra["encoder_states"]).view(
+            *prior.concentration.shape[:2], 20000, -1)
+        logp = model.decoder.output.context_logprobs(extra["hidden"], contexts, batch["target"])
+        assert logp.std(-1)[mask].mean() > 0.3, "the output must depend on z"
+        reference = -(torch.logsumexp(logp, -1) - math.log(20000))[mask].sum()
+    torch.manual_seed(0)
+    _, _, log = DirichletCriterion.build(task(d), nll_samples=4000)(model, batch)
+    assert abs(float(log["nll_loss"]) - float(reference)) < 0.01 * float(reference)
