@@ -350,3 +350,30 @@ def test_dirichlet_importance_nll_where_the_alignment_matters():
     torch.manual_seed(0)
     _, _, log = DirichletCriterion.build(task(d), nll_samples=4000)(model, batch)
     assert abs(float(log["nll_loss"]) - float(reference)) < 0.01 * float(reference)
+
+
+@pytest.mark.parametrize("output_layer", OUTPUT_LAYERS)
+@pytest.mark.parametrize("topk", [0, 2])
+def test_generation_output_is_the_explicit_mixture(output_layer, topk):
+    """get_normalized_probs of a categorical model = sum_i p(z = i) softmax
+    over the vocabulary, against T explicit softmaxes, with a sharp prior (a
+    uniform prior would fail) and with top-k renormalised weights."""
+    model, d = sharpened(inference_network="none", output_layer=output_layer)
+    model.decoder.alignment_topk = topk
+    batch = random_batch(d, bsz=4, src_len=7, tgt_len=6)
+    _, extra = model(**batch["net_input"], features_only=True)
+    enc, hidden = extra["encoder_states"], extra["hidden"]
+    n = hidden.size(1)
+    columns = [model.decoder.output.context_logprobs(hidden, enc[:, i:i + 1].expand(-1, n, -1))
+               for i in range(enc.size(1))]
+    joint = torch.stack(columns, dim=2).double()  # B, N, T, V
+    prior = CategoricalAlignment(extra["scores"])
+    log_w = prior.log_probs.double()
+    if topk:
+        idx, top = prior.topk(topk)
+        log_w = torch.full_like(log_w, float("-inf")).scatter(-1, idx, top.double())
+    want = torch.logsumexp(joint + log_w.unsqueeze(-1), dim=2)
+    got = model.get_normalized_probs(model(**batch["net_input"]), log_probs=True).double()
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+    uniform = torch.logsumexp(joint, dim=2) - math.log(enc.size(1))
+    assert (want - uniform).abs().max() > 0.5, "a uniform prior would pass this check"

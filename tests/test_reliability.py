@@ -42,8 +42,12 @@ def validate(data_dir, ckpt):
 
 
 # -- resume ----------------------------------------------------------------------------------
+# a sampling estimator (REINFORCE, 2 samples) and a KL weight still annealing
+# when the kill comes: the resumed run must draw the same samples (fairseq
+# reseeds every update from --seed and the update count) and weigh the KL alike
 RESUME_ARGS = ["--attention", "categorical", "--inference-network", "birnn", "--criterion", "varattn_elbo",
-               "--estimator", "enum", "--kl-warmup-updates", "8", "--lr-scheduler", "inverse_sqrt",
+               "--estimator", "reinforce", "--num-samples", "2", "--train-baseline",
+               "--kl-warmup-updates", "8", "--lr-scheduler", "inverse_sqrt",
                "--warmup-updates", "6", "--max-tokens", "800", "--disable-validation",
                "--save-interval-updates", "4", "--max-update", "10"]
 
@@ -150,28 +154,42 @@ def _train_two_ways(data_dir, tmp_path, name):
     common = [data_dir, "--user-dir", USER_DIR, *MODEL, *VARIANTS[name], "--max-tokens", "600",
               "--disable-validation", "--max-update", "3"]
     one = str(tmp_path / f"{name}-one")
-    run_cli(["fairseq_cli.train", *common, "--update-freq", "2", "--save-dir", one])
+    single = run_cli(["fairseq_cli.train", *common, "--update-freq", "2", "--save-dir", one])
     two = str(tmp_path / f"{name}-two")
     launch = run_cli(["varattn_tools.train_cpu", "--nprocs", "2", "--", *common, "--save-dir", two],
                      timeout=600)
     assert "distributed init (rank 0)" in launch.stdout + launch.stderr
-    return checkpoint(os.path.join(one, "checkpoint_last.pt")), checkpoint(os.path.join(two, "checkpoint_last.pt"))
+    logs = (_update_logs(single.stdout + single.stderr), _update_logs(launch.stdout + launch.stderr))
+    return (checkpoint(os.path.join(one, "checkpoint_last.pt")), checkpoint(os.path.join(two, "checkpoint_last.pt")),
+            logs)
+
+
+def _update_logs(text):
+    """Per update: (loss, target tokens, sentences) as fairseq logs them (--log-interval 1)."""
+    return [(float(loss), float(wpb), float(bsz)) for loss, wpb, bsz in re.findall(
+        r"\| train_inner \|.*? loss=([0-9.]+),.*? wpb=([0-9.]+), bsz=([0-9.]+)", text)]
 
 
 @pytest.mark.parametrize("name", ["soft", "marginal"])
 def test_two_gloo_ranks_equal_one_process_with_twice_the_batch(data_dir, tmp_path, name):
     """Rank r takes batches r, r+2, ...; one process with --update-freq 2 takes
     the same two batches per update, so the parameters after 3 updates agree."""
-    one, two = _train_two_ways(data_dir, tmp_path, name)
+    one, two, (log_one, log_two) = _train_two_ways(data_dir, tmp_path, name)
     assert one["optimizer_history"][-1]["num_updates"] == two["optimizer_history"][-1]["num_updates"] == 3
     for key, value in one["model"].items():
         torch.testing.assert_close(two["model"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+    # Adam would hide a constant error in the normalisation: the logged loss and
+    # sample sizes of every update must agree too
+    assert len(log_one) == len(log_two) == 3, (log_one, log_two)
+    for (loss_a, wpb_a, bsz_a), (loss_b, wpb_b, bsz_b) in zip(log_one, log_two):
+        assert (wpb_a, bsz_a) == (wpb_b, bsz_b)
+        assert loss_a == pytest.approx(loss_b, abs=2e-3)
 
 
 def test_gloo_ranks_train_the_inference_network_with_reinforce(data_dir, tmp_path):
     """Sampling draws differ between the layouts, so parameters are not compared;
     instead every parameter of q must carry Adam moments after DDP updates."""
-    _, two = _train_two_ways(data_dir, tmp_path, "elbo-reinforce")
+    _, two, _ = _train_two_ways(data_dir, tmp_path, "elbo-reinforce")
     assert two["optimizer_history"][-1]["num_updates"] == 3
     assert all(torch.isfinite(v.float()).all() for v in two["model"].values())
     buffers = ("attention_kind_id", "source_dictionary_crc", "target_dictionary_crc")

@@ -34,6 +34,7 @@ QUICK = ["--arch", "varattn_lstm", "--encoder-embed-dim", "64", "--encoder-hidde
          "--decoder-out-embed-dim", "64", "--dropout", "0.2",
          "--optimizer", "adam", "--lr", "0.005", "--clip-norm", "5", "--max-tokens", "1000"]
 MARGINAL = ["--attention", "categorical", "--criterion", "varattn_marginal"]
+FACTORED = ["--output-layer", "factored"]
 ELBO_ENUM = ["--attention", "categorical", "--inference-network", "birnn", "--criterion", "varattn_elbo",
              "--estimator", "enum"]
 ELBO_RF = ["--attention", "categorical", "--inference-network", "birnn", "--criterion", "varattn_elbo",
@@ -41,28 +42,29 @@ ELBO_RF = ["--attention", "categorical", "--inference-network", "birnn", "--crit
 
 # name -> (what it tests, extra options); later options override earlier ones
 ABLATIONS = {
-    "marginal-independent": ("exact marginal, a dropout mask per (j, i) pair (the paper's code; "
-                             "the default before the fix)", [*MARGINAL, "--alignment-dropout", "independent"]),
+    "marginal-independent": ("exact marginal, a dropout mask per (j, i) pair (the paper's code, and "
+                             "this plugin's default before the fix)",
+                             [*MARGINAL, "--alignment-dropout", "independent"]),
     "marginal": ("exact marginal, defaults (one mask per target token)", MARGINAL),
     "marginal-no-dropout": ("exact marginal without any dropout", [*MARGINAL, "--dropout", "0"]),
-    "marginal-context-feed": ("input feeding of the raw context c_j (the paper's code), "
-                              "independent masks", [*MARGINAL, "--alignment-dropout", "independent",
-                                                    "--input-feed", "context"]),
-    "marginal-paper-batches": ("the paper's optimiser: 6 sentences, Adam 3e-4, independent masks",
-                               [*MARGINAL, "--alignment-dropout", "independent", "--lr", "3e-4",
-                                "--batch-size", "6", "--max-tokens", "100000"]),
-    "marginal-soft-warmup": ("500 updates as soft attention first, independent masks",
-                             [*MARGINAL, "--alignment-dropout", "independent", "--soft-warmup-updates", "500"]),
-    "elbo-reinforce-independent": ("the issue's run: ELBO by REINFORCE, independent masks",
+    "marginal-context-feed": ("input feeding of the raw context c_j (the paper's code)",
+                              [*MARGINAL, "--input-feed", "context"]),
+    "marginal-attention-512": ("512-d MLP attention (the paper's size: larger scores at initialisation)",
+                               [*MARGINAL, "--attention-dim", "512"]),
+    "marginal-paper-batches": ("the paper's optimiser: 6 sentences, Adam 3e-4",
+                               [*MARGINAL, "--lr", "3e-4", "--batch-size", "6", "--max-tokens", "100000"]),
+    "marginal-soft-warmup": ("500 updates as soft attention first", [*MARGINAL, "--soft-warmup-updates", "500"]),
+    "marginal-factored": ("the factored output layer", [*MARGINAL, *FACTORED]),
+    "elbo-reinforce-independent": ("the issue's run: ELBO by REINFORCE, a mask per (j, i) pair",
                                    [*ELBO_RF, "--alignment-dropout", "independent"]),
     "elbo-reinforce": ("ELBO by REINFORCE, defaults", ELBO_RF),
     "elbo-reinforce-kl-warmup": ("ELBO by REINFORCE, KL weight annealed over 1000 updates",
                                  [*ELBO_RF, "--kl-warmup-updates", "1000"]),
     "elbo-reinforce-soft-warmup": ("ELBO by REINFORCE, 500 updates as soft attention first",
                                    [*ELBO_RF, "--soft-warmup-updates", "500"]),
+    "elbo-reinforce-factored": ("ELBO by REINFORCE, the factored output layer", [*ELBO_RF, *FACTORED]),
     "elbo-enum": ("ELBO by enumeration, defaults", ELBO_ENUM),
-    "elbo-enum-soft-warmup": ("ELBO by enumeration, 500 updates as soft attention first",
-                              [*ELBO_ENUM, "--soft-warmup-updates", "500"]),
+    "elbo-enum-factored": ("ELBO by enumeration, the factored output layer", [*ELBO_ENUM, *FACTORED]),
 }
 
 KEYS = ("ppl", "entropy_p", "entropy_uniform", "prior_maxp", "entropy_post", "logpy_spread",
