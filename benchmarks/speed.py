@@ -14,7 +14,6 @@ post-build RSS (Linux).
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys

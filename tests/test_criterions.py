@@ -283,17 +283,17 @@ def test_gumbel_objective_follows_the_temperature():
     model, d = sharpened()
     _without_dropout(model)
     batch = random_batch(d, bsz=4, src_len=7, tgt_len=6)
-    enum = float(ElboCriterion.build(task(d), estimator="enum", kl_weight=0.0)(model, batch)[0])
+    enum = float(ElboCriterion.build(task(d), estimator="enum", kl_weight=0.0)(model, batch)[0].detach())
     torch.manual_seed(0)
     values = {t: float(ElboCriterion.build(task(d), estimator="gumbel", num_samples=200, gumbel_temperature=t,
-                                           kl_weight=0.0)(model, batch)[0]) for t in (0.01, 1000.0)}
+                                           kl_weight=0.0)(model, batch)[0].detach()) for t in (0.01, 1000.0)}
     _, extra = model(**batch["net_input"], target=batch["target"], features_only=True)
     valid = (~extra["encoder_padding_mask"]).float()
     mean_annotation = (extra["encoder_states"] * valid.unsqueeze(-1)).sum(1) / valid.sum(1, keepdim=True)
     mask = batch["target"].ne(d.pad())
     uniform = model.decoder.output.context_logprobs(
         extra["hidden"], mean_annotation.unsqueeze(1).expand(-1, mask.size(1), -1), batch["target"])
-    uniform = float(-uniform[mask].sum())
+    uniform = float(-uniform[mask].sum().detach())
     assert abs(enum - uniform) > 2.0, "the two limits must differ for this check to mean anything"
     assert abs(values[0.01] - enum) < 0.1 * abs(enum - uniform), (values, enum, uniform)
     assert abs(values[1000.0] - uniform) < 0.1 * abs(enum - uniform), (values, enum, uniform)
@@ -307,7 +307,7 @@ def test_train_baseline_changes_the_gradient_not_the_logged_loss():
     for flag in (False, True):
         torch.manual_seed(0)
         loss, _, log = ElboCriterion.build(task(d), estimator="reinforce", train_baseline=flag)(model, batch)
-        logs[flag] = (float(loss), _gradient(model, loss))
+        logs[flag] = (float(loss.detach()), _gradient(model, loss))
     assert logs[False][0] == pytest.approx(logs[True][0], rel=1e-6)
     assert (logs[False][1] - logs[True][1]).abs().max() > 1e-4
 

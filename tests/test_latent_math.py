@@ -79,7 +79,8 @@ def test_chunked_equals_unchunked_values_and_gradients(chunk):
         logp = out.alignment_logprobs(extra["hidden"], extra["encoder_states"], batch["target"])
         mix = out.mixture_logprobs(extra["hidden"], extra["encoder_states"], CategoricalAlignment(extra["scores"]))
         (logp.sum() + mix[..., 3].sum()).backward()
-        return logp.detach(), mix.detach(), out.fc_out.weight.grad.clone(), model.decoder.scorer.query_proj.weight.grad.clone()
+        return (logp.detach(), mix.detach(), out.fc_out.weight.grad.clone(),
+                model.decoder.scorer.query_proj.weight.grad.clone())
 
     full = run(0)
     chunked = run(chunk)

@@ -90,7 +90,6 @@ def _run_pipeline(data_dir, out, variants):
     for r in rows:
         for key in ("valid_ppl", "test_ppl", "train_wps", "peak_rss_mb"):
             assert math.isfinite(float(r[key])) and float(r[key]) > 0, (r["variant"], key, r[key])
-        assert 0.0 <= float(r["test_bleu"]) <= 100.0
     table = (out / "results.md").read_text()
     for name in variants:
         assert re.search(rf"^\| {name}( \(IS ppl\))? \| 1 \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \|", table, re.M), name
@@ -98,10 +97,10 @@ def _run_pipeline(data_dir, out, variants):
 
 
 def test_quick_pipeline_on_a_tiny_budget_writes_a_well_formed_table(data_dir, tmp_path):
-    """Three variants (one per kind of alignment) keep the default suite fast;
+    """Two variants (soft attention and a variational model) keep the default suite fast;
     the slow test below runs all nine."""
     out = tmp_path / "reproduce"
-    table = _run_pipeline(data_dir, out, ["soft", "elbo-enum", "dirichlet"])
+    table = _run_pipeline(data_dir, out, ["soft", "elbo-enum"])
     # alignments: heatmaps and AER on the hand-aligned test sentences
     assert (out / "alignments" / "sentence-0.png").stat().st_size > 1000
     assert re.search(r"\| soft \| soft attention \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \(24\) \|", table)

@@ -68,11 +68,18 @@ MEASURED_TRAIN = (
 )
 
 
-def run_one(name, seed, opts, env):
-    save = os.path.join(opts.out, f"{name}-seed{seed}")
+def run_key(name, output_layer):
+    """The row name: the variant, suffixed with the output layer unless it is the default."""
+    return name if output_layer == "joint" else f"{name}/{output_layer}"
+
+
+def run_one(key, seed, opts, env):
+    name, _, output_layer = key.partition("/")
+    save = os.path.join(opts.out, f"{key.replace('/', '-')}-seed{seed}")
     os.makedirs(save, exist_ok=True)
     common = [opts.data, "--user-dir", USER_DIR]
-    train_cmd = [sys.executable, "-c", MEASURED_TRAIN, *common, *PRESETS[opts.preset], *train_options(name),
+    train_cmd = [sys.executable, "-c", MEASURED_TRAIN, *common, *PRESETS[opts.preset],
+                 *train_options(name, factored=output_layer == "factored"),
                  "--max-tokens", str(opts.max_tokens), "--max-update", str(opts.max_update),
                  "--seed", str(seed), "--num-workers", "0", "--log-interval", "50",
                  "--log-format", "simple", "--validate-interval-updates", str(opts.max_update),
@@ -91,7 +98,7 @@ def run_one(name, seed, opts, env):
     text = run(train_cmd, log, env)
     train_s = time.time() - start
     ckpt = os.path.join(save, "checkpoint_last.pt")  # the model after the budget
-    row = {"variant": name, "seed": seed,
+    row = {"variant": key, "seed": seed,
            "valid_nll_bits": read_nll("valid", text, log),
            "train_wps": last_float(r"\| train \|.*? wps ([0-9.]+)", text, "wps", log),
            "peak_rss_mb": last_float(r"VARATTN_PEAK_MB rss=([0-9.]+)", text, "peak memory", log),
@@ -130,7 +137,7 @@ def aggregate(rows, variants):
             continue
         speed = [r["train_wps"] / statistics.mean(soft_wps) for r in runs] if soft_wps else []
         table.append({
-            "variant": name + (" (IS ppl)" if name == "dirichlet" else ""),
+            "variant": name + (" (IS ppl)" if name.startswith("dirichlet") else ""),
             "seeds": len(runs),
             "valid_ppl": mean_spread([r["valid_ppl"] for r in runs], ".2f"),
             "test_ppl": mean_spread([r["test_ppl"] for r in runs], ".2f"),
@@ -175,12 +182,13 @@ def prepare_quick_data(out, env):
 def run_alignments(rows, opts, env):
     """Heatmaps and AER for seed 1's soft and variational checkpoints."""
     seed = rows[0]["seed"]
-    names = [n for n in ("soft", "marginal", "elbo-enum", "elbo-reinforce") if any(
-        r["variant"] == n for r in rows)]
+    wanted = ("soft", "marginal", "elbo-enum", "elbo-reinforce")
+    names = [r["variant"] for r in rows if r["seed"] == seed and r["variant"].partition("/")[0] in wanted]
     cmd = [sys.executable, "-m", "varattn_tools.align", opts.data, "--subset", opts.test_subset,
            "--out", os.path.join(opts.out, "alignments"), "--plot", "0,1,3"]
     for n in names:
-        cmd += ["--path", os.path.join(opts.out, f"{n}-seed{seed}", "checkpoint_last.pt"), "--name", n]
+        save = os.path.join(opts.out, f"{n.replace('/', '-')}-seed{seed}")
+        cmd += ["--path", os.path.join(save, "checkpoint_last.pt"), "--name", n]
     if opts.gold:
         cmd += ["--gold", opts.gold]
     run(cmd, os.path.join(opts.out, "alignments.log"), env)
@@ -197,6 +205,9 @@ def main(argv=None):
     parser.add_argument("--data", help="fairseq binary data dir (prepared by varattn_tools.prepare)")
     parser.add_argument("--out", help="default runs/reproduce-quick or runs/reproduce")
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--output-layers", default="joint",
+                        help="joint, factored or joint,factored (each variant with each; rows of "
+                             "the factored layer are named VARIANT/factored)")
     parser.add_argument("--seeds", help="comma-separated (quick: 1,2; full: 1,2,3)")
     parser.add_argument("--max-update", type=int)
     parser.add_argument("--max-tokens", type=int)
@@ -227,6 +238,10 @@ def main(argv=None):
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    layers = opts.output_layers.split(",")
+    if not layers or set(layers) - {"joint", "factored"}:
+        parser.error(f"--output-layers takes joint, factored or both, got {opts.output_layers!r}")
+    variants = [run_key(v, layer) for v in variants for layer in layers]
     try:
         seeds = [int(s) for s in opts.seeds.split(",")]
     except ValueError:

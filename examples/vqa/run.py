@@ -87,9 +87,9 @@ def main(argv=None):
         for kind in ("yes/no", "color", "shape"):
             row[f"vqa_acc_{kind}"] = scores.get(f"vqa_acc/{kind}", "")
         rows.append(row)
+        prior = row["attn_acc_prior"]
         print(f"   NLL {row['test_nll_nats']:.3f}  accuracy {row['vqa_acc']:.2f}  "
-              f"attention prior {row['attn_acc_prior'] if row['attn_acc_prior'] == '' else round(row['attn_acc_prior'], 2)}"
-              f"  ({train_s:.0f} s)", flush=True)
+              f"attention prior {prior if prior == '' else round(prior, 2)}  ({train_s:.0f} s)", flush=True)
 
     with open(os.path.join(opts.out, "results.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
