@@ -29,7 +29,7 @@ setup(
         ],
     },
     extras_require={
-        "test": ["pytest>=7"],
+        "test": ["pytest>=7", "pytest-xdist>=3"],
         "plot": ["matplotlib>=3.5"],
         "vqa": ["easy-vqa==1.0", "Pillow"],
     },

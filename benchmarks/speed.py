@@ -25,24 +25,33 @@ from fairseq.criterions.cross_entropy import CrossEntropyCriterion
 from fairseq.data import Dictionary
 from fairseq.models.lstm import LSTMModel
 from fairseq.models.lstm import base_architecture as lstm_base
+from fairseq.models.transformer import TransformerModel
+from fairseq.models.transformer import base_architecture as transformer_base
 from fairseq.sequence_generator import SequenceGenerator
 
 import fairseq_varattn  # noqa: F401
 from fairseq_varattn.models.varattn_lstm import VarAttnLSTMModel
 from fairseq_varattn.models.varattn_lstm import base_architecture as varattn_base
+from fairseq_varattn.models.varattn_transformer import VarAttnTransformerModel
+from fairseq_varattn.models.varattn_transformer import base_architecture as varattn_transformer_base
 from varattn_tools import variants
 
-# benchmark row -> (variant of varattn_tools.variants, factored output layer, extra model args);
-# "lstm" is fairseq's own LSTM of the same size
-ROWS = {"lstm": (None, False, {})}
+# benchmark row -> (variant of varattn_tools.variants, factored output layer, extra model args,
+# architecture); "lstm" and "transformer" are fairseq's own models of the same size
+ROWS = {"lstm": (None, False, {}, "lstm"), "transformer": (None, False, {}, "transformer")}
 for _name in variants.VARIANTS:
-    ROWS[_name] = (_name, False, {})
-    ROWS[f"factored-{_name}"] = (_name, True, {})
-ROWS["marginal-top5"] = ("marginal", False, {"alignment_topk": 5})
-ROWS["factored-marginal-top5"] = ("marginal", True, {"alignment_topk": 5})
-# issue 13's comparison: the factored family next to joint soft and joint marginal
+    ROWS[_name] = (_name, False, {}, "lstm")
+    ROWS[f"factored-{_name}"] = (_name, True, {}, "lstm")
+    ROWS[f"transformer-{_name}"] = (_name, False, {}, "transformer")
+    ROWS[f"transformer-factored-{_name}"] = (_name, True, {}, "transformer")
+ROWS["marginal-top5"] = ("marginal", False, {"alignment_topk": 5}, "lstm")
+ROWS["factored-marginal-top5"] = ("marginal", True, {"alignment_topk": 5}, "lstm")
+# the factored family next to joint soft and joint marginal (docs/design.md, "Output layers")
 DEFAULT_ROWS = ["soft", "marginal", "factored-soft", "factored-marginal", "factored-hard-enum",
                 "factored-elbo-enum", "factored-elbo-reinforce", "factored-marginal-top5"]
+# varattn_transformer against fairseq's transformer of the same size
+TRANSFORMER_ROWS = ["transformer", "transformer-soft", "transformer-factored-marginal",
+                    "transformer-factored-elbo-enum"]
 
 
 class Task:
@@ -58,13 +67,27 @@ def make_dictionary(vocab):
 
 
 def build(name, d, opts):
-    variant, factored, extra = ROWS[name]
+    variant, factored, extra, arch = ROWS[name]
     sizes = dict(dropout=0.1, encoder_embed_dim=opts.embed, encoder_hidden_size=opts.hidden // 2,
                  decoder_embed_dim=opts.embed, decoder_hidden_size=opts.hidden,
                  decoder_out_embed_dim=opts.hidden)
     task = Task(d)
     torch.manual_seed(0)
-    if variant is None:
+    if arch == "transformer":
+        # fairseq's transformer_iwslt_de_en shape at --embed width, 2+2 layers
+        sizes = dict(dropout=0.1, encoder_embed_dim=opts.embed, decoder_embed_dim=opts.embed,
+                     encoder_ffn_embed_dim=2 * opts.embed, decoder_ffn_embed_dim=2 * opts.embed,
+                     encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4)
+        if variant is None:
+            args = argparse.Namespace(**sizes)
+            transformer_base(args)
+            model = TransformerModel.build_model(args, task)
+        else:
+            overrides = {**variants.model_overrides(variant, factored=factored), **extra}
+            args = argparse.Namespace(**sizes, **overrides)
+            varattn_transformer_base(args)
+            model = VarAttnTransformerModel.build_model(args, task)
+    elif variant is None:
         args = argparse.Namespace(encoder_bidirectional=True, criterion="cross_entropy",
                                   encoder_layers=1, decoder_layers=1, **sizes)
         lstm_base(args)
@@ -144,7 +167,8 @@ def _proc_status_kb(field):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", default=",".join(DEFAULT_ROWS),
-                        help=f"comma-separated rows of: {', '.join(ROWS)}")
+                        help=f"comma-separated rows of: {', '.join(ROWS)}; 'transformer-set' for "
+                             f"{','.join(TRANSFORMER_ROWS)}")
     parser.add_argument("--generate", default="",
                         help="rows whose beam-5 generation speed to measure, e.g. soft,factored-marginal")
     parser.add_argument("--gen-sentences", type=int, default=64)
@@ -167,6 +191,8 @@ def main():
         return
 
     names = [n for n in opts.variants.split(",") if n]
+    if names == ["transformer-set"]:
+        names = TRANSFORMER_ROWS
     gen_names = [n for n in opts.generate.split(",") if n]
     unknown = set(names + gen_names) - set(ROWS)
     if unknown:
@@ -196,11 +222,12 @@ def main():
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             results[n]["peak_mb"] = json.loads(out.strip().splitlines()[-1])["peak_mb"]
 
-    ref = results.get("soft")
+    ref_name = "soft" if "soft" in results else "transformer"
+    ref = results.get(ref_name)
     print(f"\ndevice={opts.device} vocab={opts.vocab} T={opts.src_len} N={opts.tgt_len} "
           f"batch={opts.batch} embed={opts.embed} hidden={opts.hidden} chunk={opts.chunk} "
           f"steps={opts.steps} (median step time)")
-    print("| variant | tokens/s | speed vs soft | peak MB | memory vs soft |")
+    print(f"| variant | tokens/s | speed vs {ref_name} | peak MB | memory vs {ref_name} |")
     print("|---|---|---|---|---|")
     for n in names:
         r = results[n]

@@ -11,8 +11,10 @@ checks the list is necessary and enough).  We never fall back to
 checkpoint file.
 
 Warnings: fairseq's train step enters ``torch.cuda.amp.autocast(...)``, which
-torch deprecates with a FutureWarning on every run, CPU runs included.  It
-is fairseq's call, not the user's, so exactly that message is filtered;
+torch deprecates with a FutureWarning on every run, CPU runs included, and
+fairseq's Transformer layers pass a boolean padding mask with a float
+attention mask, which torch warns about on every forward.  Both are
+fairseq's calls, not the user's, so exactly those messages are filtered;
 every other warning is left alone.
 """
 
@@ -23,8 +25,10 @@ import torch
 
 SAFE_GLOBALS = (argparse.Namespace,)
 FAIRSEQ_AMP_DEPRECATION = r"`torch\.cuda\.amp\.autocast\(args\.\.\.\)` is deprecated"
+FAIRSEQ_MASK_TYPES = r"Support for mismatched key_padding_mask and attn_mask is deprecated"
 
 
 def install():
     torch.serialization.add_safe_globals(list(SAFE_GLOBALS))
     warnings.filterwarnings("ignore", message=FAIRSEQ_AMP_DEPRECATION, category=FutureWarning)
+    warnings.filterwarnings("ignore", message=FAIRSEQ_MASK_TYPES, category=UserWarning)

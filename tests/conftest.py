@@ -14,7 +14,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long real-data runs (run with -m slow)")
 
 
-EVAL_LINES = 200
+EVAL_LINES = 100
 
 
 @pytest.fixture(scope="session")

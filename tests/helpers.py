@@ -10,6 +10,7 @@ from fairseq.data import Dictionary
 
 import fairseq_varattn  # noqa: F401  (registers everything)
 from fairseq_varattn.models.varattn_lstm import VarAttnLSTMModel, varattn_lstm_tiny
+from fairseq_varattn.models.varattn_transformer import VarAttnTransformerModel, varattn_transformer_tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = sys.executable
@@ -28,15 +29,27 @@ def make_dictionary(n_words=13):
     return d
 
 
-def build_model(attention="categorical", inference_network="none", seed=0, dropout=0.0, **overrides):
+ARCHS = ["lstm", "transformer"]
+
+
+def build_model(attention="categorical", inference_network="none", seed=0, dropout=0.0, arch="lstm", **overrides):
+    """A tiny varattn_lstm (or varattn_transformer) in eval mode, and its dictionary."""
     torch.manual_seed(seed)
     d = make_dictionary()
-    args = argparse.Namespace(attention=attention, inference_network=inference_network,
-                              dropout=dropout, encoder_embed_dim=8, encoder_hidden_size=6,
-                              decoder_embed_dim=8, decoder_hidden_size=10, decoder_out_embed_dim=7,
-                              **overrides)
-    varattn_lstm_tiny(args)
-    model = VarAttnLSTMModel.build_model(args, FakeTask(d, d))
+    if arch == "lstm":
+        args = argparse.Namespace(attention=attention, inference_network=inference_network,
+                                  dropout=dropout, encoder_embed_dim=8, encoder_hidden_size=6,
+                                  decoder_embed_dim=8, decoder_hidden_size=10, decoder_out_embed_dim=7,
+                                  **overrides)
+        varattn_lstm_tiny(args)
+        model = VarAttnLSTMModel.build_model(args, FakeTask(d, d))
+    else:
+        args = argparse.Namespace(attention=attention, inference_network=inference_network, dropout=dropout,
+                                  encoder_embed_dim=8, encoder_ffn_embed_dim=16, encoder_attention_heads=2,
+                                  decoder_embed_dim=8, decoder_ffn_embed_dim=16, decoder_attention_heads=2,
+                                  inference_hidden_size=6, **overrides)
+        varattn_transformer_tiny(args)
+        model = VarAttnTransformerModel.build_model(args, FakeTask(d, d))
     model.eval()
     return model, d
 

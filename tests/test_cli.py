@@ -175,18 +175,20 @@ EXTRA = {
     "dirichlet": ["--nll-samples", "4", "--kl-warmup-updates", "4"],
     "rws": ["--num-samples", "3"],
 }
-# every criterion with the factored layer; the joint layer for two of them
-ROUND_TRIPS = [(name, "factored") for name in VARIANTS if name != "soft"] + [
-    ("marginal", "joint"), ("elbo-reinforce", "joint")]
+# every criterion with the factored layer on both architectures; the joint
+# layer for two of them
+ARCH = {"lstm": [], "transformer": ["--arch", "varattn_transformer_tiny", "--lr", "0.002"]}
+ROUND_TRIPS = [(name, "factored", arch) for arch in ARCH for name in VARIANTS if name != "soft"] + [
+    ("marginal", "joint", "lstm"), ("elbo-reinforce", "joint", "transformer")]
 
 
-@pytest.mark.parametrize("name,output_layer", ROUND_TRIPS)
-def test_latent_criterion_round_trip(name, output_layer, data_dir, tmp_path):
+@pytest.mark.parametrize("name,output_layer,arch", ROUND_TRIPS)
+def test_latent_criterion_round_trip(name, output_layer, arch, data_dir, tmp_path):
     """Train, validate and beam-search with every criterion through fairseq's
     command lines: the loss must fall, the exact nll must be well below the
     uniform model's, and every sentence must be translated."""
     save = str(tmp_path / name)
-    options = train_options(name, factored=output_layer == "factored") + EXTRA.get(name, [])
+    options = train_options(name, factored=output_layer == "factored") + EXTRA.get(name, []) + ARCH[arch]
     log = train(data_dir, save, ["--max-epoch", "1", "--validate-interval-updates", "15", *options],
                 max_update=15)
     train_losses = losses(log)
@@ -271,3 +273,23 @@ def test_latent_prior_learns_to_align_on_the_shipped_data(data_dir, tmp_path):
     assert value("prior_maxp") > 0.25, valid
     bleu, _ = generate(data_dir, os.path.join(save, "checkpoint_last.pt"))
     assert bleu > 3.0, bleu
+
+
+@pytest.mark.parametrize("share", ["--share-decoder-input-output-embed", "--share-all-embeddings"])
+def test_transformer_with_shared_embeddings_trains_and_reloads(share, data_dir, tmp_path):
+    """fairseq's embedding sharing ties the factored output layer's vocabulary
+    matrix; the checkpoint reloads to the same validation nll."""
+    save = str(tmp_path / "shared")
+    log = train(data_dir, save, [*ARCH["transformer"], *train_options("marginal", factored=True), share,
+                                 "--max-epoch", "1", "--validate-interval-updates", "6"], max_update=6)
+    nll = float(re.findall(r"\| valid on 'valid' subset \|.*? nll_loss ([0-9.]+)", log)[-1])
+    ckpt = os.path.join(save, "checkpoint_last.pt")
+    state = torch.load(ckpt)["model"]
+    torch.testing.assert_close(state["decoder.output.fc_out.weight"], state["decoder.embed_tokens.weight"])
+    if share == "--share-all-embeddings":
+        torch.testing.assert_close(state["encoder.embed_tokens.weight"], state["decoder.embed_tokens.weight"])
+    assert "decoder.output_projection.weight" not in state
+    proc = run_cli(["fairseq_cli.validate", data_dir, "--user-dir", USER_DIR, "--path", ckpt, "--task",
+                    "translation", "--max-tokens", "1500", "--valid-subset", "valid"])
+    reloaded = float(re.findall(r"valid on 'valid' subset \|.*? nll_loss ([0-9.]+)", proc.stdout + proc.stderr)[-1])
+    assert reloaded == pytest.approx(nll, abs=1e-3)

@@ -11,7 +11,7 @@ import math
 
 import pytest
 import torch
-from helpers import FakeTask, build_model, random_batch
+from helpers import ARCHS, FakeTask, build_model, random_batch
 
 from fairseq_varattn.criterions.base import EstimatorMixin
 from fairseq_varattn.criterions.dirichlet import DirichletCriterion
@@ -42,13 +42,14 @@ def _amplify_context(module, inputs, output):
         output.size(-1), dtype=output.dtype))
 
 
-def sharpened(attention="categorical", inference_network="birnn", output_layer="joint", seed=0, q_amplitude=6.0):
+def sharpened(attention="categorical", inference_network="birnn", output_layer="joint", seed=0, q_amplitude=6.0,
+              arch="lstm"):
     """A model whose prior, q and output distributions are far from uniform:
     forward hooks give the prior and q sharp, different score patterns and
     scale the context's share of the output logits, so every code path (the
     criterion's and the explicit references) sees the same sharpened model."""
     model, d = build_model(attention, inference_network=inference_network, seed=seed,
-                           output_layer=output_layer)
+                           output_layer=output_layer, arch=arch)
     model.decoder.scorer.register_forward_hook(_sharp_scores(0.0))
     if model.inference_network is not None:
         model.inference_network.scorer.register_forward_hook(_sharp_scores(2.0, q_amplitude))
@@ -101,13 +102,14 @@ def task(d):
     return FakeTask(d, d)
 
 
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("output_layer", OUTPUT_LAYERS)
 @pytest.mark.parametrize("kl_weight", [1.0, 0.3])
-def test_elbo_enum_is_reconstruction_plus_weighted_kl(output_layer, kl_weight):
+def test_elbo_enum_is_reconstruction_plus_weighted_kl(output_layer, kl_weight, arch):
     """loss = E_q[-log p(y | z)] + w KL(q || p); with w = 1 the gap to the
     exact nll is KL(q || exact posterior).  A flipped KL sign, an ignored
     --kl-weight or a loss that returns the marginal all fail here."""
-    model, d = sharpened(output_layer=output_layer)
+    model, d = sharpened(output_layer=output_layer, arch=arch)
     batch = random_batch(d, bsz=4, src_len=7, tgt_len=6)
     prior, q, logp, mask = explicit(model, batch)
     assert_alignment_matters(prior, logp, mask)
@@ -128,9 +130,10 @@ def test_elbo_enum_is_reconstruction_plus_weighted_kl(output_layer, kl_weight):
         torch.testing.assert_close((loss - log["nll_loss"]).double(), gap.double(), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("output_layer", OUTPUT_LAYERS)
-def test_marginal_and_hard_enum_equal_explicit_sums(output_layer):
-    model, d = sharpened(inference_network="none", output_layer=output_layer)
+def test_marginal_and_hard_enum_equal_explicit_sums(output_layer, arch):
+    model, d = sharpened(inference_network="none", output_layer=output_layer, arch=arch)
     batch = random_batch(d, bsz=4, src_len=7, tgt_len=6)
     prior, _, logp, mask = explicit(model, batch)
     assert_alignment_matters(prior, logp, mask)
@@ -143,13 +146,14 @@ def test_marginal_and_hard_enum_equal_explicit_sums(output_layer):
                                rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("output_layer", OUTPUT_LAYERS)
 @pytest.mark.parametrize("k", [1, 2, 3])
-def test_topk_training_objectives(output_layer, k):
+def test_topk_training_objectives(output_layer, k, arch):
     """Marginal: the renormalised top-k sum.  ELBO and hard attention: a
     lower bound on log p(y) for every token, with the truncated q (or p) in
     both terms."""
-    model, d = sharpened(output_layer=output_layer)
+    model, d = sharpened(output_layer=output_layer, arch=arch)
     model.decoder.alignment_topk = k
     batch = random_batch(d, bsz=4, src_len=7, tgt_len=6)
     prior, q, logp, mask = explicit(model, batch)
@@ -352,13 +356,14 @@ def test_dirichlet_importance_nll_where_the_alignment_matters():
     assert abs(float(log["nll_loss"]) - float(reference)) < 0.01 * float(reference)
 
 
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("output_layer", OUTPUT_LAYERS)
 @pytest.mark.parametrize("topk", [0, 2])
-def test_generation_output_is_the_explicit_mixture(output_layer, topk):
+def test_generation_output_is_the_explicit_mixture(output_layer, topk, arch):
     """get_normalized_probs of a categorical model = sum_i p(z = i) softmax
     over the vocabulary, against T explicit softmaxes, with a sharp prior (a
     uniform prior would fail) and with top-k renormalised weights."""
-    model, d = sharpened(inference_network="none", output_layer=output_layer)
+    model, d = sharpened(inference_network="none", output_layer=output_layer, arch=arch)
     model.decoder.alignment_topk = topk
     batch = random_batch(d, bsz=4, src_len=7, tgt_len=6)
     _, extra = model(**batch["net_input"], features_only=True)

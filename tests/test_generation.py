@@ -7,7 +7,7 @@ import pytest
 import torch
 from fairseq.sequence_generator import SequenceGenerator
 from fairseq.sequence_scorer import SequenceScorer
-from helpers import FakeTask, random_batch
+from helpers import ARCHS, FakeTask, random_batch
 from test_criterions import sharpened
 
 from fairseq_varattn.criterions.marginal import MarginalCriterion
@@ -26,13 +26,14 @@ def _sample_for(src, src_lengths, hypotheses, d):
             "target": target, "ntokens": int(target.ne(d.pad()).sum()), "id": torch.arange(len(hypotheses))}
 
 
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("output_layer", ["joint", "factored"])
-def test_beam_scores_equal_score_reference_and_validation_nll(output_layer):
+def test_beam_scores_equal_score_reference_and_validation_nll(output_layer, arch):
     """The score beam search gives a hypothesis (incremental decoding, beam
     reordering, the per-sentence cache of the factored layer) equals what
     --score-reference computes for it (a full forward) and the exact nll the
     criterion logs for it (what fairseq-validate reports)."""
-    model, d = sharpened(inference_network="none", output_layer=output_layer)
+    model, d = sharpened(inference_network="none", output_layer=output_layer, arch=arch)
     model.eval()
     batch = random_batch(d, bsz=3, src_len=7, tgt_len=5)
     net = batch["net_input"]

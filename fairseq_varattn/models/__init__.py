@@ -1,1 +1,1 @@
-from . import varattn_lstm, varattn_vqa  # noqa: F401
+from . import varattn_lstm, varattn_transformer, varattn_vqa  # noqa: F401

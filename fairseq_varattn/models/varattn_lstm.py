@@ -20,7 +20,6 @@ decoder states depend on the target, so the exact marginal under the prior
 differ from generation states.
 """
 
-import zlib
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -41,17 +40,16 @@ from ..modules.alignment_head import (
     alignment_defaults,
     check_alignment_args,
 )
-from ..modules.attention_kinds import KIND_IDS
-from ..modules.factored_output import FactoredOutputLayer, SourceLogitsCache
 from ..modules.output_layer import build_output_layer
 from ..modules.scorer import AttentionScorer
 from .encoder import VarAttnLSTMEncoder
 from .inference_network import InferenceNetwork
+from .latent_model import LatentModelMixin, SourceCacheMixin
 
 DEFAULT_MAX_POSITIONS = 1024
 INFERENCE_NETWORKS = ("none", "birnn")
 INPUT_FEEDS = ("attentional", "context")
-class VarAttnLSTMDecoder(AlignmentHeadMixin, FairseqIncrementalDecoder):
+class VarAttnLSTMDecoder(SourceCacheMixin, AlignmentHeadMixin, FairseqIncrementalDecoder):
     def __init__(self, dictionary, embed_dim, hidden_size, out_embed_dim, num_layers,
                  dropout_in, dropout_out, encoder_output_units, encoder_layers,
                  attention="soft", attention_score="general", attention_dim=None,
@@ -95,20 +93,7 @@ class VarAttnLSTMDecoder(AlignmentHeadMixin, FairseqIncrementalDecoder):
         x, extra = self.extract_features(prev_output_tokens, encoder_out, incremental_state)
         if features_only:
             return x, extra
-        if incremental_state is not None and self._caches_source_logits():
-            extra["source_cache"] = self._source_cache(incremental_state, extra["encoder_states"])
-        return self.output_layer(x, extra), extra
-
-    def _caches_source_logits(self):
-        # the factored layer's b = g(x~) is the same at every step of a sentence
-        return self.kind.supports_topk and isinstance(self.output, FactoredOutputLayer)
-
-    def _source_cache(self, incremental_state, enc):
-        cache = self.get_incremental_state(incremental_state, "source_cache")
-        if cache is None:
-            cache = SourceLogitsCache.build(self.output, enc)
-            self.set_incremental_state(incremental_state, "source_cache", cache)
-        return cache
+        return self.cached_output_layer(x, extra, incremental_state), extra
 
     def _initial_state(self, encoder_out, bsz, like):
         _, enc_hiddens, enc_cells, _ = encoder_out
@@ -196,54 +181,17 @@ class VarAttnLSTMDecoder(AlignmentHeadMixin, FairseqIncrementalDecoder):
             "prev_cells": cached["prev_cells"].index_select(1, new_order),
             "input_feed": cached["input_feed"].index_select(0, new_order),
         })
-        source = self.get_incremental_state(incremental_state, "source_cache")
-        if source is not None:
-            self.set_incremental_state(incremental_state, "source_cache",
-                                       SourceLogitsCache.reorder(source, new_order))
+        self.reorder_source_cache(incremental_state, new_order)
 
     def max_positions(self):
         return self.max_target_positions
 
 
-def dictionary_checksum(dictionary) -> torch.Tensor:
-    """CRC32 of the symbol list: equal sizes do not make equal dictionaries."""
-    return torch.tensor(zlib.crc32("\n".join(dictionary.symbols).encode("utf-8")), dtype=torch.long)
-
-
 @register_model("varattn_lstm")
-class VarAttnLSTMModel(FairseqEncoderDecoderModel):
+class VarAttnLSTMModel(LatentModelMixin, FairseqEncoderDecoderModel):
     def __init__(self, encoder, decoder, inference_network=None):
         super().__init__(encoder, decoder)
-        self.inference_network = inference_network
-        self.num_updates = 0
-        # Saved with the weights, so a checkpoint used with another data
-        # dir's dictionaries fails loudly instead of translating garbage.
-        self.register_buffer("source_dictionary_crc", dictionary_checksum(encoder.dictionary))
-        self.register_buffer("target_dictionary_crc", dictionary_checksum(decoder.dictionary))
-        # soft, categorical and dirichlet models have the same parameters, so
-        # only this tells a --restore-file of another attention kind apart
-        self.register_buffer("attention_kind_id", torch.tensor(KIND_IDS.index(decoder.attention_kind)))
-
-    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
-        if "attention_kind_id" not in state_dict:  # a checkpoint from before the marker
-            state_dict["attention_kind_id"] = self.attention_kind_id.clone()
-        saved_kind = KIND_IDS[int(state_dict["attention_kind_id"])]
-        if saved_kind != self.attention_kind:
-            raise ValueError(
-                f"this checkpoint holds a --attention {saved_kind} model, but the model being "
-                f"loaded has --attention {self.attention_kind}: train with the checkpoint's "
-                "attention kind, or start a new run without --restore-file")
-        for side in ("source", "target"):
-            key = f"{side}_dictionary_crc"
-            if key not in state_dict:  # a checkpoint from before the checksums: trust it
-                state_dict[key] = getattr(self, key).clone()
-            elif int(state_dict[key]) != int(getattr(self, key)):
-                dictionary = self.encoder.dictionary if side == "source" else self.decoder.dictionary
-                raise ValueError(
-                    f"this checkpoint was trained with a different {side} dictionary than the "
-                    f"one loaded now ({len(dictionary)} symbols): use the data directory (and "
-                    "dict.*.txt) the checkpoint was trained on")
-        return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
+        self.init_latent(inference_network)
 
     @staticmethod
     def add_args(parser):
@@ -326,34 +274,13 @@ class VarAttnLSTMModel(FairseqEncoderDecoderModel):
             )
         return cls(encoder, decoder, inference_network)
 
-    @property
-    def attention_kind(self):
-        return self.decoder.attention_kind
-
-    @property
-    def alignment_head(self):
-        """What latent criterions read: alignment_distribution, output, alignment_topk."""
-        return self.decoder
-
     def forward(self, src_tokens, src_lengths, prev_output_tokens, target=None,
                 features_only: bool = False, **kwargs):
-        """With ``target``, also returns q's scores in ``extra["q_scores"]``.
-
-        Criterions pass the target through ``forward`` (not a separate call)
-        so every parameter is used inside one forward, as DDP requires.
-        """
+        """With ``target``, also returns q's scores in ``extra["q_scores"]``."""
         encoder_out = self.encoder(src_tokens, src_lengths=src_lengths)
         x, extra = self.decoder(prev_output_tokens, encoder_out=encoder_out,
                                 features_only=features_only)
-        if target is not None and self.inference_network is not None:
-            extra["q_scores"] = self.inference_network(
-                target, extra["encoder_states"], extra["encoder_padding_mask"])
-        return x, extra
-
-    def set_num_updates(self, num_updates):
-        # KL annealing reads this; fairseq restores it on resume.
-        self.num_updates = num_updates
-        super().set_num_updates(num_updates)
+        return x, self.add_q_scores(extra, target)
 
 
 def check_args(args):

@@ -1,0 +1,102 @@
+"""What every encoder-decoder model with a latent alignment head shares
+(``varattn_lstm``, ``varattn_transformer``): checkpoint markers, the
+inference network in the same forward, the update count for KL annealing,
+and the source-logit cache of the factored output layer in beam search."""
+
+import zlib
+
+import torch
+
+from ..modules.attention_kinds import KIND_IDS
+from ..modules.factored_output import FactoredOutputLayer, SourceLogitsCache
+
+
+def dictionary_checksum(dictionary) -> torch.Tensor:
+    """CRC32 of the symbol list: equal sizes do not make equal dictionaries."""
+    return torch.tensor(zlib.crc32("\n".join(dictionary.symbols).encode("utf-8")), dtype=torch.long)
+
+
+class LatentModelMixin:
+    """Mixed into a ``FairseqEncoderDecoderModel`` whose decoder is the
+    alignment head; call ``init_latent(inference_network)`` in ``__init__``."""
+
+    def init_latent(self, inference_network):
+        self.inference_network = inference_network
+        self.num_updates = 0
+        # Saved with the weights, so a checkpoint used with another data
+        # dir's dictionaries fails loudly instead of translating garbage.
+        self.register_buffer("source_dictionary_crc", dictionary_checksum(self.encoder.dictionary))
+        self.register_buffer("target_dictionary_crc", dictionary_checksum(self.decoder.dictionary))
+        # soft, categorical and dirichlet models have the same parameters, so
+        # only this tells a --restore-file of another attention kind apart
+        self.register_buffer("attention_kind_id", torch.tensor(KIND_IDS.index(self.decoder.attention_kind)))
+
+    @property
+    def attention_kind(self):
+        return self.decoder.attention_kind
+
+    @property
+    def alignment_head(self):
+        """What latent criterions read: alignment_distribution, output, alignment_topk."""
+        return self.decoder
+
+    def check_checkpoint(self, state_dict):
+        """Clear errors for a checkpoint of another attention kind or dictionary."""
+        if "attention_kind_id" not in state_dict:  # a checkpoint from before the marker
+            state_dict["attention_kind_id"] = self.attention_kind_id.clone()
+        saved_kind = KIND_IDS[int(state_dict["attention_kind_id"])]
+        if saved_kind != self.attention_kind:
+            raise ValueError(
+                f"this checkpoint holds a --attention {saved_kind} model, but the model being "
+                f"loaded has --attention {self.attention_kind}: train with the checkpoint's "
+                "attention kind, or start a new run without --restore-file")
+        for side in ("source", "target"):
+            key = f"{side}_dictionary_crc"
+            if key not in state_dict:  # a checkpoint from before the checksums: trust it
+                state_dict[key] = getattr(self, key).clone()
+            elif int(state_dict[key]) != int(getattr(self, key)):
+                dictionary = self.encoder.dictionary if side == "source" else self.decoder.dictionary
+                raise ValueError(
+                    f"this checkpoint was trained with a different {side} dictionary than the "
+                    f"one loaded now ({len(dictionary)} symbols): use the data directory (and "
+                    "dict.*.txt) the checkpoint was trained on")
+
+    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
+        self.check_checkpoint(state_dict)
+        return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
+
+    def add_q_scores(self, extra, target):
+        """q's scores into ``extra``: criterions pass the target through the
+        model's ``forward`` (not a separate call) so every parameter is used
+        inside one forward, as DDP requires."""
+        if target is not None and self.inference_network is not None:
+            extra["q_scores"] = self.inference_network(
+                target, extra["encoder_states"], extra["encoder_padding_mask"])
+        return extra
+
+    def set_num_updates(self, num_updates):
+        # KL annealing reads this; fairseq restores it on resume.
+        self.num_updates = num_updates
+        super().set_num_updates(num_updates)
+
+
+class SourceCacheMixin:
+    """For incremental decoders with an alignment head: the factored layer's
+    b = g(x~) is the same at every step of a sentence, so beam search keeps it
+    per sentence (``SourceLogitsCache``) instead of recomputing it per step."""
+
+    def cached_output_layer(self, x, extra, incremental_state):
+        if incremental_state is not None and self.kind.supports_topk and isinstance(self.output,
+                                                                                   FactoredOutputLayer):
+            cache = self.get_incremental_state(incremental_state, "source_cache")
+            if cache is None:
+                cache = SourceLogitsCache.build(self.output, extra["encoder_states"])
+                self.set_incremental_state(incremental_state, "source_cache", cache)
+            extra["source_cache"] = cache
+        return self.output_layer(x, extra)
+
+    def reorder_source_cache(self, incremental_state, new_order):
+        source = self.get_incremental_state(incremental_state, "source_cache")
+        if source is not None:
+            self.set_incremental_state(incremental_state, "source_cache",
+                                       SourceLogitsCache.reorder(source, new_order))

@@ -1,0 +1,172 @@
+"""``varattn_transformer``: fairseq's Transformer with a latent alignment head.
+
+fairseq's own encoder and decoder (reused, not copied) compute the top
+decoder states h_j.  On them sits the same alignment head as in
+``varattn_lstm`` (docs/design.md, "The Transformer"):
+
+* the prior p(z_j = i | x, y_<j) = softmax_i(score(h_j, x~_i)) from a
+  dedicated MLP attention over the encoder outputs x~ (not one of the
+  cross-attention heads: those are trained to carry information to the next
+  layer, several of them at once, and would be pulled between that job and
+  being the alignment; a dedicated head is one extra attention, about 1% of
+  the model's time);
+* p(y_j | x, y_<j, z_j = i) from the output layer (``--output-layer``) at
+  context x~_i; soft attention is the output at E_p[x~].
+
+The decoder's own output projection is not built: the alignment head's
+output layer replaces it, and ``--share-decoder-input-output-embed`` ties
+that layer's vocabulary matrix to the decoder's input embeddings.  The
+inference network q(z | x, y) is the LSTM model's: a bidirectional LSTM over
+the target scoring the encoder outputs (cheap, training only, and the same
+module for both architectures).
+"""
+
+import torch
+from fairseq.models import register_model, register_model_architecture
+from fairseq.models.transformer import TransformerDecoder, TransformerModel
+from fairseq.models.transformer import base_architecture as transformer_base
+from fairseq.models.transformer import transformer_iwslt_de_en
+
+from ..modules.alignment_head import (
+    AlignmentHeadMixin,
+    add_alignment_args,
+    alignment_defaults,
+    check_alignment_args,
+)
+from ..modules.output_layer import build_output_layer
+from ..modules.scorer import AttentionScorer
+from .inference_network import InferenceNetwork
+from .latent_model import LatentModelMixin, SourceCacheMixin
+
+INFERENCE_NETWORKS = ("none", "birnn")
+
+
+class VarAttnTransformerDecoder(SourceCacheMixin, AlignmentHeadMixin, TransformerDecoder):
+    """fairseq's decoder; ``init_alignment_head`` adds the head (fairseq builds
+    decoders from its own config, which does not carry the alignment options)."""
+
+    def init_alignment_head(self, args):
+        self.attention_kind = args.attention
+        self.alignment_topk = args.alignment_topk
+        dim = self.output_embed_dim
+        self.scorer = AttentionScorer(dim, args.encoder_embed_dim, args.attention_dim, kind=args.attention_score)
+        self.output = build_output_layer(args.output_layer, dim, args.encoder_embed_dim, args.decoder_output_dim,
+                                         len(self.dictionary), dropout=args.dropout,
+                                         shared_dropout=args.alignment_dropout == "shared")
+        if args.share_decoder_input_output_embed:
+            if self.embed_tokens.embedding_dim != args.decoder_output_dim:
+                raise ValueError("--share-decoder-input-output-embed needs --decoder-output-dim equal to "
+                                 f"--decoder-embed-dim ({self.embed_tokens.embedding_dim})")
+            self.output.fc_out.weight = self.embed_tokens.weight
+
+    def build_output_projection(self, args, dictionary, embed_tokens):
+        self.output_projection = None  # the alignment head's output layer takes its place
+
+    def upgrade_state_dict_named(self, state_dict, name):
+        state_dict = super().upgrade_state_dict_named(state_dict, name)
+        # fairseq adds the projection it expects from tied embeddings; we have none
+        state_dict.pop(f"{name}.output_projection.weight", None)
+        return state_dict
+
+    def forward(self, prev_output_tokens, encoder_out=None, incremental_state=None, features_only=False,
+                **kwargs):
+        h, inner = self.extract_features(prev_output_tokens, encoder_out=encoder_out,
+                                         incremental_state=incremental_state)
+        enc = encoder_out["encoder_out"][0].transpose(0, 1)  # B x T x C
+        masks = encoder_out["encoder_padding_mask"]
+        enc_mask = masks[0] if len(masks) > 0 else torch.zeros(enc.shape[:2], dtype=torch.bool, device=enc.device)
+        scores = self.scorer(h, self.scorer.prepare(enc), enc_mask)  # B x N x T
+        weights = self.expected_weights(scores, enc_mask)
+        context = torch.bmm(weights, enc)
+        features = self.dropout_module(self.output.attentional(h, context))
+        extra = {
+            "attn": [weights],  # fairseq's --print-alignment reads attn[0]
+            "inner_states": inner["inner_states"],
+            "scores": scores,
+            "hidden": h,
+            "context": context,
+            "encoder_states": enc,
+            "encoder_padding_mask": enc_mask,
+        }
+        if features_only:
+            return features, extra
+        return self.cached_output_layer(features, extra, incremental_state), extra
+
+    def get_normalized_probs(self, net_output, log_probs, sample=None):
+        return self.normalized_output(net_output, log_probs)
+
+    def reorder_incremental_state(self, incremental_state, new_order):
+        # the layers' own caches are reordered by fairseq (each module is visited)
+        self.reorder_source_cache(incremental_state, new_order)
+
+
+@register_model("varattn_transformer")
+class VarAttnTransformerModel(LatentModelMixin, TransformerModel):
+    def __init__(self, args, encoder, decoder):
+        super().__init__(args, encoder, decoder)
+
+    @classmethod
+    def add_args(cls, parser):
+        TransformerModel.add_args(parser)
+        # fmt: off
+        parser.add_argument('--inference-embed-dim', type=int, metavar='N')
+        parser.add_argument('--inference-hidden-size', type=int, metavar='N')
+        add_alignment_args(parser, INFERENCE_NETWORKS)
+        # fmt: on
+
+    @classmethod
+    def build_model(cls, args, task):
+        base_architecture(args)
+        check_alignment_args(args)
+        model = super().build_model(args, task)  # fairseq's encoder and our decoder
+        model.decoder.init_alignment_head(args)
+        inference_network = None
+        if args.inference_network == "birnn":
+            inference_network = InferenceNetwork(
+                task.target_dictionary, embed_dim=args.inference_embed_dim,
+                hidden_size=args.inference_hidden_size, context_dim=args.encoder_embed_dim,
+                dropout=args.dropout, score=args.attention_score, attention_dim=args.attention_dim)
+        model.init_latent(inference_network)
+        return model
+
+    @classmethod
+    def build_decoder(cls, cfg, tgt_dict, embed_tokens):
+        return VarAttnTransformerDecoder(cfg, tgt_dict, embed_tokens)
+
+    def forward(self, src_tokens, src_lengths, prev_output_tokens, target=None, features_only=False, **kwargs):
+        """With ``target``, also returns q's scores in ``extra["q_scores"]``."""
+        encoder_out = self.encoder(src_tokens, src_lengths=src_lengths)
+        x, extra = self.decoder(prev_output_tokens, encoder_out=encoder_out, features_only=features_only)
+        return x, self.add_q_scores(extra, target)
+
+    def get_normalized_probs(self, net_output, log_probs, sample=None):
+        return self.decoder.get_normalized_probs(net_output, log_probs, sample)
+
+
+@register_model_architecture("varattn_transformer", "varattn_transformer")
+def base_architecture(args):
+    alignment_defaults(args)
+    transformer_base(args)
+    args.inference_embed_dim = getattr(args, "inference_embed_dim", args.decoder_embed_dim)
+    args.inference_hidden_size = getattr(args, "inference_hidden_size", args.encoder_embed_dim // 2)
+
+
+@register_model_architecture("varattn_transformer", "varattn_transformer_iwslt_de_en")
+def varattn_transformer_iwslt_de_en(args):
+    """fairseq's ``transformer_iwslt_de_en`` with the alignment head."""
+    transformer_iwslt_de_en(args)
+    base_architecture(args)
+
+
+@register_model_architecture("varattn_transformer", "varattn_transformer_tiny")
+def varattn_transformer_tiny(args):
+    """Small enough for tests and CPU runs."""
+    args.encoder_embed_dim = getattr(args, "encoder_embed_dim", 64)
+    args.encoder_ffn_embed_dim = getattr(args, "encoder_ffn_embed_dim", 128)
+    args.encoder_layers = getattr(args, "encoder_layers", 2)
+    args.encoder_attention_heads = getattr(args, "encoder_attention_heads", 2)
+    args.decoder_embed_dim = getattr(args, "decoder_embed_dim", 64)
+    args.decoder_ffn_embed_dim = getattr(args, "decoder_ffn_embed_dim", 128)
+    args.decoder_layers = getattr(args, "decoder_layers", 2)
+    args.decoder_attention_heads = getattr(args, "decoder_attention_heads", 2)
+    base_architecture(args)
