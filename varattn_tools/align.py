@@ -113,7 +113,25 @@ def load(path: str, data: str):
 
 def label_of(model) -> str:
     head = getattr(model, "alignment_head", None)
-    return head.kind.label if head is not None else "soft attention"
+    if head is not None:
+        return head.kind.label
+    return "cross-attention (last layer, mean of heads)" if hasattr(model.decoder, "layers") else "soft attention"
+
+
+def attention_of(model, net, target):
+    """The (B, N, T) attention a model aligns with, and its extra dict.
+
+    Our models: the alignment head's expected weights (the prior, or soft
+    attention).  fairseq's own Transformer: its last layer's cross-attention
+    averaged over heads, what ``--print-alignment`` reads with
+    ``--alignment-layer`` at the top layer."""
+    if getattr(model, "alignment_head", None) is not None:
+        _, extra = model(**net, target=target, features_only=True)
+    else:
+        _, extra = model(**net, features_only=True, alignment_layer=model.decoder.num_layers - 1)
+    attn = extra["attn"]
+    attn = attn[0] if isinstance(attn, list) else attn
+    return attn.float(), extra
 
 
 @torch.no_grad()
@@ -129,8 +147,8 @@ def alignments_of(model, task, subset: str, max_sentences: Optional[int]) -> Dic
         sample = dataset.collater([dataset[i] for i in wanted[start:start + 32]])
         target = sample["target"]
         net = sample["net_input"]
-        _, extra = model(**net, target=target if has_q else None, features_only=True)
-        panels = {label_of(model): extra["attn"].float()}
+        attn, extra = attention_of(model, net, target if has_q else None)
+        panels = {label_of(model): attn}
         if has_q:
             q = model.alignment_head.alignment_distribution(extra["q_scores"], extra["encoder_padding_mask"])
             panels["posterior q(z|x,y)"] = q.mean()

@@ -59,20 +59,49 @@ PRESET = [
     "--lr-patience", "0", "--max-epoch", "30", "--patience", str(PATIENCE),
     "--best-checkpoint-metric", "ppl", "--no-epoch-checkpoints",
 ]
+# a small Transformer for 2 CPU cores; "transformer" is fairseq's own, the
+# others varattn_transformer of the same size
+TRANSFORMER_PRESET = [
+    "--encoder-embed-dim", "256", "--decoder-embed-dim", "256", "--encoder-ffn-embed-dim", "512",
+    "--decoder-ffn-embed-dim", "512", "--encoder-layers", "3", "--decoder-layers", "3",
+    "--encoder-attention-heads", "4", "--decoder-attention-heads", "4", "--dropout", "0.3",
+    "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--lr", "0.0007", "--clip-norm", "1",
+    "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "1000", "--max-tokens", "3000",
+    "--max-epoch", "40", "--patience", str(PATIENCE), "--best-checkpoint-metric", "ppl", "--no-epoch-checkpoints",
+]
 # variant -> seeds, in the order they run (first seeds of everything first)
-PLAN = {
-    "soft": [1, 2, 3], "marginal": [1, 2, 3], "elbo-enum": [1, 2, 3], "elbo-reinforce": [1, 2, 3],
-    "hard-enum": [1], "hard-reinforce": [1], "elbo-gumbel": [1], "dirichlet": [1], "rws": [1],
+PLANS = {
+    "lstm": {
+        "soft": [1, 2, 3], "marginal": [1, 2, 3], "elbo-enum": [1, 2, 3], "elbo-reinforce": [1, 2, 3],
+        "hard-enum": [1], "hard-reinforce": [1], "elbo-gumbel": [1], "dirichlet": [1], "rws": [1],
+    },
+    "transformer": {
+        "transformer": [1], "transformer-soft": [1], "transformer-marginal": [1], "transformer-elbo-enum": [1],
+        "transformer-elbo-reinforce": [1],
+    },
 }
+PLAN = {name: seeds for plan in PLANS.values() for name, seeds in plan.items()}
 
 
-def ordered_plan():
-    width = max(len(s) for s in PLAN.values())
-    return [(name, seeds[k]) for k in range(width) for name, seeds in PLAN.items() if k < len(seeds)]
+def ordered_plan(family):
+    plan = PLANS[family]
+    width = max(len(s) for s in plan.values())
+    return [(name, seeds[k]) for k in range(width) for name, seeds in plan.items() if k < len(seeds)]
+
+
+def output_layer(name):
+    """Soft attention (and fairseq's models) keep the joint layer; latent variants use the factored one."""
+    return "joint" if name.endswith("soft") or name == "transformer" else "factored"
 
 
 def train_options(name):
-    return [*PRESET, *variant_options(name, factored=name != "soft")]
+    if name == "transformer":
+        return ["--arch", "transformer", *TRANSFORMER_PRESET, "--criterion", "cross_entropy"]
+    if name.startswith("transformer-"):
+        variant = name[len("transformer-"):]
+        return ["--arch", "varattn_transformer", *TRANSFORMER_PRESET,
+                *variant_options(variant, factored=output_layer(name) == "factored")]
+    return [*PRESET, *variant_options(name, factored=output_layer(name) == "factored")]
 
 
 def result_path(name, seed):
@@ -132,8 +161,9 @@ def alignment_scores(data, ckpt, work, env):
         rows = json.load(f)
     scores = {}
     for row in rows:
-        key = "posterior" if row["alignment"].startswith("posterior") else (
-            "soft" if row["alignment"] == "soft attention" else "prior")
+        label = row["alignment"]
+        key = "posterior" if label.startswith("posterior") else (
+            "soft" if label == "soft attention" or label.startswith("cross-attention") else "prior")
         scores[f"aer_{key}"] = row.get("aer")
         scores[f"test_entropy_{key}_nats"] = row["entropy_nats"]
     return scores
@@ -155,7 +185,7 @@ def run_one(name, seed, opts, env):
     if "done training in" not in text:
         print(f"== {name} seed {seed}: training in {work} (resumes from checkpoint_last.pt)", flush=True)
         text = run(cmd, log, env, append=True)
-    row = {"variant": name, "seed": seed, "output_layer": "joint" if name == "soft" else "factored",
+    row = {"variant": name, "seed": seed, "output_layer": output_layer(name),
            "train_cmd": " ".join(["fairseq-train", *cmd[3:]]), **parse_training(text)}
     ckpt = os.path.join(work, "checkpoint_best.pt")
     test = run([sys.executable, "-m", "fairseq_cli.validate", *common, "--task", "translation", "--path", ckpt,
@@ -208,14 +238,15 @@ def cell(values, fmt):
     return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), fmt)}"
 
 
-def table():
+def table(family="lstm"):
     rows = [json.load(open(os.path.join(RESULTS, f))) for f in sorted(os.listdir(RESULTS))
             if f.endswith(".json")] if os.path.isdir(RESULTS) else []
+    rows = [r for r in rows if r["variant"] in PLANS[family]]
     if not rows:
         return "No finished runs yet.\n"
     lines = ["| variant | output layer | seeds | " + " | ".join(c[0] for c in COLUMNS) + " |",
              "|---|---|---|" + "---|" * len(COLUMNS)]
-    for name in PLAN:
+    for name in PLANS[family]:
         runs = [r for r in rows if r["variant"] == name]
         if not runs:
             continue
@@ -235,15 +266,17 @@ def table():
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["run", "table"])
-    parser.add_argument("--only", default="", help="NAME:SEED,... (default: the whole PLAN)")
+    parser.add_argument("--family", choices=list(PLANS), default="lstm",
+                        help="varattn_lstm variants, or fairseq's transformer against varattn_transformer")
+    parser.add_argument("--only", default="", help="NAME:SEED,... (default: the family's whole plan)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one CPU thread each)")
     parser.add_argument("--work", default=os.path.join("runs", "converge"), help="checkpoints and logs")
     parser.add_argument("--data-root", default=os.path.join("runs", "multi30k"))
     opts = parser.parse_args(argv)
     if opts.command == "table":
-        print(table(), end="")
+        print(table(opts.family), end="")
         return
-    plan = ordered_plan()
+    plan = ordered_plan(opts.family)
     if opts.only:
         try:
             wanted = [(n, int(s)) for n, s in (item.split(":") for item in opts.only.split(","))]
@@ -263,7 +296,7 @@ def main(argv=None):
                 future.result()
             except Exception as err:  # one failed run must not stop the others
                 print(f"== {name} seed {seed} FAILED: {err}", flush=True)
-    print(table(), end="")
+    print(table(opts.family), end="")
 
 
 if __name__ == "__main__":
