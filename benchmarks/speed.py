@@ -49,9 +49,12 @@ ROWS["factored-marginal-top5"] = ("marginal", True, {"alignment_topk": 5}, "lstm
 # the factored family next to joint soft and joint marginal (docs/design.md, "Output layers")
 DEFAULT_ROWS = ["soft", "marginal", "factored-soft", "factored-marginal", "factored-hard-enum",
                 "factored-elbo-enum", "factored-elbo-reinforce", "factored-marginal-top5"]
+for _name in ("marginal", "elbo-enum"):  # the factored layer's low-rank source side
+    ROWS[f"transformer-factored-{_name}-r64"] = (_name, True, {"factored_source_rank": 64}, "transformer")
 # varattn_transformer against fairseq's transformer of the same size
 TRANSFORMER_ROWS = ["transformer", "transformer-soft", "transformer-factored-marginal",
-                    "transformer-factored-elbo-enum"]
+                    "transformer-factored-elbo-enum", "transformer-factored-marginal-r64",
+                    "transformer-factored-elbo-enum-r64"]
 
 
 class Task:
@@ -83,7 +86,7 @@ def build(name, d, opts):
             transformer_base(args)
             model = TransformerModel.build_model(args, task)
         else:
-            overrides = {**variants.model_overrides(variant, factored=factored), **extra}
+            overrides = {**variants.model_overrides(variant, "transformer", factored=factored), **extra}
             args = argparse.Namespace(**sizes, **overrides)
             varattn_transformer_base(args)
             model = VarAttnTransformerModel.build_model(args, task)

@@ -99,11 +99,14 @@ def test_products_run_in_float32_under_bf16_autocast():
 
 
 # -- the layer -----------------------------------------------------------------------------
-def make_layer(seed=0, sharpen=3.0):
+def make_layer(seed=0, sharpen=3.0, source_rank=0):
     torch.manual_seed(seed)
-    layer = FactoredOutputLayer(hidden_dim=5, context_dim=7, embed_dim=8, vocab_size=V).eval()
+    layer = FactoredOutputLayer(hidden_dim=5, context_dim=7, embed_dim=8, vocab_size=V,
+                                source_rank=source_rank).eval()
     with torch.no_grad():  # logits far from uniform, so alignments change the output
         layer.fc_out.weight.mul_(sharpen * 10)
+        if source_rank:
+            layer.source_out.weight.mul_(sharpen * 10)
     h, enc = torch.randn(B, N, 5), torch.randn(B, T, 7)
     return layer, h, enc
 
@@ -120,8 +123,9 @@ def sharp_prior(seed=3):
     return CategoricalAlignment(scores)
 
 
-def test_alignment_logprobs_equal_explicit_softmaxes():
-    layer, h, enc = make_layer()
+@pytest.mark.parametrize("source_rank", [0, 3])
+def test_alignment_logprobs_equal_explicit_softmaxes(source_rank):
+    layer, h, enc = make_layer(source_rank=source_rank)
     target = torch.randint(0, V, (B, N))
     ref = explicit_joint_logprobs(layer, h, enc).gather(
         -1, target.view(B, N, 1, 1).expand(B, N, T, 1)).squeeze(-1)
@@ -133,8 +137,9 @@ def test_alignment_logprobs_equal_explicit_softmaxes():
                                ref.gather(-1, positions), rtol=0, atol=1e-4)
 
 
-def test_mixture_logprobs_equal_explicit_mixture_and_topk():
-    layer, h, enc = make_layer()
+@pytest.mark.parametrize("source_rank", [0, 3])
+def test_mixture_logprobs_equal_explicit_mixture_and_topk(source_rank):
+    layer, h, enc = make_layer(source_rank=source_rank)
     prior = sharp_prior()
     joint = explicit_joint_logprobs(layer, h, enc)
     ref = torch.logsumexp(joint + prior.log_probs.double().unsqueeze(-1), dim=2)
@@ -151,8 +156,9 @@ def test_mixture_logprobs_equal_explicit_mixture_and_topk():
     assert (top - ref).abs().max() > 1e-3, "top-2 must differ from the exact mixture here"
 
 
-def test_soft_output_is_the_output_at_the_expected_context():
-    layer, h, enc = make_layer()
+@pytest.mark.parametrize("source_rank", [0, 3])
+def test_soft_output_is_the_output_at_the_expected_context(source_rank):
+    layer, h, enc = make_layer(source_rank=source_rank)
     prior = sharp_prior()
     context = prior.expectation(enc)
     a = layer.decoder_logits(h)
@@ -188,12 +194,12 @@ def test_source_cache_groups_beam_copies_and_drops_finished_sentences():
     rows = enc.repeat_interleave(beams, dim=0)
     rows = rows + torch.randn_like(rows) * 1e-9  # copies a few ulps apart, as the encoder makes them
     cache = SourceLogitsCache.build(layer, rows)
-    assert cache["logits"].shape[0] == B and cache["sentence"].tolist() == [0, 0, 0, 1, 1, 1]
-    logits_b, k = SourceLogitsCache.grouped(cache)
-    assert k == beams and logits_b.data_ptr() == cache["logits"].data_ptr(), "no copy in fairseq's layout"
+    assert cache["source"].b.shape[0] == B and cache["sentence"].tolist() == [0, 0, 0, 1, 1, 1]
+    source, k = SourceLogitsCache.grouped(cache)
+    assert k == beams and source.b.data_ptr() == cache["source"].b.data_ptr(), "no copy in fairseq's layout"
     cache = SourceLogitsCache.reorder(cache, torch.tensor([4, 3, 5]))  # sentence 0 finished
-    assert cache["logits"].shape[0] == 1 and cache["sentence"].tolist() == [0, 0, 0]
-    torch.testing.assert_close(cache["logits"][0], layer.source_logits(enc[1:2])[0])
+    assert cache["source"].b.shape[0] == 1 and cache["sentence"].tolist() == [0, 0, 0]
+    torch.testing.assert_close(cache["source"].b[0], layer.source_logits(enc[1:2])[0])
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -9,6 +9,7 @@ generation time calls it.
 import torch
 import torch.nn as nn
 from fairseq.models.lstm import LSTM, Embedding
+from fairseq.modules import PositionalEmbedding
 
 from ..modules.scorer import AttentionScorer
 
@@ -37,4 +38,31 @@ class InferenceNetwork(nn.Module):
     def forward(self, target, encoder_states, encoder_padding_mask):
         """-> unnormalised scores (B, N, T), -inf at source padding."""
         g = self.encode_target(target)
+        return self.scorer(g, self.scorer.prepare(encoder_states), encoder_padding_mask)
+
+
+class TransformerInferenceNetwork(nn.Module):
+    """q(z | x, y) from one bidirectional self-attention layer over the whole
+    target (``--inference-network transformer``).
+
+    For ``varattn_transformer``: the BiLSTM runs its 2N steps one after the
+    other, which on a CPU made ELBO training 10% slower than the exact
+    marginal; a self-attention layer over the target is one parallel pass."""
+
+    def __init__(self, dictionary, embed_dim, context_dim, heads=4, ffn_dim=None, dropout=0.0,
+                 score="dot", attention_dim=None, max_positions=1024):
+        super().__init__()
+        self.padding_idx = dictionary.pad()
+        self.embed_tokens = Embedding(len(dictionary), embed_dim, self.padding_idx)
+        self.embed_scale = embed_dim ** 0.5
+        self.embed_positions = PositionalEmbedding(max_positions, embed_dim, self.padding_idx, learned=False)
+        self.layer = nn.TransformerEncoderLayer(embed_dim, heads, ffn_dim or 2 * embed_dim, dropout,
+                                                batch_first=True)
+        self.dropout = nn.Dropout(dropout)
+        self.scorer = AttentionScorer(embed_dim, context_dim, attention_dim, kind=score)
+
+    def forward(self, target, encoder_states, encoder_padding_mask):
+        """-> unnormalised scores (B, N, T), -inf at source padding."""
+        x = self.embed_scale * self.embed_tokens(target) + self.embed_positions(target)
+        g = self.layer(self.dropout(x), src_key_padding_mask=target.eq(self.padding_idx))
         return self.scorer(g, self.scorer.prepare(encoder_states), encoder_padding_mask)

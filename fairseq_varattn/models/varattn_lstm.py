@@ -49,12 +49,14 @@ from .latent_model import LatentModelMixin, SourceCacheMixin
 DEFAULT_MAX_POSITIONS = 1024
 INFERENCE_NETWORKS = ("none", "birnn")
 INPUT_FEEDS = ("attentional", "context")
+
+
 class VarAttnLSTMDecoder(SourceCacheMixin, AlignmentHeadMixin, FairseqIncrementalDecoder):
     def __init__(self, dictionary, embed_dim, hidden_size, out_embed_dim, num_layers,
                  dropout_in, dropout_out, encoder_output_units, encoder_layers,
                  attention="soft", attention_score="general", attention_dim=None,
                  alignment_topk=0, alignment_chunk_size=0, input_feed="attentional",
-                 output_layer="joint", alignment_dropout="shared",
+                 output_layer="joint", alignment_dropout="shared", factored_source_rank=0,
                  max_target_positions=DEFAULT_MAX_POSITIONS):
         super().__init__(dictionary)
         self.input_feed = input_feed
@@ -84,7 +86,8 @@ class VarAttnLSTMDecoder(SourceCacheMixin, AlignmentHeadMixin, FairseqIncrementa
         self.output = build_output_layer(output_layer, hidden_size, encoder_output_units,
                                          out_embed_dim, len(dictionary), dropout=dropout_out,
                                          chunk_size=alignment_chunk_size,
-                                         shared_dropout=alignment_dropout == "shared")
+                                         shared_dropout=alignment_dropout == "shared",
+                                         source_rank=factored_source_rank)
 
     # -- recurrence -------------------------------------------------------
     def forward(self, prev_output_tokens, encoder_out=None,
@@ -258,6 +261,7 @@ class VarAttnLSTMModel(LatentModelMixin, FairseqEncoderDecoderModel):
             input_feed=args.input_feed,
             output_layer=args.output_layer,
             alignment_dropout=args.alignment_dropout,
+            factored_source_rank=args.factored_source_rank,
             max_target_positions=max_target,
         )
         inference_network = None

@@ -43,6 +43,9 @@ def add_alignment_args(parser, inference_networks, output_layers=OUTPUT_LAYERS):
                             help='joint: softmax(W_o tanh(W_c [h_j; x~_i])), one vocabulary softmax per '
                                  'alignment (the paper); factored: logits a(h_j) + b(x~_i), exact '
                                  'enumeration at about soft attention\'s cost')
+        parser.add_argument('--factored-source-rank', type=int, metavar='R',
+                            help='factored layer: b_i through a rank-R vocabulary matrix of its own '
+                                 '(0, the default: through the decoder side\'s W_o)')
     # fmt: on
 
 
@@ -59,6 +62,7 @@ def alignment_defaults(args) -> None:
     args.alignment_topk = getattr(args, "alignment_topk", 0)
     args.alignment_dropout = getattr(args, "alignment_dropout", "shared")
     args.output_layer = getattr(args, "output_layer", "joint")
+    args.factored_source_rank = getattr(args, "factored_source_rank", 0)
 
 
 def check_alignment_args(args) -> None:
@@ -73,6 +77,9 @@ def check_alignment_args(args) -> None:
         raise ValueError("--inference-network needs a latent attention (--attention "
                          f"{' or '.join(n for n, k in attention_kinds.KINDS.items() if k.latent)}); "
                          f"--attention {args.attention} has no z to infer")
+    if args.factored_source_rank < 0 or (args.factored_source_rank > 0 and args.output_layer != "factored"):
+        raise ValueError("--factored-source-rank takes a rank >= 1 for --output-layer factored "
+                         f"(got {args.factored_source_rank} with --output-layer {args.output_layer})")
     if args.alignment_dropout == "independent" and args.output_layer == "factored":
         raise ValueError("--alignment-dropout independent applies to the joint output layer; the "
                          "factored layer has no per-alignment features to drop (use shared)")

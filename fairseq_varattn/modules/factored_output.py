@@ -28,9 +28,11 @@ the two layers are compared at equal size, and it makes every *context*
 path linear in the two halves: p(y_j | context c) = softmax(W_o (d(u_j) +
 d(tanh(W_c c))) + bias) is a single projection, so soft attention, the
 REINFORCE baseline, Gumbel-softmax and Dirichlet samples cost what they cost
-with the joint layer.  A low-rank b (rank r < D) would cut b's cost by D/r
-but b is at most half of the layer's projections and exact enumeration
-already meets its speed target without it (benchmarks/README.md).
+with the joint layer.  The
+low-rank alternative is an option, ``--factored-source-rank r``: b_i =
+E d(tanh(S x~_i)) with its own E (V x r), which cuts b's cost by D/r and
+makes context paths two projections; it pays off where the output layer
+dominates a step (a small Transformer: benchmarks/README.md).
 
 Soft attention in this family is softmax(a_j + g(E_p[x~])) with
 g(c) = W_o d(tanh(W_c c)): the output at the expected context, which is how
@@ -49,6 +51,7 @@ result is exact and finite for any logits; the products themselves always run
 in float32, also under autocast.
 """
 
+from functools import cached_property
 from typing import Optional
 
 import torch
@@ -76,43 +79,73 @@ def _float32(fn):
     return wrapper
 
 
+class SourceFactors:
+    """b and what the products need of it, computed once per sentence (and
+    cached across beam-search steps): exp(b - its row maxima) for the
+    normalisers, exp(b - its column maxima over the sentence's real
+    positions) for the mixture.  ``valid`` (B, T) is False at padding."""
+
+    def __init__(self, b: torch.Tensor, valid: Optional[torch.Tensor] = None):
+        self.b = b.float()
+        self.valid = torch.ones(b.shape[:2], dtype=torch.bool, device=b.device) if valid is None else valid
+        self.row_max = self.b.detach().amax(-1, keepdim=True)  # B, T, 1
+
+    @cached_property
+    def row_exp(self):
+        return (self.b - self.row_max).exp()
+
+    @cached_property
+    def col_max(self):  # B, 1, V
+        col = self.b.detach().masked_fill(~self.valid.unsqueeze(-1), float("-inf")).amax(1, keepdim=True)
+        return col.masked_fill(~torch.isfinite(col), 0.0)
+
+    @cached_property
+    def col_exp(self):
+        return (self.b - self.col_max).exp().masked_fill(~self.valid.unsqueeze(-1), 0.0)
+
+    def index_select(self, index: torch.Tensor) -> "SourceFactors":
+        out = SourceFactors.__new__(SourceFactors)
+        for name in ("b", "valid", "row_max"):
+            setattr(out, name, getattr(self, name).index_select(0, index))
+        for name in ("row_exp", "col_max", "col_exp"):
+            if name in self.__dict__:  # computed already: select, do not recompute
+                out.__dict__[name] = self.__dict__[name].index_select(0, index)
+        return out
+
+
 @_float32
-def log_normalisers(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """L_ji = logsumexp_v(a_jv + b_iv) for a (B, N, V), b (B, T, V): (B, N, T)."""
+def log_normalisers(a: torch.Tensor, b) -> torch.Tensor:
+    """L_ji = logsumexp_v(a_jv + b_iv) for a (B, N, V), b (B, T, V) or its
+    ``SourceFactors``: (B, N, T)."""
+    source = b if isinstance(b, SourceFactors) else SourceFactors(b)
     m_a = a.detach().amax(-1, keepdim=True)
-    m_b = b.detach().amax(-1, keepdim=True)
-    prod = torch.bmm((a - m_a).exp(), (b - m_b).exp().transpose(1, 2))
+    prod = torch.bmm((a - m_a).exp(), source.row_exp.transpose(1, 2))
     bad = ~(prod > UNDERFLOW)  # also catches NaN from inf - inf rows
     safe = torch.where(bad, torch.ones_like(prod), prod)
-    out = m_a + m_b.transpose(1, 2) + safe.log()
+    out = m_a + source.row_max.transpose(1, 2) + safe.log()
     if bad.any():
         bi, ji, ii = bad.nonzero(as_tuple=True)
-        exact = torch.logsumexp(a[bi, ji] + b[bi, ii], dim=-1)
+        exact = torch.logsumexp(a[bi, ji] + source.b[bi, ii], dim=-1)
         out = out.index_put((bi, ji, ii), exact)
     return out
 
 
 @_float32
-def log_mixture(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """log sum_i exp(a_jv + b_iv + c_ji) for a (B, N, V), b (B, T, V), c (B, N, T).
-
-    c is -inf where position i has no weight (padding, outside a top-k set).
-    """
-    valid = torch.isfinite(c)  # B, N, T
+def log_mixture(a: torch.Tensor, b, c: torch.Tensor) -> torch.Tensor:
+    """log sum_i exp(a_jv + b_iv + c_ji) for a (B, N, V), b (B, T, V) or its
+    ``SourceFactors``, c (B, N, T), -inf where position i has no weight
+    (padding, outside a top-k set)."""
+    source = b if isinstance(b, SourceFactors) else SourceFactors(b, torch.isfinite(c).any(1))
+    valid = torch.isfinite(c)
     m_c = c.detach().masked_fill(~valid, float("-inf")).amax(-1, keepdim=True)  # B, N, 1
     m_c = m_c.masked_fill(~torch.isfinite(m_c), 0.0)
-    used = valid.any(1).unsqueeze(-1)  # B, T, 1: positions some row puts weight on
-    m_b = b.detach().masked_fill(~used, float("-inf")).amax(1, keepdim=True)  # B, 1, V
-    m_b = m_b.masked_fill(~torch.isfinite(m_b), 0.0)
-    weights = (c - m_c).exp()
-    columns = (b - m_b).masked_fill(~used, 0.0).exp().masked_fill(~used, 0.0)
-    prod = torch.bmm(weights, columns)  # B, N, V
-    bad_rows = ~(prod > UNDERFLOW).all(-1)  # B, N
-    safe = torch.where(prod > UNDERFLOW, prod, torch.ones_like(prod))
-    out = a + m_c + m_b + safe.log()
+    prod = torch.bmm((c - m_c).exp(), source.col_exp)  # B, N, V
+    good = prod > UNDERFLOW
+    bad_rows = ~good.all(-1)  # B, N
+    out = a + m_c + source.col_max + torch.where(good, prod, torch.ones_like(prod)).log()
     if bad_rows.any():
         bi, ji = bad_rows.nonzero(as_tuple=True)
-        exact = a[bi, ji] + torch.logsumexp(c[bi, ji].unsqueeze(-1) + b[bi], dim=1)
+        exact = a[bi, ji] + torch.logsumexp(c[bi, ji].unsqueeze(-1) + source.b[bi], dim=1)
         out = out.index_put((bi, ji), exact)
     return out
 
@@ -123,12 +156,18 @@ class FactoredOutputLayer(nn.Module):
     #: every log p(y | z = i) costs about what a few do: gather samples from them
     enumeration_is_cheap = True
 
-    def __init__(self, hidden_dim, context_dim, embed_dim, vocab_size, dropout=0.0):
+    def __init__(self, hidden_dim, context_dim, embed_dim, vocab_size, dropout=0.0, source_rank=0):
         super().__init__()
         self.hidden_proj = Linear(hidden_dim, embed_dim, bias=False)
         self.context_proj = Linear(context_dim, embed_dim, bias=False)
         self.fc_out = Linear(embed_dim, vocab_size)
         self.dropout = nn.Dropout(dropout)
+        # --factored-source-rank r: b_i = E d(tanh(S x~_i)) with E (V x r), S (r x C)
+        # of its own, T r V instead of T D V per sentence (see the module docstring)
+        self.source_rank = source_rank
+        if source_rank > 0:
+            self.source_proj = Linear(context_dim, source_rank, bias=False)
+            self.source_out = Linear(source_rank, vocab_size, bias=False)
 
     # -- pieces -----------------------------------------------------------
     def attentional(self, h: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
@@ -146,9 +185,8 @@ class FactoredOutputLayer(nn.Module):
         p = self.dropout.p
         if not self.training or p == 0:
             return None, None
-        dim = self.fc_out.in_features
-        decoder = h.new_empty(*h.shape[:-1], dim).bernoulli_(1 - p) / (1 - p)
-        source = h.new_empty(h.size(0), 1, dim).bernoulli_(1 - p) / (1 - p)
+        decoder = h.new_empty(*h.shape[:-1], self.fc_out.in_features).bernoulli_(1 - p) / (1 - p)
+        source = h.new_empty(h.size(0), 1, self.source_rank or self.fc_out.in_features).bernoulli_(1 - p) / (1 - p)
         return decoder, source
 
     @staticmethod
@@ -159,9 +197,15 @@ class FactoredOutputLayer(nn.Module):
         """a_j = W_o d(tanh(W_h h_j)) + bias."""
         return self.fc_out(self._masked(torch.tanh(self.hidden_proj(h)), mask))
 
+    def _source_features(self, x):
+        return torch.tanh(self.source_proj(x) if self.source_rank else self.context_proj(x))
+
+    def _source_project(self, w):
+        return self.source_out(w) if self.source_rank else F.linear(w, self.fc_out.weight)
+
     def source_logits(self, enc, mask=None):
-        """b_i = W_o d(tanh(W_c x~_i)), once per source position."""
-        return F.linear(self._masked(torch.tanh(self.context_proj(enc)), mask), self.fc_out.weight)
+        """b_i = W_o d(tanh(W_c x~_i)) (or its low-rank form), once per source position."""
+        return self._source_project(self._masked(self._source_features(enc), mask))
 
     @staticmethod
     def _select(log_probs, target):
@@ -176,11 +220,14 @@ class FactoredOutputLayer(nn.Module):
         """softmax(a_j + g(ctx)) logits; ctx (B, N, C) or (B, N, K, C)."""
         decoder_mask, source_mask = self.dropout_masks(h) if masks is None else masks
         u = self._masked(torch.tanh(self.hidden_proj(h)), decoder_mask)
-        w = torch.tanh(self.context_proj(ctx))
+        w = self._source_features(ctx)
         if ctx.dim() == 4:
             u = u.unsqueeze(2)
             source_mask = None if source_mask is None else source_mask.unsqueeze(2)
-        return self.fc_out(u + self._masked(w, source_mask)).float()
+        w = self._masked(w, source_mask)
+        if self.source_rank:  # two projections: a_j and g(ctx) have their own matrices
+            return (self.fc_out(u) + self.source_out(w)).float()
+        return self.fc_out(u + w).float()
 
     def context_logprobs(self, h, ctx, target=None, masks=None):
         return self._select(F.log_softmax(self.context_logits(h, ctx, masks), dim=-1), target)
@@ -195,7 +242,7 @@ class FactoredOutputLayer(nn.Module):
         decoder_mask, source_mask = self.dropout_masks(h) if masks is None else masks
         a = self.decoder_logits(h, decoder_mask).float()  # B, N, V
         b = self.source_logits(enc, source_mask).float()  # B, T, V
-        norm = log_normalisers(a, b)  # B, N, T
+        norm = log_normalisers(a, SourceFactors(b))  # B, N, T
         gold_a = a.gather(-1, target.unsqueeze(-1))  # B, N, 1
         gold_b = b.gather(-1, target.unsqueeze(1).expand(-1, b.size(1), -1)).transpose(1, 2)  # B, N, T
         logp = gold_a + gold_b - norm
@@ -209,18 +256,18 @@ class FactoredOutputLayer(nn.Module):
         decoder_mask, source_mask = self.dropout_masks(h)
         a = self.decoder_logits(h, decoder_mask).float()
         log_w = prior.log_probs.float()
+        if cache is None:
+            source, k = SourceFactors(self.source_logits(enc, source_mask), torch.isfinite(log_w).any(1)), 1
+        else:
+            source, k = SourceLogitsCache.grouped(cache)
         if 0 < topk < prior.support_size:
             idx, top_w = prior.topk(topk)
             log_w = torch.full_like(log_w, float("-inf")).scatter(-1, idx, top_w)
-        if cache is None:
-            b, k = self.source_logits(enc, source_mask).float(), 1
-        else:
-            b, k = SourceLogitsCache.grouped(cache)
         rows, n = a.shape[:2]
         # the k hypotheses of a sentence become k * N rows against its one b
         a = a.reshape(rows // k, k * n, -1)
         log_w = log_w.reshape(rows // k, k * n, -1)
-        out = log_mixture(a, b, log_w - log_normalisers(a, b))
+        out = log_mixture(a, source, log_w - log_normalisers(a, source))
         return out.reshape(rows, n, -1)
 
 
@@ -238,8 +285,9 @@ class SourceLogitsCache:
     """
 
     @staticmethod
-    def build(layer, enc):
-        """A cache for the rows of ``enc`` (R, T, C): {"logits": (U, T, V), "sentence": (R,)}.
+    def build(layer, enc, mask=None):
+        """A cache for the rows of ``enc`` (R, T, C), ``mask`` (R, T) True at padding:
+        {"source": SourceFactors of U sentences, "sentence": (R,)}.
 
         Consecutive rows with the same annotations (beam copies) share one
         sentence.  "The same" allows a relative 1e-5: identical sentences in
@@ -251,27 +299,28 @@ class SourceLogitsCache:
         new = torch.ones(rows, dtype=torch.bool, device=enc.device)
         new[1:] = (flat[1:] - flat[:-1]).abs().amax(-1) > tolerance
         sentence = new.long().cumsum(0) - 1
-        return {"logits": layer.source_logits(enc[new]).float(), "sentence": sentence}
+        valid = None if mask is None else ~mask[new]
+        return {"source": SourceFactors(layer.source_logits(enc[new]), valid), "sentence": sentence}
 
     @staticmethod
     def reorder(cache, new_order):
         sentence = cache["sentence"].index_select(0, new_order)
         kept = torch.unique(sentence)
-        logits = cache["logits"]
-        if kept.numel() < logits.size(0):
-            logits = logits.index_select(0, kept)
+        source = cache["source"]
+        if kept.numel() < source.b.size(0):
+            source = source.index_select(kept)
             sentence = torch.searchsorted(kept, sentence)
-        return {"logits": logits, "sentence": sentence}
+        return {"source": source, "sentence": sentence}
 
     @staticmethod
     def grouped(cache):
-        """(b (U, T, V), hypotheses per sentence k) so that row r belongs to
-        sentence r // k, copying b only if the rows are not laid out so."""
-        logits, sentence = cache["logits"], cache["sentence"]
-        sentences, rows = logits.size(0), sentence.numel()
+        """(SourceFactors of U sentences, hypotheses per sentence k) so that row
+        r belongs to sentence r // k, copying only if the rows are not laid out so."""
+        source, sentence = cache["source"], cache["sentence"]
+        sentences, rows = source.b.size(0), sentence.numel()
         if rows % sentences == 0:
             k = rows // sentences
             layout = torch.arange(sentences, device=sentence.device).repeat_interleave(k)
             if torch.equal(sentence, layout):
-                return logits, k
-        return logits.index_select(0, sentence), 1
+                return source, k
+        return source.index_select(sentence), 1

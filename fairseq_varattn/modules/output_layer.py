@@ -175,11 +175,12 @@ class AlignmentOutputLayer(nn.Module):
 
 
 def build_output_layer(kind, hidden_dim, context_dim, embed_dim, vocab_size, dropout=0.0, chunk_size=0,
-                       shared_dropout=True):
-    """``--output-layer joint|factored``: both have the same parameters."""
+                       shared_dropout=True, source_rank=0):
+    """``--output-layer joint|factored``: both have the same parameters (but for
+    the factored layer's optional low-rank source side)."""
     if kind == "joint":
         return AlignmentOutputLayer(hidden_dim, context_dim, embed_dim, vocab_size, dropout, chunk_size,
                                     shared_dropout)
     if kind == "factored":
-        return FactoredOutputLayer(hidden_dim, context_dim, embed_dim, vocab_size, dropout)
+        return FactoredOutputLayer(hidden_dim, context_dim, embed_dim, vocab_size, dropout, source_rank)
     raise ValueError(f"unknown output layer {kind!r}; choose joint or factored")

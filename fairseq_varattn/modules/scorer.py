@@ -7,12 +7,15 @@ from fairseq.models.lstm import Linear
 
 class AttentionScorer(nn.Module):
     """``general`` (Luong): q^T W k.  ``mlp`` (Bahdanau): v^T tanh(W_q q + W_k k).
+    ``dot`` (Vaswani, one head): (W_q q)^T (W_k k) / sqrt(d), the Transformer's
+    choice: a batched product instead of a (N, T, d) tanh, so the alignment
+    head costs about one more cross-attention head.
 
     ``prepare`` does the per-sentence key projection once, so the decoder's
     per-step cost is the same as fairseq's own LSTM attention.
     """
 
-    KINDS = ("general", "mlp")
+    KINDS = ("general", "mlp", "dot")
 
     def __init__(self, query_dim, key_dim, attn_dim=None, kind="general"):
         super().__init__()
@@ -21,6 +24,11 @@ class AttentionScorer(nn.Module):
         self.kind = kind
         if kind == "general":
             self.query_proj = Linear(query_dim, key_dim, bias=False)
+        elif kind == "dot":
+            attn_dim = attn_dim or key_dim
+            self.query_proj = Linear(query_dim, attn_dim, bias=False)
+            self.key_proj = Linear(key_dim, attn_dim, bias=False)
+            self.scale = attn_dim ** -0.5
         else:
             attn_dim = attn_dim or key_dim
             self.query_proj = Linear(query_dim, attn_dim, bias=True)
@@ -38,6 +46,8 @@ class AttentionScorer(nn.Module):
             query = query.unsqueeze(1)
         if self.kind == "general":
             scores = torch.bmm(self.query_proj(query), prepared.transpose(1, 2))
+        elif self.kind == "dot":
+            scores = torch.bmm(self.query_proj(query), prepared.transpose(1, 2)) * self.scale
         else:
             hidden = torch.tanh(self.query_proj(query).unsqueeze(2) + prepared.unsqueeze(1))
             scores = self.v(hidden).squeeze(-1)
