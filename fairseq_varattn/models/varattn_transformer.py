@@ -25,9 +25,8 @@ the BiLSTM takes 2N sequential steps; the faster choice on CPUs).
 
 import torch
 from fairseq.models import register_model, register_model_architecture
-from fairseq.models.transformer import TransformerDecoder, TransformerModel
+from fairseq.models.transformer import TransformerDecoder, TransformerModel, transformer_iwslt_de_en
 from fairseq.models.transformer import base_architecture as transformer_base
-from fairseq.models.transformer import transformer_iwslt_de_en
 
 from ..modules.alignment_head import (
     AlignmentHeadMixin,
