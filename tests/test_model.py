@@ -270,6 +270,20 @@ def test_state_dict_of_another_attention_kind_is_a_clear_error():
     latent.load_state_dict(build_model("categorical", seed=5)[0].state_dict())  # same kind: fine
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_state_dict_of_another_output_layer_is_a_clear_error(arch):
+    """Joint and factored layers have the same parameter names: loading one
+    into the other would silently compute another function."""
+    joint, _ = build_model("categorical", arch=arch)
+    factored, _ = build_model("categorical", arch=arch, output_layer="factored")
+    with pytest.raises(ValueError, match="--output-layer joint model.*--output-layer factored.*model-overrides"):
+        factored.load_state_dict(joint.state_dict())
+    old = {k: v for k, v in joint.state_dict().items() if k != "output_layer_id"}  # before the option
+    with pytest.raises(ValueError, match="--output-layer joint"):
+        factored.load_state_dict(dict(old))
+    joint.load_state_dict(old)
+
+
 def test_state_dict_from_another_dictionary_is_a_clear_error():
     from fairseq.data import Dictionary
 
@@ -288,5 +302,5 @@ def test_state_dict_from_another_dictionary_is_a_clear_error():
 def test_checkpoints_without_the_markers_still_load():
     model, _ = build_model("categorical")
     state = {k: v for k, v in model.state_dict().items()
-             if k not in ("attention_kind_id", "source_dictionary_crc", "target_dictionary_crc")}
+             if k not in ("attention_kind_id", "output_layer_id", "source_dictionary_crc", "target_dictionary_crc")}
     model.load_state_dict(state)

@@ -192,7 +192,7 @@ def test_gloo_ranks_train_the_inference_network_with_reinforce(data_dir, tmp_pat
     _, two, _ = _train_two_ways(data_dir, tmp_path, "elbo-reinforce")
     assert two["optimizer_history"][-1]["num_updates"] == 3
     assert all(torch.isfinite(v.float()).all() for v in two["model"].values())
-    buffers = ("attention_kind_id", "source_dictionary_crc", "target_dictionary_crc")
+    buffers = ("attention_kind_id", "output_layer_id", "source_dictionary_crc", "target_dictionary_crc")
     names = [k for k in two["model"] if k not in buffers]  # the trainer's parameter order
     state = two["last_optimizer_state"]["state"]
     assert sorted(state) == list(range(len(names)))

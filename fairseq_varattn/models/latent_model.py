@@ -7,6 +7,7 @@ import zlib
 
 import torch
 
+from ..modules.alignment_head import OUTPUT_LAYERS
 from ..modules.attention_kinds import KIND_IDS
 from ..modules.factored_output import FactoredOutputLayer, SourceLogitsCache
 
@@ -30,6 +31,13 @@ class LatentModelMixin:
         # soft, categorical and dirichlet models have the same parameters, so
         # only this tells a --restore-file of another attention kind apart
         self.register_buffer("attention_kind_id", torch.tensor(KIND_IDS.index(self.decoder.attention_kind)))
+        # joint and factored layers have the same parameter names: only this
+        # tells them apart (checkpoints from before the option are joint)
+        self.register_buffer("output_layer_id", torch.tensor(OUTPUT_LAYERS.index(self.output_layer_kind)))
+
+    @property
+    def output_layer_kind(self):
+        return "factored" if isinstance(self.decoder.output, FactoredOutputLayer) else "joint"
 
     @property
     def attention_kind(self):
@@ -50,6 +58,14 @@ class LatentModelMixin:
                 f"this checkpoint holds a --attention {saved_kind} model, but the model being "
                 f"loaded has --attention {self.attention_kind}: train with the checkpoint's "
                 "attention kind, or start a new run without --restore-file")
+        if "output_layer_id" not in state_dict:  # from before --output-layer: joint
+            state_dict["output_layer_id"] = torch.tensor(OUTPUT_LAYERS.index("joint"))
+        saved_layer = OUTPUT_LAYERS[int(state_dict["output_layer_id"])]
+        if saved_layer != self.output_layer_kind:
+            raise ValueError(
+                f"this checkpoint holds a --output-layer {saved_layer} model, but the model being loaded "
+                f"has --output-layer {self.output_layer_kind}: load it with --model-overrides "
+                f"\"{{'output_layer': '{saved_layer}'}}\" or train with the checkpoint's output layer")
         for side in ("source", "target"):
             key = f"{side}_dictionary_crc"
             if key not in state_dict:  # a checkpoint from before the checksums: trust it
