@@ -55,11 +55,11 @@ from functools import cached_property
 from typing import Optional
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from fairseq.models.lstm import Linear
 
 from .alignment import CategoricalAlignment
+from .output_base import OutputLayerBase
 
 # Products smaller than this are recomputed exactly: far above float32's
 # smallest normal number (1.2e-38), so what is kept has full precision.
@@ -150,18 +150,14 @@ def log_mixture(a: torch.Tensor, b, c: torch.Tensor) -> torch.Tensor:
     return out
 
 
-class FactoredOutputLayer(nn.Module):
+class FactoredOutputLayer(OutputLayerBase):
     """Same parameters and interface as ``AlignmentOutputLayer``; see the module docstring."""
 
     #: every log p(y | z = i) costs about what a few do: gather samples from them
     enumeration_is_cheap = True
 
     def __init__(self, hidden_dim, context_dim, embed_dim, vocab_size, dropout=0.0, source_rank=0):
-        super().__init__()
-        self.hidden_proj = Linear(hidden_dim, embed_dim, bias=False)
-        self.context_proj = Linear(context_dim, embed_dim, bias=False)
-        self.fc_out = Linear(embed_dim, vocab_size)
-        self.dropout = nn.Dropout(dropout)
+        super().__init__(hidden_dim, context_dim, embed_dim, vocab_size, dropout)
         # --factored-source-rank r: b_i = E d(tanh(S x~_i)) with E (V x r), S (r x C)
         # of its own, T r V instead of T D V per sentence (see the module docstring)
         self.source_rank = source_rank
@@ -170,10 +166,6 @@ class FactoredOutputLayer(nn.Module):
             self.source_out = Linear(source_rank, vocab_size, bias=False)
 
     # -- pieces -----------------------------------------------------------
-    def attentional(self, h: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
-        """tanh(W_c [h; ctx]): the input-feeding vector (as in the joint layer)."""
-        return torch.tanh(self.hidden_proj(h) + self.context_proj(ctx))
-
     def dropout_masks(self, h):
         """(decoder mask (B, N, D), source mask (B, 1, D)), or Nones outside training.
 
@@ -206,14 +198,6 @@ class FactoredOutputLayer(nn.Module):
     def source_logits(self, enc, mask=None):
         """b_i = W_o d(tanh(W_c x~_i)) (or its low-rank form), once per source position."""
         return self._source_project(self._masked(self._source_features(enc), mask))
-
-    @staticmethod
-    def _select(log_probs, target):
-        if target is None:
-            return log_probs
-        index = target.view(*target.shape, *([1] * (log_probs.dim() - target.dim())))
-        index = index.expand(*log_probs.shape[:-1], 1)
-        return log_probs.gather(-1, index).squeeze(-1)
 
     # -- log p(y | h, explicit context) ----------------------------------
     def context_logits(self, h, ctx, masks=None):

@@ -12,13 +12,12 @@ memory is bounded by ``chunk_size`` rather than by T.
 from typing import Optional
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
-from fairseq.models.lstm import Linear
 from torch.utils.checkpoint import checkpoint
 
 from .alignment import CategoricalAlignment
 from .factored_output import FactoredOutputLayer
+from .output_base import OutputLayerBase
 
 
 def gather_positions(values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -28,27 +27,16 @@ def gather_positions(values: torch.Tensor, positions: torch.Tensor) -> torch.Ten
     return values.gather(1, flat).view(bsz, n, k, values.size(-1))
 
 
-class AlignmentOutputLayer(nn.Module):
+class AlignmentOutputLayer(OutputLayerBase):
     """The joint layer, ``--output-layer joint`` (the paper's)."""
-
-    #: log p(y | z = i) at a few positions is cheaper than at all of them
-    enumeration_is_cheap = False
 
     def __init__(self, hidden_dim, context_dim, embed_dim, vocab_size, dropout=0.0, chunk_size=0,
                  shared_dropout=True):
-        super().__init__()
-        self.hidden_proj = Linear(hidden_dim, embed_dim, bias=False)
-        self.context_proj = Linear(context_dim, embed_dim, bias=False)
-        self.fc_out = Linear(embed_dim, vocab_size)
-        self.dropout = nn.Dropout(dropout)
+        super().__init__(hidden_dim, context_dim, embed_dim, vocab_size, dropout)
         self.chunk_size = chunk_size
         self.shared_dropout = shared_dropout
 
     # -- pieces -----------------------------------------------------------
-    def attentional(self, h: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
-        """tanh(W_c [h; ctx]): the input-feeding vector and the soft output's features."""
-        return torch.tanh(self.hidden_proj(h) + self.context_proj(ctx))
-
     def soft_logits(self, features, h, ctx):
         """Soft attention's output: W_o of the attentional vector ``features``
         (= tanh(W_c [h; ctx]) with the decoder's dropout), computed once by the recurrence."""
@@ -79,14 +67,6 @@ class AlignmentOutputLayer(nn.Module):
         elif mask is not None:
             features = features * (mask.unsqueeze(-2) if features.dim() > mask.dim() else mask)
         return self.fc_out(features).float()
-
-    @staticmethod
-    def _select(log_probs, target):
-        if target is None:
-            return log_probs
-        index = target.view(*target.shape, *([1] * (log_probs.dim() - target.dim())))
-        index = index.expand(*log_probs.shape[:-1], 1)
-        return log_probs.gather(-1, index).squeeze(-1)
 
     # -- log p(y | h, explicit context) ----------------------------------
     def context_logprobs(self, h, ctx, target=None, masks=None):
