@@ -1,13 +1,8 @@
 import gzip
 import os
-import sys
 
 import pytest
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from helpers import REPO, run_cli  # noqa: E402
+from helpers import REPO, run_cli  # pytest puts tests/ on sys.path; the package is installed
 
 
 def pytest_configure(config):

@@ -91,6 +91,20 @@ def run_cli(args, timeout=900, check=True, env_extra=None):
     return proc
 
 
+def variant_criterion(name, task, **extra):
+    """The criterion of a named variant (varattn_tools.variants), plus test-specific options."""
+    from fairseq.criterions import CRITERION_REGISTRY
+
+    from varattn_tools import variants
+
+    variant = variants.get(name)
+    if variant.criterion == "cross_entropy":
+        from fairseq.criterions.cross_entropy import CrossEntropyCriterion
+
+        return CrossEntropyCriterion(task, sentence_avg=False)
+    return CRITERION_REGISTRY[variant.criterion].build(task, **{**variants.criterion_options(name), **extra})
+
+
 def make_criterion(criterion_cls, task, **options):
     """A criterion without fairseq's option parsing: ours by name, fairseq's cross_entropy as is."""
     if hasattr(criterion_cls, "build"):

@@ -3,32 +3,16 @@ attention and bf16 autocast (the CPU's reduced precision; fp16 needs a GPU)."""
 
 import pytest
 import torch
-from fairseq.criterions.cross_entropy import CrossEntropyCriterion
-from helpers import FakeTask, build_model, make_criterion, random_batch
+from helpers import FakeTask, build_model, random_batch, variant_criterion
 
-from fairseq_varattn.criterions.dirichlet import DirichletCriterion
-from fairseq_varattn.criterions.elbo import ElboCriterion
-from fairseq_varattn.criterions.hard import HardAttentionCriterion
-from fairseq_varattn.criterions.marginal import MarginalCriterion
-from fairseq_varattn.criterions.rws import RwsCriterion
+from varattn_tools import variants
 
 LONG_SOURCE = 200
 SHARP = 50.0
 
-# name: (criterion class, --attention, --inference-network, criterion options)
-CASES = {
-    "soft": (CrossEntropyCriterion, "soft", "none", {}),
-    "marginal": (MarginalCriterion, "categorical", "none", {}),
-    "hard-enum": (HardAttentionCriterion, "categorical", "none", {"estimator": "enum"}),
-    "hard-reinforce": (HardAttentionCriterion, "categorical", "none",
-                       {"estimator": "reinforce", "num_samples": 2}),
-    "elbo-enum": (ElboCriterion, "categorical", "birnn", {"estimator": "enum"}),
-    "elbo-reinforce": (ElboCriterion, "categorical", "birnn",
-                       {"estimator": "reinforce", "train_baseline": True}),
-    "elbo-gumbel": (ElboCriterion, "categorical", "birnn", {"estimator": "gumbel"}),
-    "dirichlet": (DirichletCriterion, "dirichlet", "birnn", {"num_samples": 2, "nll_samples": 4}),
-    "rws": (RwsCriterion, "categorical", "birnn", {"num_samples": 3}),
-}
+# every variant of varattn_tools.variants, with fewer samples where they cost
+EXTRA = {"hard-reinforce": {"num_samples": 2}, "dirichlet": {"num_samples": 2, "nll_samples": 4},
+         "rws": {"num_samples": 3}}
 
 
 def _sharpen(module, inputs, scores):
@@ -47,15 +31,15 @@ def _sharpen(module, inputs, scores):
 
 
 def _run(name, sharp=False, autocast=False):
-    criterion_cls, attention, inference, options = CASES[name]
-    model, d = build_model(attention, inference_network=inference)
+    variant = variants.get(name)
+    model, d = build_model(variant.attention, inference_network="birnn" if variant.needs_q else "none")
     model.train()
     if sharp:
         for module in model.modules():
             if module.__class__.__name__ == "AttentionScorer":
                 module.register_forward_hook(_sharpen)
     batch = random_batch(d, bsz=3, src_len=LONG_SOURCE, tgt_len=6)
-    criterion = make_criterion(criterion_cls, FakeTask(d, d), **options)
+    criterion = variant_criterion(name, FakeTask(d, d), **EXTRA.get(name, {}))
     torch.manual_seed(0)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         loss, _, log = criterion(model, batch)
@@ -72,12 +56,12 @@ def _assert_all_finite(model, loss, log):
     assert any(g.abs().sum() > 0 for g in grads)
 
 
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", list(variants.VARIANTS))
 def test_long_sources_stay_finite(name):
     _assert_all_finite(*_run(name))
 
 
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", list(variants.VARIANTS))
 def test_near_deterministic_attention_stays_finite(name):
     model, loss, log = _run(name, sharp=True)
     _assert_all_finite(model, loss, log)
@@ -85,6 +69,6 @@ def test_near_deterministic_attention_stays_finite(name):
         assert float(log["entropy_p"]) / log["ntokens"] < 0.05, log["entropy_p"]
 
 
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", list(variants.VARIANTS))
 def test_bf16_autocast_stays_finite(name):
     _assert_all_finite(*_run(name, autocast=True))

@@ -11,6 +11,7 @@ import torch
 from helpers import PYTHON, REPO, run_cli
 
 import fairseq_varattn  # noqa: F401  (safe globals for torch.load)
+from varattn_tools.variants import train_options
 
 USER_DIR = os.path.join(REPO, "fairseq_varattn")
 # dropout 0: ranks and micro-batches draw different dropout masks, and the
@@ -18,12 +19,6 @@ USER_DIR = os.path.join(REPO, "fairseq_varattn")
 MODEL = ["--arch", "varattn_lstm_tiny", "--dropout", "0", "--optimizer", "adam", "--lr", "0.005",
          "--clip-norm", "5", "--num-workers", "0", "--log-format", "simple", "--log-interval", "1",
          "--seed", "7", "--no-epoch-checkpoints"]
-VARIANTS = {
-    "soft": ["--criterion", "cross_entropy"],
-    "marginal": ["--attention", "categorical", "--criterion", "varattn_marginal"],
-    "elbo-reinforce": ["--attention", "categorical", "--inference-network", "birnn",
-                       "--criterion", "varattn_elbo", "--estimator", "reinforce", "--train-baseline"],
-}
 
 
 def checkpoint(path):
@@ -151,7 +146,7 @@ def test_a_truncated_checkpoint_is_a_clear_error(data_dir, tmp_path):
 
 # -- data parallelism on CPUs ----------------------------------------------------------------
 def _train_two_ways(data_dir, tmp_path, name):
-    common = [data_dir, "--user-dir", USER_DIR, *MODEL, *VARIANTS[name], "--max-tokens", "600",
+    common = [data_dir, "--user-dir", USER_DIR, *MODEL, *train_options(name), "--max-tokens", "600",
               "--disable-validation", "--max-update", "3"]
     one = str(tmp_path / f"{name}-one")
     single = run_cli(["fairseq_cli.train", *common, "--update-freq", "2", "--save-dir", one])

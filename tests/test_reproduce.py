@@ -19,6 +19,7 @@ from varattn_tools.align import (
     word_ids,
     word_matrix,
 )
+from varattn_tools.variants import VARIANTS
 
 GOLD = os.path.join(REPO, "examples", "translation", "gold", "test_2016_flickr.de-en.pharaoh")
 
@@ -70,8 +71,7 @@ def test_shipped_gold_alignments_fit_the_raw_test_sentences():
         assert all(s < len(de[i].split()) and t < len(en[i].split()) for s, t in possible), i
 
 
-ALL_VARIANTS = ["soft", "marginal", "hard-enum", "hard-reinforce", "elbo-enum", "elbo-reinforce",
-                "elbo-gumbel", "dirichlet", "rws"]
+ALL_VARIANTS = list(VARIANTS)
 
 
 def _run_pipeline(data_dir, out, variants):

@@ -10,17 +10,13 @@ import re
 import numpy as np
 import pytest
 import torch
-from fairseq.criterions.cross_entropy import CrossEntropyCriterion
-from helpers import REPO, make_criterion, run_cli
+from helpers import REPO, run_cli, variant_criterion
 
-from fairseq_varattn.criterions.dirichlet import DirichletCriterion
-from fairseq_varattn.criterions.elbo import ElboCriterion
-from fairseq_varattn.criterions.hard import HardAttentionCriterion
 from fairseq_varattn.criterions.marginal import MarginalCriterion
-from fairseq_varattn.criterions.rws import RwsCriterion
 from fairseq_varattn.data.vqa import build_vocabularies, vqa_scores
 from fairseq_varattn.models.varattn_vqa import VarAttnVQAModel
 from fairseq_varattn.tasks.vqa import VQATask, vqa_accuracy
+from varattn_tools import variants
 from varattn_tools.vqa_data import grid_features
 
 USER_DIR = os.path.join(REPO, "fairseq_varattn")
@@ -175,17 +171,8 @@ def test_data_dir_without_vocabularies_is_a_clear_error(tmp_path):
         VQATask.setup_task(argparse.Namespace(data=str(root)))
 
 
-CRITERIONS = {
-    "soft": ("soft", "none", CrossEntropyCriterion, {}),
-    "marginal": ("categorical", "none", MarginalCriterion, {}),
-    "hard-enum": ("categorical", "none", HardAttentionCriterion, {"estimator": "enum"}),
-    "hard-reinforce": ("categorical", "none", HardAttentionCriterion, {"estimator": "reinforce"}),
-    "elbo-enum": ("categorical", "answer", ElboCriterion, {"estimator": "enum"}),
-    "elbo-reinforce": ("categorical", "answer", ElboCriterion, {"estimator": "reinforce", "train_baseline": True}),
-    "elbo-gumbel": ("categorical", "answer", ElboCriterion, {"estimator": "gumbel"}),
-    "dirichlet": ("dirichlet", "answer", DirichletCriterion, {"nll_samples": 8}),
-    "rws": ("categorical", "answer", RwsCriterion, {}),
-}
+# every variant of varattn_tools.variants, with the answer-conditioned q
+EXTRA = {"dirichlet": {"nll_samples": 8}}
 
 
 def build(task, attention, inference):
@@ -194,16 +181,17 @@ def build(task, attention, inference):
     return VarAttnVQAModel.build_model(args, task)
 
 
-@pytest.mark.parametrize("name", list(CRITERIONS))
+@pytest.mark.parametrize("name", list(variants.VARIANTS))
 def test_model_trains_under_every_criterion(vqa_fixture, name):
-    attention, inference, criterion_cls, options = CRITERIONS[name]
+    overrides = variants.model_overrides(name, inference_network="answer")
+    attention, inference = overrides["attention"], overrides["inference_network"]
     task = VQATask.setup_task(argparse.Namespace(data=str(vqa_fixture)))
     task.load_dataset("train")
     data = task.dataset("train")
     sample = data.collater([data[i] for i in range(3)])
     model = build(task, attention, inference)
     model.train()
-    loss, _, log = make_criterion(criterion_cls, task, **options)(model, sample)
+    loss, _, log = variant_criterion(name, task, **EXTRA.get(name, {}))(model, sample)
     assert torch.isfinite(loss)
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
