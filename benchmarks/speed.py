@@ -13,7 +13,10 @@ post-build RSS (Linux).
 """
 
 import argparse
+import datetime
 import json
+import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -55,6 +58,15 @@ for _name in ("marginal", "elbo-enum"):  # the factored layer's low-rank source 
 TRANSFORMER_ROWS = ["transformer", "transformer-soft", "transformer-factored-marginal",
                     "transformer-factored-elbo-enum", "transformer-factored-marginal-r64",
                     "transformer-factored-elbo-enum-r64"]
+
+
+REPORT = []
+
+
+def report(line):
+    """A line of the result tables: printed, and kept for --markdown."""
+    REPORT.append(line)
+    print(line)
 
 
 class Task:
@@ -185,6 +197,7 @@ def main():
     parser.add_argument("--steps", type=int, default=4, help="timed steps per variant")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--markdown", help="also write the tables here (benchmarks/results.md)")
     parser.add_argument("--memory-only", help=argparse.SUPPRESS)
     parser.add_argument("--no-memory", action="store_true")
     opts = parser.parse_args()
@@ -227,23 +240,28 @@ def main():
 
     ref_name = "soft" if "soft" in results else "transformer"
     ref = results.get(ref_name)
-    print(f"\ndevice={opts.device} vocab={opts.vocab} T={opts.src_len} N={opts.tgt_len} "
+    report(f"\ndevice={opts.device} vocab={opts.vocab} T={opts.src_len} N={opts.tgt_len} "
           f"batch={opts.batch} embed={opts.embed} hidden={opts.hidden} chunk={opts.chunk} "
           f"steps={opts.steps} (median step time)")
-    print(f"| variant | tokens/s | speed vs {ref_name} | peak MB | memory vs {ref_name} |")
-    print("|---|---|---|---|---|")
+    report(f"| variant | tokens/s | speed vs {ref_name} | peak MB | memory vs {ref_name} |")
+    report("|---|---|---|---|---|")
     for n in names:
         r = results[n]
         speed = f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}" if ref else "-"
         mem = r.get("peak_mb")
         mem_ratio = f"{mem / ref['peak_mb']:.2f}" if ref and mem and ref.get("peak_mb") else "-"
-        print(f"| {n} | {r['tokens_per_s']:.0f} | {speed} | {mem:.0f} | {mem_ratio} |"
+        report(f"| {n} | {r['tokens_per_s']:.0f} | {speed} | {mem:.0f} | {mem_ratio} |"
               if mem is not None else f"| {n} | {r['tokens_per_s']:.0f} | {speed} | - | - |")
     if gen_names:
         results["generation"] = benchmark_generation(gen_names, d, opts)
     if opts.json:
         with open(opts.json, "w") as f:
             json.dump({"options": vars(opts), "results": results}, f, indent=2)
+    if opts.markdown:
+        with open(opts.markdown, "a") as f:
+            f.write(f"`python benchmarks/{' '.join([os.path.basename(sys.argv[0])] + sys.argv[1:])}`, "
+                    f"{datetime.date.today()}, {platform.machine()} x{os.cpu_count()} CPU cores:\n")
+            f.write("\n".join(REPORT) + "\n\n")
 
 
 def benchmark_generation(names, d, opts):
@@ -268,13 +286,13 @@ def benchmark_generation(names, d, opts):
                 times[n].append(time.perf_counter() - t0)
     out = {n: {"sentences_per_s": opts.gen_sentences / statistics.median(times[n])} for n in names}
     ref = out.get("soft")
-    print(f"\nbeam-5 generation, {opts.gen_sentences} sentences of {opts.src_len} tokens, "
+    report(f"\nbeam-5 generation, {opts.gen_sentences} sentences of {opts.src_len} tokens, "
           f"{opts.tgt_len} output tokens each")
-    print("| variant | sentences/s | speed vs soft |")
-    print("|---|---|---|")
+    report("| variant | sentences/s | speed vs soft |")
+    report("|---|---|---|")
     for n in names:
         speed = f"{out[n]['sentences_per_s'] / ref['sentences_per_s']:.2f}" if ref else "-"
-        print(f"| {n} | {out[n]['sentences_per_s']:.1f} | {speed} |")
+        report(f"| {n} | {out[n]['sentences_per_s']:.1f} | {speed} |")
     return out
 
 

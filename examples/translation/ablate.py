@@ -126,6 +126,8 @@ def main():
     parser.add_argument("--every", type=int, default=250, help="validate every N updates")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one CPU thread each)")
+    parser.add_argument("--results", default=os.path.join(REPO, "examples", "translation", "results", "ablate.md"),
+                        help="the table, for scripts/readme_results.py")
     opts = parser.parse_args()
     names = [n for n in opts.only.split(",") if n] or list(ABLATIONS)
     unknown = [n for n in names if n not in ABLATIONS]
@@ -152,8 +154,10 @@ def main():
         writer = csv.DictWriter(f, fieldnames=["ablation", "updates", *KEYS])
         writer.writeheader()
         writer.writerows(rows)
-    with open(os.path.join(opts.out, "ablate.md"), "w") as f:
-        f.write(markdown([r for r in rows if r["updates"] in (opts.every * 2, opts.max_update)], opts))
+    table = markdown([r for r in rows if r["updates"] in (opts.every * 2, opts.max_update)], opts)
+    for path in (os.path.join(opts.out, "ablate.md"), opts.results):
+        with open(path, "w") as f:
+            f.write(table)
     print(markdown(rows, opts))
 
 

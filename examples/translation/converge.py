@@ -2,7 +2,8 @@
 
     python examples/translation/converge.py run                  # the whole plan, 2 jobs at a time
     python examples/translation/converge.py run --only soft:1,marginal:1
-    python examples/translation/converge.py table                # README table from finished runs
+    python examples/translation/converge.py table                # results/converge.md from finished runs
+    python scripts/readme_results.py                             # ... into the READMEs
 
 Every variant (soft, marginal, hard-enum, hard-reinforce, elbo-enum,
 elbo-reinforce, elbo-gumbel, dirichlet, rws) trains with the same preset
@@ -49,6 +50,8 @@ USER_DIR = os.path.join(REPO, "fairseq_varattn")
 GOLD = os.path.join(HERE, "gold", "test_2016_flickr.de-en.pharaoh")
 RESULTS = os.path.join(HERE, "results", "converge")
 RAW_TEST_REF = os.path.join(REPO, "data", "multi30k", "test_2016_flickr.en.gz")
+TABLES = {"lstm": os.path.join(HERE, "results", "converge.md"),
+          "transformer": os.path.join(HERE, "results", "converge-transformer.md")}
 
 PATIENCE = 3
 PRESET = [
@@ -274,7 +277,10 @@ def main(argv=None):
     parser.add_argument("--data-root", default=os.path.join("runs", "multi30k"))
     opts = parser.parse_args(argv)
     if opts.command == "table":
-        print(table(opts.family), end="")
+        text = table(opts.family)
+        with open(TABLES[opts.family], "w") as f:  # scripts/readme_results.py copies it into the READMEs
+            f.write(text)
+        print(text, end="")
         return
     plan = ordered_plan(opts.family)
     if opts.only:

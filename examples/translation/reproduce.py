@@ -218,6 +218,8 @@ def main(argv=None):
                         help="plot alignments and compute AER (always on with --quick)")
     parser.add_argument("--train-args", default="", help="extra fairseq-train options, quoted")
     parser.add_argument("--generate-args", default="", help="extra fairseq-generate options, quoted")
+    parser.add_argument("--results-md", help="also write the table here (e.g. examples/translation/results/"
+                                             "output-layers.md, for scripts/readme_results.py)")
     opts = parser.parse_args(argv)
     opts.command = "python examples/translation/reproduce.py " + " ".join(
         sys.argv[1:] if argv is None else argv)
@@ -292,8 +294,9 @@ def main(argv=None):
     if opts.alignments:
         text += "\nAlignments (seed " + str(seeds[0]) + ", teacher-forced on the test references):\n\n"
         text += run_alignments(rows, opts, env)
-    with open(os.path.join(opts.out, "results.md"), "w") as f:
-        f.write(text)
+    for path in filter(None, (os.path.join(opts.out, "results.md"), opts.results_md)):
+        with open(path, "w") as f:
+            f.write(text)
     print(text)
     bad = [r for r in rows if not (math.isfinite(r["valid_ppl"]) and math.isfinite(r["test_ppl"]))]
     if bad:
