@@ -22,7 +22,7 @@ SOURCES = {
     "output-layers": os.path.join(RESULTS, "output-layers.md"),  # reproduce.py --output-layers joint,factored
     "speed": os.path.join("benchmarks", "results.md"),  # benchmarks/speed.py
 }
-READMES = ["README.md", os.path.join("examples", "translation", "README.md")]
+READMES = ["README.md", os.path.join("examples", "translation", "README.md"), os.path.join("benchmarks", "README.md")]
 
 
 def render(text):
