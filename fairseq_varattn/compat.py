@@ -16,9 +16,20 @@ fairseq's Transformer layers pass a boolean padding mask with a float
 attention mask, which torch warns about on every forward.  Both are
 fairseq's calls, not the user's, so exactly those messages are filtered;
 every other warning is left alone.
+
+Dropped sentences: fairseq's ``batch_by_size`` drops the last batch of
+every split when its size is not a multiple of
+``--required-batch-size-multiple`` (default 8; fairseq issue #5036).  The
+sorted batches put the longest sentences last, so validation perplexity
+and BLEU silently leave out the hardest sentences.  ``fairseq-generate``
+and ``fairseq-interactive`` hand their config to the model before building
+batches, so the latent models set the multiple to 1 there (and say so);
+training and ``fairseq-validate`` cannot be reached from a plugin, so the
+models warn when they are built with a multiple above 1.
 """
 
 import argparse
+import logging
 import warnings
 
 import torch
@@ -32,3 +43,27 @@ def install():
     torch.serialization.add_safe_globals(list(SAFE_GLOBALS))
     warnings.filterwarnings("ignore", message=FAIRSEQ_AMP_DEPRECATION, category=FutureWarning)
     warnings.filterwarnings("ignore", message=FAIRSEQ_MASK_TYPES, category=UserWarning)
+
+
+logger = logging.getLogger(__name__)
+LAST_BATCH_DROPPED = (
+    "fairseq drops the last batch of every split unless its size is a multiple of "
+    "--required-batch-size-multiple (now {}; fairseq issue #5036): validation and test scores "
+    "would leave out the longest sentences. Pass --required-batch-size-multiple 1.")
+
+
+def warn_if_sentences_dropped(args) -> None:
+    """At model build (training, validation): a warning, since the batches are built elsewhere."""
+    multiple = getattr(args, "required_batch_size_multiple", 1) or 1
+    if multiple > 1:
+        logger.warning(LAST_BATCH_DROPPED.format(multiple))
+
+
+def score_every_sentence(cfg) -> None:
+    """Called with fairseq-generate's config before it builds batches: translate every sentence."""
+    dataset = getattr(cfg, "dataset", None)
+    multiple = getattr(dataset, "required_batch_size_multiple", 1) if dataset is not None else 1
+    if multiple and multiple > 1:
+        logger.info(f"--required-batch-size-multiple {multiple} -> 1, so that no sentence is left out "
+                    "(fairseq drops a last batch of another size, fairseq issue #5036)")
+        dataset.required_batch_size_multiple = 1

@@ -27,12 +27,13 @@ rm -rf "$OUT"
   --dropout 0.2 --criterion cross_entropy ${EXTRA_TRAIN_ARGS:-} \
   --optimizer adam --lr 0.005 --clip-norm 5 --max-tokens 1500 \
   --max-epoch "$MAX_EPOCH" --seed 1 --num-workers 0 --log-interval 50 \
-  --save-dir "$OUT/checkpoints" --no-epoch-checkpoints
+  --save-dir "$OUT/checkpoints" --no-epoch-checkpoints --required-batch-size-multiple 1
 
 echo "== translating test (beam 5)"
 .venv/bin/fairseq-generate "$DATA/bin" --user-dir fairseq_varattn \
   --path "$OUT/checkpoints/checkpoint_best.pt" --gen-subset test \
   --beam 5 --batch-size 128 --post-process sentencepiece --scoring sacrebleu \
+  --required-batch-size-multiple 1 \
   > "$OUT/generate-test.txt"
 tail -n 2 "$OUT/generate-test.txt"
 

@@ -18,7 +18,7 @@ USER_DIR = os.path.join(REPO, "fairseq_varattn")
 # comparisons below are between different process layouts
 MODEL = ["--arch", "varattn_lstm_tiny", "--dropout", "0", "--optimizer", "adam", "--lr", "0.005",
          "--clip-norm", "5", "--num-workers", "0", "--log-format", "simple", "--log-interval", "1",
-         "--seed", "7", "--no-epoch-checkpoints"]
+         "--seed", "7", "--no-epoch-checkpoints", "--required-batch-size-multiple", "1"]
 
 
 def checkpoint(path):
@@ -30,7 +30,7 @@ def num_updates(path):
 
 
 def validate(data_dir, ckpt):
-    proc = run_cli(["fairseq_cli.validate", data_dir, "--user-dir", USER_DIR, "--task", "translation",
+    proc = run_cli(["fairseq_cli.validate", data_dir, "--user-dir", USER_DIR, "--required-batch-size-multiple", "1", "--task", "translation",
                     "--path", ckpt, "--max-tokens", "4000", "--num-workers", "0"])
     out = proc.stdout + proc.stderr
     return float(re.findall(r"valid on 'valid' subset \| loss ([0-9.]+)", out)[-1])

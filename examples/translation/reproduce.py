@@ -77,7 +77,8 @@ def run_one(key, seed, opts, env):
     name, _, output_layer = key.partition("/")
     save = os.path.join(opts.out, f"{key.replace('/', '-')}-seed{seed}")
     os.makedirs(save, exist_ok=True)
-    common = [opts.data, "--user-dir", USER_DIR]
+    # fairseq drops a last batch whose size is not a multiple of 8 (fairseq issue #5036): score every sentence
+    common = [opts.data, "--user-dir", USER_DIR, "--required-batch-size-multiple", "1"]
     train_cmd = [sys.executable, "-c", MEASURED_TRAIN, *common, *PRESETS[opts.preset],
                  *train_options(name, factored=output_layer == "factored"),
                  "--max-tokens", str(opts.max_tokens), "--max-update", str(opts.max_update),

@@ -7,6 +7,7 @@ import zlib
 
 import torch
 
+from ..compat import score_every_sentence
 from ..modules.alignment_head import OUTPUT_LAYERS
 from ..modules.attention_kinds import KIND_IDS
 from ..modules.factored_output import FactoredOutputLayer, SourceLogitsCache
@@ -76,6 +77,10 @@ class LatentModelMixin:
                     f"this checkpoint was trained with a different {side} dictionary than the "
                     f"one loaded now ({len(dictionary)} symbols): use the data directory (and "
                     "dict.*.txt) the checkpoint was trained on")
+
+    def prepare_for_inference_(self, cfg):
+        score_every_sentence(cfg)  # before fairseq-generate builds its batches (docs/design.md, Generation)
+        super().prepare_for_inference_(cfg)
 
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
         self.check_checkpoint(state_dict)

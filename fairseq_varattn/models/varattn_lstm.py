@@ -34,6 +34,7 @@ from fairseq.models.lstm import Embedding, Linear, LSTMCell
 from fairseq.modules import FairseqDropout
 from torch import Tensor
 
+from ..compat import warn_if_sentences_dropped
 from ..modules.alignment_head import (
     AlignmentHeadMixin,
     add_alignment_args,
@@ -230,6 +231,7 @@ class VarAttnLSTMModel(LatentModelMixin, FairseqEncoderDecoderModel):
     def build_model(cls, args, task):
         base_architecture(args)
         check_args(args)
+        warn_if_sentences_dropped(args)
         max_source = getattr(args, "max_source_positions", DEFAULT_MAX_POSITIONS)
         max_target = getattr(args, "max_target_positions", DEFAULT_MAX_POSITIONS)
         encoder = VarAttnLSTMEncoder(

@@ -28,6 +28,7 @@ from fairseq.models import register_model, register_model_architecture
 from fairseq.models.transformer import TransformerDecoder, TransformerModel, transformer_iwslt_de_en
 from fairseq.models.transformer import base_architecture as transformer_base
 
+from ..compat import warn_if_sentences_dropped
 from ..modules.alignment_head import (
     AlignmentHeadMixin,
     add_alignment_args,
@@ -120,6 +121,7 @@ class VarAttnTransformerModel(LatentModelMixin, TransformerModel):
     def build_model(cls, args, task):
         base_architecture(args)
         check_alignment_args(args)
+        warn_if_sentences_dropped(args)
         model = super().build_model(args, task)  # fairseq's encoder and our decoder
         model.decoder.init_alignment_head(args)
         inference_network = None

@@ -85,6 +85,12 @@ class VQATask(FairseqTask):
         self.datasets[split] = VQADataset(self.cfg.data, split, self.words, self.answers, self.gold_regions)
         logger.info("%s: %d questions", split, len(self.datasets[split]))
 
+    def get_batch_iterator(self, dataset, **kwargs):
+        # fairseq drops a last batch whose size is not a multiple of
+        # --required-batch-size-multiple (fairseq issue #5036): every question counts
+        kwargs["required_batch_size_multiple"] = 1
+        return super().get_batch_iterator(dataset, **kwargs)
+
     def max_positions(self):
         return None
 
