@@ -42,6 +42,8 @@ ELBO_RF = ["--attention", "categorical", "--inference-network", "birnn", "--crit
 
 # name -> (what it tests, extra options); later options override earlier ones
 ABLATIONS = {
+    "soft": ("soft attention, the baseline every row is compared with", ["--criterion", "cross_entropy"]),
+    "soft-factored": ("soft attention with the factored output layer", ["--criterion", "cross_entropy", *FACTORED]),
     "marginal-independent": ("exact marginal, a dropout mask per (j, i) pair (the paper's code, and "
                              "this plugin's default before the fix)",
                              [*MARGINAL, "--alignment-dropout", "independent"]),
@@ -109,7 +111,8 @@ def markdown(rows, opts):
             "spread of log p(y given z=i) | H q | KL |")
     lines = [f"`python examples/translation/ablate.py` on {datetime.date.today()}: quick preset (64-d, "
              f"lr 0.005, 1000-token batches), Multi30k with a 2k sentencepiece vocabulary, seed {opts.seed}, "
-             "validation set; entropies in bits per target token, spread in nats.", "", head,
+             "validation set (fairseq's default batches, which leave out the last, longest batch: the same "
+             "for every row); entropies in bits per target token, spread in nats.", "", head,
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append("| " + " | ".join(str(r.get(k, "")) if r.get(k, "") != "" else "-" for k in (
@@ -126,6 +129,8 @@ def main():
     parser.add_argument("--every", type=int, default=250, help="validate every N updates")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one CPU thread each)")
+    parser.add_argument("--table-only", action="store_true",
+                        help="tabulate the training logs already in --out (finished or not); train nothing")
     parser.add_argument("--results", default=os.path.join(REPO, "examples", "translation", "results", "ablate.md"),
                         help="the table, for scripts/readme_results.py")
     opts = parser.parse_args()
@@ -136,13 +141,18 @@ def main():
     os.makedirs(opts.out, exist_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     data = os.path.join("runs", "multi30k_2k", "bin")
-    if not os.path.isfile(os.path.join(data, "dict.en.txt")):
+    if not opts.table_only and not os.path.isfile(os.path.join(data, "dict.en.txt")):
         print(f"== preparing data/multi30k -> {data} (sentencepiece 2k joint vocabulary)", flush=True)
         run([sys.executable, "-m", "varattn_tools.prepare", "--raw-dir",
              os.path.join(REPO, "data", "multi30k"), "--out", os.path.dirname(data),
              "--vocab-size", "2000"], os.path.join(opts.out, "prepare.log"), env)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=opts.jobs) as pool:
-        curves = dict(zip(names, pool.map(lambda n: run_one(n, ABLATIONS[n][1], opts, data, env), names)))
+    if opts.table_only:
+        logs = {n: os.path.join(opts.out, n, "train.log") for n in names}
+        curves = {n: parse_valid(open(p).read()) for n, p in logs.items() if os.path.isfile(p)}
+        names = [n for n in names if curves.get(n)]
+    else:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=opts.jobs) as pool:
+            curves = dict(zip(names, pool.map(lambda n: run_one(n, ABLATIONS[n][1], opts, data, env), names)))
     rows = []
     for name in names:
         print(f"== {name}: {ABLATIONS[name][0]}", flush=True)
