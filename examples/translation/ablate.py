@@ -164,7 +164,7 @@ def main():
         writer = csv.DictWriter(f, fieldnames=["ablation", "updates", *KEYS])
         writer.writeheader()
         writer.writerows(rows)
-    table = markdown([r for r in rows if r["updates"] in (opts.every * 2, opts.max_update)], opts)
+    table = markdown([r for r in rows if r["updates"] in (opts.every, opts.every * 2, opts.max_update)], opts)
     for path in (os.path.join(opts.out, "ablate.md"), opts.results):
         with open(path, "w") as f:
             f.write(table)

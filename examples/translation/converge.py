@@ -13,8 +13,9 @@ models, importance-sampled for Dirichlet), with the learning rate halved
 after every epoch without improvement.  Soft attention uses the joint output
 layer (the paper's); every latent variant uses ``--output-layer factored``,
 without which exact enumeration is about 20 times slower on a CPU and these
-runs would not fit.  ``PLAN`` gives 3 seeds to soft, marginal, elbo-enum and
-elbo-reinforce and 1 to the others.
+runs would not fit; ``soft-factored`` is soft attention with the factored
+layer, the like-for-like baseline.  ``PLAN`` gives 3 seeds to soft,
+marginal, elbo-enum and elbo-reinforce and 1 to the others.
 
 For the best checkpoint of each run it records: test PPL (``fairseq-validate``
 with the run's own criterion), sacreBLEU of beam-5 translations against the
@@ -78,6 +79,8 @@ PLANS = {
     "lstm": {
         "soft": [1, 2, 3], "marginal": [1, 2, 3], "elbo-enum": [1, 2, 3], "elbo-reinforce": [1, 2, 3],
         "hard-enum": [1], "hard-reinforce": [1], "elbo-gumbel": [1], "dirichlet": [1], "rws": [1],
+        # soft attention with the latent variants' output layer: the like-for-like baseline
+        "soft-factored": [1],
     },
     "transformer": {
         "transformer": [1], "transformer-soft": [1], "transformer-marginal": [1], "transformer-elbo-enum": [1],
@@ -94,18 +97,26 @@ def ordered_plan(family):
 
 
 def output_layer(name):
-    """Soft attention (and fairseq's models) keep the joint layer; latent variants use the factored one."""
+    """Soft attention (and fairseq's models) keep the joint layer unless the name
+    ends in -factored; latent variants use the factored one."""
+    if name.endswith("-factored"):
+        return "factored"
     return "joint" if name.endswith("soft") or name == "transformer" else "factored"
+
+
+def variant_name(name):
+    """The row of varattn_tools.variants a plan name trains."""
+    return name[:-len("-factored")] if name.endswith("-factored") else name
 
 
 def train_options(name):
     if name == "transformer":
         return ["--arch", "transformer", *TRANSFORMER_PRESET, "--criterion", "cross_entropy"]
     if name.startswith("transformer-"):
-        variant = name[len("transformer-"):]
+        variant = variant_name(name[len("transformer-"):])
         return ["--arch", "varattn_transformer", *TRANSFORMER_PRESET,
                 *variant_options(variant, factored=output_layer(name) == "factored")]
-    return [*PRESET, *variant_options(name, factored=output_layer(name) == "factored")]
+    return [*PRESET, *variant_options(variant_name(name), factored=output_layer(name) == "factored")]
 
 
 def result_path(name, seed):
