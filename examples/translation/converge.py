@@ -284,6 +284,10 @@ def table(family="lstm"):
         seeds = ",".join(str(r["seed"]) for r in sorted(runs, key=lambda r: r["seed"]))
         lines.append(f"| {label} | {runs[0]['output_layer']} | {seeds} | "
                      + " | ".join(cell([r.get(key) for r in runs], fmt) for _, key, fmt in COLUMNS) + " |")
+    # a run's "note" (added by hand to its JSON) says what sets it apart, e.g. a code change mid-run
+    notes = [f"- {r['variant']} seed {r['seed']}: {r['note']}" for r in rows if r.get("note")]
+    if notes:
+        lines += ["", *notes]
     signature = rows[0]["bleu_signature"]
     dates = sorted({r["date"] for r in rows})
     head = (f"`python examples/translation/converge.py run`, {dates[0]} to {dates[-1]}, {rows[0]['machine']}, "
