@@ -205,7 +205,7 @@ def test_dirichlet_negative_elbo_bounds_the_marginal_nll():
     torch.manual_seed(0)
     crit = DirichletCriterion.build(_task(d), num_samples=3000, nll_samples=3000)
     loss, _, log = crit(model, random_batch(d))
-    assert float(loss) >= float(log["nll_loss"]) - 0.01 * float(log["nll_loss"])
+    assert loss.item() >= float(log["nll_loss"]) - 0.01 * float(log["nll_loss"])
 
 
 def test_rws_loss_approaches_the_exact_marginal_with_many_samples():
@@ -304,3 +304,30 @@ def test_checkpoints_without_the_markers_still_load():
     state = {k: v for k, v in model.state_dict().items()
              if k not in ("attention_kind_id", "output_layer_id", "source_dictionary_crc", "target_dictionary_crc")}
     model.load_state_dict(state)
+
+
+@pytest.mark.parametrize("arch,network", [("lstm", "birnn"), ("transformer", "birnn"), ("transformer", "transformer")])
+def test_inference_network_reads_the_decoder_embeddings_unless_told_otherwise(arch, network):
+    """--inference-embeddings decoder (fairseq-train's default, the paper's code):
+    q reads the decoder's table and trains it; args without the option (a
+    checkpoint from before it) give q a table of its own, and such a checkpoint
+    loaded into a sharing model is a clear error, not a silently replaced
+    decoder embedding."""
+    shared, d = build_model("categorical", network, arch=arch, inference_embeddings="decoder")
+    q = shared.inference_network
+    assert q.embed_tokens is shared.decoder.embed_tokens
+    n_shared = sum(p.numel() for p in shared.parameters())
+    own, _ = build_model("categorical", network, arch=arch)  # legacy args: no inference_embeddings
+    assert own.inference_network.embed_tokens is not own.decoder.embed_tokens
+    assert sum(p.numel() for p in own.parameters()) - n_shared == own.decoder.embed_tokens.weight.numel()
+    # q's gradient reaches the shared table: the KL term trains the decoder's embeddings too
+    batch = random_batch(d)
+    scores = shared(**batch["net_input"], target=batch["target"])[1]["q_scores"]
+    grad = torch.autograd.grad(scores.masked_fill(~torch.isfinite(scores), 0).sum(),
+                               shared.decoder.embed_tokens.weight)[0]
+    assert grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="--inference-embeddings own"):
+        shared.load_state_dict(own.state_dict())
+    shared.load_state_dict(shared.state_dict())
+    with pytest.raises(ValueError, match="--inference-embed-dim"):
+        build_model("categorical", network, arch=arch, inference_embeddings="decoder", inference_embed_dim=6)

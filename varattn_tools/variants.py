@@ -55,6 +55,9 @@ def model_overrides(name: str, inference_network: str = "birnn", factored: bool 
     """The model's args for this variant (``--attention``, ``--inference-network``, ``--output-layer``)."""
     variant = get(name)
     out = {"attention": variant.attention, "inference_network": inference_network if variant.needs_q else "none"}
+    if variant.needs_q and inference_network in ("birnn", "transformer"):
+        # fairseq-train's default; models built from Python get the legacy "own" without it
+        out["inference_embeddings"] = "decoder"
     if factored:
         out["output_layer"] = "factored"
     return out
@@ -73,8 +76,8 @@ def train_options(name: str, inference_network: str = "birnn", factored: bool = 
     """fairseq-train options selecting the variant's model and criterion."""
     out = ["--criterion", get(name).criterion]
     for key, value in model_overrides(name, inference_network, factored).items():
-        if not (key == "inference_network" and value == "none"):
-            out += _flag(key, value)
+        if not (key == "inference_network" and value == "none") and key != "inference_embeddings":
+            out += _flag(key, value)  # (--inference-embeddings decoder is fairseq-train's default)
     for key, value in criterion_options(name).items():
         out += _flag(key, value)
     return out

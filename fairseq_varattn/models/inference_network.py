@@ -14,12 +14,50 @@ from fairseq.modules import PositionalEmbedding
 from ..modules.scorer import AttentionScorer
 
 
+#: --inference-embeddings: whose target embeddings q reads
+INFERENCE_EMBEDDINGS = ("decoder", "own")
+
+
+def add_inference_embedding_args(parser):
+    # The parser's default is "decoder"; base architectures fall back to "own",
+    # which is what a checkpoint from before the option holds (docs/design.md,
+    # "The inference network").
+    parser.add_argument('--inference-embeddings', choices=INFERENCE_EMBEDDINGS, default="decoder",
+                        help="decoder: q reads the decoder's target embeddings (the paper's code; "
+                             "no second V x d table to train and store); own: a table of its own")
+
+
+def shared_target_embeddings(args, decoder_embed_tokens):
+    """The embedding module q should use: the decoder's, or None (its own)."""
+    if getattr(args, "inference_embeddings", "own") == "own":
+        return None
+    if args.inference_embed_dim != decoder_embed_tokens.embedding_dim:
+        raise ValueError(
+            f"--inference-embeddings decoder reads the decoder's {decoder_embed_tokens.embedding_dim}-d "
+            f"target embeddings, but --inference-embed-dim is {args.inference_embed_dim}: drop "
+            "--inference-embed-dim or use --inference-embeddings own")
+    return decoder_embed_tokens
+
+
+def check_shared_embeddings(model, state_dict):
+    """A checkpoint whose q has its own embeddings, loaded into a model whose q
+    shares the decoder's, would overwrite the decoder's table with q's: refuse."""
+    q = getattr(model, "inference_network", None)
+    if q is None or q.embed_tokens is not model.decoder.embed_tokens:
+        return
+    mine, theirs = "decoder.embed_tokens.weight", "inference_network.embed_tokens.weight"
+    if mine in state_dict and theirs in state_dict and not torch.equal(state_dict[mine], state_dict[theirs]):
+        raise ValueError("this checkpoint's inference network has target embeddings of its own; load it "
+                         "with --inference-embeddings own (or --model-overrides "
+                         "\"{'inference_embeddings': 'own'}\")")
+
+
 class InferenceNetwork(nn.Module):
     def __init__(self, dictionary, embed_dim, hidden_size, context_dim, num_layers=1,
-                 dropout=0.0, score="general", attention_dim=None):
+                 dropout=0.0, score="general", attention_dim=None, embed_tokens=None):
         super().__init__()
         self.padding_idx = dictionary.pad()
-        self.embed_tokens = Embedding(len(dictionary), embed_dim, self.padding_idx)
+        self.embed_tokens = embed_tokens or Embedding(len(dictionary), embed_dim, self.padding_idx)
         self.lstm = LSTM(embed_dim, hidden_size, num_layers=num_layers, bidirectional=True,
                          batch_first=True, dropout=dropout if num_layers > 1 else 0.0)
         self.dropout = nn.Dropout(dropout)
@@ -50,10 +88,10 @@ class TransformerInferenceNetwork(nn.Module):
     marginal; a self-attention layer over the target is one parallel pass."""
 
     def __init__(self, dictionary, embed_dim, context_dim, heads=4, ffn_dim=None, dropout=0.0,
-                 score="dot", attention_dim=None, max_positions=1024):
+                 score="dot", attention_dim=None, max_positions=1024, embed_tokens=None):
         super().__init__()
         self.padding_idx = dictionary.pad()
-        self.embed_tokens = Embedding(len(dictionary), embed_dim, self.padding_idx)
+        self.embed_tokens = embed_tokens or Embedding(len(dictionary), embed_dim, self.padding_idx)
         self.embed_scale = embed_dim ** 0.5
         self.embed_positions = PositionalEmbedding(max_positions, embed_dim, self.padding_idx, learned=False)
         self.layer = nn.TransformerEncoderLayer(embed_dim, heads, ffn_dim or 2 * embed_dim, dropout,

@@ -11,6 +11,7 @@ from ..compat import score_every_sentence
 from ..modules.alignment_head import OUTPUT_LAYERS
 from ..modules.attention_kinds import KIND_IDS
 from ..modules.factored_output import FactoredOutputLayer, SourceLogitsCache
+from .inference_network import check_shared_embeddings
 
 
 def dictionary_checksum(dictionary) -> torch.Tensor:
@@ -84,6 +85,7 @@ class LatentModelMixin:
 
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
         self.check_checkpoint(state_dict)
+        check_shared_embeddings(self, state_dict)
         return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
 
     def add_q_scores(self, extra, target):

@@ -44,7 +44,7 @@ from ..modules.alignment_head import (
 from ..modules.output_layer import build_output_layer
 from ..modules.scorer import AttentionScorer
 from .encoder import VarAttnLSTMEncoder
-from .inference_network import InferenceNetwork
+from .inference_network import InferenceNetwork, add_inference_embedding_args, shared_target_embeddings
 from .latent_model import LatentModelMixin, SourceCacheMixin
 
 DEFAULT_MAX_POSITIONS = 1024
@@ -221,6 +221,7 @@ class VarAttnLSTMModel(LatentModelMixin, FairseqEncoderDecoderModel):
         parser.add_argument('--inference-embed-dim', type=int, metavar='N')
         parser.add_argument('--inference-hidden-size', type=int, metavar='N')
         parser.add_argument('--inference-layers', type=int, metavar='N')
+        add_inference_embedding_args(parser)
         parser.add_argument('--alignment-chunk-size', type=int, metavar='N',
                             help='source positions per chunk of the joint output layer; '
                                  'bounds peak memory (0 = all at once)')
@@ -277,6 +278,7 @@ class VarAttnLSTMModel(LatentModelMixin, FairseqEncoderDecoderModel):
                 dropout=args.dropout,
                 score=args.attention_score,
                 attention_dim=args.attention_dim,
+                embed_tokens=shared_target_embeddings(args, decoder.embed_tokens),
             )
         return cls(encoder, decoder, inference_network)
 
@@ -318,6 +320,7 @@ def base_architecture(args):
     args.inference_embed_dim = getattr(args, "inference_embed_dim", args.decoder_embed_dim)
     args.inference_hidden_size = getattr(args, "inference_hidden_size", args.encoder_hidden_size)
     args.inference_layers = getattr(args, "inference_layers", 1)
+    args.inference_embeddings = getattr(args, "inference_embeddings", "own")  # see add_inference_embedding_args
     args.alignment_chunk_size = getattr(args, "alignment_chunk_size", 0)
     args.input_feed = getattr(args, "input_feed", "attentional")
 

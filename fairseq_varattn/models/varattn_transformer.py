@@ -37,7 +37,12 @@ from ..modules.alignment_head import (
 )
 from ..modules.output_layer import build_output_layer
 from ..modules.scorer import AttentionScorer
-from .inference_network import InferenceNetwork, TransformerInferenceNetwork
+from .inference_network import (
+    InferenceNetwork,
+    TransformerInferenceNetwork,
+    add_inference_embedding_args,
+    shared_target_embeddings,
+)
 from .latent_model import LatentModelMixin, SourceCacheMixin
 
 INFERENCE_NETWORKS = ("none", "birnn", "transformer")
@@ -114,6 +119,7 @@ class VarAttnTransformerModel(LatentModelMixin, TransformerModel):
         # fmt: off
         parser.add_argument('--inference-embed-dim', type=int, metavar='N')
         parser.add_argument('--inference-hidden-size', type=int, metavar='N')
+        add_inference_embedding_args(parser)
         add_alignment_args(parser, INFERENCE_NETWORKS)
         # fmt: on
 
@@ -125,16 +131,18 @@ class VarAttnTransformerModel(LatentModelMixin, TransformerModel):
         model = super().build_model(args, task)  # fairseq's encoder and our decoder
         model.decoder.init_alignment_head(args)
         inference_network = None
+        shared = shared_target_embeddings(args, model.decoder.embed_tokens)
         if args.inference_network == "birnn":
             inference_network = InferenceNetwork(
                 task.target_dictionary, embed_dim=args.inference_embed_dim,
                 hidden_size=args.inference_hidden_size, context_dim=args.encoder_embed_dim,
-                dropout=args.dropout, score=args.attention_score, attention_dim=args.attention_dim)
+                dropout=args.dropout, score=args.attention_score, attention_dim=args.attention_dim,
+                embed_tokens=shared)
         elif args.inference_network == "transformer":
             inference_network = TransformerInferenceNetwork(
                 task.target_dictionary, embed_dim=args.inference_embed_dim, context_dim=args.encoder_embed_dim,
                 heads=args.decoder_attention_heads, dropout=args.dropout, score=args.attention_score,
-                attention_dim=args.attention_dim, max_positions=args.max_target_positions)
+                attention_dim=args.attention_dim, max_positions=args.max_target_positions, embed_tokens=shared)
         model.init_latent(inference_network)
         return model
 
@@ -161,6 +169,7 @@ def base_architecture(args):
     transformer_base(args)
     args.inference_embed_dim = getattr(args, "inference_embed_dim", args.decoder_embed_dim)
     args.inference_hidden_size = getattr(args, "inference_hidden_size", args.encoder_embed_dim // 2)
+    args.inference_embeddings = getattr(args, "inference_embeddings", "own")  # see add_inference_embedding_args
 
 
 @register_model_architecture("varattn_transformer", "varattn_transformer_iwslt_de_en")

@@ -140,10 +140,15 @@ def log_mixture(a: torch.Tensor, b, c: torch.Tensor) -> torch.Tensor:
     m_c = c.detach().masked_fill(~valid, float("-inf")).amax(-1, keepdim=True)  # B, N, 1
     m_c = m_c.masked_fill(~torch.isfinite(m_c), 0.0)
     prod = torch.bmm((c - m_c).exp(), source.col_exp)  # B, N, V
-    good = prod > UNDERFLOW
-    bad_rows = ~good.all(-1)  # B, N
-    out = a + m_c + source.col_max + torch.where(good, prod, torch.ones_like(prod)).log()
-    if bad_rows.any():
+    # one reduction finds the rows to redo (NaN fails the comparison too); the
+    # rest are a log and in-place adds: at generation these passes over the
+    # vocabulary cost about what the product does
+    bad_rows = ~(prod.detach().amin(-1) > UNDERFLOW)  # B, N
+    redo = bool(bad_rows.any())
+    if redo:  # no log(0) in the graph: its backward would put NaN into the kept rows' gradients
+        prod = prod.masked_fill(bad_rows.unsqueeze(-1), 1.0)
+    out = prod.log().add_(a).add_(source.col_max).add_(m_c)
+    if redo:
         bi, ji = bad_rows.nonzero(as_tuple=True)
         exact = a[bi, ji] + torch.logsumexp(c[bi, ji].unsqueeze(-1) + source.b[bi], dim=1)
         out = out.index_put((bi, ji), exact)
