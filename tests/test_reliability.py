@@ -80,9 +80,9 @@ def test_resume_after_a_kill_reaches_the_uninterrupted_result(data_dir, tmp_path
     assert a["optimizer_history"][-1]["lr_scheduler_state"] == b["optimizer_history"][-1]["lr_scheduler_state"]
     for key, value in a["model"].items():
         torch.testing.assert_close(b["model"][key], value, rtol=1e-4, atol=1e-5, msg=key)
-    # same validation loss (tolerance 1e-3 bits: float reduction order only)
+    # same validation loss: fairseq logs it to 3 decimals, so one unit of rounding either way
     assert abs(validate(data_dir, os.path.join(straight, "checkpoint_last.pt")) -
-               validate(data_dir, last)) < 1e-3
+               validate(data_dir, last)) < 2e-3
 
 
 # -- a crash while a checkpoint is being written ------------------------------------------
@@ -188,7 +188,13 @@ def test_gloo_ranks_train_the_inference_network_with_reinforce(data_dir, tmp_pat
     assert two["optimizer_history"][-1]["num_updates"] == 3
     assert all(torch.isfinite(v.float()).all() for v in two["model"].values())
     buffers = ("attention_kind_id", "output_layer_id", "source_dictionary_crc", "target_dictionary_crc")
-    names = [k for k in two["model"] if k not in buffers]  # the trainer's parameter order
+    # the trainer's parameter order; q's embedding table is the decoder's (one parameter, two names)
+    seen, names = set(), []
+    for k, v in two["model"].items():
+        if k not in buffers and v.data_ptr() not in seen:
+            seen.add(v.data_ptr())
+            names.append(k)
+    assert "inference_network.embed_tokens.weight" not in names
     state = two["last_optimizer_state"]["state"]
     assert sorted(state) == list(range(len(names)))
     q_index = [i for i, k in enumerate(names) if k.startswith("inference_network.")]
