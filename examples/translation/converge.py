@@ -124,6 +124,12 @@ def result_path(name, seed):
     return os.path.join(RESULTS, f"{name}-seed{seed}.json")
 
 
+def metric(line, key):
+    """``key``'s value in a fairseq log line ("| key value"), or None."""
+    found = re.search(rf"\| {key} ([-0-9.]+)", line)
+    return float(found.group(1)) if found else None
+
+
 def parse_training(text):
     """What the training log says: per-epoch train wps, the best validation line."""
     wps = [float(x) for x in re.findall(r"\| train \|.*? wps ([0-9.]+)", text)]
@@ -132,25 +138,20 @@ def parse_training(text):
     if not valid:
         raise RuntimeError("no validation in the training log")
 
-    def value(line, key):
-        found = re.search(rf"\| {key} ([-0-9.]+)", line)
-        return float(found.group(1)) if found else None
-
-    best = min(valid, key=lambda e: value(valid[e], "ppl"))
+    best = min(valid, key=lambda e: metric(valid[e], "ppl"))
     best_line = valid[best]
     return {
         "train_wps": statistics.mean(wps) if wps else None,
         "epochs_run": max(valid),
         "best_epoch": best,
-        "valid_ppl_training": value(best_line, "ppl"),  # on fairseq's default batches (see run_one)
+        "valid_ppl_training": metric(best_line, "ppl"),  # on fairseq's default batches (see run_one)
     }
 
 
 def validation_diagnostics(text):
     """KL and entropies fairseq-validate logs for the best checkpoint (latent criterions only)."""
     line = re.findall(r"on 'valid' subset \|(.*)", text)[-1]
-    found = {k: re.search(rf"\| {k} ([-0-9.]+)", line) for k in DIAGNOSTICS}
-    return {f"valid_{k}": float(m.group(1)) if m else None for k, m in found.items()}
+    return {f"valid_{k}": metric(line, k) for k in DIAGNOSTICS}
 
 
 def sacrebleu_score(generate_text, work):

@@ -78,6 +78,7 @@ class LatentModelMixin:
                     f"this checkpoint was trained with a different {side} dictionary than the "
                     f"one loaded now ({len(dictionary)} symbols): use the data directory (and "
                     "dict.*.txt) the checkpoint was trained on")
+        check_shared_embeddings(self, state_dict)
 
     def prepare_for_inference_(self, cfg):
         score_every_sentence(cfg)  # before fairseq-generate builds its batches (docs/design.md, Generation)
@@ -85,7 +86,6 @@ class LatentModelMixin:
 
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
         self.check_checkpoint(state_dict)
-        check_shared_embeddings(self, state_dict)
         return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
 
     def add_q_scores(self, extra, target):
