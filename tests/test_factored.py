@@ -75,6 +75,8 @@ def test_mixture_equals_explicit_sum_with_sharp_and_truncated_weights(scale):
     out = log_mixture(a, b, c)
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out.double(), explicit_mixture(a, b, c), rtol=0, atol=1e-3)
+    if scale > 10:  # the case must exercise the exact fallback: words far below every b_i's top
+        assert ((b - b.amax(-1, keepdim=True)).amax(1) < -87).any()
 
 
 @pytest.mark.parametrize("scale", [20.0, 100.0, 200.0])  # 100, 200: rows underflow (to 0 at 200)

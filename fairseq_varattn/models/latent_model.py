@@ -113,7 +113,7 @@ class SourceCacheMixin:
                                                                                    FactoredOutputLayer):
             cache = self.get_incremental_state(incremental_state, "source_cache")
             if cache is None:
-                cache = SourceLogitsCache.build(self.output, extra["encoder_states"], extra["encoder_padding_mask"])
+                cache = SourceLogitsCache.build(self.output, extra["encoder_states"])
                 self.set_incremental_state(incremental_state, "source_cache", cache)
             extra["source_cache"] = cache
         return self.output_layer(x, extra)

@@ -15,8 +15,8 @@ one vocabulary softmax per (j, i) pair:
 * log p(y_j | z_j = i) = a_{j,y_j} + b_{i,y_j} - L_ji, gathers for every i;
 * the mixture over the vocabulary (generation, ``--score-reference``),
   log p(y_j = v) = a_jv + log sum_i exp(c_ji + b_iv) with c_ji = log p(z_j = i) - L_ji,
-  a second product, (N, T) x (T, V), after shifting c by its row maxima and
-  b by its column maxima.
+  a second product, (N, T) x (T, V), of shifted exp(c_ji + m_i) with the
+  same exp(b_iv - m_i) the normalisers read.
 
 Cost: a costs what soft attention's output costs, b one more projection per
 *source* position (computed once per sentence, not per target token), the
@@ -81,36 +81,25 @@ def _float32(fn):
 
 class SourceFactors:
     """b and what the products need of it, computed once per sentence (and
-    cached across beam-search steps): exp(b - its row maxima) for the
-    normalisers, exp(b - its column maxima over the sentence's real
-    positions) for the mixture.  ``valid`` (B, T) is False at padding."""
+    cached across beam-search steps): exp(b - its row maxima), which both
+    products read.  Padding positions need no mask: their weights are 0."""
 
-    def __init__(self, b: torch.Tensor, valid: Optional[torch.Tensor] = None):
+    def __init__(self, b: torch.Tensor):
         self.b = b.float()
-        self.valid = torch.ones(b.shape[:2], dtype=torch.bool, device=b.device) if valid is None else valid
         self.row_max = self.b.detach().amax(-1, keepdim=True)  # B, T, 1
 
     @cached_property
     def row_exp(self):
         return (self.b - self.row_max).exp()
 
-    @cached_property
-    def col_max(self):  # B, 1, V
-        col = self.b.detach().masked_fill(~self.valid.unsqueeze(-1), float("-inf")).amax(1, keepdim=True)
-        return col.masked_fill(~torch.isfinite(col), 0.0)
-
-    @cached_property
-    def col_exp(self):
-        return (self.b - self.col_max).exp().masked_fill(~self.valid.unsqueeze(-1), 0.0)
-
     def index_select(self, index: torch.Tensor) -> "SourceFactors":
         out = SourceFactors.__new__(SourceFactors)
-        for name in ("b", "valid", "row_max"):
+        for name in ("b", "row_max"):
             setattr(out, name, getattr(self, name).index_select(0, index))
-        for name in ("row_exp", "col_max", "col_exp"):
-            if name in self.__dict__:  # computed already: select, do not recompute
-                out.__dict__[name] = self.__dict__[name].index_select(0, index)
+        if "row_exp" in self.__dict__:  # computed already: select, do not recompute
+            out.__dict__["row_exp"] = self.__dict__["row_exp"].index_select(0, index)
         return out
+
 
 
 @_float32
@@ -119,7 +108,7 @@ def log_normalisers(a: torch.Tensor, b) -> torch.Tensor:
     ``SourceFactors``: (B, N, T)."""
     source = b if isinstance(b, SourceFactors) else SourceFactors(b)
     m_a = a.detach().amax(-1, keepdim=True)
-    prod = torch.bmm((a - m_a).exp(), source.row_exp.transpose(1, 2))
+    prod = torch.bmm((a - m_a).exp_(), source.row_exp.transpose(1, 2))
     bad = ~(prod > UNDERFLOW)  # also catches NaN from inf - inf rows
     safe = torch.where(bad, torch.ones_like(prod), prod)
     out = m_a + source.row_max.transpose(1, 2) + safe.log()
@@ -134,12 +123,20 @@ def log_normalisers(a: torch.Tensor, b) -> torch.Tensor:
 def log_mixture(a: torch.Tensor, b, c: torch.Tensor) -> torch.Tensor:
     """log sum_i exp(a_jv + b_iv + c_ji) for a (B, N, V), b (B, T, V) or its
     ``SourceFactors``, c (B, N, T), -inf where position i has no weight
-    (padding, outside a top-k set)."""
-    source = b if isinstance(b, SourceFactors) else SourceFactors(b, torch.isfinite(c).any(1))
-    valid = torch.isfinite(c)
-    m_c = c.detach().masked_fill(~valid, float("-inf")).amax(-1, keepdim=True)  # B, N, 1
-    m_c = m_c.masked_fill(~torch.isfinite(m_c), 0.0)
-    prod = torch.bmm((c - m_c).exp(), source.col_exp)  # B, N, V
+    (padding, outside a top-k set).
+
+    With d_ji = c_ji + max_v b_iv and m_j = max_i d_ji, the sum is
+    a_jv + m_j + log sum_i exp(d_ji - m_j) exp(b_iv - max_v b_iv): the
+    product reads the same exp(b - row max) as the normalisers, so one copy
+    of b's factors is streamed per step.  A row underflows only where some
+    word is ~69 nats below the top of every weighted b_i (a trained model's
+    b spans at most ~32 nats: docs/design.md, "Output layers"); such rows
+    are recomputed exactly."""
+    source = b if isinstance(b, SourceFactors) else SourceFactors(b)
+    d = c + source.row_max.transpose(1, 2)  # B, N, T; -inf stays -inf
+    m_d = d.detach().amax(-1, keepdim=True)  # B, N, 1
+    m_d = m_d.masked_fill(~torch.isfinite(m_d), 0.0)  # a row without weight: redone below
+    prod = torch.bmm((d - m_d).exp(), source.row_exp)  # B, N, V
     # one reduction finds the rows to redo (NaN fails the comparison too); the
     # rest are a log and in-place adds: at generation these passes over the
     # vocabulary cost about what the product does
@@ -147,12 +144,23 @@ def log_mixture(a: torch.Tensor, b, c: torch.Tensor) -> torch.Tensor:
     redo = bool(bad_rows.any())
     if redo:  # no log(0) in the graph: its backward would put NaN into the kept rows' gradients
         prod = prod.masked_fill(bad_rows.unsqueeze(-1), 1.0)
-    out = prod.log().add_(a).add_(source.col_max).add_(m_c)
+    out = prod.log().add_(a).add_(m_d)
     if redo:
         bi, ji = bad_rows.nonzero(as_tuple=True)
         exact = a[bi, ji] + torch.logsumexp(c[bi, ji].unsqueeze(-1) + source.b[bi], dim=1)
         out = out.index_put((bi, ji), exact)
     return out
+
+
+def log_marginal(a: torch.Tensor, source: SourceFactors, log_w: torch.Tensor, k: int = 1) -> torch.Tensor:
+    """log sum_i w_ji softmax_v(a_j + b_i)_v for every v: (B * k, N, V), where
+    a (B * k, N, V) holds k rows (beam hypotheses) per sentence of ``source``
+    and log_w (B * k, N, T) the alignment weights: the k hypotheses of a
+    sentence become k * N rows against its one b."""
+    rows, n = a.shape[:2]
+    a = a.reshape(rows // k, k * n, -1)
+    log_w = log_w.reshape(rows // k, k * n, -1)
+    return log_mixture(a, source, log_w - log_normalisers(a, source)).reshape(rows, n, -1)
 
 
 class FactoredOutputLayer(OutputLayerBase):
@@ -246,18 +254,14 @@ class FactoredOutputLayer(OutputLayerBase):
         a = self.decoder_logits(h, decoder_mask).float()
         log_w = prior.log_probs.float()
         if cache is None:
-            source, k = SourceFactors(self.source_logits(enc, source_mask), torch.isfinite(log_w).any(1)), 1
+            source, k = SourceFactors(self.source_logits(enc, source_mask)), 1
         else:
             source, k = SourceLogitsCache.grouped(cache)
         if 0 < topk < prior.support_size:
             idx, top_w = prior.topk(topk)
             log_w = torch.full_like(log_w, float("-inf")).scatter(-1, idx, top_w)
-        rows, n = a.shape[:2]
         # the k hypotheses of a sentence become k * N rows against its one b
-        a = a.reshape(rows // k, k * n, -1)
-        log_w = log_w.reshape(rows // k, k * n, -1)
-        out = log_mixture(a, source, log_w - log_normalisers(a, source))
-        return out.reshape(rows, n, -1)
+        return log_marginal(a, source, log_w, k)
 
 
 class SourceLogitsCache:
@@ -274,8 +278,8 @@ class SourceLogitsCache:
     """
 
     @staticmethod
-    def build(layer, enc, mask=None):
-        """A cache for the rows of ``enc`` (R, T, C), ``mask`` (R, T) True at padding:
+    def build(layer, enc):
+        """A cache for the rows of ``enc`` (R, T, C):
         {"source": SourceFactors of U sentences, "sentence": (R,)}.
 
         Consecutive rows with the same annotations (beam copies) share one
@@ -288,8 +292,7 @@ class SourceLogitsCache:
         new = torch.ones(rows, dtype=torch.bool, device=enc.device)
         new[1:] = (flat[1:] - flat[:-1]).abs().amax(-1) > tolerance
         sentence = new.long().cumsum(0) - 1
-        valid = None if mask is None else ~mask[new]
-        return {"source": SourceFactors(layer.source_logits(enc[new]), valid), "sentence": sentence}
+        return {"source": SourceFactors(layer.source_logits(enc[new])), "sentence": sentence}
 
     @staticmethod
     def reorder(cache, new_order):
