@@ -50,10 +50,12 @@ for _name in variants.VARIANTS:
 ROWS["marginal-top5"] = ("marginal", False, {"alignment_topk": 5}, "lstm")
 ROWS["factored-marginal-top5"] = ("marginal", True, {"alignment_topk": 5}, "lstm")
 # the factored family next to joint soft and joint marginal (docs/design.md, "Output layers")
-DEFAULT_ROWS = ["soft", "marginal", "factored-soft", "factored-marginal", "factored-hard-enum",
-                "factored-elbo-enum", "factored-elbo-reinforce", "factored-marginal-top5"]
 for _name in ("marginal", "elbo-enum"):  # the factored layer's low-rank source side
+    ROWS[f"factored-{_name}-r64"] = (_name, True, {"factored_source_rank": 64}, "lstm")
     ROWS[f"transformer-factored-{_name}-r64"] = (_name, True, {"factored_source_rank": 64}, "transformer")
+DEFAULT_ROWS = ["soft", "marginal", "factored-soft", "factored-marginal", "factored-hard-enum",
+                "factored-elbo-enum", "factored-elbo-reinforce", "factored-marginal-top5",
+                "factored-marginal-r64", "factored-elbo-enum-r64"]
 # varattn_transformer against fairseq's transformer of the same size
 TRANSFORMER_ROWS = ["transformer", "transformer-soft", "transformer-factored-marginal",
                     "transformer-factored-elbo-enum", "transformer-factored-marginal-r64",

@@ -316,6 +316,21 @@ def test_train_baseline_changes_the_gradient_not_the_logged_loss():
     assert (logs[False][1] - logs[True][1]).abs().max() > 1e-4
 
 
+def test_untrained_baseline_builds_no_graph(monkeypatch):
+    """The baseline is a constant unless --train-baseline: building its graph
+    would keep a (B, N, V) softmax alive until backward for nothing."""
+    from fairseq_varattn.criterions.batch import LatentBatch
+
+    model, d = sharpened()
+    model.train()
+    batch = random_batch(d)
+    real, seen = LatentBatch.soft_logp_y, []
+    monkeypatch.setattr(LatentBatch, "soft_logp_y", lambda self, dist: seen.append(real(self, dist)) or seen[-1])
+    for flag in (False, True):
+        ElboCriterion.build(task(d), estimator="reinforce", train_baseline=flag)(model, batch)
+    assert [b.requires_grad for b in seen] == [False, True]
+
+
 def test_rws_weights_are_unequal_where_the_alignment_matters():
     model, d = sharpened(q_amplitude=1.0)  # a broad q: samples land on positions of unequal weight
     batch = random_batch(d, bsz=4, src_len=7, tgt_len=6)
