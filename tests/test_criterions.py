@@ -331,6 +331,25 @@ def test_untrained_baseline_builds_no_graph(monkeypatch):
     assert [b.requires_grad for b in seen] == [False, True]
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_alignment_tool_exact_posterior_is_prior_times_likelihood(arch):
+    """varattn_tools.align's exact posterior against the prior times T
+    explicit context softmaxes, normalised."""
+    from varattn_tools.align import exact_posterior
+
+    model, d = sharpened(inference_network="none", arch=arch)
+    batch = random_batch(d)
+    prior, _, logp, mask = explicit(model, batch)
+    assert_alignment_matters(prior, logp, mask)
+    _, extra = model(**batch["net_input"], features_only=True)
+    with torch.no_grad():
+        got = exact_posterior(model, extra, batch["target"]).double()[mask]
+    valid = torch.isfinite(prior.log_probs)
+    ref = torch.softmax(prior.log_probs.double() + logp.masked_fill(~valid, 0.0), -1)[mask]
+    assert (ref - prior.probs.double()[mask]).abs().amax() > 0.01, "the likelihood must move the posterior"
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
+
+
 def test_rws_weights_are_unequal_where_the_alignment_matters():
     model, d = sharpened(q_amplitude=1.0)  # a broad q: samples land on positions of unequal weight
     batch = random_batch(d, bsz=4, src_len=7, tgt_len=6)

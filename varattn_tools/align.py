@@ -7,8 +7,8 @@
 For every checkpoint and sentence of ``--subset`` (teacher-forced on the
 reference) it records the attention the model computes: soft attention for
 ``--attention soft``, the prior p(z | x) (its mean for Dirichlet) for latent
-models, and the posterior q(z | x, y) when the model has an inference
-network.  Writes ``alignments.jsonl`` (piece-level matrices),
+models, the posterior q(z | x, y) when the model has an inference
+network, and the exact posterior p(z_j | x, y_<=j) of categorical models.  Writes ``alignments.jsonl`` (piece-level matrices),
 ``summary.json`` / ``summary.md`` (sharpness, and AER when ``--gold`` is
 given) and one PNG heatmap per ``--plot`` sentence.
 
@@ -134,6 +134,19 @@ def attention_of(model, net, target):
     return attn.float(), extra
 
 
+def exact_posterior(model, extra, target):
+    """p(z_j = i | x, y_<=j), proportional to p(z_j = i | x, y_<j) p(y_j | x, y_<j, z_j = i):
+    (B, N, T), for categorical models, whether or not they have a q.  This is
+    the posterior the paper compares with soft attention (its Table 3)."""
+    from fairseq_varattn.modules.alignment import CategoricalAlignment
+
+    head = model.alignment_head
+    prior = head.alignment_distribution(extra["scores"], extra["encoder_padding_mask"])
+    logp = head.output.alignment_logprobs(extra["hidden"], extra["encoder_states"], target).float()
+    padding = ~torch.isfinite(prior.log_probs)
+    return CategoricalAlignment(prior.log_probs + logp.masked_fill(padding, 0.0)).mean()
+
+
 @torch.no_grad()
 def alignments_of(model, task, subset: str, max_sentences: Optional[int]) -> Dict[int, dict]:
     """sentence id -> {src, tgt pieces, panels {label: (N, T) matrix}}."""
@@ -142,6 +155,8 @@ def alignments_of(model, task, subset: str, max_sentences: Optional[int]) -> Dic
     src_dict, tgt_dict = task.source_dictionary, task.target_dictionary
     wanted = range(len(dataset) if max_sentences is None else min(max_sentences, len(dataset)))
     has_q = getattr(model, "inference_network", None) is not None
+    head = getattr(model, "alignment_head", None)
+    categorical = head is not None and head.kind.name == "categorical"
     out = {}
     for start in range(0, len(wanted), 32):
         sample = dataset.collater([dataset[i] for i in wanted[start:start + 32]])
@@ -152,6 +167,8 @@ def alignments_of(model, task, subset: str, max_sentences: Optional[int]) -> Dic
         if has_q:
             q = model.alignment_head.alignment_distribution(extra["q_scores"], extra["encoder_padding_mask"])
             panels["posterior q(z|x,y)"] = q.mean()
+        if categorical:
+            panels["exact posterior p(z|x,y)"] = exact_posterior(model, extra, target)
         for b, sid in enumerate(sample["id"].tolist()):
             src_keep = net["src_tokens"][b].ne(src_dict.pad()) & net["src_tokens"][b].ne(src_dict.eos())
             tgt_keep = target[b].ne(tgt_dict.pad()) & target[b].ne(tgt_dict.eos())

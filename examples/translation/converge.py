@@ -20,9 +20,10 @@ marginal, elbo-enum and elbo-reinforce and 1 to the others.
 For the best checkpoint of each run it records: test PPL (``fairseq-validate``
 with the run's own criterion), sacreBLEU of beam-5 translations against the
 raw test references (with its signature), valid KL, prior / q / exact
-posterior entropies, AER of soft attention, the prior's argmax and the
-posterior's argmax on the hand-aligned test sentences, training tokens/s and
-the epoch of the best checkpoint.
+posterior entropies, AER of soft attention and of the argmax of the prior,
+of q and of the exact posterior p(z_j | x, y_<=j) on the hand-aligned test
+sentences, training tokens/s and the epoch of the best checkpoint.
+``converge.py align`` scores the alignments of finished runs again.
 
 Runs are resumable: an interrupted run restarts from its ``checkpoint_last.pt``
 (fairseq's own resume), and a finished run leaves its result in
@@ -187,8 +188,12 @@ def alignment_scores(data, ckpt, work, env):
     scores = {}
     for row in rows:
         label = row["alignment"]
-        key = "posterior" if label.startswith("posterior") else (
-            "soft" if label == "soft attention" or label.startswith("cross-attention") else "prior")
+        if label.startswith("exact posterior"):
+            key = "posterior_exact"
+        elif label.startswith("posterior"):
+            key = "posterior"  # q's
+        else:
+            key = "soft" if label == "soft attention" or label.startswith("cross-attention") else "prior"
         scores[f"aer_{key}"] = row.get("aer")
         scores[f"test_entropy_{key}_nats"] = row["entropy_nats"]
     return scores
@@ -242,6 +247,21 @@ def run_one(name, seed, opts, env):
     return row
 
 
+def realign(name, seed, opts, env):
+    """Replace a finished run's alignment scores with the current tool's."""
+    done, work = result_path(name, seed), os.path.join(opts.work, f"{name}-seed{seed}")
+    ckpt = os.path.join(work, "checkpoint_best.pt")
+    if not (os.path.isfile(done) and os.path.isfile(ckpt)):
+        print(f"== {name} seed {seed}: no finished run with its checkpoint in {work}, skipped", flush=True)
+        return
+    with open(done) as f:
+        row = json.load(f)
+    row.update(alignment_scores(opts.data, ckpt, work, env))
+    with open(done, "w") as f:
+        json.dump(row, f, indent=1)
+    print(f"== {name} seed {seed}: alignments scored again", flush=True)
+
+
 def prepare(data_root, env):
     data = os.path.join(data_root, "bin")
     if not os.path.isfile(os.path.join(data, "dict.en.txt")):
@@ -258,7 +278,8 @@ COLUMNS = [
     ("valid PPL", "valid_ppl", ".2f"), ("test PPL", "test_ppl", ".2f"), ("BLEU", "test_bleu", ".2f"), ("valid KL (bits)", "valid_kl", ".3f"),
     ("H uniform (bits)", "valid_entropy_uniform", ".2f"), ("H prior (bits)", "valid_entropy_p", ".2f"), ("H q (bits)", "valid_entropy_q", ".2f"),
     ("H posterior (bits)", "valid_entropy_post", ".2f"), ("AER soft", "aer_soft", ".3f"),
-    ("AER prior", "aer_prior", ".3f"), ("AER posterior", "aer_posterior", ".3f"),
+    ("AER prior", "aer_prior", ".3f"), ("AER q", "aer_posterior", ".3f"),
+    ("AER exact posterior", "aer_posterior_exact", ".3f"),
     ("train tok/s", "train_wps", ".0f"), ("best epoch", "best_epoch", ".1f"), ("epochs run", "epochs_run", ".1f"),
 ]
 
@@ -308,7 +329,9 @@ def table(family="lstm"):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["run", "table"])
+    parser.add_argument("command", choices=["run", "table", "align"],
+                        help="run: train and evaluate; table: results/converge*.md; align: score the "
+                             "alignments of finished runs again (after the alignment tool changed)")
     parser.add_argument("--family", choices=list(PLANS), default="lstm",
                         help="varattn_lstm variants, or fairseq's transformer against varattn_transformer")
     parser.add_argument("--only", default="", help="NAME:SEED,... (default: the family's whole plan)")
@@ -334,6 +357,10 @@ def main(argv=None):
         plan = wanted
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     opts.data = prepare(opts.data_root, env)
+    if opts.command == "align":
+        for name, seed in plan:
+            realign(name, seed, opts, env)
+        return
     with concurrent.futures.ThreadPoolExecutor(max_workers=opts.jobs) as pool:
         futures = {pool.submit(run_one, name, seed, opts, env): (name, seed) for name, seed in plan}
         for future in concurrent.futures.as_completed(futures):
