@@ -104,9 +104,11 @@ def ordered_plan(family):
 def output_layer(name):
     """Soft attention (and fairseq's models) keep the joint layer unless the name
     ends in -factored; latent variants use the factored one."""
+    if name == "transformer":
+        return "fairseq's softmax"
     if name.endswith("-factored"):
         return "factored"
-    return "joint" if name.endswith("soft") or name == "transformer" else "factored"
+    return "joint" if name.endswith("soft") else "factored"
 
 
 def variant_name(name):
