@@ -253,9 +253,8 @@ class EstimatorMixin:
             # context (docs/design.md; the paper's Sec. 4 control variate).
             z = dist.sample(self.num_samples)
             logp_y = batch.logp_y_at(z)
-            # an untrained baseline is a constant: no graph, so its (B, N, V)
-            # softmax is not kept for backward (factored elbo-reinforce: peak memory
-            # 1.63x -> 1.49x soft attention's, benchmarks/results.md)
+            # without --train-baseline the baseline is a constant: no graph, so
+            # its (B, N, V) softmax is not kept alive until backward
             with torch.set_grad_enabled(torch.is_grad_enabled() and self.cfg.train_baseline):
                 baseline = batch.soft_logp_y(dist)
             loss, advantage = reinforce_nll(logp_y, dist.log_prob(z), baseline)
