@@ -25,6 +25,11 @@ of q and of the exact posterior p(z_j | x, y_<=j) on the hand-aligned test
 sentences, training tokens/s and the epoch of the best checkpoint.
 ``converge.py align`` scores the alignments of finished runs again.
 
+``--family transformer`` compares fairseq's ``transformer`` with
+``varattn_transformer`` soft, marginal, elbo-enum and elbo-reinforce of the
+same size, each trained for the same fixed budget of ``TRANSFORMER_EPOCHS``
+epochs rather than to convergence.
+
 Runs are resumable: an interrupted run restarts from its ``checkpoint_last.pt``
 (fairseq's own resume), and a finished run leaves its result in
 ``examples/translation/results/converge/NAME-seedS.json`` (committed to the
