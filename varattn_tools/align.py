@@ -8,7 +8,8 @@ For every checkpoint and sentence of ``--subset`` (teacher-forced on the
 reference) it records the attention the model computes: soft attention for
 ``--attention soft``, the prior p(z | x) (its mean for Dirichlet) for latent
 models, the posterior q(z | x, y) when the model has an inference
-network, and the exact posterior p(z_j | x, y_<=j) of categorical models.  Writes ``alignments.jsonl`` (piece-level matrices),
+network, and the exact posterior p(z_j | x, y_<=j) of categorical models.
+Writes ``alignments.jsonl`` (piece-level matrices),
 ``summary.json`` / ``summary.md`` (sharpness, and AER when ``--gold`` is
 given) and one PNG heatmap per ``--plot`` sentence.
 
@@ -138,13 +139,10 @@ def exact_posterior(model, extra, target):
     """p(z_j = i | x, y_<=j), proportional to p(z_j = i | x, y_<j) p(y_j | x, y_<j, z_j = i):
     (B, N, T), for categorical models, whether or not they have a q.  This is
     the posterior the paper compares with soft attention (its Table 3)."""
-    from fairseq_varattn.modules.alignment import CategoricalAlignment
-
     head = model.alignment_head
     prior = head.alignment_distribution(extra["scores"], extra["encoder_padding_mask"])
     logp = head.output.alignment_logprobs(extra["hidden"], extra["encoder_states"], target).float()
-    padding = ~torch.isfinite(prior.log_probs)
-    return CategoricalAlignment(prior.log_probs + logp.masked_fill(padding, 0.0)).mean()
+    return prior.posterior(logp).mean()
 
 
 @torch.no_grad()
@@ -165,7 +163,7 @@ def alignments_of(model, task, subset: str, max_sentences: Optional[int]) -> Dic
         attn, extra = attention_of(model, net, target if has_q else None)
         panels = {label_of(model): attn}
         if has_q:
-            q = model.alignment_head.alignment_distribution(extra["q_scores"], extra["encoder_padding_mask"])
+            q = head.alignment_distribution(extra["q_scores"], extra["encoder_padding_mask"])
             panels["posterior q(z|x,y)"] = q.mean()
         if categorical:
             panels["exact posterior p(z|x,y)"] = exact_posterior(model, extra, target)

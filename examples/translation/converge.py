@@ -135,6 +135,11 @@ def result_path(name, seed):
     return os.path.join(RESULTS, f"{name}-seed{seed}.json")
 
 
+def work_dir(opts, name, seed):
+    """The run's checkpoints and logs."""
+    return os.path.join(opts.work, f"{name}-seed{seed}")
+
+
 def metric(line, key):
     """``key``'s value in a fairseq log line ("| key value"), or None."""
     found = re.search(rf"\| {key} ([-0-9.]+)", line)
@@ -210,7 +215,7 @@ def run_one(name, seed, opts, env):
     done = result_path(name, seed)
     if os.path.isfile(done):
         return json.load(open(done))
-    work = os.path.join(opts.work, f"{name}-seed{seed}")
+    work = work_dir(opts, name, seed)
     os.makedirs(work, exist_ok=True)
     common = [opts.data, "--user-dir", USER_DIR]
     cmd = [sys.executable, "-m", "fairseq_cli.train", *common, *train_options(name), "--seed", str(seed),
@@ -256,7 +261,7 @@ def run_one(name, seed, opts, env):
 
 def realign(name, seed, opts, env):
     """Replace a finished run's alignment scores with the current tool's."""
-    done, work = result_path(name, seed), os.path.join(opts.work, f"{name}-seed{seed}")
+    done, work = result_path(name, seed), work_dir(opts, name, seed)
     ckpt = os.path.join(work, "checkpoint_best.pt")
     if not (os.path.isfile(done) and os.path.isfile(ckpt)):
         print(f"== {name} seed {seed}: no finished run with its checkpoint in {work}, skipped", flush=True)

@@ -118,8 +118,7 @@ class LatentBatch:
         if self._logp_all is not None and isinstance(self.prior, CategoricalAlignment):
             logp = self._logp_all.float()
             out["logpy_spread"] = _masked_std(logp, valid, count)
-            out["entropy_post"] = CategoricalAlignment(
-                self.prior.log_probs + logp.masked_fill(~valid, 0.0)).entropy()
+            out["entropy_post"] = self.prior.posterior(logp).entropy()
         return out
 
     def exact_nll(self) -> torch.Tensor:

@@ -54,6 +54,12 @@ class CategoricalAlignment:
     def detached(self) -> "CategoricalAlignment":
         return CategoricalAlignment.from_log_probs(self.log_probs.detach(), self.index)
 
+    def posterior(self, log_likelihood: torch.Tensor) -> "CategoricalAlignment":
+        """p(z = i | y), proportional to p(z = i) p(y | z = i), from log p(y | z = i)
+        of the same shape; positions without prior mass (padding) keep none."""
+        padding = ~torch.isfinite(self.log_probs)
+        return CategoricalAlignment(self.log_probs + log_likelihood.masked_fill(padding, 0.0))
+
     @property
     def probs(self) -> torch.Tensor:
         return self.log_probs.exp()

@@ -101,7 +101,6 @@ class SourceFactors:
         return out
 
 
-
 @_float32
 def log_normalisers(a: torch.Tensor, b) -> torch.Tensor:
     """L_ji = logsumexp_v(a_jv + b_iv) for a (B, N, V), b (B, T, V) or its
@@ -260,7 +259,6 @@ class FactoredOutputLayer(OutputLayerBase):
         if 0 < topk < prior.support_size:
             idx, top_w = prior.topk(topk)
             log_w = torch.full_like(log_w, float("-inf")).scatter(-1, idx, top_w)
-        # the k hypotheses of a sentence become k * N rows against its one b
         return log_marginal(a, source, log_w, k)
 
 
