@@ -9,7 +9,8 @@ machine noise hits all of them alike.  Speed is reported as target tokens/s
 and as a ratio to ``soft`` (``varattn_lstm --attention soft``).  Peak memory
 is measured in a fresh subprocess per variant: CUDA's max allocated bytes on
 a GPU, else the peak RSS (VmHWM, reset after the model is built) over the
-post-build RSS (Linux).
+post-build RSS (Linux), with glibc's mmap threshold fixed so that the RSS
+follows the live tensors.
 """
 
 import argparse
@@ -237,7 +238,13 @@ def main():
             cmd = [sys.executable, __file__, "--memory-only", n] + [
                 f"--{k.replace('_', '-')}={v}" for k, v in vars(opts).items()
                 if k in ("vocab", "src_len", "tgt_len", "batch", "embed", "hidden", "chunk", "device")]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            # glibc's default mmap threshold adapts to past frees, so freed
+            # tensors may or may not return to the kernel and the peak RSS
+            # varied by 10% between identical runs; a fixed threshold
+            # serves every tensor over 64 KiB by mmap, and the peak RSS is
+            # the peak of live tensors (reproducible to 0.1 MB)
+            env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
             results[n]["peak_mb"] = json.loads(out.strip().splitlines()[-1])["peak_mb"]
 
     ref_name = "soft" if "soft" in results else "transformer"

@@ -14,6 +14,7 @@ from fairseq_varattn.modules.alignment import CategoricalAlignment
 from fairseq_varattn.modules.factored_output import (
     FactoredOutputLayer,
     SourceLogitsCache,
+    gold_log_likelihood,
     log_mixture,
     log_normalisers,
 )
@@ -64,6 +65,57 @@ def test_normalisers_gradient_equals_explicit():
     for x, y in zip(got, ref):
         assert torch.isfinite(x).all()
         torch.testing.assert_close(x.double(), y, rtol=1e-4, atol=1e-5)
+
+
+def explicit_gold(a, b, target):
+    """log softmax_v(a_j + b_i) at y_j: (B, N, T), in float64."""
+    joint = a.double().unsqueeze(2) + b.double().unsqueeze(1)  # B, N, T, V
+    index = target.view(*target.shape, 1, 1).expand(-1, -1, joint.size(2), 1)
+    return torch.log_softmax(joint, -1).gather(-1, index).squeeze(-1)
+
+
+@pytest.mark.parametrize("scale", [1.0, 50.0])
+def test_gold_log_likelihood_value_and_gradient_equal_explicit_softmaxes(scale):
+    """The hand-written backward against autograd through T explicit
+    softmaxes, with weights on every (j, i); at +-50 some products underflow
+    and go through the exact fallback, whose gradient must be right too."""
+    a = logits(scale, 6, (B, N, V)).double().requires_grad_()
+    b = logits(scale, 7, (B, T, V)).double().requires_grad_()
+    target = torch.randint(0, V, (B, N), generator=torch.Generator().manual_seed(8))
+    if scale > 1:
+        m_a, m_b = a.detach().amax(-1, keepdim=True), b.detach().amax(-1, keepdim=True)
+        raw = torch.bmm((a.detach() - m_a).exp(), (b.detach() - m_b).exp().transpose(1, 2))
+        assert (raw < 1e-30).any(), "the case must exercise the fallback"
+    weights = torch.randn(B, N, T, dtype=torch.double, generator=torch.Generator().manual_seed(9))
+    got = gold_log_likelihood(a, b, target)
+    ref = explicit_gold(a, b, target)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got.double(), ref, rtol=0, atol=1e-4 * max(1.0, scale / 10))
+    got_grad = torch.autograd.grad((got * weights).sum(), (a, b))
+    ref_grad = torch.autograd.grad((ref * weights).sum(), (a, b))
+    for x, y in zip(got_grad, ref_grad):
+        assert torch.isfinite(x).all()
+        torch.testing.assert_close(x.double(), y, rtol=1e-4, atol=1e-4)
+
+
+def test_gold_log_likelihood_keeps_only_the_two_factors_for_backward():
+    """What enumeration holds from forward to backward: exp(a - m) and
+    exp(b - m) and (B, N, T)-sized tensors, not a and b themselves as well
+    (autograd's graph of the same expression keeps both pairs).  The peak
+    of the backward itself is in benchmarks/README.md."""
+    a = logits(3.0, 10, (B, N, 500)).requires_grad_()
+    b = logits(3.0, 11, (B, T, 500)).requires_grad_()
+    target = torch.randint(0, 500, (B, N), generator=torch.Generator().manual_seed(12))
+    saved = {}
+
+    def pack(t):
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        gold_log_likelihood(a, b, target)
+    factors = (a.numel() + b.numel()) * 4
+    assert factors <= sum(saved.values()) <= factors + 4 * B * N * T * 8
 
 
 @pytest.mark.parametrize("scale", [1.0, 50.0])
