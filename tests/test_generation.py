@@ -54,6 +54,26 @@ def test_beam_scores_equal_score_reference_and_validation_nll(output_layer, arch
     assert float(log["nll_loss"]) == pytest.approx(-float(beam_scores.sum()), abs=1e-3)
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_beam_search_projects_the_source_keys_once(arch, monkeypatch):
+    """The scorer's key projection depends on the source alone: beam search
+    computes it at the first step and reorders it with the beams (a third of
+    beam search's time when it was recomputed every step)."""
+    model, d = sharpened(inference_network="none", output_layer="factored", arch=arch)
+    model.eval()
+    assert model.decoder.scorer.kind != "general", "general scores have no key projection"
+    calls = []
+    prepare = model.decoder.scorer.prepare
+    monkeypatch.setattr(model.decoder.scorer, "prepare", lambda keys: calls.append(keys.shape) or prepare(keys))
+    batch = random_batch(d, bsz=3, src_len=7, tgt_len=5)
+    net = {k: batch["net_input"][k] for k in ("src_tokens", "src_lengths")}
+    generator = SequenceGenerator([model], d, beam_size=3, max_len_a=0, max_len_b=6, min_len=6)
+    with torch.no_grad():
+        hypos = generator.generate([model], {"net_input": net})
+    assert all(len(h[0]["tokens"]) == 7 for h in hypos), "every sentence decodes 7 steps"
+    assert len(calls) == 1
+
+
 @pytest.mark.parametrize("temperature", [0.5, 2.0])
 def test_temperature_gives_normalised_tempered_mixtures(temperature):
     """fairseq's generator divides the decoder output by --temperature and

@@ -104,9 +104,22 @@ class LatentModelMixin:
 
 
 class SourceCacheMixin:
-    """For incremental decoders with an alignment head: the factored layer's
-    b = g(x~) is the same at every step of a sentence, so beam search keeps it
-    per sentence (``SourceLogitsCache``) instead of recomputing it per step."""
+    """For incremental decoders with an alignment head: what is computed from
+    the source alone is the same at every step of a sentence, so beam search
+    keeps it instead of recomputing it per step: the scorer's key projection
+    (``prepared_keys``; recomputed, it was a third of varattn_lstm's beam
+    search with MLP scores) and the factored layer's b = g(x~)
+    (``SourceLogitsCache``)."""
+
+    def prepared_keys(self, enc, incremental_state):
+        """``self.scorer.prepare(enc)``, once per sentence in incremental decoding."""
+        if incremental_state is None:
+            return self.scorer.prepare(enc)
+        cached = self.get_incremental_state(incremental_state, "prepared_keys")
+        if cached is None:
+            cached = {"keys": self.scorer.prepare(enc)}
+            self.set_incremental_state(incremental_state, "prepared_keys", cached)
+        return cached["keys"]
 
     def cached_output_layer(self, x, extra, incremental_state):
         if incremental_state is not None and self.kind.supports_topk and isinstance(self.output,
@@ -119,6 +132,10 @@ class SourceCacheMixin:
         return self.output_layer(x, extra)
 
     def reorder_source_cache(self, incremental_state, new_order):
+        keys = self.get_incremental_state(incremental_state, "prepared_keys")
+        if keys is not None:
+            self.set_incremental_state(incremental_state, "prepared_keys",
+                                       {"keys": keys["keys"].index_select(0, new_order)})
         source = self.get_incremental_state(incremental_state, "source_cache")
         if source is not None:
             self.set_incremental_state(incremental_state, "source_cache",

@@ -129,7 +129,7 @@ class VarAttnLSTMDecoder(SourceCacheMixin, AlignmentHeadMixin, FairseqIncrementa
         else:
             hiddens, cells, input_feed = self._initial_state(encoder_out, bsz, x)
 
-        keys = self.scorer.prepare(enc)
+        keys = self.prepared_keys(enc, incremental_state)
         outs, tops, scores_all, weights_all, contexts = [], [], [], [], []
         for j in range(seqlen):
             layer_input = torch.cat((x[j], input_feed), dim=1)

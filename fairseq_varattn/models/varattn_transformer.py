@@ -83,7 +83,7 @@ class VarAttnTransformerDecoder(SourceCacheMixin, AlignmentHeadMixin, Transforme
         enc = encoder_out["encoder_out"][0].transpose(0, 1)  # B x T x C
         masks = encoder_out["encoder_padding_mask"]
         enc_mask = masks[0] if len(masks) > 0 else torch.zeros(enc.shape[:2], dtype=torch.bool, device=enc.device)
-        scores = self.scorer(h, self.scorer.prepare(enc), enc_mask)  # B x N x T
+        scores = self.scorer(h, self.prepared_keys(enc, incremental_state), enc_mask)  # B x N x T
         weights = self.expected_weights(scores, enc_mask)
         context = torch.bmm(weights, enc)
         features = self.dropout_module(self.output.attentional(h, context))
