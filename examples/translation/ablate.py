@@ -2,10 +2,12 @@
 
     python examples/translation/ablate.py                       # every ablation, 2 at a time
     python examples/translation/ablate.py --only marginal,elbo-reinforce
+    python examples/translation/ablate.py --preset iwslt --only marginal,marginal-factored
 
 Each ablation trains ``varattn_lstm`` (joint output layer) on the shipped
 Multi30k De-En (a 2k sentencepiece vocabulary) with the quick preset of
-``reproduce.py`` plus its own options, validates every ``--every`` updates,
+``reproduce.py`` (or, with ``--preset iwslt``, the paper's model and
+optimiser: the README's IWSLT14 recipe) plus its own options, validates every ``--every`` updates,
 and records what the latent criterions log to show whether the alignment is
 learnt (docs/design.md, "Is the latent attention learning?"): the prior's
 entropy against the uniform entropy (log2 of the source length), its largest
@@ -33,6 +35,12 @@ QUICK = ["--arch", "varattn_lstm", "--encoder-embed-dim", "64", "--encoder-hidde
          "--decoder-embed-dim", "64", "--decoder-hidden-size", "128",
          "--decoder-out-embed-dim", "64", "--dropout", "0.2",
          "--optimizer", "adam", "--lr", "0.005", "--clip-norm", "5", "--max-tokens", "1000"]
+# the paper's model and optimiser (the README's IWSLT14 recipe), for --preset iwslt
+IWSLT = ["--arch", "varattn_lstm_iwslt_de_en", "--optimizer", "adam", "--adam-eps", "1e-8", "--lr", "3e-4",
+         "--batch-size", "6", "--clip-norm", "5", "--required-batch-size-multiple", "1"]
+PRESETS = {"quick": (QUICK, "quick preset (64-d, lr 0.005, 1000-token batches)"),
+           "iwslt": (IWSLT, "IWSLT preset (varattn_lstm_iwslt_de_en: 512-d, 2 layers, 1024-d annotations; "
+                            "Adam 3e-4, 6-sentence batches)")}
 MARGINAL = ["--attention", "categorical", "--criterion", "varattn_marginal"]
 FACTORED = ["--output-layer", "factored"]
 ELBO_ENUM = ["--attention", "categorical", "--inference-network", "birnn", "--criterion", "varattn_elbo",
@@ -87,7 +95,7 @@ def run_one(name, args, opts, data, env):
     save = os.path.join(opts.out, name)
     os.makedirs(save, exist_ok=True)
     cached = os.path.join(save, "row.json")
-    cmd = [sys.executable, "-m", "fairseq_cli.train", data, "--user-dir", USER_DIR, *QUICK, *args,
+    cmd = [sys.executable, "-m", "fairseq_cli.train", data, "--user-dir", USER_DIR, *PRESETS[opts.preset][0], *args,
            "--max-update", str(opts.max_update), "--validate-interval-updates", str(opts.every),
            "--save-interval-updates", str(opts.every), "--keep-interval-updates", "1",
            "--no-epoch-checkpoints", "--seed", str(opts.seed), "--num-workers", "0",
@@ -109,8 +117,9 @@ def run_one(name, args, opts, data, env):
 def markdown(rows, opts):
     head = ("| ablation | updates | valid PPL | H prior | H uniform | prior max p | H posterior | "
             "spread of log p(y given z=i) | H q | KL |")
-    lines = [f"`python examples/translation/ablate.py` on {datetime.date.today()}: quick preset (64-d, "
-             f"lr 0.005, 1000-token batches), Multi30k with a 2k sentencepiece vocabulary, seed {opts.seed}, "
+    command = "python examples/translation/ablate.py" + (f" --preset {opts.preset}" if opts.preset != "quick" else "")
+    lines = [f"`{command}` on {datetime.date.today()}: {PRESETS[opts.preset][1]}, "
+             f"Multi30k with a 2k sentencepiece vocabulary, seed {opts.seed}, "
              "validation set (fairseq's default batches, which leave out the last, longest batch: the same "
              "for every row); entropies in bits per target token, spread in nats.", "", head,
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -123,7 +132,9 @@ def markdown(rows, opts):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=os.path.join("runs", "ablate"))
+    parser.add_argument("--preset", choices=list(PRESETS), default="quick",
+                        help="model and optimiser every row starts from (default: quick)")
+    parser.add_argument("--out", help="default: runs/ablate (runs/ablate-PRESET for other presets)")
     parser.add_argument("--only", default="", help="comma-separated ablation names (default: all)")
     parser.add_argument("--max-update", type=int, default=1000)
     parser.add_argument("--every", type=int, default=250, help="validate every N updates")
@@ -131,9 +142,12 @@ def main():
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one CPU thread each)")
     parser.add_argument("--table-only", action="store_true",
                         help="tabulate the training logs already in --out (finished or not); train nothing")
-    parser.add_argument("--results", default=os.path.join(REPO, "examples", "translation", "results", "ablate.md"),
-                        help="the table, for scripts/readme_results.py")
+    parser.add_argument("--results", help="the table, for scripts/readme_results.py (default: "
+                                           "examples/translation/results/ablate.md, ablate-PRESET.md for other presets)")
     opts = parser.parse_args()
+    suffix = "" if opts.preset == "quick" else f"-{opts.preset}"
+    opts.out = opts.out or os.path.join("runs", f"ablate{suffix}")
+    opts.results = opts.results or os.path.join(REPO, "examples", "translation", "results", f"ablate{suffix}.md")
     names = [n for n in opts.only.split(",") if n] or list(ABLATIONS)
     unknown = [n for n in names if n not in ABLATIONS]
     if unknown:
