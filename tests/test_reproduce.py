@@ -116,3 +116,24 @@ def test_alignments_command_rejects_a_missing_checkpoint(data_dir, tmp_path):
     proc = run_cli(["varattn_tools.align", data_dir, "--path", str(tmp_path / "none.pt"),
                     "--out", str(tmp_path / "a")], check=False)
     assert proc.returncode != 0 and "does not exist" in proc.stderr + proc.stdout
+
+
+def test_ablation_table_names_its_preset_and_reads_fairseq_validation_lines(tmp_path):
+    """ablate.py --table-only on a training log as fairseq writes it: the table
+    says which preset the rows were trained with, and carries the log's numbers."""
+    log = tmp_path / "ablate" / "marginal" / "train.log"
+    log.parent.mkdir(parents=True)
+    log.write_text(
+        "2026-11-29 16:41:54 | INFO | valid | epoch 001 | valid on 'valid' subset | loss 7.02 | "
+        "nll_loss 7.02 | entropy_p 4.232 | entropy_post 4.186 | entropy_uniform 4.442 | prior_maxp 0.119 | "
+        "score_spread 0.415 | logpy_spread 0.199 | annot_spread 0.538 | ppl 129.75 | wps 73 | "
+        "num_updates 250\n")
+    results = tmp_path / "ablate-iwslt.md"
+    subprocess.run([PYTHON, os.path.join(REPO, "examples", "translation", "ablate.py"), "--preset", "iwslt",
+                    "--only", "marginal", "--table-only", "--out", str(tmp_path / "ablate"),
+                    "--results", str(results)], check=True, capture_output=True, cwd=REPO)
+    table = results.read_text()
+    assert "`python examples/translation/ablate.py --preset iwslt`" in table
+    assert "varattn_lstm_iwslt_de_en" in table
+    assert re.search(r"^\| marginal \| 250 \| 129.75 \| 4.232 \| 4.442 \| 0.119 \| 4.186 \| 0.199 \| - \| - \|$",
+                     table, re.M), table
