@@ -31,6 +31,12 @@ from typing import Dict, Iterable, List, Optional, Set, Tuple
 import torch
 
 WORD_START = "\u2581"  # sentencepiece's word-boundary marker
+Q_PANEL = "posterior q(z|x,y)"
+EXACT_PANEL = "exact posterior p(z|x,y)"
+# summary rows name each panel's role, so that scripts read the numbers they
+# want without parsing display labels; every other panel is the model's own
+# attention (soft attention, the prior, or a Transformer's cross-attention)
+ROLES = {Q_PANEL: "q", EXACT_PANEL: "exact_posterior"}
 
 logger = logging.getLogger("varattn_tools.align")
 
@@ -164,9 +170,9 @@ def alignments_of(model, task, subset: str, max_sentences: Optional[int]) -> Dic
         panels = {label_of(model): attn}
         if has_q:
             q = head.alignment_distribution(extra["q_scores"], extra["encoder_padding_mask"])
-            panels["posterior q(z|x,y)"] = q.mean()
+            panels[Q_PANEL] = q.mean()
         if categorical:
-            panels["exact posterior p(z|x,y)"] = exact_posterior(model, extra, target)
+            panels[EXACT_PANEL] = exact_posterior(model, extra, target)
         for b, sid in enumerate(sample["id"].tolist()):
             src_keep = net["src_tokens"][b].ne(src_dict.pad()) & net["src_tokens"][b].ne(src_dict.eos())
             tgt_keep = target[b].ne(tgt_dict.pad()) & target[b].ne(tgt_dict.eos())
@@ -214,7 +220,8 @@ def summarise(name: str, aligned: Dict[int, dict], gold) -> List[dict]:
             if gold is not None and sid < len(gold) and gold[sid] is not None:
                 words = word_matrix(m, word_ids(rec["tgt"]), word_ids(rec["src"]))
                 scored.append((hard_links(words), *gold[sid]))
-        row = {"checkpoint": name, "alignment": label, "sentences": len(aligned),
+        row = {"checkpoint": name, "alignment": label, "role": ROLES.get(label, "attention"),
+               "sentences": len(aligned),
                "entropy_nats": sum(entropies) / len(entropies),
                "max_prob": sum(maxima) / len(maxima)}
         if scored:

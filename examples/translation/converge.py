@@ -116,6 +116,13 @@ def output_layer(name):
     return "joint" if name.endswith("soft") else "factored"
 
 
+def is_latent(name):
+    """Whether the plan name trains a latent alignment (not soft attention, not fairseq's model)."""
+    if name == "transformer":
+        return False
+    return variant_name(name[len("transformer-"):] if name.startswith("transformer-") else name) != "soft"
+
+
 def variant_name(name):
     """The row of varattn_tools.variants a plan name trains."""
     return name[:-len("-factored")] if name.endswith("-factored") else name
@@ -190,7 +197,10 @@ def sacrebleu_score(generate_text, work):
     return score.score, str(bleu.get_signature())
 
 
-def alignment_scores(data, ckpt, work, env):
+def alignment_scores(data, ckpt, work, env, latent):
+    """AER and entropy of each panel of the alignment tool: the model's own
+    attention (the prior if ``latent``, else soft attention), q's posterior
+    and the exact posterior."""
     out = os.path.join(work, "alignments")
     run([sys.executable, "-m", "varattn_tools.align", data, "--subset", "test", "--path", ckpt,
          "--name", "model", "--out", out, "--gold", GOLD, "--max-sentences", "30", "--plot", "0,1,3"],
@@ -199,13 +209,8 @@ def alignment_scores(data, ckpt, work, env):
         rows = json.load(f)
     scores = {}
     for row in rows:
-        label = row["alignment"]
-        if label.startswith("exact posterior"):
-            key = "posterior_exact"
-        elif label.startswith("posterior"):
-            key = "posterior"  # q's
-        else:
-            key = "soft" if label == "soft attention" or label.startswith("cross-attention") else "prior"
+        key = {"q": "posterior", "exact_posterior": "posterior_exact"}.get(
+            row["role"], "prior" if latent else "soft")
         scores[f"aer_{key}"] = row.get("aer")
         scores[f"test_entropy_{key}_nats"] = row["entropy_nats"]
     return scores
@@ -247,7 +252,7 @@ def run_one(name, seed, opts, env):
                "--beam", "5", "--batch-size", "64", "--post-process", "sentencepiece", "--num-workers", "0"],
               os.path.join(work, "generate.log"), env)
     row["test_bleu"], row["bleu_signature"] = sacrebleu_score(gen, work)
-    row.update(alignment_scores(opts.data, ckpt, work, env))
+    row.update(alignment_scores(opts.data, ckpt, work, env, is_latent(name)))
     row["wall_s"] = time.time() - start
     row["date"] = str(datetime.date.today())
     row["machine"] = f"{platform.machine()} x{os.cpu_count()} CPU cores"
@@ -268,7 +273,7 @@ def realign(name, seed, opts, env):
         return
     with open(done) as f:
         row = json.load(f)
-    row.update(alignment_scores(opts.data, ckpt, work, env))
+    row.update(alignment_scores(opts.data, ckpt, work, env, is_latent(name)))
     with open(done, "w") as f:
         json.dump(row, f, indent=1)
     print(f"== {name} seed {seed}: alignments scored again", flush=True)
