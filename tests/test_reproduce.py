@@ -12,10 +12,13 @@ import torch
 from helpers import PYTHON, REPO, run_cli
 
 from varattn_tools.align import (
+    EXACT_PANEL,
+    Q_PANEL,
     alignment_error_rate,
     hard_links,
     parse_pharaoh,
     read_gold,
+    summarise,
     word_ids,
     word_matrix,
 )
@@ -56,6 +59,20 @@ def test_pieces_become_words_and_rows_stay_distributions():
     words = word_matrix(attn, word_ids(tgt), word_ids(src))
     torch.testing.assert_close(words, torch.tensor([[0.7, 0.3], [(0.0 + 0.2 + 0.0) / 3, (1.0 + 0.8 + 1.0) / 3]]))
     assert hard_links(words) == {(0, 0), (1, 1)}
+
+
+def test_summary_rows_name_each_panels_role():
+    """Scripts (converge.py) pick AERs by role, not by display label; AER
+    is scored per panel against the gold links."""
+    sharp = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
+    flat = torch.full((2, 2), 0.5)
+    aligned = {0: {"src": ["\u2581a", "\u2581b"], "tgt": ["\u2581x", "\u2581y"],
+                   "panels": {"categorical prior p(z|x)": flat, Q_PANEL: sharp, EXACT_PANEL: sharp.flip(1)}}}
+    gold = [({(0, 0), (1, 1)}, {(0, 0), (1, 1)})]
+    rows = {r["role"]: r for r in summarise("m", aligned, gold)}
+    assert set(rows) == {"attention", "q", "exact_posterior"}
+    assert rows["attention"]["alignment"] == "categorical prior p(z|x)"
+    assert rows["q"]["aer"] == 0.0 and rows["exact_posterior"]["aer"] == 1.0
 
 
 def test_shipped_gold_alignments_fit_the_raw_test_sentences():
