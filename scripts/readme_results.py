@@ -19,6 +19,7 @@ SOURCES = {
     "converge": os.path.join(RESULTS, "converge.md"),  # converge.py table
     "converge-transformer": os.path.join(RESULTS, "converge-transformer.md"),  # --family transformer
     "ablate": os.path.join(RESULTS, "ablate.md"),  # ablate.py
+    "ablate-iwslt": os.path.join(RESULTS, "ablate-iwslt.md"),  # ablate.py --preset iwslt
     "output-layers": os.path.join(RESULTS, "output-layers.md"),  # reproduce.py --output-layers joint,factored
     "speed": os.path.join("benchmarks", "results.md"),  # benchmarks/speed.py
 }
