@@ -106,16 +106,31 @@ def log_normalisers(a: torch.Tensor, b) -> torch.Tensor:
     """L_ji = logsumexp_v(a_jv + b_iv) for a (B, N, V), b (B, T, V) or its
     ``SourceFactors``: (B, N, T)."""
     source = b if isinstance(b, SourceFactors) else SourceFactors(b)
-    m_a = a.detach().amax(-1, keepdim=True)
-    prod = torch.bmm((a - m_a).exp_(), source.row_exp.transpose(1, 2))
-    bad = ~(prod > UNDERFLOW)  # also catches NaN from inf - inf rows
-    safe = torch.where(bad, torch.ones_like(prod), prod)
-    out = m_a + source.row_max.transpose(1, 2) + safe.log()
+    m_a, _, prod, bad = _shifted_product(a, source.row_exp)
+    out = m_a + source.row_max.transpose(1, 2) + prod.log()
     if bad.any():
-        bi, ji, ii = bad.nonzero(as_tuple=True)
-        exact = torch.logsumexp(a[bi, ji] + source.b[bi, ii], dim=-1)
-        out = out.index_put((bi, ji, ii), exact)
+        index, _, exact = _exact_normalisers(a, source.b, bad)
+        out = out.index_put(index, exact)
     return out
+
+
+def _shifted_product(a, b_exp):
+    """The normalisers' product for a (B, N, V) and exp(b - row max) (B, T, V):
+    (m_a, exp(a - m_a), their product with underflowing entries set to 1,
+    the mask of those entries, which the caller recomputes exactly)."""
+    m_a = a.detach().amax(-1, keepdim=True)
+    a_exp = (a - m_a).exp_()
+    prod = torch.bmm(a_exp, b_exp.transpose(1, 2))
+    bad = ~(prod > UNDERFLOW)  # also catches NaN from inf - inf rows
+    return m_a, a_exp, prod.masked_fill(bad, 1.0), bad
+
+
+def _exact_normalisers(a, b, bad):
+    """L_ji = logsumexp_v(a_jv + b_iv) without the products, at the (b, j, i)
+    entries of ``bad``: (their index, the logit rows a_j + b_i, L)."""
+    index = bad.nonzero(as_tuple=True)
+    rows = a[index[0], index[1]] + b[index[0], index[2]]
+    return index, rows, torch.logsumexp(rows, dim=-1)
 
 
 class _GoldLogLikelihood(torch.autograd.Function):
@@ -133,11 +148,7 @@ class _GoldLogLikelihood(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a, b, b_exp, b_max, target):
-        m_a = a.amax(-1, keepdim=True)
-        a_exp = (a - m_a).exp_()
-        prod = torch.bmm(a_exp, b_exp.transpose(1, 2))
-        bad = ~(prod > UNDERFLOW)  # also catches NaN from inf - inf rows
-        prod.masked_fill_(bad, 1.0)  # redone by the caller; g is 0 there
+        m_a, a_exp, prod, bad = _shifted_product(a, b_exp)  # bad: redone by the caller, g is 0 there
         gold_a = a.gather(-1, target.unsqueeze(-1))
         gold_b = b.gather(-1, _source_index(target, b.size(1))).transpose(1, 2)
         out = gold_a + gold_b - (m_a + b_max.transpose(1, 2) + prod.log())
@@ -173,10 +184,9 @@ def gold_log_likelihood(a: torch.Tensor, b, target: torch.Tensor) -> torch.Tenso
     source = b if isinstance(b, SourceFactors) else SourceFactors(b)
     out, bad = _GoldLogLikelihood.apply(a, source.b, source.row_exp.detach(), source.row_max, target)
     if bad.any():
-        bi, ji, ii = bad.nonzero(as_tuple=True)
-        rows = a[bi, ji] + source.b[bi, ii]
-        exact = rows.gather(-1, target[bi, ji].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(rows, -1)
-        out = out.index_put((bi, ji, ii), exact)
+        index, rows, norm = _exact_normalisers(a, source.b, bad)
+        gold = rows.gather(-1, target[index[0], index[1]].unsqueeze(-1)).squeeze(-1)
+        out = out.index_put(index, gold - norm)
     return out
 
 
