@@ -2,6 +2,7 @@
 
 import csv
 import gzip
+import importlib.util
 import math
 import os
 import re
@@ -154,3 +155,49 @@ def test_ablation_table_names_its_preset_and_reads_fairseq_validation_lines(tmp_
     assert "varattn_lstm_iwslt_de_en" in table
     assert re.search(r"^\| marginal \| 250 \| 129.75 \| 4.232 \| 4.442 \| 0.119 \| 4.186 \| 0.199 \| - \| - \|$",
                      table, re.M), table
+
+
+def _converge_module():
+    spec = importlib.util.spec_from_file_location(
+        "converge", os.path.join(REPO, "examples", "translation", "converge.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _epoch_lines(first, last, ppl=5.0):
+    """A fairseq training log's lines for epochs first..last, as fairseq writes them."""
+    lines = []
+    for e in range(first, last + 1):
+        lines += [f"2026-11-29 10:41:03 | INFO | fairseq.trainer | begin training epoch {e}",
+                  f"2026-11-29 10:43:44 | INFO | valid | epoch {e:03d} | valid on 'valid' subset | loss 2.36 | "
+                  f"ppl {ppl - 0.01 * e:.2f} | wps 6043.8 | num_updates {182 * e} | best_ppl 5.13",
+                  f"2026-11-29 10:43:44 | INFO | train | epoch {e:03d} | loss 2.02 | ppl 4.06 | wps 2816.9 | "
+                  f"num_updates {182 * e}"]
+    return lines
+
+
+def test_runs_stopped_by_a_lower_epoch_cap_resume_and_runs_stopped_by_patience_do_not():
+    """converge.py reads how a (resumed, appended-to) training log ended: a run
+    that stopped at the old 30-epoch cap trains on under MAX_EPOCH; one that
+    early-stopped, or reached today's cap, is finished; one resumed after the
+    cap and cut off mid-epoch is still training."""
+    converge = _converge_module()
+    done = "2026-11-29 10:43:44 | INFO | fairseq_cli.train | done training in 1861.4 seconds"
+    early = ("2026-11-29 10:43:44 | INFO | fairseq_cli.train | early stop since valid performance "
+             "hasn't improved for last 3 runs")
+    cap30 = "\n".join([*_epoch_lines(1, 30), done])
+    cases = {
+        "cut off mid-epoch": ("\n".join(_epoch_lines(1, 12)[:-1]), "training", True),
+        "stopped by the old cap": (cap30, "cap", True),
+        "stopped by patience": ("\n".join([*_epoch_lines(1, 17), early, done]), "patience", False),
+        "stopped by today's cap": ("\n".join([*_epoch_lines(1, converge.MAX_EPOCH), done]), "cap", False),
+        "resumed after the cap, cut off": ("\n".join([cap30, *_epoch_lines(31, 33)[:-1]]), "training", True),
+        "resumed after the cap, then patience": ("\n".join([cap30, *_epoch_lines(31, 35), early, done]),
+                                                 "patience", False),
+    }
+    assert converge.MAX_EPOCH > 30
+    for what, (text, status, train) in cases.items():
+        assert converge.training_status(text) == status, what
+        assert converge.needs_training(text) == train, what
+    assert converge.parse_training(cases["resumed after the cap, then patience"][0])["epochs_run"] == 35

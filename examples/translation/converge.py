@@ -45,6 +45,7 @@ import os
 import platform
 import re
 import statistics
+import subprocess
 import sys
 import time
 
@@ -61,7 +62,9 @@ TABLES = {"lstm": os.path.join(HERE, "results", "converge.md"),
           "transformer": os.path.join(HERE, "results", "converge-transformer.md")}
 
 PATIENCE = 3
-MAX_EPOCH = 30
+# Raised from 30, where soft attention was still improving (1% an epoch):
+# runs that stopped at the old cap resume from checkpoint_last.pt (see run_one).
+MAX_EPOCH = 50
 DIAGNOSTICS = ("kl", "entropy_p", "entropy_q", "entropy_post", "entropy_uniform", "prior_maxp", "q_maxp")
 PRESET = [
     "--arch", "varattn_lstm", "--encoder-embed-dim", "128", "--encoder-hidden-size", "128",
@@ -171,6 +174,32 @@ def parse_training(text):
     }
 
 
+def training_status(text):
+    """How a (possibly resumed, appended-to) training log ends: "training"
+    (not finished, or resumed after finishing), "patience" (early stopping)
+    or "cap" (stopped by --max-epoch)."""
+    parts = text.split("done training in")
+    if len(parts) == 1 or "begin training epoch" in parts[-1]:
+        return "training"
+    return "patience" if "early stop since" in parts[-2] else "cap"
+
+
+def needs_training(text):
+    """Whether the run must (resume and) train: it has not finished, or it
+    stopped at a lower epoch cap than today's ``MAX_EPOCH``."""
+    status = training_status(text)
+    return status == "training" or (status == "cap" and parse_training(text)["epochs_run"] < MAX_EPOCH)
+
+
+def commit():
+    """The repository's commit, recorded with each result."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def validation_diagnostics(text):
     """KL and entropies fairseq-validate logs for the best checkpoint (latent criterions only)."""
     line = re.findall(r"on 'valid' subset \|(.*)", text)[-1]
@@ -217,23 +246,43 @@ def alignment_scores(data, ckpt, work, env, latent):
 
 
 def run_one(name, seed, opts, env):
+    """Train (or resume) and evaluate one run; a finished result is reused.
+
+    A result whose training stopped at a lower epoch cap than ``MAX_EPOCH``
+    resumes from its checkpoint_last.pt when its work directory is here (else
+    it is kept, and said so).  fairseq does not save early stopping's
+    counter, so a resumed run counts its patience from the first epoch after
+    the resume: it may train an epoch or two more than an uninterrupted one."""
     done = result_path(name, seed)
-    if os.path.isfile(done):
-        return json.load(open(done))
     work = work_dir(opts, name, seed)
+    log = os.path.join(work, "train.log")
+    text = open(log).read() if os.path.isfile(log) else ""
+    previous = json.load(open(done)) if os.path.isfile(done) else None
+    if previous is not None:
+        resumable = text and os.path.isfile(os.path.join(work, "checkpoint_last.pt"))
+        if not (resumable and needs_training(text)):
+            if not resumable and previous.get("stopped_by", "cap") == "cap" and previous["epochs_run"] < MAX_EPOCH:
+                print(f"== {name} seed {seed}: stopped at a {previous['epochs_run']}-epoch cap; kept as is "
+                      f"(no checkpoint_last.pt in {work} to resume under the {MAX_EPOCH}-epoch cap)", flush=True)
+            return previous
     os.makedirs(work, exist_ok=True)
     common = [opts.data, "--user-dir", USER_DIR]
     cmd = [sys.executable, "-m", "fairseq_cli.train", *common, *train_options(name), "--seed", str(seed),
            "--num-workers", "0", "--log-format", "simple", "--log-interval", "100", "--save-dir", work]
     start = time.time()
-    log = os.path.join(work, "train.log")
-    text = open(log).read() if os.path.isfile(log) else ""
-    # early stopping is not saved in checkpoints: a finished run is not resumed
-    if "done training in" not in text:
+    # early stopping is not saved in checkpoints: a run stopped by patience is not resumed
+    resumed_from = parse_training(text)["epochs_run"] if "epoch 001 | valid on" in text else 0
+    if needs_training(text):
         print(f"== {name} seed {seed}: training in {work} (resumes from checkpoint_last.pt)", flush=True)
         text = run(cmd, log, env, append=True)
     row = {"variant": name, "seed": seed, "output_layer": output_layer(name),
-           "train_cmd": " ".join(["fairseq-train", *cmd[3:]]), **parse_training(text)}
+           "train_cmd": " ".join(["fairseq-train", *cmd[3:]]), **parse_training(text),
+           "stopped_by": training_status(text), "max_epoch": MAX_EPOCH}
+    row["commit"] = commit()
+    if previous is not None:  # an extended run keeps what was said of its first part
+        extension = (f"epochs {resumed_from + 1}-{row['epochs_run']} resumed under the {MAX_EPOCH}-epoch cap "
+                     f"with commit {row['commit']}")
+        row["note"] = "; ".join(x for x in (previous.get("note"), extension) if x)
     ckpt = os.path.join(work, "checkpoint_best.pt")
     # Training validates on fairseq's default batches, which leave out a last
     # batch whose size is not a multiple of 8 (fairseq issue #5036): the same
@@ -328,6 +377,10 @@ def table(family="lstm"):
                      + " | ".join(cell([r.get(key) for r in runs], fmt) for _, key, fmt in COLUMNS) + " |")
     # a run's "note" (added by hand to its JSON) says what sets it apart, e.g. a code change mid-run
     notes = [f"- {r['variant']} seed {r['seed']}: {r['note']}" for r in rows if r.get("note")]
+    capped = [f"{r['variant']} seed {r['seed']} ({r['epochs_run']})" for r in rows
+              if r.get("stopped_by") == "cap" and family == "lstm"]
+    if capped:
+        notes.append("- stopped by the epoch cap, not by patience: " + ", ".join(capped))
     if notes:
         lines += ["", *notes]
     signature = rows[0]["bleu_signature"]
