@@ -1,5 +1,6 @@
 """The comparison pipeline (examples/translation/reproduce.py) and the alignment tools."""
 
+import argparse
 import csv
 import gzip
 import importlib.util
@@ -201,3 +202,16 @@ def test_runs_stopped_by_a_lower_epoch_cap_resume_and_runs_stopped_by_patience_d
         assert converge.training_status(text) == status, what
         assert converge.needs_training(text) == train, what
     assert converge.parse_training(cases["resumed after the cap, then patience"][0])["epochs_run"] == 35
+
+
+def test_status_says_where_each_run_stands(tmp_path):
+    converge = _converge_module()
+    opts = argparse.Namespace(work=str(tmp_path))
+    assert converge.progress("soft", 99, opts) == "soft seed 99: not started"
+    (tmp_path / "soft-seed99").mkdir()
+    (tmp_path / "soft-seed99" / "train.log").write_text("\n".join(_epoch_lines(1, 7)[:-1]))
+    assert converge.progress("soft", 99, opts).startswith(
+        "soft seed 99: training or interrupted, epoch 7, valid PPL 4.93")
+    done = "2026-11-29 10:43:44 | INFO | fairseq_cli.train | done training in 1861.4 seconds"
+    (tmp_path / "soft-seed99" / "train.log").write_text("\n".join([*_epoch_lines(1, 30), done]))
+    assert "stopped at a lower cap, resumes under the" in converge.progress("soft", 99, opts)

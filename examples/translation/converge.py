@@ -3,6 +3,7 @@
     python examples/translation/converge.py run                  # the whole plan, 2 jobs at a time
     python examples/translation/converge.py run --only soft:1,marginal:1
     python examples/translation/converge.py table                # results/converge.md from finished runs
+    python examples/translation/converge.py status               # where each run stands
     python scripts/readme_results.py                             # ... into the READMEs
 
 Every variant (soft, marginal, hard-enum, hard-reinforce, elbo-enum,
@@ -313,6 +314,26 @@ def run_one(name, seed, opts, env):
     return row
 
 
+def progress(name, seed, opts):
+    """One line on where a run stands: finished (its result), training (the
+    last validated epoch), or not started."""
+    done = result_path(name, seed)
+    log = os.path.join(work_dir(opts, name, seed), "train.log")
+    text = open(log).read() if os.path.isfile(log) else ""
+    valid = re.findall(r"epoch (\d+) \| valid on 'valid' subset \|(.*)", text)
+    last = (f"epoch {int(valid[-1][0])}, valid PPL {metric(valid[-1][1], 'ppl')}" if valid else "no epoch yet")
+    if os.path.isfile(done) and not (text and needs_training(text)):
+        row = json.load(open(done))
+        return (f"{name} seed {seed}: finished ({row.get('stopped_by', 'cap')} at epoch {row['epochs_run']}, "
+                f"best {row['best_epoch']}): test PPL {row['test_ppl']:.2f}, BLEU {row['test_bleu']:.2f}")
+    if text:
+        state = ("trained, not yet evaluated" if not needs_training(text)
+                 else f"stopped at a lower cap, resumes under the {MAX_EPOCH}-epoch cap"
+                 if training_status(text) == "cap" else "training or interrupted")
+        return f"{name} seed {seed}: {state}, {last} (in {os.path.dirname(log)})"
+    return f"{name} seed {seed}: not started"
+
+
 def realign(name, seed, opts, env):
     """Replace a finished run's alignment scores with the current tool's."""
     done, work = result_path(name, seed), work_dir(opts, name, seed)
@@ -399,8 +420,9 @@ def table(family="lstm"):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["run", "table", "align"],
-                        help="run: train and evaluate; table: results/converge*.md; align: score the "
+    parser.add_argument("command", choices=["run", "table", "align", "status"],
+                        help="run: train and evaluate; table: results/converge*.md; status: where each "
+                             "run of the plan stands; align: score the "
                              "alignments of finished runs again (after the alignment tool changed)")
     parser.add_argument("--family", choices=list(PLANS), default="lstm",
                         help="varattn_lstm variants, or fairseq's transformer against varattn_transformer")
@@ -425,6 +447,10 @@ def main(argv=None):
         if unknown:
             parser.error(f"unknown variants {unknown}; choose from {list(PLAN)}")
         plan = wanted
+    if opts.command == "status":
+        for name, seed in plan:
+            print(progress(name, seed, opts))
+        return
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     opts.data = prepare(opts.data_root, env)
     if opts.command == "align":
