@@ -13,6 +13,9 @@ OUT=${OUT:-runs/demo}
 DATA=${DATA:-runs/multi30k}
 MAX_EPOCH=${MAX_EPOCH:-3}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+# keep freed memory in the heap: large temporaries are not page-faulted in anew
+# at every step (varattn_tools/experiments.py, HEAP_MALLOC)
+export MALLOC_MMAP_MAX_=${MALLOC_MMAP_MAX_:-0} MALLOC_TRIM_THRESHOLD_=${MALLOC_TRIM_THRESHOLD_:-2000000000}
 
 if [ ! -f "$DATA/bin/dict.en.txt" ]; then
   echo "== preparing data/multi30k -> $DATA (sentencepiece 8k joint vocabulary)"

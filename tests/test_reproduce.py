@@ -215,3 +215,18 @@ def test_status_says_where_each_run_stands(tmp_path):
     done = "2026-11-29 10:43:44 | INFO | fairseq_cli.train | done training in 1861.4 seconds"
     (tmp_path / "soft-seed99" / "train.log").write_text("\n".join([*_epoch_lines(1, 30), done]))
     assert "stopped at a lower cap, resumes under the" in converge.progress("soft", 99, opts)
+
+
+def test_scripts_keep_freed_memory_in_the_heap_unless_the_user_says_otherwise(monkeypatch):
+    from varattn_tools.experiments import cpu_env
+
+    monkeypatch.delenv("MALLOC_MMAP_MAX_", raising=False)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "12345")
+    env = cpu_env(threads=1)
+    assert env["MALLOC_MMAP_MAX_"] == "0"
+    assert env["MALLOC_TRIM_THRESHOLD_"] == "12345"
+    assert env["OMP_NUM_THREADS"] == "1" and env["PYTHONUNBUFFERED"] == "1"
+    # and the child sees it: glibc reads these at start-up
+    out = subprocess.run([PYTHON, "-c", "import os; print(os.environ['MALLOC_MMAP_MAX_'])"], env=env,
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "0"

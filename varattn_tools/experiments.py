@@ -1,9 +1,30 @@
 """Helpers of the experiment scripts (examples/*/): run a logged command,
 read fairseq's log lines, summarise seeds."""
 
+import os
 import re
 import statistics
 import subprocess
+
+# glibc serves every allocation over 32 MB (its largest mmap threshold) with
+# a fresh mmap and unmaps it on free, so each large temporary -- a (B, N, V)
+# logit tensor of a 3000-token batch is 80 MB -- is page-faulted in anew at
+# every use.  Keeping freed memory in the heap made a training step of the
+# converged comparison's preset 10-18% faster (soft, marginal, elbo-enum), for
+# 7-27% more peak memory (docs/design.md, "Speed on CPUs").  A value the user
+# exported wins.
+HEAP_MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "2000000000"}
+
+
+def cpu_env(threads=None):
+    """The environment for the scripts' fairseq processes: unbuffered output,
+    ``threads`` OpenMP threads if given, and freed memory kept in the heap."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    for key, value in HEAP_MALLOC.items():
+        env.setdefault(key, value)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
 
 
 def run(cmd, log_path, env, cwd=None, append=False):

@@ -27,6 +27,8 @@ import subprocess
 import sys
 import time
 
+from varattn_tools.experiments import cpu_env
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -73,7 +75,7 @@ def main(argv=None):
     os.makedirs(save_dir, exist_ok=True)
     # each rank computes with its own share of the cores
     threads = max(1, (os.cpu_count() or 1) // opts.nprocs)
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(threads)))
+    env = cpu_env(threads=os.environ.get("OMP_NUM_THREADS", threads))
 
     procs, logs = [], []
     for rank in range(opts.nprocs):

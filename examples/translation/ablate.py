@@ -26,7 +26,7 @@ import re
 import sys
 import time
 
-from varattn_tools.experiments import run
+from varattn_tools.experiments import cpu_env, run
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 USER_DIR = os.path.join(REPO, "fairseq_varattn")
@@ -153,7 +153,7 @@ def main():
     if unknown:
         parser.error(f"unknown ablations {unknown}; choose from {list(ABLATIONS)}")
     os.makedirs(opts.out, exist_ok=True)
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    env = cpu_env(threads=1)
     data = os.path.join("runs", "multi30k_2k", "bin")
     if not opts.table_only and not os.path.isfile(os.path.join(data, "dict.en.txt")):
         print(f"== preparing data/multi30k -> {data} (sentencepiece 2k joint vocabulary)", flush=True)

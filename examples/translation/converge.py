@@ -50,7 +50,7 @@ import subprocess
 import sys
 import time
 
-from varattn_tools.experiments import read_nll, run
+from varattn_tools.experiments import cpu_env, read_nll, run
 from varattn_tools.variants import train_options as variant_options
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -451,7 +451,7 @@ def main(argv=None):
         for name, seed in plan:
             print(progress(name, seed, opts))
         return
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    env = cpu_env(threads=1)
     opts.data = prepare(opts.data_root, env)
     if opts.command == "align":
         for name, seed in plan:

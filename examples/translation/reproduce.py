@@ -34,7 +34,7 @@ import statistics
 import sys
 import time
 
-from varattn_tools.experiments import last_float, mean_spread, read_nll, run
+from varattn_tools.experiments import cpu_env, last_float, mean_spread, read_nll, run
 from varattn_tools.variants import VARIANTS, train_options
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -255,7 +255,7 @@ def main(argv=None):
     import torch
 
     opts.gpu = torch.cuda.is_available()
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = cpu_env()
     os.makedirs(opts.out, exist_ok=True)
     if opts.data is None:
         if not opts.quick:

@@ -22,7 +22,7 @@ import shutil
 import sys
 import time
 
-from varattn_tools.experiments import last_float, read_nll, run
+from varattn_tools.experiments import cpu_env, last_float, read_nll, run
 from varattn_tools.variants import train_options
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -46,7 +46,7 @@ def main(argv=None):
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = cpu_env()
     os.makedirs(opts.out, exist_ok=True)
     if not os.path.isfile(os.path.join(opts.data, "answers.txt")):
         print(f"== building easy-VQA in {opts.data}", flush=True)
