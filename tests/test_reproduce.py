@@ -230,3 +230,19 @@ def test_scripts_keep_freed_memory_in_the_heap_unless_the_user_says_otherwise(mo
     out = subprocess.run([PYTHON, "-c", "import os; print(os.environ['MALLOC_MMAP_MAX_'])"], env=env,
                          capture_output=True, text=True, check=True).stdout
     assert out.strip() == "0"
+
+
+def test_a_run_another_process_is_training_is_skipped(tmp_path, capsys):
+    """Two `converge.py run` at once must not train one run twice into the same
+    directory: the second finds the run's lock held and skips it."""
+    import fcntl
+
+    converge = _converge_module()
+    opts = argparse.Namespace(work=str(tmp_path))
+    work = tmp_path / "soft-seed99"
+    work.mkdir()
+    with open(work / ".lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert converge.run_one("soft", 99, opts, env={}) is None
+    assert "another process is training it" in capsys.readouterr().out
+    assert not (work / "train.log").exists()

@@ -40,6 +40,7 @@ repository), which later invocations reuse instead of training again.
 import argparse
 import concurrent.futures
 import datetime
+import fcntl
 import gzip
 import json
 import os
@@ -247,6 +248,20 @@ def alignment_scores(data, ckpt, work, env, latent):
 
 
 def run_one(name, seed, opts, env):
+    """``train_and_evaluate`` under the run's lock: a run that another
+    process (a second ``converge.py run``) is training is skipped (None)."""
+    work = work_dir(opts, name, seed)
+    os.makedirs(work, exist_ok=True)
+    with open(os.path.join(work, ".lock"), "w") as lock:
+        try:  # released by the kernel when its process ends, however it ends
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"== {name} seed {seed}: another process is training it in {work}; skipped", flush=True)
+            return None
+        return train_and_evaluate(name, seed, opts, env)
+
+
+def train_and_evaluate(name, seed, opts, env):
     """Train (or resume) and evaluate one run; a finished result is reused.
 
     A result whose training stopped at a lower epoch cap than ``MAX_EPOCH``
