@@ -416,3 +416,39 @@ def test_generation_output_is_the_explicit_mixture(output_layer, topk, arch):
     torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
     uniform = torch.logsumexp(joint, dim=2) - math.log(enc.size(1))
     assert (want - uniform).abs().max() > 0.5, "a uniform prior would pass this check"
+
+
+@pytest.mark.parametrize("attention", ["sampled", "prior"])
+def test_baseline_attention_picks_the_baselines_context(attention):
+    """--baseline-attention: the baseline is the soft likelihood under q's
+    expected context by default and under the prior's with 'prior', on
+    weights where the two differ; with --train-baseline the gradient it adds
+    is that soft loss's gradient (same samples with and without the flag)."""
+    model, d = sharpened(seed=2)
+    _without_dropout(model)
+    batch = random_batch(d, bsz=4, src_len=7, tgt_len=6)
+    target = batch["target"]
+    tokens = target.ne(d.pad())
+
+    def soft_loss(name):
+        _, extra = model(**batch["net_input"], target=target, features_only=True)
+        scores = extra["q_scores"] if name == "sampled" else extra["scores"]
+        dist = model.decoder.alignment_distribution(scores, extra["encoder_padding_mask"])
+        logp = model.decoder.output.context_logprobs(extra["hidden"], dist.expectation(extra["encoder_states"]), target)
+        return -logp[tokens].sum()
+
+    soft = {name: _gradient(model, soft_loss(name)) for name in ("sampled", "prior")}
+    values = {name: float(soft_loss(name).detach()) for name in soft}
+    assert abs(values["sampled"] - values["prior"]) > 0.5, values
+    grads = {}
+    for flag in (False, True):
+        torch.manual_seed(0)
+        crit = ElboCriterion.build(task(d), estimator="reinforce", train_baseline=flag, baseline_attention=attention)
+        loss, _, log = crit(model, batch)
+        assert log["baseline_nll"] == pytest.approx(values[attention], rel=1e-4)
+        grads[flag] = _gradient(model, loss)
+    added = grads[True] - grads[False]
+    other = "prior" if attention == "sampled" else "sampled"
+    scale = soft[attention].abs().max()
+    assert (added - soft[attention]).abs().max() <= 1e-4 * scale  # float32 sums in another order
+    assert (added - soft[other]).abs().max() > 1e-2 * scale

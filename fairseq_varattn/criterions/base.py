@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from fairseq import utils
 from fairseq.criterions import FairseqCriterion
-from fairseq.dataclass import FairseqDataclass
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.logging import metrics
 from omegaconf import II
 
@@ -73,6 +73,12 @@ class BaselineOptions:
         default=False,
         metadata={"help": "REINFORCE: also train the soft baseline by adding its NLL to the "
                           "gradient (logged as baseline_nll, not in loss)"})
+    baseline_attention: ChoiceEnum(["sampled", "prior"]) = field(
+        default="sampled",
+        metadata={"help": "REINFORCE: the soft baseline's context is the expectation under the "
+                          "distribution sampled from (q for the ELBO, the prior for hard attention) "
+                          "or under the prior, as the paper's code; with --train-baseline, 'prior' "
+                          "trains the prior as soft attention (docs/design.md, Criterions)"})
 
 
 # Invalid values, checked once for whichever of these fields a config has.
@@ -255,8 +261,10 @@ class EstimatorMixin:
             logp_y = batch.logp_y_at(z)
             # without --train-baseline the baseline is a constant: no graph, so
             # its (B, N, V) softmax is not kept alive until backward
+            # any context that does not depend on the sample keeps the estimator unbiased
+            context_dist = batch.prior if self.cfg.baseline_attention == "prior" else dist
             with torch.set_grad_enabled(torch.is_grad_enabled() and self.cfg.train_baseline):
-                baseline = batch.soft_logp_y(dist)
+                baseline = batch.soft_logp_y(context_dist)
             loss, advantage = reinforce_nll(logp_y, dist.log_prob(z), baseline)
             terms.update(score_function_stats(advantage, logp_y))
             terms["baseline_nll"] = -baseline.detach()
