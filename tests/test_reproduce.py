@@ -246,3 +246,19 @@ def test_a_run_another_process_is_training_is_skipped(tmp_path, capsys):
         assert converge.run_one("soft", 99, opts, env={}) is None
     assert "another process is training it" in capsys.readouterr().out
     assert not (work / "train.log").exists()
+
+
+def test_best_epoch_is_the_epoch_of_the_last_saved_best_checkpoint():
+    """fairseq logs ppl to 2 decimals and overwrites checkpoint_best.pt on a
+    tie, so epochs 28 and 31 both at 4.34 leave epoch 31's checkpoint: the
+    result must name the checkpoint it evaluated."""
+    converge = _converge_module()
+    lines = []
+    for e, ppl in [(27, 4.35), (28, 4.34), (29, 4.35), (30, 4.36), (31, 4.34)]:
+        lines.append(f"2026-11-29 10:43:44 | INFO | valid | epoch {e:03d} | valid on 'valid' subset | loss 2.1 | "
+                     f"ppl {ppl} | num_updates {182 * e}")
+        name = "checkpoint_best.pt" if ppl == 4.34 else "checkpoint_last.pt"
+        lines.append(f"2026-11-29 10:43:44 | INFO | fairseq.checkpoint_utils | Saved checkpoint runs/x/{name} "
+                     f"(epoch {e} @ {182 * e} updates, score {ppl}) (writing took 0.1 seconds)")
+    parsed = converge.parse_training("\n".join(lines))
+    assert parsed["best_epoch"] == 31 and parsed["valid_ppl_training"] == 4.34 and parsed["epochs_run"] == 31

@@ -166,7 +166,11 @@ def parse_training(text):
     if not valid:
         raise RuntimeError("no validation in the training log")
 
-    best = min(valid, key=lambda e: metric(valid[e], "ppl"))
+    # fairseq rounds ppl to 2 decimals and saves checkpoint_best.pt on ties
+    # too, so the best checkpoint is the last one saved under that name, not
+    # the first epoch with the lowest logged ppl
+    saved = re.findall(r"checkpoint_best\.pt \(epoch (\d+) @", text)
+    best = int(saved[-1]) if saved else min(valid, key=lambda e: metric(valid[e], "ppl"))
     best_line = valid[best]
     return {
         "train_wps": statistics.mean(wps) if wps else None,
