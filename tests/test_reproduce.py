@@ -166,6 +166,9 @@ def _converge_module():
     return module
 
 
+DONE_LINE = "2026-11-29 10:43:44 | INFO | fairseq_cli.train | done training in 1861.4 seconds"
+
+
 def _epoch_lines(first, last, ppl=5.0):
     """A fairseq training log's lines for epochs first..last, as fairseq writes them."""
     lines = []
@@ -184,17 +187,16 @@ def test_runs_stopped_by_a_lower_epoch_cap_resume_and_runs_stopped_by_patience_d
     early-stopped, or reached today's cap, is finished; one resumed after the
     cap and cut off mid-epoch is still training."""
     converge = _converge_module()
-    done = "2026-11-29 10:43:44 | INFO | fairseq_cli.train | done training in 1861.4 seconds"
     early = ("2026-11-29 10:43:44 | INFO | fairseq_cli.train | early stop since valid performance "
              "hasn't improved for last 3 runs")
-    cap30 = "\n".join([*_epoch_lines(1, 30), done])
+    cap30 = "\n".join([*_epoch_lines(1, 30), DONE_LINE])
     cases = {
         "cut off mid-epoch": ("\n".join(_epoch_lines(1, 12)[:-1]), "training", True),
         "stopped by the old cap": (cap30, "cap", True),
-        "stopped by patience": ("\n".join([*_epoch_lines(1, 17), early, done]), "patience", False),
-        "stopped by today's cap": ("\n".join([*_epoch_lines(1, converge.MAX_EPOCH), done]), "cap", False),
+        "stopped by patience": ("\n".join([*_epoch_lines(1, 17), early, DONE_LINE]), "patience", False),
+        "stopped by today's cap": ("\n".join([*_epoch_lines(1, converge.MAX_EPOCH), DONE_LINE]), "cap", False),
         "resumed after the cap, cut off": ("\n".join([cap30, *_epoch_lines(31, 33)[:-1]]), "training", True),
-        "resumed after the cap, then patience": ("\n".join([cap30, *_epoch_lines(31, 35), early, done]),
+        "resumed after the cap, then patience": ("\n".join([cap30, *_epoch_lines(31, 35), early, DONE_LINE]),
                                                  "patience", False),
     }
     assert converge.MAX_EPOCH > 30
@@ -212,8 +214,7 @@ def test_status_says_where_each_run_stands(tmp_path):
     (tmp_path / "soft-seed99" / "train.log").write_text("\n".join(_epoch_lines(1, 7)[:-1]))
     assert converge.progress("soft", 99, opts).startswith(
         "soft seed 99: training or interrupted, epoch 7, valid PPL 4.93")
-    done = "2026-11-29 10:43:44 | INFO | fairseq_cli.train | done training in 1861.4 seconds"
-    (tmp_path / "soft-seed99" / "train.log").write_text("\n".join([*_epoch_lines(1, 30), done]))
+    (tmp_path / "soft-seed99" / "train.log").write_text("\n".join([*_epoch_lines(1, 30), DONE_LINE]))
     assert "stopped at a lower cap, resumes under the" in converge.progress("soft", 99, opts)
 
 

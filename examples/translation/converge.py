@@ -158,11 +158,16 @@ def metric(line, key):
     return float(found.group(1)) if found else None
 
 
+def validations(text):
+    """{epoch: its validation line} of a training log
+    ("epoch 003 | valid on 'valid' subset | loss ... | ppl ...")."""
+    return {int(e): line for e, line in re.findall(r"epoch (\d+) \| valid on 'valid' subset \|(.*)", text)}
+
+
 def parse_training(text):
     """What the training log says: per-epoch train wps, the best validation line."""
     wps = [float(x) for x in re.findall(r"\| train \|.*? wps ([0-9.]+)", text)]
-    # "epoch 003 | valid on 'valid' subset | loss ... | ppl ...", one per epoch
-    valid = {int(e): line for e, line in re.findall(r"epoch (\d+) \| valid on 'valid' subset \|(.*)", text)}
+    valid = validations(text)
     if not valid:
         raise RuntimeError("no validation in the training log")
 
@@ -195,6 +200,18 @@ def needs_training(text):
     stopped at a lower epoch cap than today's ``MAX_EPOCH``."""
     status = training_status(text)
     return status == "training" or (status == "cap" and parse_training(text)["epochs_run"] < MAX_EPOCH)
+
+
+def run_state(name, seed, opts):
+    """(its finished result or None, its training log's text, whether ``run``
+    has work to do): a finished result is reused unless the log here shows a
+    run to resume (one stopped at a lower epoch cap, with its checkpoint_last.pt)."""
+    done, work = result_path(name, seed), work_dir(opts, name, seed)
+    log = os.path.join(work, "train.log")
+    text = open(log).read() if os.path.isfile(log) else ""
+    previous = json.load(open(done)) if os.path.isfile(done) else None
+    resumable = bool(text) and os.path.isfile(os.path.join(work, "checkpoint_last.pt"))
+    return previous, text, previous is None or (resumable and needs_training(text))
 
 
 def commit():
@@ -273,25 +290,21 @@ def train_and_evaluate(name, seed, opts, env):
     it is kept, and said so).  fairseq does not save early stopping's
     counter, so a resumed run counts its patience from the first epoch after
     the resume: it may train an epoch or two more than an uninterrupted one."""
-    done = result_path(name, seed)
-    work = work_dir(opts, name, seed)
+    done, work = result_path(name, seed), work_dir(opts, name, seed)
     log = os.path.join(work, "train.log")
-    text = open(log).read() if os.path.isfile(log) else ""
-    previous = json.load(open(done)) if os.path.isfile(done) else None
-    if previous is not None:
-        resumable = text and os.path.isfile(os.path.join(work, "checkpoint_last.pt"))
-        if not (resumable and needs_training(text)):
-            if not resumable and previous.get("stopped_by", "cap") == "cap" and previous["epochs_run"] < MAX_EPOCH:
-                print(f"== {name} seed {seed}: stopped at a {previous['epochs_run']}-epoch cap; kept as is "
-                      f"(no checkpoint_last.pt in {work} to resume under the {MAX_EPOCH}-epoch cap)", flush=True)
-            return previous
+    previous, text, pending = run_state(name, seed, opts)
+    if not pending:
+        if previous.get("stopped_by", "cap") == "cap" and previous["epochs_run"] < MAX_EPOCH:
+            print(f"== {name} seed {seed}: stopped at a {previous['epochs_run']}-epoch cap; kept as is "
+                  f"(no checkpoint_last.pt in {work} to resume under the {MAX_EPOCH}-epoch cap)", flush=True)
+        return previous
     os.makedirs(work, exist_ok=True)
     common = [opts.data, "--user-dir", USER_DIR]
     cmd = [sys.executable, "-m", "fairseq_cli.train", *common, *train_options(name), "--seed", str(seed),
            "--num-workers", "0", "--log-format", "simple", "--log-interval", "100", "--save-dir", work]
     start = time.time()
     # early stopping is not saved in checkpoints: a run stopped by patience is not resumed
-    resumed_from = parse_training(text)["epochs_run"] if "epoch 001 | valid on" in text else 0
+    resumed_from = max(validations(text), default=0)
     if needs_training(text):
         print(f"== {name} seed {seed}: training in {work} (resumes from checkpoint_last.pt)", flush=True)
         text = run(cmd, log, env, append=True)
@@ -336,20 +349,17 @@ def train_and_evaluate(name, seed, opts, env):
 def progress(name, seed, opts):
     """One line on where a run stands: finished (its result), training (the
     last validated epoch), or not started."""
-    done = result_path(name, seed)
-    log = os.path.join(work_dir(opts, name, seed), "train.log")
-    text = open(log).read() if os.path.isfile(log) else ""
-    valid = re.findall(r"epoch (\d+) \| valid on 'valid' subset \|(.*)", text)
-    last = (f"epoch {int(valid[-1][0])}, valid PPL {metric(valid[-1][1], 'ppl')}" if valid else "no epoch yet")
-    if os.path.isfile(done) and not (text and needs_training(text)):
-        row = json.load(open(done))
+    row, text, pending = run_state(name, seed, opts)
+    valid = validations(text)
+    last = (f"epoch {max(valid)}, valid PPL {metric(valid[max(valid)], 'ppl')}" if valid else "no epoch yet")
+    if not pending:
         return (f"{name} seed {seed}: finished ({row.get('stopped_by', 'cap')} at epoch {row['epochs_run']}, "
                 f"best {row['best_epoch']}): test PPL {row['test_ppl']:.2f}, BLEU {row['test_bleu']:.2f}")
     if text:
         state = ("trained, not yet evaluated" if not needs_training(text)
                  else f"stopped at a lower cap, resumes under the {MAX_EPOCH}-epoch cap"
                  if training_status(text) == "cap" else "training or interrupted")
-        return f"{name} seed {seed}: {state}, {last} (in {os.path.dirname(log)})"
+        return f"{name} seed {seed}: {state}, {last} (in {work_dir(opts, name, seed)})"
     return f"{name} seed {seed}: not started"
 
 
