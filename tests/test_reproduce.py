@@ -158,6 +158,23 @@ def test_ablation_table_names_its_preset_and_reads_fairseq_validation_lines(tmp_
                      table, re.M), table
 
 
+def test_ablation_table_keeps_the_shared_points_of_a_row_trained_further(tmp_path):
+    """A row resumed to more updates than the others keeps the early points,
+    every 1000th and its own last; the points in between are left out."""
+    log = tmp_path / "ablate" / "marginal" / "train.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("".join(
+        f"2026-11-29 16:41:54 | INFO | valid | epoch 001 | valid on 'valid' subset | loss 7.02 | "
+        f"entropy_p {4 - u / 1000:.3f} | ppl {100 - u / 100:.2f} | num_updates {u}\n"
+        for u in (250, 500, 750, 1000, 1250, 1500, 1750, 2000, 2250)))
+    results = tmp_path / "ablate.md"
+    subprocess.run([PYTHON, os.path.join(REPO, "examples", "translation", "ablate.py"), "--only", "marginal",
+                    "--table-only", "--out", str(tmp_path / "ablate"), "--results", str(results)],
+                   check=True, capture_output=True, cwd=REPO)
+    updates = re.findall(r"^\| marginal \| (\d+) \|", results.read_text(), re.M)
+    assert updates == ["250", "500", "1000", "2000", "2250"]
+
+
 def _converge_module():
     spec = importlib.util.spec_from_file_location(
         "converge", os.path.join(REPO, "examples", "translation", "converge.py"))

@@ -77,6 +77,7 @@ ABLATIONS = {
     "elbo-enum-factored": ("ELBO by enumeration, the factored output layer", [*ELBO_ENUM, *FACTORED]),
 }
 
+MAX_UPDATE = 1000
 KEYS = ("ppl", "entropy_p", "entropy_uniform", "prior_maxp", "entropy_post", "logpy_spread",
         "score_spread", "annot_spread", "entropy_q", "q_maxp", "kl")
 
@@ -114,10 +115,24 @@ def run_one(name, args, opts, data, env):
     return curve
 
 
+def table_rows(rows, opts):
+    """The rows the README table shows: the first two validations (where the
+    alignment leaves uniform, or not), every 1000th update and each
+    ablation's last, so rows trained further (a larger --max-update, resumed
+    from checkpoint_last.pt) keep the points they share with the others."""
+    last = {}
+    for r in rows:
+        last[r["ablation"]] = max(last.get(r["ablation"], 0), r["updates"])
+    return [r for r in rows if r["updates"] in (opts.every, 2 * opts.every) or r["updates"] % 1000 == 0
+            or r["updates"] == last[r["ablation"]]]
+
+
 def markdown(rows, opts):
     head = ("| ablation | updates | valid PPL | H prior | H uniform | prior max p | H posterior | "
             "spread of log p(y given z=i) | H q | KL |")
     command = "python examples/translation/ablate.py" + (f" --preset {opts.preset}" if opts.preset != "quick" else "")
+    if opts.max_update != MAX_UPDATE:
+        command += f" --max-update {opts.max_update}"
     lines = [f"`{command}` on {datetime.date.today()}: {PRESETS[opts.preset][1]}, "
              f"Multi30k with a 2k sentencepiece vocabulary, seed {opts.seed}, "
              "validation set (fairseq's default batches, which leave out the last, longest batch: the same "
@@ -136,7 +151,8 @@ def main():
                         help="model and optimiser every row starts from (default: quick)")
     parser.add_argument("--out", help="default: runs/ablate (runs/ablate-PRESET for other presets)")
     parser.add_argument("--only", default="", help="comma-separated ablation names (default: all)")
-    parser.add_argument("--max-update", type=int, default=1000)
+    parser.add_argument("--max-update", type=int, default=MAX_UPDATE,
+                        help="a larger value resumes finished rows from their checkpoint_last.pt")
     parser.add_argument("--every", type=int, default=250, help="validate every N updates")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one CPU thread each)")
@@ -178,7 +194,7 @@ def main():
         writer = csv.DictWriter(f, fieldnames=["ablation", "updates", *KEYS])
         writer.writeheader()
         writer.writerows(rows)
-    table = markdown([r for r in rows if r["updates"] in (opts.every, opts.every * 2, opts.max_update)], opts)
+    table = markdown(table_rows(rows, opts), opts)
     for path in (os.path.join(opts.out, "ablate.md"), opts.results):
         with open(path, "w") as f:
             f.write(table)
