@@ -3,6 +3,7 @@
 import argparse
 import csv
 import gzip
+import json
 import importlib.util
 import math
 import os
@@ -280,3 +281,22 @@ def test_best_epoch_is_the_epoch_of_the_last_saved_best_checkpoint():
                      f"(epoch {e} @ {182 * e} updates, score {ppl}) (writing took 0.1 seconds)")
     parsed = converge.parse_training("\n".join(lines))
     assert parsed["best_epoch"] == 31 and parsed["valid_ppl_training"] == 4.34 and parsed["epochs_run"] == 31
+
+
+def test_converged_table_gives_mean_and_std_over_seeds_and_marks_the_dirichlet_row(tmp_path):
+    """The table's cells are the mean ± sample std over a variant's seeds, and
+    a Dirichlet row (importance-sampled PPL, differential entropies) says so."""
+    converge = _converge_module()
+    converge.RESULTS = str(tmp_path)
+    common = {"output_layer": "factored", "bleu_signature": "nrefs:1", "date": "2026-11-29", "machine": "x86_64 x2"}
+    for seed, ppl in ((1, 4.0), (2, 5.0), (3, 6.0)):
+        (tmp_path / f"elbo-enum-seed{seed}.json").write_text(json.dumps(
+            {"variant": "elbo-enum", "seed": seed, "test_ppl": ppl, "valid_entropy_p": 1.0, **common}))
+    table = converge.table()
+    assert re.search(r"^\| elbo-enum \| factored \| 1,2,3 \| - \| 5.00 ± 1.00 \|", table, re.M), table
+    assert converge.DIRICHLET_NOTE not in table
+    (tmp_path / "dirichlet-seed1.json").write_text(json.dumps(
+        {"variant": "dirichlet", "seed": 1, "test_ppl": 9.0, "valid_entropy_p": -54.2, **common}))
+    table = converge.table()
+    assert re.search(r"^\| dirichlet \(IS ppl\) \| factored \| 1 \| - \| 9.00 \|", table, re.M), table
+    assert converge.DIRICHLET_NOTE in table

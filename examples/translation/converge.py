@@ -400,6 +400,14 @@ COLUMNS = [
 ]
 
 
+# the Dirichlet row's numbers do not mean what the categorical rows' do
+DIRICHLET_NOTE = ("- dirichlet: its PPLs are importance-sampled (16 draws from (q + p) / 2 per token, an "
+                  "upper bound on the exact PPL in expectation), and its H prior and H q are the differential "
+                  "entropies of the Dirichlet densities over the simplex (negative when they are "
+                  "concentrated), not entropies of a categorical alignment: they do not compare with the "
+                  "other rows'; its AERs read the argmax of the Dirichlets' means")
+
+
 def cell(values, fmt):
     values = [v for v in values if v is not None]
     if not values:
@@ -431,6 +439,8 @@ def table(family="lstm"):
               if r.get("stopped_by") == "cap" and family == "lstm"]
     if capped:
         notes.append("- stopped by the epoch cap, not by patience: " + ", ".join(capped))
+    if any(r["variant"] == "dirichlet" for r in rows):
+        notes.append(DIRICHLET_NOTE)
     if notes:
         lines += ["", *notes]
     signature = rows[0]["bleu_signature"]
