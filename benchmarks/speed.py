@@ -36,6 +36,7 @@ from fairseq.sequence_generator import SequenceGenerator
 import fairseq_varattn  # noqa: F401
 from fairseq_varattn.models.varattn_lstm import VarAttnLSTMModel
 from fairseq_varattn.models.varattn_lstm import base_architecture as varattn_base
+from fairseq_varattn.models.varattn_lstm import varattn_lstm_iwslt_de_en
 from fairseq_varattn.models.varattn_transformer import VarAttnTransformerModel
 from fairseq_varattn.models.varattn_transformer import base_architecture as varattn_transformer_base
 from varattn_tools import variants
@@ -112,8 +113,12 @@ def build(name, d, opts):
         model = LSTMModel.build_model(args, task)
     else:
         overrides = {**variants.model_overrides(variant, factored=factored), **extra}
-        args = argparse.Namespace(alignment_chunk_size=opts.chunk, **sizes, **overrides)
-        varattn_base(args)
+        if opts.preset == "iwslt":  # the paper's model: its sizes replace --embed and --hidden
+            args = argparse.Namespace(alignment_chunk_size=opts.chunk, **overrides)
+            varattn_lstm_iwslt_de_en(args)
+        else:
+            args = argparse.Namespace(alignment_chunk_size=opts.chunk, **sizes, **overrides)
+            varattn_base(args)
         model = VarAttnLSTMModel.build_model(args, task)
     criterion_name = "cross_entropy" if variant is None else variants.get(variant).criterion
     if criterion_name == "cross_entropy":
@@ -197,6 +202,9 @@ def main():
     parser.add_argument("--embed", type=int, default=256)
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--chunk", type=int, default=0, help="--alignment-chunk-size for latent variants")
+    parser.add_argument("--preset", choices=["default", "iwslt"], default="default",
+                        help="iwslt: varattn_lstm rows use the paper's model (varattn_lstm_iwslt_de_en: 2 layers, "
+                             "1024-d annotations, 768-d decoder) instead of --embed/--hidden")
     parser.add_argument("--steps", type=int, default=4, help="timed steps per variant")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", help="also write the results here")
@@ -216,6 +224,10 @@ def main():
     unknown = set(names + gen_names) - set(ROWS)
     if unknown:
         parser.error(f"unknown rows {sorted(unknown)}; choose from {list(ROWS)}")
+    if opts.preset == "iwslt":
+        other = [n for n in names + gen_names if ROWS[n][0] is None or ROWS[n][3] != "lstm"]
+        if other:
+            parser.error(f"--preset iwslt sizes varattn_lstm rows only, not {other}")
     d = make_dictionary(opts.vocab)
     built = {n: build(n, d, opts) for n in names}
     batches = [make_batch(d, opts, s) for s in range(opts.steps + 1)]
@@ -237,7 +249,7 @@ def main():
         if not opts.no_memory:
             cmd = [sys.executable, __file__, "--memory-only", n] + [
                 f"--{k.replace('_', '-')}={v}" for k, v in vars(opts).items()
-                if k in ("vocab", "src_len", "tgt_len", "batch", "embed", "hidden", "chunk", "device")]
+                if k in ("vocab", "src_len", "tgt_len", "batch", "embed", "hidden", "chunk", "device", "preset")]
             # glibc's default mmap threshold adapts to past frees, so freed
             # tensors may or may not return to the kernel and the peak RSS
             # varied by 10% between identical runs; a fixed threshold
@@ -250,7 +262,8 @@ def main():
     ref_name = "soft" if "soft" in results else "transformer"
     ref = results.get(ref_name)
     report(f"\ndevice={opts.device} vocab={opts.vocab} T={opts.src_len} N={opts.tgt_len} "
-          f"batch={opts.batch} embed={opts.embed} hidden={opts.hidden} chunk={opts.chunk} "
+          f"batch={opts.batch} " + ("model=varattn_lstm_iwslt_de_en " if opts.preset == "iwslt" else
+                                     f"embed={opts.embed} hidden={opts.hidden} ") + f"chunk={opts.chunk} "
           f"steps={opts.steps} (median step time)")
     report(f"| variant | tokens/s | speed vs {ref_name} | peak MB | memory vs {ref_name} |")
     report("|---|---|---|---|---|")
