@@ -51,7 +51,7 @@ import subprocess
 import sys
 import time
 
-from varattn_tools.experiments import cpu_env, read_nll, run
+from varattn_tools.experiments import cpu_env, mean_spread, read_nll, run
 from varattn_tools.variants import train_options as variant_options
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -408,15 +408,6 @@ DIRICHLET_NOTE = ("- dirichlet: its PPLs are importance-sampled (16 draws from (
                   "other rows'; its AERs read the argmax of the Dirichlets' means")
 
 
-def cell(values, fmt):
-    values = [v for v in values if v is not None]
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return format(values[0], fmt)
-    return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), fmt)}"
-
-
 def table(family="lstm"):
     rows = [json.load(open(os.path.join(RESULTS, f))) for f in sorted(os.listdir(RESULTS))
             if f.endswith(".json")] if os.path.isdir(RESULTS) else []
@@ -432,7 +423,7 @@ def table(family="lstm"):
         label = name + (" (IS ppl)" if name == "dirichlet" else "")
         seeds = ",".join(str(r["seed"]) for r in sorted(runs, key=lambda r: r["seed"]))
         lines.append(f"| {label} | {runs[0]['output_layer']} | {seeds} | "
-                     + " | ".join(cell([r.get(key) for r in runs], fmt) for _, key, fmt in COLUMNS) + " |")
+                     + " | ".join(mean_spread([r.get(key) for r in runs], fmt) for _, key, fmt in COLUMNS) + " |")
     # a run's "note" (added by hand to its JSON) says what sets it apart, e.g. a code change mid-run
     notes = [f"- {r['variant']} seed {r['seed']}: {r['note']}" for r in rows if r.get("note")]
     capped = [f"{r['variant']} seed {r['seed']} ({r['epochs_run']})" for r in rows
