@@ -117,13 +117,14 @@ def run_one(name, args, opts, data, env):
 
 def table_rows(rows, opts):
     """The rows the README table shows: the first two validations (where the
-    alignment leaves uniform, or not), every 1000th update and each
-    ablation's last, so rows trained further (a larger --max-update, resumed
-    from checkpoint_last.pt) keep the points they share with the others."""
+    alignment leaves uniform, or not), every multiple of the default
+    --max-update and each ablation's last, so rows trained further (a larger
+    --max-update, resumed from checkpoint_last.pt) keep the points they
+    share with the others."""
     last = {}
     for r in rows:
         last[r["ablation"]] = max(last.get(r["ablation"], 0), r["updates"])
-    return [r for r in rows if r["updates"] in (opts.every, 2 * opts.every) or r["updates"] % 1000 == 0
+    return [r for r in rows if r["updates"] in (opts.every, 2 * opts.every) or r["updates"] % MAX_UPDATE == 0
             or r["updates"] == last[r["ablation"]]]
 
 
