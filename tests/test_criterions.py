@@ -452,3 +452,81 @@ def test_baseline_attention_picks_the_baselines_context(attention):
     scale = soft[attention].abs().max()
     assert (added - soft[attention]).abs().max() <= 1e-4 * scale  # float32 sums in another order
     assert (added - soft[other]).abs().max() > 1e-2 * scale
+
+
+@pytest.mark.parametrize("warmup", ["soft", "marginal"])
+def test_warmups_train_their_objective_then_the_elbo(warmup):
+    """--soft-warmup-updates / --marginal-warmup-updates N: while the model
+    has made fewer than N updates, the loss is the warm-up's NLL (soft
+    attention at the prior's expected context, or the exact marginal) plus
+    KL(q || the distribution q copies: the prior, or the exact posterior),
+    both computed explicitly here; the prior and the output layer get the
+    NLL's gradient alone.  From update N, and in validation, it is the ELBO."""
+    model, d = sharpened(seed=3)
+    _without_dropout(model)
+    batch = random_batch(d, bsz=4, src_len=7, tgt_len=6)
+    target = batch["target"]
+    prior, q, logp, mask = explicit(model, batch)
+    assert_alignment_matters(prior, logp, mask)
+    log_marginal = torch.logsumexp(prior.log_probs.double() + logp, -1)
+    posterior = CategoricalAlignment.from_log_probs(prior.log_probs.double() + logp - log_marginal.unsqueeze(-1))
+    assert q.kl(posterior)[mask].sum() > 1.0 and q.kl(prior)[mask].sum() > 1.0
+
+    def warmup_nll():
+        _, extra = model(**batch["net_input"], features_only=True)
+        if warmup == "marginal":
+            return torch.logsumexp(extra_prior(extra).log_probs + explicit(model, batch)[2].float(), -1).neg()
+        context = extra_prior(extra).expectation(extra["encoder_states"])
+        return -model.decoder.output.context_logprobs(extra["hidden"], context, target)
+
+    def extra_prior(extra):
+        return model.decoder.alignment_distribution(extra["scores"], extra["encoder_padding_mask"])
+
+    nll = warmup_nll().double()
+    copied = posterior if warmup == "marginal" else prior
+    want = (nll + q.kl(copied).double())[mask].sum()
+    crit = ElboCriterion.build(task(d), estimator="enum", **{f"{warmup}_warmup_updates": 5})
+    elbo = ElboCriterion.build(task(d), estimator="enum")
+
+    model.set_num_updates(4)
+    loss, _, log = crit(model, batch)
+    torch.testing.assert_close(loss.double(), want, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(log["nll_loss"].double(), nll[mask].sum(), rtol=1e-5, atol=1e-4)
+    assert log["soft_warmup"] == mask.sum()
+    # the prior's scorer and the output layer learn from the NLL alone (q's
+    # KL reaches only q and the annotations it reads)
+    shared = [*model.decoder.scorer.parameters(), *model.decoder.output.parameters()]
+
+    def grad_of(value):
+        model.zero_grad()
+        value.backward()
+        return torch.cat([p.grad.reshape(-1) for p in shared])
+
+    g_loss, g_nll = grad_of(loss), grad_of(warmup_nll()[mask].sum())
+    assert g_nll.abs().max() > 1e-3
+    torch.testing.assert_close(g_loss, g_nll, rtol=1e-4, atol=1e-4 * float(g_nll.abs().max()))
+
+    # the ELBO's gradient is another: the prior also moves towards q, and
+    # the output layer follows q instead of the posterior (the marginal
+    # warm-up's value is the negative ELBO, -log p(y) + KL(q || posterior))
+    g_elbo = grad_of(elbo(model, batch)[0])
+    assert (g_elbo - g_nll).abs().max() > 0.05 * float(g_nll.abs().max())
+
+    model.set_num_updates(5)  # values alone cannot tell the marginal warm-up from the ELBO
+    torch.testing.assert_close(crit(model, batch)[0], elbo(model, batch)[0])
+    torch.testing.assert_close(grad_of(crit(model, batch)[0]), g_elbo)
+    model.eval()
+    model.set_num_updates(0)
+    torch.testing.assert_close(crit(model, batch)[0], elbo(model, batch)[0])
+
+
+def test_warmup_options_are_checked():
+    model, d = sharpened()
+    with pytest.raises(ValueError, match="choose one"):
+        ElboCriterion.build(task(d), soft_warmup_updates=3, marginal_warmup_updates=3)
+    with pytest.raises(ValueError, match="marginal-warmup-updates must be >= 0"):
+        ElboCriterion.build(task(d), marginal_warmup_updates=-1)
+    dmodel, dd = build_model("dirichlet", inference_network="birnn")
+    crit = DirichletCriterion.build(task(dd), marginal_warmup_updates=3)
+    with pytest.raises(ValueError, match="use --soft-warmup-updates"):
+        crit(dmodel, random_batch(dd))

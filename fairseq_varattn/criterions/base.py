@@ -1,5 +1,6 @@
 """What every latent-alignment criterion shares: running the model, the exact
-marginal ``nll_loss``, the soft-attention warm-up, option checks and logging.
+marginal ``nll_loss``, the warm-ups (soft attention, exact marginal), option
+checks and logging.
 
 A criterion is ``__init__(cfg, task)`` (fairseq's convention) with a config
 dataclass built from the option groups below, and implements
@@ -58,6 +59,12 @@ class LatentCriterionConfig(FairseqDataclass):
                           "the prior's expected context) for this many updates before the "
                           "latent objective; q learns to copy the prior meanwhile"},
     )
+    marginal_warmup_updates: int = field(
+        default=0,
+        metadata={"help": "train by the exact marginal likelihood (categorical attention) for "
+                          "this many updates before the latent objective; q learns to copy the "
+                          "exact posterior meanwhile"},
+    )
 
 
 @dataclass
@@ -85,6 +92,7 @@ class BaselineOptions:
 OPTION_CHECKS = {
     "num_samples": (lambda v: v >= 1, ">= 1"),
     "soft_warmup_updates": (lambda v: v >= 0, ">= 0"),
+    "marginal_warmup_updates": (lambda v: v >= 0, ">= 0"),
     "kl_weight": (lambda v: v >= 0, ">= 0"),
     "kl_warmup_updates": (lambda v: v >= 0, ">= 0"),
     "gumbel_temperature": (lambda v: v > 0, "> 0"),
@@ -96,6 +104,9 @@ def check_options(cfg) -> None:
     for name, (ok, rule) in OPTION_CHECKS.items():
         if hasattr(cfg, name) and not ok(getattr(cfg, name)):
             raise ValueError(f"--{name.replace('_', '-')} must be {rule}, got {getattr(cfg, name)}")
+    if getattr(cfg, "soft_warmup_updates", 0) > 0 and getattr(cfg, "marginal_warmup_updates", 0) > 0:
+        raise ValueError("--soft-warmup-updates and --marginal-warmup-updates are two warm-ups of "
+                         "the same updates: choose one")
 
 
 # -- the criterion -------------------------------------------------------------------
@@ -131,12 +142,24 @@ class VarAttnCriterion(FairseqCriterion):
                        if k.distribution_class is self.distribution_class]
             raise ValueError(f"{name} needs --attention {' or '.join(fitting)}, "
                              f"but the model has --attention {head.kind.name}")
+        if self.cfg.marginal_warmup_updates > 0 and self.distribution_class is not CategoricalAlignment:
+            raise ValueError(f"--marginal-warmup-updates needs the exact marginal, which {name} "
+                             "(a continuous alignment) does not have: use --soft-warmup-updates")
         if self.needs_inference_network and getattr(model, "inference_network", None) is None:
             raise ValueError(f"{name} needs an inference network q(z | x, y): "
                              "add --inference-network birnn to the model")
 
-    def in_soft_warmup(self, model) -> bool:
-        return model.training and getattr(model, "num_updates", 0) < self.cfg.soft_warmup_updates
+    def warmup_terms(self, model):
+        """The warm-up objective's method while the model trains within its
+        ``--*-warmup-updates``, else None."""
+        if not model.training:
+            return None
+        updates = getattr(model, "num_updates", 0)
+        if updates < self.cfg.soft_warmup_updates:
+            return self.soft_warmup_terms
+        if updates < self.cfg.marginal_warmup_updates:
+            return self.marginal_warmup_terms
+        return None
 
     # -- fairseq API -----------------------------------------------------------
     def forward(self, model, sample, reduce=True):
@@ -148,8 +171,9 @@ class VarAttnCriterion(FairseqCriterion):
             features_only=True,
         )
         batch = LatentBatch(model, features, extra, target, self.padding_idx)
-        if self.in_soft_warmup(model):
-            terms = self.soft_warmup_terms(batch)
+        warmup = self.warmup_terms(model)
+        if warmup is not None:
+            terms = warmup(batch)
         else:
             terms = self.token_terms(model, batch)
             if "nll" not in terms and not (self.cfg.skip_exact_nll_in_training and model.training):
@@ -193,6 +217,27 @@ class VarAttnCriterion(FairseqCriterion):
         terms = {"loss": soft, "nll": soft.detach(), "soft_warmup": torch.ones_like(soft)}
         if batch.q_scores is not None:
             terms["loss"] = soft + batch.q.kl(batch.prior.detached())
+        return terms
+
+    def marginal_warmup_terms(self, batch: LatentBatch) -> dict:
+        """The other warm-up: the exact marginal's NLL, whose gradient moves
+        the prior towards the exact posterior.  Where the decoder sees the
+        source by other paths (varattn_transformer's cross-attention),
+        log p(y_j | z_j = i) hardly depends on i, q gets almost no signal from
+        the ELBO, and the KL holds the prior at a uniform q; the marginal has
+        no q to wait for (docs/design.md, "Is the latent attention
+        learning?").  q learns to copy the exact posterior, so the ELBO starts
+        from q close to it: the ELBO is then close to the marginal it
+        bounds.  The value, -log p(y) + KL(q || posterior), is the negative
+        ELBO itself; only the gradient differs, the posterior being a fixed
+        target (EM's E-step): the prior moves towards the posterior rather
+        than towards q, and the output layer follows the posterior rather
+        than q.  ``soft_warmup`` says a warm-up objective was trained."""
+        nll = batch.exact_nll()
+        terms = {"loss": nll, "nll": nll.detach(), "soft_warmup": torch.ones_like(nll)}
+        if batch.q_scores is not None:
+            posterior = batch.prior.detached().posterior(batch.logp_y_all().detach())
+            terms["loss"] = nll + batch.q.kl(posterior)
         return terms
 
     def marginal_nll(self, batch: LatentBatch) -> torch.Tensor:
