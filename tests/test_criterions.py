@@ -492,7 +492,7 @@ def test_warmups_train_their_objective_then_the_elbo(warmup):
     loss, _, log = crit(model, batch)
     torch.testing.assert_close(loss.double(), want, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(log["nll_loss"].double(), nll[mask].sum(), rtol=1e-5, atol=1e-4)
-    assert log["soft_warmup"] == mask.sum()
+    assert log[f"{warmup}_warmup"] == mask.sum()
     # the prior's scorer and the output layer learn from the NLL alone (q's
     # KL reaches only q and the annotations it reads)
     shared = [*model.decoder.scorer.parameters(), *model.decoder.output.parameters()]

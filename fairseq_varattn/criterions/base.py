@@ -35,7 +35,7 @@ from .batch import LatentBatch
 PER_TOKEN_KEYS = ("kl", "entropy_q", "entropy_p", "baseline_nll", "entropy_post", "entropy_uniform")
 # Summed logging keys that are per-token averages already in their own units.
 PER_TOKEN_RAW_KEYS = ("ess", "nll_samples", "prior_maxp", "q_maxp", "score_spread", "logpy_spread",
-                      "annot_spread", "soft_warmup")
+                      "annot_spread", "soft_warmup", "marginal_warmup")
 # Mean-squared score-function weights without / with the baseline, per sample.
 ESTIMATOR_KEYS = ("sf_reward_sq", "sf_advantage_sq")
 
@@ -232,9 +232,9 @@ class VarAttnCriterion(FairseqCriterion):
         ELBO itself; only the gradient differs, the posterior being a fixed
         target (EM's E-step): the prior moves towards the posterior rather
         than towards q, and the output layer follows the posterior rather
-        than q.  ``soft_warmup`` says a warm-up objective was trained."""
+        than q.  ``marginal_warmup`` says so in the log."""
         nll = batch.exact_nll()
-        terms = {"loss": nll, "nll": nll.detach(), "soft_warmup": torch.ones_like(nll)}
+        terms = {"loss": nll, "nll": nll.detach(), "marginal_warmup": torch.ones_like(nll)}
         if batch.q_scores is not None:
             posterior = batch.prior.detached().posterior(batch.logp_y_all().detach())
             terms["loss"] = nll + batch.q.kl(posterior)
