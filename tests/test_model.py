@@ -331,3 +331,25 @@ def test_inference_network_reads_the_decoder_embeddings_unless_told_otherwise(ar
     shared.load_state_dict(shared.state_dict())
     with pytest.raises(ValueError, match="--inference-embed-dim"):
         build_model("categorical", network, arch=arch, inference_embeddings="decoder", inference_embed_dim=6)
+
+
+@pytest.mark.parametrize("no_cross_attention", [False, True])
+def test_transformer_no_cross_attention_leaves_z_the_only_path_to_the_source(no_cross_attention):
+    """fairseq's --no-cross-attention reaches varattn_transformer's decoder
+    layers: without cross-attention the decoder states h_j are the same for
+    any source, so the source reaches the output only through the alignment;
+    with it (the default) they change with the source."""
+    model, d = build_model("categorical", arch="transformer", no_cross_attention=no_cross_attention)
+    assert all((layer.encoder_attn is None) == no_cross_attention for layer in model.decoder.layers)
+    batch = random_batch(d)
+    other = random_batch(d, seed=7)
+    net = batch["net_input"]
+    hidden = [model(**b["net_input"] | {"prev_output_tokens": net["prev_output_tokens"]}, features_only=True)[1]["hidden"]
+              for b in (batch, other)]
+    assert not torch.equal(batch["net_input"]["src_tokens"], other["net_input"]["src_tokens"])
+    assert torch.allclose(hidden[0], hidden[1]) == no_cross_attention
+    full, other_full = [model.get_normalized_probs(model(**b["net_input"] | {"prev_output_tokens": net["prev_output_tokens"]}),
+                                                   log_probs=True) for b in (batch, other)]
+    assert not torch.allclose(full, other_full)  # the alignment still reads the source
+    real = net["prev_output_tokens"].ne(d.pad())
+    torch.testing.assert_close(incremental_scores(model, batch)[real], full[real], rtol=1e-5, atol=1e-6)

@@ -148,7 +148,10 @@ class VarAttnTransformerModel(LatentModelMixin, TransformerModel):
 
     @classmethod
     def build_decoder(cls, cfg, tgt_dict, embed_tokens):
-        return VarAttnTransformerDecoder(cfg, tgt_dict, embed_tokens)
+        # fairseq's own build_decoder passes --no-cross-attention on; an
+        # override that drops it would keep cross-attention without a word
+        return VarAttnTransformerDecoder(cfg, tgt_dict, embed_tokens,
+                                         no_encoder_attn=getattr(cfg, "no_cross_attention", False))
 
     def forward(self, src_tokens, src_lengths, prev_output_tokens, target=None, features_only=False, **kwargs):
         """With ``target``, also returns q's scores in ``extra["q_scores"]``."""
