@@ -353,3 +353,10 @@ def test_transformer_no_cross_attention_leaves_z_the_only_path_to_the_source(no_
     assert not torch.allclose(full, other_full)  # the alignment still reads the source
     real = net["prev_output_tokens"].ne(d.pad())
     torch.testing.assert_close(incremental_scores(model, batch)[real], full[real], rtol=1e-5, atol=1e-6)
+
+
+def test_transformer_refuses_fairseqs_adaptive_softmax():
+    """The alignment head's output layer replaces fairseq's projection, so an
+    adaptive softmax would be built and never read: a clear error instead."""
+    with pytest.raises(ValueError, match="--adaptive-softmax-cutoff does not apply"):
+        build_model("categorical", arch="transformer", adaptive_softmax_cutoff="5,10")

@@ -127,6 +127,11 @@ class VarAttnTransformerModel(LatentModelMixin, TransformerModel):
     def build_model(cls, args, task):
         base_architecture(args)
         check_alignment_args(args)
+        if getattr(args, "adaptive_softmax_cutoff", None):
+            # fairseq would build an adaptive softmax that no path reads: the
+            # alignment head's output layer replaces fairseq's projection
+            raise ValueError("varattn_transformer's output layer is the alignment head's (--output-layer "
+                             "joint|factored); fairseq's --adaptive-softmax-cutoff does not apply: drop it")
         warn_if_sentences_dropped(args)
         model = super().build_model(args, task)  # fairseq's encoder and our decoder
         model.decoder.init_alignment_head(args)
