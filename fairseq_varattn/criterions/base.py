@@ -221,14 +221,12 @@ class VarAttnCriterion(FairseqCriterion):
 
     def marginal_warmup_terms(self, batch: LatentBatch) -> dict:
         """The other warm-up: the exact marginal's NLL, whose gradient moves
-        the prior towards the exact posterior.  Where the decoder sees the
-        source by other paths (varattn_transformer's cross-attention),
-        log p(y_j | z_j = i) hardly depends on i, q gets almost no signal from
-        the ELBO, and the KL holds the prior at a uniform q; the marginal has
-        no q to wait for (docs/design.md, "Is the latent attention
-        learning?").  q learns to copy the exact posterior, so the ELBO starts
-        from q close to it: the ELBO is then close to the marginal it
-        bounds.  The value, -log p(y) + KL(q || posterior), is the negative
+        the prior towards the exact posterior.  Where log p(y_j | z_j = i)
+        hardly depends on i, q gets almost no signal from the ELBO and the KL
+        holds the prior at a uniform q; the marginal has no q to wait for
+        (docs/design.md, "Criterions").  q learns to copy the exact
+        posterior, so the ELBO starts from q close to it: the ELBO is then
+        close to the marginal it bounds.  The value, -log p(y) + KL(q || posterior), is the negative
         ELBO itself; only the gradient differs, the posterior being a fixed
         target (EM's E-step): the prior moves towards the posterior rather
         than towards q, and the output layer follows the posterior rather
