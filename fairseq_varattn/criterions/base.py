@@ -121,6 +121,10 @@ class VarAttnCriterion(FairseqCriterion):
     def __init__(self, cfg, task):
         super().__init__(task)
         check_options(cfg)
+        if cfg.marginal_warmup_updates > 0 and self.distribution_class is not CategoricalAlignment:
+            raise ValueError(f"--marginal-warmup-updates needs the exact marginal, which "
+                             f"{self.__class__.__name__} (a continuous alignment) does not have: "
+                             "use --soft-warmup-updates")
         self.cfg = cfg
         self.sentence_avg = cfg.sentence_avg
         self.num_samples = cfg.num_samples
@@ -142,9 +146,6 @@ class VarAttnCriterion(FairseqCriterion):
                        if k.distribution_class is self.distribution_class]
             raise ValueError(f"{name} needs --attention {' or '.join(fitting)}, "
                              f"but the model has --attention {head.kind.name}")
-        if self.cfg.marginal_warmup_updates > 0 and self.distribution_class is not CategoricalAlignment:
-            raise ValueError(f"--marginal-warmup-updates needs the exact marginal, which {name} "
-                             "(a continuous alignment) does not have: use --soft-warmup-updates")
         if self.needs_inference_network and getattr(model, "inference_network", None) is None:
             raise ValueError(f"{name} needs an inference network q(z | x, y): "
                              "add --inference-network birnn to the model")
