@@ -473,14 +473,12 @@ def test_warmups_train_their_objective_then_the_elbo(warmup):
     assert q.kl(posterior)[mask].sum() > 1.0 and q.kl(prior)[mask].sum() > 1.0
 
     def warmup_nll():
-        _, extra = model(**batch["net_input"], features_only=True)
         if warmup == "marginal":
-            return torch.logsumexp(extra_prior(extra).log_probs + explicit(model, batch)[2].float(), -1).neg()
-        context = extra_prior(extra).expectation(extra["encoder_states"])
-        return -model.decoder.output.context_logprobs(extra["hidden"], context, target)
-
-    def extra_prior(extra):
-        return model.decoder.alignment_distribution(extra["scores"], extra["encoder_padding_mask"])
+            p, _, lp, _ = explicit(model, batch)
+            return torch.logsumexp(p.log_probs + lp.float(), -1).neg()
+        _, extra = model(**batch["net_input"], features_only=True)
+        p = model.decoder.alignment_distribution(extra["scores"], extra["encoder_padding_mask"])
+        return -model.decoder.output.context_logprobs(extra["hidden"], p.expectation(extra["encoder_states"]), target)
 
     nll = warmup_nll().double()
     copied = posterior if warmup == "marginal" else prior
@@ -521,7 +519,7 @@ def test_warmups_train_their_objective_then_the_elbo(warmup):
 
 
 def test_warmup_options_are_checked():
-    model, d = sharpened()
+    _, d = sharpened()
     with pytest.raises(ValueError, match="choose one"):
         ElboCriterion.build(task(d), soft_warmup_updates=3, marginal_warmup_updates=3)
     with pytest.raises(ValueError, match="marginal-warmup-updates must be >= 0"):
