@@ -100,13 +100,16 @@ OPTION_CHECKS = {
 }
 
 
-def check_options(cfg) -> None:
+def check_options(cfg, criterion: str, distribution_class) -> None:
     for name, (ok, rule) in OPTION_CHECKS.items():
         if hasattr(cfg, name) and not ok(getattr(cfg, name)):
             raise ValueError(f"--{name.replace('_', '-')} must be {rule}, got {getattr(cfg, name)}")
     if getattr(cfg, "soft_warmup_updates", 0) > 0 and getattr(cfg, "marginal_warmup_updates", 0) > 0:
         raise ValueError("--soft-warmup-updates and --marginal-warmup-updates are two warm-ups of "
                          "the same updates: choose one")
+    if getattr(cfg, "marginal_warmup_updates", 0) > 0 and distribution_class is not CategoricalAlignment:
+        raise ValueError(f"--marginal-warmup-updates needs the exact marginal, which {criterion} "
+                         "(a continuous alignment) does not have: use --soft-warmup-updates")
 
 
 # -- the criterion -------------------------------------------------------------------
@@ -120,11 +123,7 @@ class VarAttnCriterion(FairseqCriterion):
 
     def __init__(self, cfg, task):
         super().__init__(task)
-        check_options(cfg)
-        if cfg.marginal_warmup_updates > 0 and self.distribution_class is not CategoricalAlignment:
-            raise ValueError(f"--marginal-warmup-updates needs the exact marginal, which "
-                             f"{self.__class__.__name__} (a continuous alignment) does not have: "
-                             "use --soft-warmup-updates")
+        check_options(cfg, self.__class__.__name__, self.distribution_class)
         self.cfg = cfg
         self.sentence_avg = cfg.sentence_avg
         self.num_samples = cfg.num_samples
@@ -227,11 +226,12 @@ class VarAttnCriterion(FairseqCriterion):
         holds the prior at a uniform q; the marginal has no q to wait for
         (docs/design.md, "Criterions").  q learns to copy the exact
         posterior, so the ELBO starts from q close to it: the ELBO is then
-        close to the marginal it bounds.  The value, -log p(y) + KL(q || posterior), is the negative
-        ELBO itself; only the gradient differs, the posterior being a fixed
-        target (EM's E-step): the prior moves towards the posterior rather
-        than towards q, and the output layer follows the posterior rather
-        than q.  ``marginal_warmup`` says so in the log."""
+        close to the marginal it bounds.  The value,
+        -log p(y) + KL(q || posterior), is the negative ELBO itself; only the
+        gradient differs, the posterior being a fixed target (EM's E-step):
+        the prior moves towards the posterior rather than towards q, and the
+        output layer follows the posterior rather than q.
+        ``marginal_warmup`` says so in the log."""
         nll = batch.exact_nll()
         terms = {"loss": nll, "nll": nll.detach(), "marginal_warmup": torch.ones_like(nll)}
         if batch.q_scores is not None:
