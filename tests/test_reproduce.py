@@ -236,6 +236,44 @@ def test_status_says_where_each_run_stands(tmp_path):
     assert "stopped at a lower cap, resumes under the" in converge.progress("soft", 99, opts)
 
 
+def test_a_transformer_row_that_used_its_epoch_budget_is_finished_not_resumed(tmp_path):
+    """The Transformer family trains for a fixed budget, not up to the LSTM
+    family's cap: a row that used its budget is evaluated, not resumed under
+    a 50-epoch cap (which would append a no-op training to its log and say in
+    its note that it resumed)."""
+    converge = _converge_module()
+    budget = "\n".join([*_epoch_lines(1, converge.TRANSFORMER_EPOCHS), DONE_LINE])
+    assert converge.epoch_cap("transformer-elbo-enum-warmup") == converge.TRANSFORMER_EPOCHS
+    assert not converge.needs_training(budget, converge.epoch_cap("transformer-soft"))
+    assert converge.needs_training(budget, converge.epoch_cap("soft"))  # an LSTM run stopped there resumes
+    opts = argparse.Namespace(work=str(tmp_path))
+    (tmp_path / "transformer-soft-seed99").mkdir()
+    (tmp_path / "transformer-soft-seed99" / "train.log").write_text(budget)
+    assert converge.progress("transformer-soft", 99, opts).startswith(
+        "transformer-soft seed 99: trained, not yet evaluated, epoch 4")
+
+
+def test_every_converge_row_trains_with_options_fairseq_accepts():
+    """Each row's fairseq-train options parse (a typo in a row's own options
+    would otherwise surface hours into ``converge.py run``), under the row's
+    epoch cap, and the warm-up row is elbo-enum's options plus its warm-up."""
+    from fairseq import options
+
+    converge = _converge_module()
+    for name in converge.PLAN:
+        args = options.parse_args_and_arch(options.get_training_parser(), input_args=[
+            os.path.join(REPO, "no-data-needed"), "--user-dir", os.path.join(REPO, "fairseq_varattn"),
+            *converge.train_options(name)])
+        assert args.max_epoch == converge.epoch_cap(name), name
+        assert getattr(args, "marginal_warmup_updates", 0) == (546 if name in converge.ROW_OPTIONS else 0), name
+    warm = converge.train_options("transformer-elbo-enum-warmup")
+    assert warm == converge.train_options("transformer-elbo-enum") + ["--marginal-warmup-updates", "546"]
+    args = options.parse_args_and_arch(options.get_training_parser(), input_args=[
+        "data", "--user-dir", os.path.join(REPO, "fairseq_varattn"), *warm])
+    assert (args.arch, args.criterion, args.estimator, args.marginal_warmup_updates) == (
+        "varattn_transformer", "varattn_elbo", "enum", 546)
+
+
 def test_scripts_keep_freed_memory_in_the_heap_unless_the_user_says_otherwise(monkeypatch):
     from varattn_tools.experiments import cpu_env
 

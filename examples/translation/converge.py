@@ -28,8 +28,9 @@ sentences, training tokens/s and the epoch of the best checkpoint.
 
 ``--family transformer`` compares fairseq's ``transformer`` with
 ``varattn_transformer`` soft, marginal, elbo-enum and elbo-reinforce of the
-same size, each trained for the same fixed budget of ``TRANSFORMER_EPOCHS``
-epochs rather than to convergence.
+same size, and elbo-enum after a warm-up on the exact marginal
+(``ROW_OPTIONS``), each trained for the same fixed budget of
+``TRANSFORMER_EPOCHS`` epochs rather than to convergence.
 
 Runs are resumable: an interrupted run restarts from its ``checkpoint_last.pt``
 (fairseq's own resume), and a finished run leaves its result in
@@ -100,9 +101,19 @@ PLANS = {
     "transformer": {
         "transformer": [1], "transformer-soft": [1], "transformer-marginal": [1], "transformer-elbo-enum": [1],
         "transformer-elbo-reinforce": [1],
+        # elbo-enum after three epochs of the exact marginal (--marginal-warmup-updates)
+        "transformer-elbo-enum-warmup": [1],
     },
 }
 PLAN = {name: seeds for plan in PLANS.values() for name, seeds in plan.items()}
+# Rows that add options to their variant's.  From scratch the Transformer's
+# elbo-enum prior stays near uniform for four epochs (its q gets too little
+# signal, and a uniform q trains every annotation alike); three epochs of the
+# exact marginal (3 x 182 updates of 3000 tokens) align it, and q, trained
+# meanwhile to copy the exact posterior, carries the alignment into the ELBO.
+ROW_OPTIONS = {"transformer-elbo-enum-warmup": ["--marginal-warmup-updates", "546"]}
+# name suffixes that select a variant's options, not another variant
+SUFFIXES = ("-factored", "-warmup")
 
 
 def ordered_plan(family):
@@ -130,7 +141,16 @@ def is_latent(name):
 
 def variant_name(name):
     """The row of varattn_tools.variants a plan name trains."""
-    return name[:-len("-factored")] if name.endswith("-factored") else name
+    for suffix in SUFFIXES:
+        if name.endswith(suffix):
+            return name[:-len(suffix)]
+    return name
+
+
+def epoch_cap(name):
+    """The --max-epoch a plan name trains under: the Transformer family's fixed
+    budget, or the LSTM family's cap on early stopping."""
+    return TRANSFORMER_EPOCHS if name in PLANS["transformer"] else MAX_EPOCH
 
 
 def train_options(name):
@@ -139,8 +159,9 @@ def train_options(name):
     if name.startswith("transformer-"):
         variant = variant_name(name[len("transformer-"):])
         return ["--arch", "varattn_transformer", *TRANSFORMER_PRESET,
-                *variant_options(variant, factored=output_layer(name) == "factored")]
-    return [*PRESET, *variant_options(variant_name(name), factored=output_layer(name) == "factored")]
+                *variant_options(variant, factored=output_layer(name) == "factored"), *ROW_OPTIONS.get(name, [])]
+    return [*PRESET, *variant_options(variant_name(name), factored=output_layer(name) == "factored"),
+            *ROW_OPTIONS.get(name, [])]
 
 
 def result_path(name, seed):
@@ -195,11 +216,11 @@ def training_status(text):
     return "patience" if "early stop since" in parts[-2] else "cap"
 
 
-def needs_training(text):
+def needs_training(text, cap=MAX_EPOCH):
     """Whether the run must (resume and) train: it has not finished, or it
-    stopped at a lower epoch cap than today's ``MAX_EPOCH``."""
+    stopped at a lower epoch cap than today's ``cap`` (its ``epoch_cap``)."""
     status = training_status(text)
-    return status == "training" or (status == "cap" and parse_training(text)["epochs_run"] < MAX_EPOCH)
+    return status == "training" or (status == "cap" and parse_training(text)["epochs_run"] < cap)
 
 
 def run_state(name, seed, opts):
@@ -211,7 +232,7 @@ def run_state(name, seed, opts):
     text = open(log).read() if os.path.isfile(log) else ""
     previous = json.load(open(done)) if os.path.isfile(done) else None
     resumable = bool(text) and os.path.isfile(os.path.join(work, "checkpoint_last.pt"))
-    return previous, text, previous is None or (resumable and needs_training(text))
+    return previous, text, previous is None or (resumable and needs_training(text, epoch_cap(name)))
 
 
 def commit():
@@ -285,18 +306,19 @@ def run_one(name, seed, opts, env):
 def train_and_evaluate(name, seed, opts, env):
     """Train (or resume) and evaluate one run; a finished result is reused.
 
-    A result whose training stopped at a lower epoch cap than ``MAX_EPOCH``
-    resumes from its checkpoint_last.pt when its work directory is here (else
+    A result whose training stopped at a lower epoch cap than its
+    ``epoch_cap`` resumes from its checkpoint_last.pt when its work directory is here (else
     it is kept, and said so).  fairseq does not save early stopping's
     counter, so a resumed run counts its patience from the first epoch after
     the resume: it may train an epoch or two more than an uninterrupted one."""
     done, work = result_path(name, seed), work_dir(opts, name, seed)
     log = os.path.join(work, "train.log")
     previous, text, pending = run_state(name, seed, opts)
+    cap = epoch_cap(name)
     if not pending:
-        if previous.get("stopped_by", "cap") == "cap" and previous["epochs_run"] < MAX_EPOCH:
+        if previous.get("stopped_by", "cap") == "cap" and previous["epochs_run"] < cap:
             print(f"== {name} seed {seed}: stopped at a {previous['epochs_run']}-epoch cap; kept as is "
-                  f"(no checkpoint_last.pt in {work} to resume under the {MAX_EPOCH}-epoch cap)", flush=True)
+                  f"(no checkpoint_last.pt in {work} to resume under the {cap}-epoch cap)", flush=True)
         return previous
     os.makedirs(work, exist_ok=True)
     common = [opts.data, "--user-dir", USER_DIR]
@@ -305,15 +327,15 @@ def train_and_evaluate(name, seed, opts, env):
     start = time.time()
     # early stopping is not saved in checkpoints: a run stopped by patience is not resumed
     resumed_from = max(validations(text), default=0)
-    if needs_training(text):
+    if needs_training(text, cap):
         print(f"== {name} seed {seed}: training in {work} (resumes from checkpoint_last.pt)", flush=True)
         text = run(cmd, log, env, append=True)
     row = {"variant": name, "seed": seed, "output_layer": output_layer(name),
            "train_cmd": " ".join(["fairseq-train", *cmd[3:]]), **parse_training(text),
-           "stopped_by": training_status(text), "max_epoch": MAX_EPOCH}
+           "stopped_by": training_status(text), "max_epoch": cap}
     row["commit"] = commit()
     if previous is not None:  # an extended run keeps what was said of its first part
-        extension = (f"epochs {resumed_from + 1}-{row['epochs_run']} resumed under the {MAX_EPOCH}-epoch cap "
+        extension = (f"epochs {resumed_from + 1}-{row['epochs_run']} resumed under the {cap}-epoch cap "
                      f"with commit {row['commit']}")
         row["note"] = "; ".join(x for x in (previous.get("note"), extension) if x)
     ckpt = os.path.join(work, "checkpoint_best.pt")
@@ -356,8 +378,9 @@ def progress(name, seed, opts):
         return (f"{name} seed {seed}: finished ({row.get('stopped_by', 'cap')} at epoch {row['epochs_run']}, "
                 f"best {row['best_epoch']}): test PPL {row['test_ppl']:.2f}, BLEU {row['test_bleu']:.2f}")
     if text:
-        state = ("trained, not yet evaluated" if not needs_training(text)
-                 else f"stopped at a lower cap, resumes under the {MAX_EPOCH}-epoch cap"
+        cap = epoch_cap(name)
+        state = ("trained, not yet evaluated" if not needs_training(text, cap)
+                 else f"stopped at a lower cap, resumes under the {cap}-epoch cap"
                  if training_status(text) == "cap" else "training or interrupted")
         return f"{name} seed {seed}: {state}, {last} (in {work_dir(opts, name, seed)})"
     return f"{name} seed {seed}: not started"
