@@ -220,7 +220,7 @@ def test_runs_stopped_by_a_lower_epoch_cap_resume_and_runs_stopped_by_patience_d
     assert converge.MAX_EPOCH > 30
     for what, (text, status, train) in cases.items():
         assert converge.training_status(text) == status, what
-        assert converge.needs_training(text) == train, what
+        assert converge.needs_training(text, converge.MAX_EPOCH) == train, what
     assert converge.parse_training(cases["resumed after the cap, then patience"][0])["epochs_run"] == 35
 
 

@@ -216,7 +216,7 @@ def training_status(text):
     return "patience" if "early stop since" in parts[-2] else "cap"
 
 
-def needs_training(text, cap=MAX_EPOCH):
+def needs_training(text, cap):
     """Whether the run must (resume and) train: it has not finished, or it
     stopped at a lower epoch cap than today's ``cap`` (its ``epoch_cap``)."""
     status = training_status(text)
@@ -307,8 +307,8 @@ def train_and_evaluate(name, seed, opts, env):
     """Train (or resume) and evaluate one run; a finished result is reused.
 
     A result whose training stopped at a lower epoch cap than its
-    ``epoch_cap`` resumes from its checkpoint_last.pt when its work directory is here (else
-    it is kept, and said so).  fairseq does not save early stopping's
+    ``epoch_cap`` resumes from its checkpoint_last.pt when its work
+    directory is here (else it is kept, and said so).  fairseq does not save early stopping's
     counter, so a resumed run counts its patience from the first epoch after
     the resume: it may train an epoch or two more than an uninterrupted one."""
     done, work = result_path(name, seed), work_dir(opts, name, seed)
