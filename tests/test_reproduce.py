@@ -260,16 +260,15 @@ def test_every_converge_row_trains_with_options_fairseq_accepts():
     from fairseq import options
 
     converge = _converge_module()
-    for name in converge.PLAN:
-        args = options.parse_args_and_arch(options.get_training_parser(), input_args=[
-            os.path.join(REPO, "no-data-needed"), "--user-dir", os.path.join(REPO, "fairseq_varattn"),
-            *converge.train_options(name)])
+    parsed = {name: options.parse_args_and_arch(options.get_training_parser(), input_args=[
+        os.path.join(REPO, "no-data-needed"), "--user-dir", os.path.join(REPO, "fairseq_varattn"),
+        *converge.train_options(name)]) for name in converge.PLAN}
+    for name, args in parsed.items():
         assert args.max_epoch == converge.epoch_cap(name), name
         assert getattr(args, "marginal_warmup_updates", 0) == (546 if name in converge.ROW_OPTIONS else 0), name
     warm = converge.train_options("transformer-elbo-enum-warmup")
     assert warm == converge.train_options("transformer-elbo-enum") + ["--marginal-warmup-updates", "546"]
-    args = options.parse_args_and_arch(options.get_training_parser(), input_args=[
-        "data", "--user-dir", os.path.join(REPO, "fairseq_varattn"), *warm])
+    args = parsed["transformer-elbo-enum-warmup"]
     assert (args.arch, args.criterion, args.estimator, args.marginal_warmup_updates) == (
         "varattn_transformer", "varattn_elbo", "enum", 546)
 

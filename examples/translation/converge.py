@@ -148,20 +148,23 @@ def variant_name(name):
 
 
 def epoch_cap(name):
-    """The --max-epoch a plan name trains under: the Transformer family's fixed
-    budget, or the LSTM family's cap on early stopping."""
-    return TRANSFORMER_EPOCHS if name in PLANS["transformer"] else MAX_EPOCH
+    """The --max-epoch a plan name trains under (its family's preset): the
+    Transformer family's fixed budget, or the LSTM family's cap on early
+    stopping."""
+    options = train_options(name)
+    return int(options[options.index("--max-epoch") + 1])
 
 
 def train_options(name):
     if name == "transformer":
         return ["--arch", "transformer", *TRANSFORMER_PRESET, "--criterion", "cross_entropy"]
+    factored = output_layer(name) == "factored"
     if name.startswith("transformer-"):
+        model = ["--arch", "varattn_transformer", *TRANSFORMER_PRESET]
         variant = variant_name(name[len("transformer-"):])
-        return ["--arch", "varattn_transformer", *TRANSFORMER_PRESET,
-                *variant_options(variant, factored=output_layer(name) == "factored"), *ROW_OPTIONS.get(name, [])]
-    return [*PRESET, *variant_options(variant_name(name), factored=output_layer(name) == "factored"),
-            *ROW_OPTIONS.get(name, [])]
+    else:
+        model, variant = PRESET, variant_name(name)
+    return [*model, *variant_options(variant, factored=factored), *ROW_OPTIONS.get(name, [])]
 
 
 def result_path(name, seed):
