@@ -337,3 +337,16 @@ def test_converged_table_gives_mean_and_std_over_seeds_and_marks_the_dirichlet_r
     table = converge.table()
     assert re.search(r"^\| dirichlet \(IS ppl\) \| factored \| 1 \| - \| 9.00 \|", table, re.M), table
     assert converge.DIRICHLET_NOTE in table
+
+
+def test_converged_table_says_which_runs_trained_alone_with_two_threads(tmp_path):
+    """Training tok/s depends on how many threads a run had and whether other
+    runs shared the cores: the table's header names the runs that ran alone."""
+    converge = _converge_module()
+    converge.RESULTS = str(tmp_path)
+    common = {"variant": "marginal", "test_ppl": 4.8, "output_layer": "factored",
+              "bleu_signature": "nrefs:1", "date": "2026-11-30", "machine": "x86_64 x2"}
+    (tmp_path / "marginal-seed1.json").write_text(json.dumps({"seed": 1, **common}))
+    assert "alone" not in converge.table()
+    (tmp_path / "marginal-seed2.json").write_text(json.dumps({"seed": 2, "threads": 2, **common}))
+    assert "(except marginal seed 2: alone, 2 threads)" in converge.table()

@@ -364,6 +364,7 @@ def train_and_evaluate(name, seed, opts, env):
     row["wall_s"] = time.time() - start
     row["date"] = str(datetime.date.today())
     row["machine"] = f"{platform.machine()} x{os.cpu_count()} CPU cores"
+    row["threads"] = opts.threads  # of the last training session: tok/s depends on it
     os.makedirs(RESULTS, exist_ok=True)
     with open(done, "w") as f:
         json.dump(row, f, indent=1)
@@ -463,6 +464,10 @@ def table(family="lstm"):
         lines += ["", *notes]
     signature = rows[0]["bleu_signature"]
     dates = sorted({r["date"] for r in rows})
+    # rows without "threads" predate --threads: one thread each, two or three runs at a time
+    alone = [f"{r['variant']} seed {r['seed']}" for r in rows if r.get("threads", 1) > 1]
+    sharing = "with other runs sharing the 2 cores" + (
+        f" (except {', '.join(alone)}: alone, 2 threads)" if alone else "")
     budget = (f"a fixed budget of {TRANSFORMER_EPOCHS} epochs for every row, best epoch kept" if family == "transformer"
               else f"early stopping on valid PPL with patience {PATIENCE} (at most {MAX_EPOCH} epochs)")
     head = (f"`python examples/translation/converge.py run{'' if family == 'lstm' else ' --family ' + family}`, "
@@ -470,7 +475,7 @@ def table(family="lstm"):
             f"mean ± std over seeds; PPLs, KL and entropies measured on every sentence of the best checkpoint; "
             f"sacreBLEU `{signature}`, beam 5, test_2016_flickr.  Entropies and KL are per target token "
             f"on the validation set (uniform: the entropy of a uniform alignment).  Training tok/s is "
-            f"fairseq's wps averaged over epochs, with other runs sharing the 2 cores: compare speeds "
+            f"fairseq's wps averaged over epochs, {sharing}: compare speeds "
             f"with benchmarks/, not here.\n\n")
     return head + "\n".join(lines) + "\n"
 
