@@ -339,14 +339,21 @@ def test_converged_table_gives_mean_and_std_over_seeds_and_marks_the_dirichlet_r
     assert converge.DIRICHLET_NOTE in table
 
 
-def test_converged_table_says_which_runs_trained_alone_with_two_threads(tmp_path):
-    """Training tok/s depends on how many threads a run had and whether other
-    runs shared the cores: the table's header names the runs that ran alone."""
+def test_converged_table_names_the_runs_that_trained_with_more_than_one_thread(tmp_path):
+    """Training tok/s depends on how many threads a run had: the table's
+    header names the runs that had more than one."""
     converge = _converge_module()
     converge.RESULTS = str(tmp_path)
     common = {"variant": "marginal", "test_ppl": 4.8, "output_layer": "factored",
               "bleu_signature": "nrefs:1", "date": "2026-11-30", "machine": "x86_64 x2"}
     (tmp_path / "marginal-seed1.json").write_text(json.dumps({"seed": 1, **common}))
-    assert "alone" not in converge.table()
+    assert "threads;" not in converge.table()
     (tmp_path / "marginal-seed2.json").write_text(json.dumps({"seed": 2, "threads": 2, **common}))
-    assert "(except marginal seed 2: alone, 2 threads)" in converge.table()
+    assert "sharing the 2 cores (marginal seed 2: 2 threads; see its note)" in converge.table()
+
+
+def test_converge_rejects_a_thread_count_below_one(tmp_path, capsys):
+    # "status" so that a missing check prints where runs stand instead of training them
+    with pytest.raises(SystemExit):
+        _converge_module().main(["status", "--threads", "0", "--work", str(tmp_path)])
+    assert "--jobs and --threads must be >= 1" in capsys.readouterr().err

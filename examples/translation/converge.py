@@ -465,9 +465,9 @@ def table(family="lstm"):
     signature = rows[0]["bleu_signature"]
     dates = sorted({r["date"] for r in rows})
     # rows without "threads" predate --threads: one thread each, two or three runs at a time
-    alone = [f"{r['variant']} seed {r['seed']}" for r in rows if r.get("threads", 1) > 1]
+    threaded = [f"{r['variant']} seed {r['seed']}: {r['threads']} threads" for r in rows if r.get("threads", 1) > 1]
     sharing = "with other runs sharing the 2 cores" + (
-        f" (except {', '.join(alone)}: alone, 2 threads)" if alone else "")
+        f" ({'; '.join(threaded)}; see its note)" if threaded else "")
     budget = (f"a fixed budget of {TRANSFORMER_EPOCHS} epochs for every row, best epoch kept" if family == "transformer"
               else f"early stopping on valid PPL with patience {PATIENCE} (at most {MAX_EPOCH} epochs)")
     head = (f"`python examples/translation/converge.py run{'' if family == 'lstm' else ' --family ' + family}`, "
@@ -496,6 +496,8 @@ def main(argv=None):
     parser.add_argument("--work", default=os.path.join("runs", "converge"), help="checkpoints and logs")
     parser.add_argument("--data-root", default=os.path.join("runs", "multi30k"))
     opts = parser.parse_args(argv)
+    if opts.jobs < 1 or opts.threads < 1:
+        parser.error(f"--jobs and --threads must be >= 1, got {opts.jobs} and {opts.threads}")
     if opts.command == "table":
         text = table(opts.family)
         with open(TABLES[opts.family], "w") as f:  # scripts/readme_results.py copies it into the READMEs
