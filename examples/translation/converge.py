@@ -331,9 +331,12 @@ def train_and_evaluate(name, seed, opts, env):
     start = time.time()
     # early stopping is not saved in checkpoints: a run stopped by patience is not resumed
     resumed_from = max(validations(text), default=0)
+    # tok/s depends on the threads training had: known only if it trained here (or was recorded)
+    threads = (previous or {}).get("threads")
     if needs_training(text, cap):
         print(f"== {name} seed {seed}: training in {work} (resumes from checkpoint_last.pt)", flush=True)
         text = run(cmd, log, env, append=True)
+        threads = opts.threads
     row = {"variant": name, "seed": seed, "output_layer": output_layer(name),
            "train_cmd": " ".join(["fairseq-train", *cmd[3:]]), **parse_training(text),
            "stopped_by": training_status(text), "max_epoch": cap}
@@ -364,7 +367,8 @@ def train_and_evaluate(name, seed, opts, env):
     row["wall_s"] = time.time() - start
     row["date"] = str(datetime.date.today())
     row["machine"] = f"{platform.machine()} x{os.cpu_count()} CPU cores"
-    row["threads"] = opts.threads  # of the last training session: tok/s depends on it
+    if threads is not None:
+        row["threads"] = threads
     os.makedirs(RESULTS, exist_ok=True)
     with open(done, "w") as f:
         json.dump(row, f, indent=1)
@@ -467,7 +471,7 @@ def table(family="lstm"):
     # rows without "threads" predate --threads: one thread each, two or three runs at a time
     threaded = [f"{r['variant']} seed {r['seed']}: {r['threads']} threads" for r in rows if r.get("threads", 1) > 1]
     sharing = "with other runs sharing the 2 cores" + (
-        f" ({'; '.join(threaded)}; see its note)" if threaded else "")
+        f" ({'; '.join(threaded)}; see {'its note' if len(threaded) == 1 else 'their notes'})" if threaded else "")
     budget = (f"a fixed budget of {TRANSFORMER_EPOCHS} epochs for every row, best epoch kept" if family == "transformer"
               else f"early stopping on valid PPL with patience {PATIENCE} (at most {MAX_EPOCH} epochs)")
     head = (f"`python examples/translation/converge.py run{'' if family == 'lstm' else ' --family ' + family}`, "
