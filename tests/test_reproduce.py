@@ -357,3 +357,42 @@ def test_converge_rejects_a_thread_count_below_one(tmp_path, capsys):
     with pytest.raises(SystemExit):
         _converge_module().main(["status", "--threads", "0", "--work", str(tmp_path)])
     assert "--jobs and --threads must be >= 1" in capsys.readouterr().err
+
+
+def _fake_fairseq(epochs):
+    """A stand-in for converge.py's ``run``: fairseq-train appends a training
+    log that early-stopped after ``epochs``; fairseq-validate prints one
+    validation line; nothing is ever launched."""
+    def fake_run(cmd, log_path, env, cwd=None, append=False):
+        if "fairseq_cli.train" in cmd:
+            with open(log_path, "a") as f:
+                f.write("\n".join([*_epoch_lines(1, epochs), "2026-11-29 10:43:44 | INFO | fairseq_cli.train | "
+                                   "early stop since valid performance hasn't improved for last 3 runs",
+                                   DONE_LINE]) + "\n")
+            return open(log_path).read()
+        if "fairseq_cli.validate" in cmd:
+            subset = cmd[cmd.index("--valid-subset") + 1]
+            return f"x | valid on '{subset}' subset | loss 2.1 | nll_loss 2.0 | ppl 4.0"
+        return ""
+    return fake_run
+
+
+def test_a_result_records_threads_only_when_its_training_ran_in_that_invocation(tmp_path, monkeypatch):
+    """Training tok/s depends on the threads training had.  A run trained by
+    this process records its --threads; one trained elsewhere (its log is
+    finished, its result is being re-made) records none, whatever this
+    process's --threads is."""
+    converge = _converge_module()
+    converge.RESULTS = str(tmp_path / "results")
+    monkeypatch.setattr(converge, "run", _fake_fairseq(epochs=4))
+    monkeypatch.setattr(converge, "sacrebleu_score", lambda gen, work: (40.0, "nrefs:1"))
+    monkeypatch.setattr(converge, "alignment_scores", lambda *args: {})
+    opts = argparse.Namespace(work=str(tmp_path / "runs"), data=str(tmp_path / "bin"), threads=2)
+    trained = converge.train_and_evaluate("soft", 99, opts, env={})
+    assert trained["threads"] == 2 and trained["epochs_run"] == 4 and trained["stopped_by"] == "patience"
+    assert json.loads((tmp_path / "results" / "soft-seed99.json").read_text())["threads"] == 2
+
+    (tmp_path / "results" / "soft-seed99.json").unlink()  # re-evaluated from the finished log only
+    opts.threads = 3
+    evaluated = converge.train_and_evaluate("soft", 99, opts, env={})
+    assert "threads" not in evaluated and evaluated["epochs_run"] == 4
