@@ -331,8 +331,9 @@ def train_and_evaluate(name, seed, opts, env):
     start = time.time()
     # early stopping is not saved in checkpoints: a run stopped by patience is not resumed
     resumed_from = max(validations(text), default=0)
-    # tok/s depends on the threads training had: known only if it trained here (or was recorded)
-    threads = (previous or {}).get("threads")
+    # tok/s depends on the threads training had: known only if it trains here (a result
+    # that exists and has nothing to resume returned above, so nothing else recorded it)
+    threads = None
     if needs_training(text, cap):
         print(f"== {name} seed {seed}: training in {work} (resumes from checkpoint_last.pt)", flush=True)
         text = run(cmd, log, env, append=True)
