@@ -185,6 +185,8 @@ def _converge_module():
 
 
 DONE_LINE = "2026-11-29 10:43:44 | INFO | fairseq_cli.train | done training in 1861.4 seconds"
+EARLY_STOP_LINE = ("2026-11-29 10:43:44 | INFO | fairseq_cli.train | early stop since valid performance "
+                   "hasn't improved for last 3 runs")
 
 
 def _epoch_lines(first, last, ppl=5.0):
@@ -205,16 +207,14 @@ def test_runs_stopped_by_a_lower_epoch_cap_resume_and_runs_stopped_by_patience_d
     early-stopped, or reached today's cap, is finished; one resumed after the
     cap and cut off mid-epoch is still training."""
     converge = _converge_module()
-    early = ("2026-11-29 10:43:44 | INFO | fairseq_cli.train | early stop since valid performance "
-             "hasn't improved for last 3 runs")
     cap30 = "\n".join([*_epoch_lines(1, 30), DONE_LINE])
     cases = {
         "cut off mid-epoch": ("\n".join(_epoch_lines(1, 12)[:-1]), "training", True),
         "stopped by the old cap": (cap30, "cap", True),
-        "stopped by patience": ("\n".join([*_epoch_lines(1, 17), early, DONE_LINE]), "patience", False),
+        "stopped by patience": ("\n".join([*_epoch_lines(1, 17), EARLY_STOP_LINE, DONE_LINE]), "patience", False),
         "stopped by today's cap": ("\n".join([*_epoch_lines(1, converge.MAX_EPOCH), DONE_LINE]), "cap", False),
         "resumed after the cap, cut off": ("\n".join([cap30, *_epoch_lines(31, 33)[:-1]]), "training", True),
-        "resumed after the cap, then patience": ("\n".join([cap30, *_epoch_lines(31, 35), early, DONE_LINE]),
+        "resumed after the cap, then patience": ("\n".join([cap30, *_epoch_lines(31, 35), EARLY_STOP_LINE, DONE_LINE]),
                                                  "patience", False),
     }
     assert converge.MAX_EPOCH > 30
@@ -366,9 +366,7 @@ def _fake_fairseq(epochs):
     def fake_run(cmd, log_path, env, cwd=None, append=False):
         if "fairseq_cli.train" in cmd:
             with open(log_path, "a") as f:
-                f.write("\n".join([*_epoch_lines(1, epochs), "2026-11-29 10:43:44 | INFO | fairseq_cli.train | "
-                                   "early stop since valid performance hasn't improved for last 3 runs",
-                                   DONE_LINE]) + "\n")
+                f.write("\n".join([*_epoch_lines(1, epochs), EARLY_STOP_LINE, DONE_LINE]) + "\n")
             return open(log_path).read()
         if "fairseq_cli.validate" in cmd:
             subset = cmd[cmd.index("--valid-subset") + 1]
