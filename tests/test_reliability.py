@@ -85,6 +85,39 @@ def test_resume_after_a_kill_reaches_the_uninterrupted_result(data_dir, tmp_path
                validate(data_dir, last)) < 2e-3
 
 
+def _epoch_batches(task, dataset, built_at, epoch):
+    """The sentence ids of each batch of ``epoch``, from an iterator built at ``built_at``
+    (1: a run that went on; ``epoch``: a run resumed from the end of the previous epoch)."""
+    task.dataset_to_epoch_iter = {}
+    itr = task.get_batch_iterator(dataset, max_tokens=800, seed=7, epoch=built_at)
+    while itr.next_epoch_idx < epoch:
+        for _ in itr.next_epoch_itr(shuffle=True):
+            pass
+    return [tuple(sorted(batch["id"].tolist())) for batch in itr.next_epoch_itr(shuffle=True)]
+
+
+def test_a_resume_at_an_epoch_boundary_regroups_the_batches(data_dir):
+    """What examples/translation/README.md says of resumed runs: fairseq's translation
+    task forms batches once, with the seed plus the epoch its iterator starts at, and
+    later epochs only reorder them; so a run resumed after epoch 1 trains epoch 2 on
+    other batches than a run that went on (the resume test above kills mid-epoch,
+    where the batches are the same)."""
+    from fairseq import options
+    from fairseq.tasks.translation import TranslationTask
+
+    args = options.parse_args_and_arch(options.get_training_parser(), [data_dir, "--task", "translation",
+                                                                       "--arch", "lstm"])
+    task = TranslationTask.setup_task(args)
+    task.load_dataset("train")
+    dataset = task.dataset("train")
+    went_on = [_epoch_batches(task, dataset, 1, epoch) for epoch in (1, 2)]
+    resumed = _epoch_batches(task, dataset, 2, 2)
+    assert went_on[0] != went_on[1] and sorted(went_on[0]) == sorted(went_on[1])  # reordered only
+    assert sorted(resumed) == sorted(_epoch_batches(task, dataset, 2, 2))  # deterministic
+    shared = set(resumed) & set(went_on[1])
+    assert len(shared) < len(resumed) / 2, (len(shared), len(resumed))
+
+
 # -- a crash while a checkpoint is being written ------------------------------------------
 CRASH_ON_SECOND_SAVE = """
 import os, sys
