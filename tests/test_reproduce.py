@@ -94,6 +94,18 @@ def test_shipped_gold_alignments_fit_the_raw_test_sentences():
 ALL_VARIANTS = list(VARIANTS)
 
 
+def _example_module(name):
+    """examples/translation/NAME.py, a script rather than a package module."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "examples", "translation", name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _converge_module():
+    return _example_module("converge")
+
+
 def _run_pipeline(data_dir, out, variants, output_layer="joint"):
     proc = subprocess.run(
         [PYTHON, os.path.join(REPO, "examples", "translation", "reproduce.py"), "--data", data_dir,
@@ -105,8 +117,8 @@ def _run_pipeline(data_dir, out, variants, output_layer="joint"):
         cwd=REPO, capture_output=True, text=True, timeout=1800,
         env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    if output_layer != "joint":
-        variants = [f"{name}/{output_layer}" for name in variants]
+    run_key = _example_module("reproduce").run_key  # the row names reproduce.py gives
+    variants = [run_key(name, output_layer) for name in variants]
     with open(out / "runs.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["variant"] for r in rows] == variants
@@ -181,12 +193,6 @@ def test_ablation_table_keeps_the_shared_points_of_a_row_trained_further(tmp_pat
     assert updates == ["250", "500", "1000", "2000", "2250"]
 
 
-def _converge_module():
-    spec = importlib.util.spec_from_file_location(
-        "converge", os.path.join(REPO, "examples", "translation", "converge.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 DONE_LINE = "2026-11-29 10:43:44 | INFO | fairseq_cli.train | done training in 1861.4 seconds"
