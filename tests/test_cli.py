@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 import torch
+import forkrun
 from helpers import PYTHON, REPO, run_cli
 
 from varattn_tools.variants import VARIANTS, train_options
@@ -297,3 +298,40 @@ def test_transformer_with_shared_embeddings_trains_and_reloads(share, data_dir, 
                     "translation", "--max-tokens", "1500", "--valid-subset", "valid"])
     reloaded = float(re.findall(r"valid on 'valid' subset \|.*? nll_loss ([0-9.]+)", proc.stdout + proc.stderr)[-1])
     assert reloaded == pytest.approx(nll, abs=1e-3)
+
+
+def _comparable(text):
+    """Log lines without what differs between two runs of one command: times, speeds, memory."""
+    text = re.sub(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \| ", "", text, flags=re.M)
+    text = re.sub(r"\b(wps|ups|wpb|wall|train_wall|gb_free|bsz)[ =][0-9.]+", r"\1 #", text)
+    text = re.sub(r"[0-9.]+ ?(seconds|s\b|sentences/s|tokens/s)", "# \\1", text)
+    text = re.sub(r"(/tmp|/private)?/[^\s'\"]*pytest[^\s'\"]*", "TMP", text)
+    return text.splitlines()
+
+
+@pytest.mark.parametrize("module", forkrun.FORKED)
+def test_a_forked_command_prints_what_a_fresh_interpreter_prints(module, data_dir, tmp_path):
+    """forkrun.py runs fairseq's command lines in children of a process that has
+    imported fairseq: their stdout and stderr, line by line, must be a fresh
+    `python -m` run's (numbers included: one thread, one seed)."""
+    ckpt_dir = tmp_path / "ckpt"
+    train(data_dir, str(ckpt_dir), ["--attention", "categorical", "--criterion", "varattn_marginal",
+                                    "--disable-validation"], max_update=2)
+    ckpt = str(ckpt_dir / "checkpoint_last.pt")
+    args = {
+        "fairseq_cli.train": [data_dir, "--user-dir", USER_DIR, *TINY, "--attention", "categorical",
+                              "--criterion", "varattn_marginal", "--max-update", "6",
+                              "--validate-interval-updates", "5", "--no-save"],
+        "fairseq_cli.validate": [data_dir, "--user-dir", USER_DIR, "--path", ckpt, "--task", "translation",
+                                 "--max-tokens", "1500", "--valid-subset", "valid"],
+        "fairseq_cli.generate": [data_dir, "--user-dir", USER_DIR, "--path", ckpt, "--gen-subset", "valid",
+                                 "--beam", "2", "--batch-size", "64", "--max-len-b", "5"],
+    }[module]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    forked = forkrun.run(module, args, env, REPO, timeout=600)
+    fresh = subprocess.run([PYTHON, "-m", module, *args], cwd=REPO, env=env, capture_output=True,
+                           text=True, timeout=600)
+    assert forked.returncode == fresh.returncode == 0, (forked.stderr[-2000:], fresh.stderr[-2000:])
+    for stream in ("stdout", "stderr"):
+        assert _comparable(getattr(forked, stream)) == _comparable(getattr(fresh, stream)), stream
+    assert len(_comparable(forked.stdout)) > 10  # the logs are there, not just equally empty
