@@ -13,12 +13,13 @@ redone here: the environment and working directory are set, stdout and
 stderr go to files, the root logger is put back to what that module would
 have configured (see ``_configure_logging``), and torch's thread count is set
 from OMP_NUM_THREADS. ``tests/test_cli.py`` checks that a forked run and a
-fresh interpreter print the same log lines. ``VARATTN_TEST_FORK=0`` turns all
+fresh interpreter print the same log lines and start in the same state. ``VARATTN_TEST_FORK=0`` turns all
 of this off.
 """
 
 import logging
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import runpy
 import subprocess
@@ -36,7 +37,9 @@ FORKED = ("fairseq_cli.train", "fairseq_cli.validate", "fairseq_cli.generate")
 CONFIGURES_LOGGING_FIRST = ("fairseq_cli.train",)
 PRELOAD = ["fairseq", "fairseq.options", "fairseq.trainer", "fairseq.checkpoint_utils",
            "fairseq.tasks.translation", "fairseq.sequence_generator", "fairseq.scoring.bleu",
-           "sacrebleu", "sentencepiece"]
+           "sacrebleu", "sentencepiece", "forkrun"]
+# imported last in the server: what importing fairseq left (it sets "fork")
+START_METHOD_AFTER_PRELOAD = multiprocessing.get_start_method(allow_none=True)
 
 _context = None
 
@@ -72,6 +75,11 @@ def _child(module, argv, env, cwd, out_path, err_path):
         os.close(target)
     sys.stdout = open(1, "w", encoding="utf-8", errors="backslashreplace", closefd=False, buffering=1)
     sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False, buffering=1)
+    # a child of the forkserver inherits the server's start method and its
+    # record of the server: a DataLoader would hand its workers to that server
+    # (pickling every tensor's file descriptor) instead of forking them
+    multiprocessing.set_start_method(START_METHOD_AFTER_PRELOAD, force=True)
+    multiprocessing.forkserver._forkserver.__init__()
     import torch
 
     torch.set_num_threads(int(env.get("OMP_NUM_THREADS", os.cpu_count())))

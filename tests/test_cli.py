@@ -335,3 +335,16 @@ def test_a_forked_command_prints_what_a_fresh_interpreter_prints(module, data_di
     for stream in ("stdout", "stderr"):
         assert _comparable(getattr(forked, stream)) == _comparable(getattr(fresh, stream)), stream
     assert len(_comparable(forked.stdout)) > 10  # the logs are there, not just equally empty
+
+
+def test_a_forked_command_starts_in_a_fresh_interpreters_state(tmp_path):
+    """What a child of forkrun.py's server inherits and a fresh interpreter does
+    not have (the server's multiprocessing start method, its forkserver, its
+    thread count, working directory, environment) is put back."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.path.join(REPO, "tests"), PROBE="x")
+    args = ["a", "--b"]
+    forked = forkrun.run("forkrun_probe", args, env, str(tmp_path), timeout=300)
+    fresh = subprocess.run([PYTHON, "-m", "forkrun_probe", *args], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert fresh.returncode == 3 and "start method fork" in fresh.stdout, fresh.stderr[-2000:]
+    assert (forked.returncode, forked.stdout, forked.stderr) == (fresh.returncode, fresh.stdout, fresh.stderr)
