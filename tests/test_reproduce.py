@@ -242,7 +242,13 @@ def test_status_says_where_each_run_stands(tmp_path):
     (tmp_path / "soft-seed99").mkdir()
     (tmp_path / "soft-seed99" / "train.log").write_text("\n".join(_epoch_lines(1, 7)[:-1]))
     assert converge.progress("soft", 99, opts).startswith(
-        "soft seed 99: training or interrupted, epoch 7, valid PPL 4.93")
+        "soft seed 99: training or interrupted, epoch 7, valid PPL 4.93, best checkpoint epoch 7 "
+        "(valid PPL 4.93, 0 epochs ago; patience 3)")
+    worse = _epoch_lines(8, 9, ppl=5.6)  # 5.52, 5.51: the best stays epoch 7's
+    (tmp_path / "soft-seed99" / "train.log").write_text("\n".join([*_epoch_lines(1, 7), *worse]))
+    assert converge.progress("soft", 99, opts).startswith(
+        "soft seed 99: training or interrupted, epoch 9, valid PPL 5.51, best checkpoint epoch 7 "
+        "(valid PPL 4.93, 2 epochs ago; patience 3)")
     (tmp_path / "soft-seed99" / "train.log").write_text("\n".join([*_epoch_lines(1, 30), DONE_LINE]))
     assert "stopped at a lower cap, resumes under the" in converge.progress("soft", 99, opts)
 

@@ -383,7 +383,15 @@ def progress(name, seed, opts):
     last validated epoch), or not started."""
     row, text, pending = run_state(name, seed, opts)
     valid = validations(text)
-    last = (f"epoch {max(valid)}, valid PPL {metric(valid[max(valid)], 'ppl')}" if valid else "no epoch yet")
+    last = "no epoch yet"
+    if valid:
+        best = parse_training(text)
+        # how close early stopping is; an upper bound: fairseq saves a tie as
+        # the best checkpoint but counts it as no improvement
+        since = max(valid) - best["best_epoch"]
+        last = (f"epoch {max(valid)}, valid PPL {metric(valid[max(valid)], 'ppl')}, best checkpoint epoch "
+                f"{best['best_epoch']} (valid PPL {best['valid_ppl_training']}, {since} epoch"
+                f"{'' if since == 1 else 's'} ago; patience {PATIENCE})")
     if not pending:
         return (f"{name} seed {seed}: finished ({row.get('stopped_by', 'cap')} at epoch {row['epochs_run']}, "
                 f"best {row['best_epoch']}): test PPL {row['test_ppl']:.2f}, BLEU {row['test_bleu']:.2f}")
