@@ -3,7 +3,7 @@ already imported fairseq.
 
 Importing fairseq takes 5-8 s on these CPUs (it imports every task, model and
 criterion, scikit-learn and SciPy among them), and the suite runs fairseq's
-command lines about a hundred times: most of its time went to imports. A
+command lines about 75 times: most of its time went to imports. A
 multiprocessing forkserver imports fairseq once per pytest worker; every
 command still runs in a process of its own, forked from that server, so no
 state is shared between commands or with the test process.
@@ -13,8 +13,8 @@ redone here: the environment and working directory are set, stdout and
 stderr go to files, the root logger is put back to what that module would
 have configured (see ``_configure_logging``), and torch's thread count is set
 from OMP_NUM_THREADS. ``tests/test_cli.py`` checks that a forked run and a
-fresh interpreter print the same log lines and start in the same state. ``VARATTN_TEST_FORK=0`` turns all
-of this off.
+fresh interpreter print the same log lines and start in the same state.
+``VARATTN_TEST_FORK=0`` turns all of this off.
 """
 
 import logging
@@ -73,7 +73,7 @@ def _child(module, argv, env, cwd, out_path, err_path):
         target = os.open(path, os.O_WRONLY | os.O_TRUNC)
         os.dup2(target, fd)
         os.close(target)
-    sys.stdout = open(1, "w", encoding="utf-8", errors="backslashreplace", closefd=False, buffering=1)
+    sys.stdout = open(1, "w", encoding="utf-8", closefd=False, buffering=1)  # PYTHONUNBUFFERED=1
     sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False, buffering=1)
     # a child of the forkserver inherits the server's start method and its
     # record of the server: a DataLoader would hand its workers to that server
@@ -82,7 +82,8 @@ def _child(module, argv, env, cwd, out_path, err_path):
     multiprocessing.forkserver._forkserver.__init__()
     import torch
 
-    torch.set_num_threads(int(env.get("OMP_NUM_THREADS", os.cpu_count())))
+    if "OMP_NUM_THREADS" in env:  # read once, when the server loaded torch
+        torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
     _configure_logging(module)
     sys.argv = [module, *argv]
     code = 0
