@@ -80,18 +80,27 @@ def random_batch(d, bsz=3, src_len=5, tgt_len=4, seed=1):
     }
 
 
+def cli_env(**extra):
+    """The environment the suite runs command lines in: one thread each."""
+    return dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **extra)
+
+
+def run_fresh(module, argv, env, cwd, timeout):
+    """``python -m MODULE ARGV`` in a fresh interpreter."""
+    return subprocess.run([PYTHON, "-m", module, *argv], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
 def run_cli(args, timeout=900, check=True, env_extra=None):
     """Run a console module (e.g. fairseq_cli.train) in a process of its own; returns
     CompletedProcess. fairseq's own command lines are forked from a process that has
     imported fairseq already (forkrun.py), the others start a fresh interpreter."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    env.update(env_extra or {})
+    env = cli_env(**(env_extra or {}))
     module, argv = str(args[0]), [str(a) for a in args[1:]]
     if forkrun.enabled(module):
         proc = forkrun.run(module, argv, env, REPO, timeout)
     else:
-        proc = subprocess.run([PYTHON, "-m", module, *argv], cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=timeout)
+        proc = run_fresh(module, argv, env, REPO, timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"command failed ({proc.returncode}): {' '.join(map(str, args))}\n"
                              f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import torch
 import forkrun
-from helpers import PYTHON, REPO, run_cli
+from helpers import PYTHON, REPO, cli_env, run_cli, run_fresh
 
 from varattn_tools.variants import VARIANTS, train_options
 from varattn_tools.variants import get as get_variant
@@ -327,10 +327,9 @@ def test_a_forked_command_prints_what_a_fresh_interpreter_prints(module, data_di
         "fairseq_cli.generate": [data_dir, "--user-dir", USER_DIR, "--path", ckpt, "--gen-subset", "valid",
                                  "--beam", "2", "--batch-size", "64", "--max-len-b", "5"],
     }[module]
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    env = cli_env()
     forked = forkrun.run(module, args, env, REPO, timeout=600)
-    fresh = subprocess.run([PYTHON, "-m", module, *args], cwd=REPO, env=env, capture_output=True,
-                           text=True, timeout=600)
+    fresh = run_fresh(module, args, env, REPO, timeout=600)
     assert forked.returncode == fresh.returncode == 0, (forked.stderr[-2000:], fresh.stderr[-2000:])
     for stream in ("stdout", "stderr"):
         assert _comparable(getattr(forked, stream)) == _comparable(getattr(fresh, stream)), stream
@@ -341,10 +340,9 @@ def test_a_forked_command_starts_in_a_fresh_interpreters_state(tmp_path):
     """What a child of forkrun.py's server inherits and a fresh interpreter does
     not have (the server's multiprocessing start method, its forkserver, its
     thread count, working directory, environment) is put back."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.path.join(REPO, "tests"), PROBE="x")
+    env = cli_env(PYTHONPATH=os.path.join(REPO, "tests"), PROBE="x")
     args = ["a", "--b"]
     forked = forkrun.run("forkrun_probe", args, env, str(tmp_path), timeout=300)
-    fresh = subprocess.run([PYTHON, "-m", "forkrun_probe", *args], cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=300)
+    fresh = run_fresh("forkrun_probe", args, env, str(tmp_path), timeout=300)
     assert fresh.returncode == 3 and "start method fork" in fresh.stdout, fresh.stderr[-2000:]
     assert (forked.returncode, forked.stdout, forked.stderr) == (fresh.returncode, fresh.stdout, fresh.stderr)

@@ -193,8 +193,6 @@ def test_ablation_table_keeps_the_shared_points_of_a_row_trained_further(tmp_pat
     assert updates == ["250", "500", "1000", "2000", "2250"]
 
 
-
-
 DONE_LINE = "2026-11-29 10:43:44 | INFO | fairseq_cli.train | done training in 1861.4 seconds"
 EARLY_STOP_LINE = ("2026-11-29 10:43:44 | INFO | fairseq_cli.train | early stop since valid performance "
                    "hasn't improved for last 3 runs")
