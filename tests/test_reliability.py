@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 import torch
-from helpers import PYTHON, REPO, run_cli
+from helpers import PYTHON, REPO, cli_env, run_cli
 
 import fairseq_varattn  # noqa: F401  (safe globals for torch.load)
 from varattn_tools.variants import train_options
@@ -55,7 +55,7 @@ def test_resume_after_a_kill_reaches_the_uninterrupted_result(data_dir, tmp_path
     split = str(tmp_path / "split")
     cmd = [PYTHON, "-m", "fairseq_cli.train", data_dir, "--user-dir", USER_DIR, *MODEL, *RESUME_ARGS,
            "--save-dir", split]
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    env = cli_env()  # as run_cli gave the uninterrupted run
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = []
     for line in proc.stdout:  # kill -9 as soon as the update-4 checkpoint is on disk
