@@ -148,7 +148,7 @@ def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one_intact(data_
             "--criterion", "varattn_marginal", "--max-tokens", "800", "--disable-validation",
             "--save-interval-updates", "2", "--max-update", "6", "--no-last-checkpoints",
             "--save-dir", save]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = cli_env()
     proc = subprocess.run([PYTHON, "-c", CRASH_ON_SECOND_SAVE, *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 137, proc.stdout[-2000:] + proc.stderr[-2000:]

@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 import torch
-from helpers import PYTHON, REPO, run_cli
+from helpers import PYTHON, REPO, cli_env, run_cli
 
 from varattn_tools.align import (
     EXACT_PANEL,
@@ -115,7 +115,7 @@ def _run_pipeline(data_dir, out, variants, output_layer="joint"):
          # untrained models rarely emit </s>: bound the output length
          "--generate-args", "--max-len-a 1.2 --max-len-b 10"],
         cwd=REPO, capture_output=True, text=True, timeout=1800,
-        env=dict(os.environ, OMP_NUM_THREADS="1"))
+        env=cli_env())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run_key = _example_module("reproduce").run_key  # the row names reproduce.py gives
     variants = [run_key(name, output_layer) for name in variants]
