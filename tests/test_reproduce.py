@@ -409,3 +409,58 @@ def test_a_result_records_threads_only_when_its_training_ran_in_that_invocation(
     opts.threads = 3
     evaluated = converge.train_and_evaluate("soft", 99, opts, env={})
     assert "threads" not in evaluated and evaluated["epochs_run"] == 4
+
+
+def _latent_epoch_lines(first, last, epochs_validated_again=()):
+    """_epoch_lines with a latent criterion's diagnostics: the prior's entropy
+    falls from uniform (4.13 bits) by 0.5 bits an epoch."""
+    lines = []
+    for e in [*range(first, last + 1), *epochs_validated_again]:
+        again = 0.001 if e in epochs_validated_again else 0.0
+        lines.append(f"2026-11-30 10:43:44 | INFO | valid | epoch {e:03d} | valid on 'valid' subset | loss 2.3 | "
+                     f"kl {0.1 * e:.3f} | entropy_p {4.13 - 0.5 * e + again:.3f} | entropy_uniform 4.13 | "
+                     f"prior_maxp 0.5 | ppl {9 - e:.2f} | wps 2000 | num_updates {182 * e} | best_ppl {9 - e:.2f}")
+    return lines
+
+
+def test_the_learning_curve_is_every_epochs_last_validation_in_order():
+    converge = _converge_module()
+    soft = converge.validation_curve("\n".join(_epoch_lines(1, 3)))
+    assert soft == [{"epoch": 1, "ppl": 4.99}, {"epoch": 2, "ppl": 4.98}, {"epoch": 3, "ppl": 4.97}]
+    # a run resumed mid-epoch 4 appends epoch 4's validation a second time: the later one counts
+    curve = converge.validation_curve("\n".join(_latent_epoch_lines(1, 5, epochs_validated_again=(4,))))
+    assert [p["epoch"] for p in curve] == [1, 2, 3, 4, 5]
+    assert curve[3] == {"epoch": 4, "ppl": 5.0, "kl": 0.4, "entropy_p": 2.131, "entropy_uniform": 4.13}
+    assert curve[4]["entropy_p"] == 1.63 and "prior_maxp" not in curve[4]
+
+
+def test_curves_take_a_results_own_training_log_and_plot_every_run_with_a_curve(tmp_path, capsys):
+    """`converge.py curves` adds a curve to a result that lacks one only from
+    the log that result was made from (same epochs, same best epoch), and
+    plots the results that have one."""
+    converge = _converge_module()
+    converge.RESULTS = str(tmp_path / "results")
+    converge.CURVES = {"lstm": str(tmp_path / "curves.png")}
+    os.makedirs(converge.RESULTS)
+    work = tmp_path / "runs"
+    # hard-enum: a log of as many epochs, but not the one its result was made from (another best epoch)
+    for name, log_epochs, best in (("marginal", 6, 6), ("elbo-enum", 5, 6), ("soft", None, 6), ("hard-enum", 6, 4)):
+        (tmp_path / "results" / f"{name}-seed1.json").write_text(json.dumps(
+            {"variant": name, "seed": 1, "epochs_run": 6, "best_epoch": best}))
+        if log_epochs:
+            (work / f"{name}-seed1").mkdir(parents=True)
+            (work / f"{name}-seed1" / "train.log").write_text("\n".join(_latent_epoch_lines(1, log_epochs)))
+    converge.main(["curves", "--only", "marginal:1,elbo-enum:1,soft:1,hard-enum:1,rws:1", "--work", str(work)])
+    said = capsys.readouterr().out.splitlines()
+    assert said[0] == f"marginal seed 1: curve added from {work}/marginal-seed1/train.log"
+    assert said[1].startswith("elbo-enum seed 1: no curve (") and "5 validated epochs up to 5" in said[1]
+    assert said[2].startswith("soft seed 1: no curve (its training log is not in")
+    assert said[3] == (f"hard-enum seed 1: no curve ({work}/hard-enum-seed1/train.log has 6 validated epochs "
+                       "up to 6, best 6; the result: 6, best 4)")
+    assert said[4:] == ["rws seed 1: not finished", f"plotted 1 run -> {tmp_path}/curves.png"]
+    marginal = json.loads((tmp_path / "results" / "marginal-seed1.json").read_text())
+    assert [p["entropy_p"] for p in marginal["valid_curve"]] == [3.63, 3.13, 2.63, 2.13, 1.63, 1.13]
+    assert "valid_curve" not in json.loads((tmp_path / "results" / "elbo-enum-seed1.json").read_text())
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    converge.main(["curves", "--only", "marginal:1", "--work", str(work)])
+    assert capsys.readouterr().out.splitlines()[0] == "marginal seed 1: has its curve"

@@ -5,6 +5,7 @@
     python examples/translation/converge.py run --only marginal:2 --jobs 1 --threads 2
     python examples/translation/converge.py table                # results/converge.md from finished runs
     python examples/translation/converge.py status               # where each run stands
+    python examples/translation/converge.py curves               # results/converge-curves.png
     python scripts/readme_results.py                             # ... into the READMEs
 
 Every variant (soft, marginal, hard-enum, hard-reinforce, elbo-enum,
@@ -64,6 +65,8 @@ RESULTS = os.path.join(HERE, "results", "converge")
 RAW_TEST_REF = os.path.join(REPO, "data", "multi30k", "test_2016_flickr.en.gz")
 TABLES = {"lstm": os.path.join(HERE, "results", "converge.md"),
           "transformer": os.path.join(HERE, "results", "converge-transformer.md")}
+CURVES = {"lstm": os.path.join(HERE, "results", "converge-curves.png"),
+          "transformer": os.path.join(HERE, "results", "converge-transformer-curves.png")}
 
 PATIENCE = 3
 # Raised from 30, where soft attention was still improving (1% an epoch):
@@ -189,8 +192,25 @@ def validations(text):
     return {int(e): line for e, line in re.findall(r"epoch (\d+) \| valid on 'valid' subset \|(.*)", text)}
 
 
+# what each epoch's validation line contributes to a run's learning curve
+CURVE_KEYS = ("ppl", "kl", "entropy_p", "entropy_q", "entropy_post", "entropy_uniform")
+
+
+def validation_curve(text):
+    """Every epoch's validation numbers, in epoch order (the last line of an
+    epoch that a resume validated twice): [{"epoch": 1, "ppl": ..., "kl": ...}, ...]
+    with the CURVE_KEYS the criterion logs (soft attention logs ppl alone)."""
+    curve = []
+    for epoch, line in sorted(validations(text).items()):
+        point = {"epoch": epoch}
+        point.update({k: v for k in CURVE_KEYS if (v := metric(line, k)) is not None})
+        curve.append(point)
+    return curve
+
+
 def parse_training(text):
-    """What the training log says: per-epoch train wps, the best validation line."""
+    """What the training log says: per-epoch train wps, the best validation
+    line, the learning curve."""
     wps = [float(x) for x in re.findall(r"\| train \|.*? wps ([0-9.]+)", text)]
     valid = validations(text)
     if not valid:
@@ -207,6 +227,7 @@ def parse_training(text):
         "epochs_run": max(valid),
         "best_epoch": best,
         "valid_ppl_training": metric(best_line, "ppl"),  # on fairseq's default batches (see run_one)
+        "valid_curve": validation_curve(text),
     }
 
 
@@ -419,6 +440,82 @@ def realign(name, seed, opts, env):
     print(f"== {name} seed {seed}: alignments scored again", flush=True)
 
 
+def attach_curve(name, seed, opts):
+    """Give a finished result that predates ``valid_curve`` the curve of its
+    training log, if that log is here and is the one the result was made
+    from (same epochs run, same best epoch); says what it did."""
+    done, log = result_path(name, seed), os.path.join(work_dir(opts, name, seed), "train.log")
+    if not os.path.isfile(done):
+        return f"{name} seed {seed}: not finished"
+    with open(done) as f:
+        row = json.load(f)
+    if row.get("valid_curve"):
+        return f"{name} seed {seed}: has its curve"
+    if not os.path.isfile(log):
+        return f"{name} seed {seed}: no curve (its training log is not in {os.path.dirname(log)})"
+    text = open(log).read()
+    parsed = parse_training(text) if validations(text) else {}
+    seen = (parsed.get("epochs_run"), parsed.get("best_epoch"))
+    if seen != (row["epochs_run"], row["best_epoch"]) or len(parsed["valid_curve"]) != row["epochs_run"]:
+        return (f"{name} seed {seed}: no curve ({log} has {len(parsed.get('valid_curve', []))} validated epochs "
+                f"up to {seen[0]}, best {seen[1]}; the result: {row['epochs_run']}, best {row['best_epoch']})")
+    row["valid_curve"] = parsed["valid_curve"]
+    with open(done, "w") as f:
+        json.dump(row, f, indent=1)
+        f.write("\n")
+    return f"{name} seed {seed}: curve added from {log}"
+
+
+def plot_curves(rows, path):
+    """Valid PPL and the prior's entropy (bits) against the epoch, a line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    fig, (ppl_ax, ent_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    colours = {name: plt.cm.tab10(k % 10) for k, name in enumerate(PLAN)}
+    styles = {1: "-", 2: "--", 3: ":"}
+    uniform = []
+    for row in rows:
+        curve, label = row["valid_curve"], f"{row['variant']} seed {row['seed']}"
+        style = dict(color=colours[row["variant"]], linestyle=styles.get(row["seed"], "-."), label=label)
+        ppl_ax.plot([p["epoch"] for p in curve], [p["ppl"] for p in curve], **style)
+        # a Dirichlet's entropy_p is a differential entropy: not on the same axis
+        points = [p for p in curve if "entropy_p" in p]
+        if points and row["variant"] != "dirichlet":
+            ent_ax.plot([p["epoch"] for p in points], [p["entropy_p"] for p in points], **style)
+            uniform += [p["entropy_uniform"] for p in points if "entropy_uniform" in p]
+    if uniform:
+        ent_ax.axhline(statistics.mean(uniform), color="grey", linewidth=0.8, linestyle="--",
+                       label="uniform alignment")
+    ppl_ax.set(yscale="log", xlabel="epoch", ylabel="valid PPL (log scale)", title="validation perplexity")
+    ppl_ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())  # 5, 10, 20 rather than 5x10^0
+    ppl_ax.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
+    ent_ax.set(xlabel="epoch", ylabel="bits per target token", title="entropy of the prior p(z_j | x, y_<j)")
+    for ax in (ppl_ax, ent_ax):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def curves(plan, opts):
+    """``converge.py curves``: attach the curves the results lack, then plot
+    every finished run that has one."""
+    for name, seed in plan:
+        print(attach_curve(name, seed, opts))
+    rows = [json.load(open(result_path(name, seed))) for name, seed in plan if os.path.isfile(result_path(name, seed))]
+    rows = [r for r in rows if r.get("valid_curve")]
+    if not rows:
+        print("no finished run has a curve: nothing to plot")
+        return
+    plot_curves(rows, CURVES[opts.family])
+    print(f"plotted {len(rows)} run{'' if len(rows) == 1 else 's'} -> {CURVES[opts.family]}")
+
+
 def prepare(data_root, env):
     data = os.path.join(data_root, "bin")
     if not os.path.isfile(os.path.join(data, "dict.en.txt")):
@@ -495,9 +592,11 @@ def table(family="lstm"):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["run", "table", "align", "status"],
+    parser.add_argument("command", choices=["run", "table", "align", "status", "curves"],
                         help="run: train and evaluate; table: results/converge*.md; status: where each "
-                             "run of the plan stands; align: score the "
+                             "run of the plan stands; curves: results/converge*-curves.png, valid PPL "
+                             "and prior entropy by epoch (adding a result's curve from its training "
+                             "log when the result lacks one); align: score the "
                              "alignments of finished runs again (after the alignment tool changed)")
     parser.add_argument("--family", choices=list(PLANS), default="lstm",
                         help="varattn_lstm variants, or fairseq's transformer against varattn_transformer")
@@ -530,6 +629,9 @@ def main(argv=None):
     if opts.command == "status":
         for name, seed in plan:
             print(progress(name, seed, opts))
+        return
+    if opts.command == "curves":
+        curves(plan, opts)
         return
     env = cpu_env(threads=opts.threads)
     opts.data = prepare(opts.data_root, env)
