@@ -462,5 +462,8 @@ def test_curves_take_a_results_own_training_log_and_plot_every_run_with_a_curve(
     assert [p["entropy_p"] for p in marginal["valid_curve"]] == [3.63, 3.13, 2.63, 2.13, 1.63, 1.13]
     assert "valid_curve" not in json.loads((tmp_path / "results" / "elbo-enum-seed1.json").read_text())
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the figure is the family's: --only elbo-enum still plots marginal's curve
+    converge.main(["curves", "--only", "elbo-enum:1", "--work", str(work)])
+    assert capsys.readouterr().out.splitlines()[1] == f"plotted 1 run -> {tmp_path}/curves.png"
     converge.main(["curves", "--only", "marginal:1", "--work", str(work)])
     assert capsys.readouterr().out.splitlines()[0] == "marginal seed 1: has its curve"

@@ -503,11 +503,13 @@ def plot_curves(rows, path):
 
 
 def curves(plan, opts):
-    """``converge.py curves``: attach the curves the results lack, then plot
-    every finished run that has one."""
+    """``converge.py curves``: attach the curves the results of ``plan`` lack,
+    then plot every finished run of the family that has one (not only
+    ``plan``'s: the figure is the family's, like its table)."""
     for name, seed in plan:
         print(attach_curve(name, seed, opts))
-    rows = [json.load(open(result_path(name, seed))) for name, seed in plan if os.path.isfile(result_path(name, seed))]
+    family = ordered_plan(opts.family)
+    rows = [json.load(open(result_path(n, s))) for n, s in family if os.path.isfile(result_path(n, s))]
     rows = [r for r in rows if r.get("valid_curve")]
     if not rows:
         print("no finished run has a curve: nothing to plot")
