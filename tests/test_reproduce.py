@@ -467,3 +467,21 @@ def test_curves_take_a_results_own_training_log_and_plot_every_run_with_a_curve(
     assert capsys.readouterr().out.splitlines()[1] == f"plotted 1 run -> {tmp_path}/curves.png"
     converge.main(["curves", "--only", "marginal:1", "--work", str(work)])
     assert capsys.readouterr().out.splitlines()[0] == "marginal seed 1: has its curve"
+
+
+def test_status_says_how_long_an_epoch_takes_lately_not_counting_a_resume_gap(tmp_path):
+    converge = _converge_module()
+    clock = {1: "10:00:00", 2: "10:05:00", 3: "10:10:00", 4: "13:00:00", 5: "13:06:00"}  # resumed before epoch 4
+
+    def log(epochs):
+        return "\n".join(f"2026-11-30 {clock[e]} | INFO | valid | epoch {e:03d} | valid on 'valid' subset | "
+                         f"loss 2.3 | ppl {9 - e:.2f} | num_updates {182 * e}" for e in epochs)
+    assert converge.minutes_per_epoch(log([1])) is None
+    assert converge.minutes_per_epoch(log([1, 2, 3])) == 5.0
+    assert converge.minutes_per_epoch(log([1, 2, 3, 4, 5])) == 6.0  # median of 5, 170 and 6
+    assert converge.minutes_per_epoch(log([1, 3])) == 5.0  # per epoch, when one was not validated
+    (tmp_path / "soft-seed99").mkdir()
+    (tmp_path / "soft-seed99" / "train.log").write_text(log([1, 2, 3]))
+    assert converge.progress("soft", 99, argparse.Namespace(work=str(tmp_path))).startswith(
+        "soft seed 99: training or interrupted, epoch 3, valid PPL 6.0, best checkpoint epoch 3 "
+        "(valid PPL 6.0, 0 epochs ago; patience 3), about 5.0 min an epoch lately (in ")

@@ -399,6 +399,18 @@ def train_and_evaluate(name, seed, opts, env):
     return row
 
 
+def minutes_per_epoch(text, last=3):
+    """The median time between the last ``last`` + 1 epochs' validations, in
+    minutes, or None: what an epoch takes lately (a median, so one gap where a
+    run was interrupted and resumed does not count)."""
+    times = {int(e): datetime.datetime.strptime(t, "%Y-%m-%d %H:%M:%S") for t, e in re.findall(
+        r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) \| INFO \| valid \| epoch (\d+) \| valid on 'valid' subset",
+        text, re.M)}
+    epochs = sorted(times)[-(last + 1):]
+    gaps = [(times[b] - times[a]).total_seconds() / 60 / (b - a) for a, b in zip(epochs, epochs[1:])]
+    return statistics.median(gaps) if gaps else None
+
+
 def progress(name, seed, opts):
     """One line on where a run stands: finished (its result), training (the
     last validated epoch), or not started."""
@@ -413,6 +425,9 @@ def progress(name, seed, opts):
         last = (f"epoch {max(valid)}, valid PPL {metric(valid[max(valid)], 'ppl')}, best checkpoint epoch "
                 f"{best['best_epoch']} (valid PPL {best['valid_ppl_training']}, {since} epoch"
                 f"{'' if since == 1 else 's'} ago; patience {PATIENCE})")
+        pace = minutes_per_epoch(text)
+        if pace is not None:
+            last += f", about {pace:.1f} min an epoch lately"
     if not pending:
         return (f"{name} seed {seed}: finished ({row.get('stopped_by', 'cap')} at epoch {row['epochs_run']}, "
                 f"best {row['best_epoch']}): test PPL {row['test_ppl']:.2f}, BLEU {row['test_bleu']:.2f}")
