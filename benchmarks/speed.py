@@ -2,6 +2,7 @@
 
     python benchmarks/speed.py                      # IWSLT-like sizes: V=10k, T=N=30
     python benchmarks/speed.py --variants lstm,soft # the foundation check only
+    python benchmarks/speed.py --breakdown          # + forward, backward and the latent parts
 
 Each variant trains on the same random batches (forward, backward, Adam
 step); the timed steps are interleaved round-robin across variants so
@@ -14,6 +15,8 @@ follows the live tensors.
 """
 
 import argparse
+import collections
+import contextlib
 import datetime
 import json
 import os
@@ -39,6 +42,9 @@ from fairseq_varattn.models.varattn_lstm import base_architecture as varattn_bas
 from fairseq_varattn.models.varattn_lstm import varattn_lstm_iwslt_de_en
 from fairseq_varattn.models.varattn_transformer import VarAttnTransformerModel
 from fairseq_varattn.models.varattn_transformer import base_architecture as varattn_transformer_base
+from fairseq_varattn.models.inference_network import InferenceNetwork, TransformerInferenceNetwork
+from fairseq_varattn.modules.factored_output import FactoredOutputLayer
+from fairseq_varattn.modules.output_layer import AlignmentOutputLayer
 from varattn_tools import variants
 
 # benchmark row -> (variant of varattn_tools.variants, factored output layer, extra model args,
@@ -65,6 +71,14 @@ TRANSFORMER_ROWS = ["transformer", "transformer-soft", "transformer-factored-mar
 
 
 REPORT = []
+
+# --breakdown: the forward passes that set a latent step apart from soft attention's
+PARTS = {
+    "log p(y given z = i)": [(AlignmentOutputLayer, "alignment_logprobs"), (FactoredOutputLayer, "alignment_logprobs")],
+    # REINFORCE's baseline, Gumbel-softmax and Dirichlet samples
+    "output at a context": [(AlignmentOutputLayer, "context_logprobs"), (FactoredOutputLayer, "context_logprobs")],
+    "q network": [(InferenceNetwork, "forward"), (TransformerInferenceNetwork, "forward")],
+}
 
 
 def report(line):
@@ -159,6 +173,71 @@ def step(model, criterion, optimizer, batch):
         torch.cuda.synchronize()
 
 
+@contextlib.contextmanager
+def timing_parts(spent, device):
+    """Adds each PARTS method's wall time (synchronised on a GPU) to ``spent``
+    while the block runs, and restores the methods after it."""
+    def timed(part, fn):
+        def wrapper(*args, **kwargs):
+            _sync(device)
+            start = time.perf_counter()
+            out = fn(*args, **kwargs)
+            _sync(device)
+            spent[part] += time.perf_counter() - start
+            return out
+        return wrapper
+
+    saved = [(owner, name, owner.__dict__[name]) for methods in PARTS.values() for owner, name in methods]
+    for part, methods in PARTS.items():
+        for owner, name in methods:
+            setattr(owner, name, timed(part, owner.__dict__[name]))
+    try:
+        yield
+    finally:
+        for owner, name, fn in saved:
+            setattr(owner, name, fn)
+
+
+def _sync(device):
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def breakdown(names, built, batches, opts):
+    """Median milliseconds per step of the forward pass, of the backward pass
+    and of the forward time spent in each of PARTS (inside the forward)."""
+    spent = collections.Counter()
+    rows = {}
+    with timing_parts(spent, opts.device):
+        for n in names:
+            model, criterion, optimizer = built[n]
+            per = collections.defaultdict(list)
+            for batch in batches[1:]:
+                spent.clear()
+                optimizer.zero_grad()
+                _sync(opts.device)
+                t0 = time.perf_counter()
+                loss, _, _ = criterion(model, batch)
+                _sync(opts.device)
+                t1 = time.perf_counter()
+                loss.backward()
+                _sync(opts.device)
+                per["forward"].append(t1 - t0)
+                per["backward"].append(time.perf_counter() - t1)
+                optimizer.step()
+                for part in PARTS:
+                    per[part].append(spent[part])
+            rows[n] = {k: 1000 * statistics.median(v) for k, v in per.items()}
+    report(f"\nwhere a step's time goes: median ms per step over {len(batches) - 1} more steps; "
+           "the parts are forward time, inside the forward's")
+    report("| variant | forward | backward | " + " | ".join(PARTS) + " |")
+    report("|---|---|---|" + "---|" * len(PARTS))
+    for n, r in rows.items():
+        report(f"| {n} | {r['forward']:.0f} | {r['backward']:.0f} | "
+               + " | ".join(f"{r[p]:.0f}" if r[p] else "-" for p in PARTS) + " |")
+    return rows
+
+
 def measure_memory(name, opts):
     d = make_dictionary(opts.vocab)
     model, criterion, optimizer = build(name, d, opts)
@@ -211,6 +290,10 @@ def main():
     parser.add_argument("--markdown", help="also write the tables here (benchmarks/results.md)")
     parser.add_argument("--memory-only", help=argparse.SUPPRESS)
     parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="after the timed steps, --steps more per row that split the step into forward, "
+                             "backward and the forward's latent parts (log p(y | z = i), the output at a "
+                             "context, q's network)")
     opts = parser.parse_args()
 
     if opts.memory_only:
@@ -274,6 +357,9 @@ def main():
         mem_ratio = f"{mem / ref['peak_mb']:.2f}" if ref and mem and ref.get("peak_mb") else "-"
         report(f"| {n} | {r['tokens_per_s']:.0f} | {speed} | {mem:.0f} | {mem_ratio} |"
               if mem is not None else f"| {n} | {r['tokens_per_s']:.0f} | {speed} | - | - |")
+    if opts.breakdown:
+        for n, parts in breakdown(names, built, batches, opts).items():
+            results[n]["breakdown_ms"] = parts
     if gen_names:
         results["generation"] = benchmark_generation(gen_names, d, opts)
     if opts.json:

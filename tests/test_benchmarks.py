@@ -1,0 +1,51 @@
+"""benchmarks/speed.py's --breakdown: which parts of a step it times."""
+
+import importlib.util
+import json
+import os
+import subprocess
+
+import pytest
+from helpers import PYTHON, REPO, cli_env
+
+SPEED = os.path.join(REPO, "benchmarks", "speed.py")
+TINY = ["--vocab", "500", "--batch", "4", "--src-len", "6", "--tgt-len", "5", "--embed", "16", "--hidden", "32"]
+
+
+def _speed_module():
+    spec = importlib.util.spec_from_file_location("speed", SPEED)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_breakdown_times_each_latent_part_where_the_variant_runs_it(tmp_path):
+    """Soft attention runs none of the parts; the exact marginal the T-way
+    log p(y | z = i) only; REINFORCE all three (its samples' log p, the
+    baseline's output at q's expected context, q's network); Gumbel-softmax
+    the output at its relaxed contexts and q, not the T-way log p (its
+    training skips the exact nll)."""
+    out = tmp_path / "speed.json"
+    subprocess.run([PYTHON, SPEED, "--variants", "soft,factored-marginal,factored-elbo-reinforce,factored-elbo-gumbel",
+                    "--steps", "2", "--no-memory", "--breakdown", "--json", str(out), *TINY],
+                   check=True, capture_output=True, cwd=REPO, env=cli_env(), timeout=600)
+    results = json.loads(out.read_text())["results"]
+    ran = {n: {p for p, ms in r["breakdown_ms"].items() if p not in ("forward", "backward") and ms > 0}
+           for n, r in results.items()}
+    logp, context, q = "log p(y given z = i)", "output at a context", "q network"
+    assert ran == {"soft": set(), "factored-marginal": {logp}, "factored-elbo-reinforce": {logp, context, q},
+                   "factored-elbo-gumbel": {context, q}}
+    for r in results.values():
+        parts = sum(ms for p, ms in r["breakdown_ms"].items() if p not in ("forward", "backward"))
+        assert 0 < r["breakdown_ms"]["backward"] and parts <= r["breakdown_ms"]["forward"]
+
+
+def test_timing_parts_puts_the_methods_back_even_after_an_error():
+    speed = _speed_module()
+    originals = {(owner, name): owner.__dict__[name] for methods in speed.PARTS.values() for owner, name in methods}
+    spent = {}
+    with pytest.raises(RuntimeError):
+        with speed.timing_parts(spent, "cpu"):
+            assert all(owner.__dict__[name] is not fn for (owner, name), fn in originals.items())
+            raise RuntimeError("a step failed")
+    assert all(owner.__dict__[name] is fn for (owner, name), fn in originals.items())
