@@ -229,7 +229,7 @@ def breakdown(names, built, batches, opts):
                     per[part].append(spent[part])
             rows[n] = {k: 1000 * statistics.median(v) for k, v in per.items()}
     report(f"\nwhere a step's time goes: median ms per step over {len(batches) - 1} more steps; "
-           "the parts are forward time, inside the forward's")
+           "each part's time is part of the forward's")
     report("| variant | forward | backward | " + " | ".join(PARTS) + " |")
     report("|---|---|---|" + "---|" * len(PARTS))
     for n, r in rows.items():
