@@ -165,12 +165,20 @@ def _to(obj, device):
 
 
 def step(model, criterion, optimizer, batch):
+    """One training step; returns the seconds of its forward and of its backward pass."""
+    device = batch["target"].device
     optimizer.zero_grad()
+    _sync(device)
+    start = time.perf_counter()
     loss, _, _ = criterion(model, batch)
+    _sync(device)
+    forward_end = time.perf_counter()
     loss.backward()
+    _sync(device)
+    backward_end = time.perf_counter()
     optimizer.step()
-    if batch["target"].is_cuda:
-        torch.cuda.synchronize()
+    _sync(device)
+    return forward_end - start, backward_end - forward_end
 
 
 @contextlib.contextmanager
@@ -199,7 +207,7 @@ def timing_parts(spent, device):
 
 
 def _sync(device):
-    if str(device).startswith("cuda"):
+    if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
 
 
@@ -214,17 +222,9 @@ def breakdown(names, built, batches, opts):
             per = collections.defaultdict(list)
             for batch in batches[1:]:
                 spent.clear()
-                optimizer.zero_grad()
-                _sync(opts.device)
-                t0 = time.perf_counter()
-                loss, _, _ = criterion(model, batch)
-                _sync(opts.device)
-                t1 = time.perf_counter()
-                loss.backward()
-                _sync(opts.device)
-                per["forward"].append(t1 - t0)
-                per["backward"].append(time.perf_counter() - t1)
-                optimizer.step()
+                forward, backward = step(model, criterion, optimizer, batch)
+                per["forward"].append(forward)
+                per["backward"].append(backward)
                 for part in PARTS:
                     per[part].append(spent[part])
             rows[n] = {k: 1000 * statistics.median(v) for k, v in per.items()}
