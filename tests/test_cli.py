@@ -206,6 +206,9 @@ def test_latent_criterion_round_trip(name, output_layer, arch, data_dir, tmp_pat
         assert re.search(r"\| kl [0-9.]+ \| entropy_q", valid), valid
     if name == "dirichlet":  # the importance-sampled nll says how many samples
         assert re.search(r"\| nll_samples 4\b", valid), valid
+        assert re.search(r"\| prior_concentration [0-9.]+ \| q_concentration [0-9.]+", valid), valid
+    else:
+        assert "concentration" not in valid, valid
     if name == "rws":
         assert re.search(r"\| ess [0-9.]+", valid), valid
     if "reinforce" in name:

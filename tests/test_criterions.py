@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from helpers import ARCHS, FakeTask, build_model, make_dictionary, random_batch
 
 from fairseq_varattn.criterions.base import EstimatorMixin
@@ -388,6 +389,28 @@ def test_dirichlet_importance_nll_where_the_alignment_matters():
     torch.manual_seed(0)
     _, _, log = DirichletCriterion.build(task(d), nll_samples=4000)(model, batch)
     assert abs(float(log["nll_loss"]) - float(reference)) < 0.01 * float(reference)
+
+
+def test_dirichlet_logs_the_total_concentrations_of_the_prior_and_q():
+    """prior_concentration / q_concentration: sum_i softplus(score_i) + 0.001
+    over the unpadded source, per target token, recomputed from the raw scores
+    (not through DirichletAlignment), on a model whose prior and q differ."""
+    model, d = sharpened("dirichlet")
+    with torch.no_grad():
+        model.decoder.scorer.v.weight.div_(40.0 / 3.0)
+    batch = random_batch(d, bsz=3, src_len=6, tgt_len=5)
+    _, extra = model(**batch["net_input"], target=batch["target"], features_only=True)
+    pad = extra["encoder_padding_mask"].unsqueeze(1)
+    assert pad.any(), "the batch must have source padding for the mask to matter"
+    mask = batch["target"].ne(d.pad())
+    want = {}
+    for key, scores in (("prior_concentration", extra["scores"]), ("q_concentration", extra["q_scores"])):
+        alpha = F.softplus(scores.double().masked_fill(torch.isinf(scores), 0.0)) + 1e-3
+        want[key] = alpha.masked_fill(pad, 0.0).sum(-1)[mask].sum().item()
+    assert abs(want["prior_concentration"] - want["q_concentration"]) > 0.03 * want["q_concentration"]
+    _, _, log = DirichletCriterion.build(task(d))(model, batch)
+    for key, value in want.items():
+        assert float(log[key]) == pytest.approx(value, rel=1e-4), key
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -72,7 +72,8 @@ PATIENCE = 3
 # Raised from 30, where soft attention was still improving (1% an epoch):
 # runs that stopped at the old cap resume from checkpoint_last.pt (see run_one).
 MAX_EPOCH = 50
-DIAGNOSTICS = ("kl", "entropy_p", "entropy_q", "entropy_post", "entropy_uniform", "prior_maxp", "q_maxp")
+DIAGNOSTICS = ("kl", "entropy_p", "entropy_q", "entropy_post", "entropy_uniform", "prior_maxp", "q_maxp",
+               "prior_concentration", "q_concentration")
 PRESET = [
     "--arch", "varattn_lstm", "--encoder-embed-dim", "128", "--encoder-hidden-size", "128",
     "--decoder-embed-dim", "128", "--decoder-hidden-size", "256", "--decoder-out-embed-dim", "128",

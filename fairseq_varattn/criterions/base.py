@@ -35,7 +35,8 @@ from .batch import LatentBatch
 PER_TOKEN_KEYS = ("kl", "entropy_q", "entropy_p", "baseline_nll", "entropy_post", "entropy_uniform")
 # Summed logging keys that are per-token averages already in their own units.
 PER_TOKEN_RAW_KEYS = ("ess", "nll_samples", "prior_maxp", "q_maxp", "score_spread", "logpy_spread",
-                      "annot_spread", "soft_warmup", "marginal_warmup")
+                      "annot_spread", "prior_concentration", "q_concentration", "soft_warmup",
+                      "marginal_warmup")
 # Mean-squared score-function weights without / with the baseline, per sample.
 ESTIMATOR_KEYS = ("sf_reward_sq", "sf_advantage_sq")
 

@@ -8,7 +8,7 @@ from functools import cached_property
 import torch
 import torch.nn.functional as F
 
-from ..modules.alignment import CategoricalAlignment, weighted_context
+from ..modules.alignment import CategoricalAlignment, DirichletAlignment, weighted_context
 from ..modules.losses import importance_log_marginal, marginal_nll
 
 
@@ -97,7 +97,13 @@ class LatentBatch:
         * ``entropy_post``: entropy of the exact posterior p(z_j | x, y);
         * ``annot_spread``: how different a sentence's annotations x~_i are,
           sqrt(sum_i |x~_i - mean|^2 / sum_i |x~_i|^2) (0: every position
-          carries the same vector, so no alignment can matter).
+          carries the same vector, so no alignment can matter);
+        * ``prior_concentration`` / ``q_concentration`` (Dirichlet only): the
+          total concentration sum_i alpha_i.  ``prior_maxp`` says how sharp
+          the mean is, this says how far samples stray from it: large (tens
+          or more) means samples sit at the mean, i.e. soft attention with
+          the mean's weights; below 1 they sit near the simplex's corners,
+          i.e. hard attention.  Its differential ``entropy_p`` mixes the two.
 
         The last two need the T alignment log-likelihoods and are only
         reported when the criterion computed them anyway.
@@ -108,6 +114,10 @@ class LatentBatch:
                "prior_maxp": self.prior.mean().max(-1).values}
         if self.q_scores is not None:
             out["q_maxp"] = self.q.mean().max(-1).values
+        if isinstance(self.prior, DirichletAlignment):
+            out["prior_concentration"] = self.prior.total
+            if self.q_scores is not None:
+                out["q_concentration"] = self.q.total
         out["score_spread"] = _masked_std(self.scores.float(), valid, count)
         enc = self.enc.float().masked_fill(self.enc_mask.unsqueeze(-1), 0.0)  # B, T, C
         length = (~self.enc_mask).sum(-1, keepdim=True).clamp_min(1)
