@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from fairseq_varattn.modules.alignment import DirichletAlignment
+from fairseq_varattn.modules.attention_kinds import KINDS
 from fairseq_varattn.modules.losses import importance_log_marginal
 
 TorchDirichlet = torch.distributions.Dirichlet
@@ -135,3 +136,25 @@ def test_importance_estimate_converges_to_the_closed_form_marginal():
     assert abs(float(estimate(400_000, 1)) - exact) < 0.01
     small = estimate(2, 50_000)
     assert float(small.mean()) < exact
+
+
+def test_exp_link_keeps_the_mean_a_softmax_where_softplus_flattens_it():
+    """Raising every score by c (what makes samples less noisy) leaves the
+    exp link's mean at softmax(scores), while softplus's mean flattens towards
+    uniform: alpha_i ~ s_i + c, so its sensitivity to the scores falls as
+    1 / sum_i alpha_i (docs/design.md, "Dirichlet concentrations")."""
+    g = torch.Generator().manual_seed(0)
+    scores = torch.rand(2, 3, 7, generator=g) * 3
+    mask = torch.zeros(2, 7, dtype=torch.bool)
+    mask[1, 5:] = True
+    scores = scores.masked_fill(mask.unsqueeze(1), float("-inf"))
+    kind = KINDS["dirichlet"]
+    softmax = torch.softmax(scores, -1)
+    maxp = []
+    for c in (0.0, 4.0, 8.0):
+        exp_mean = kind.distribution(scores + c, mask, dirichlet_concentration="exp").mean()
+        torch.testing.assert_close(exp_mean, softmax, rtol=0, atol=1e-3)
+        maxp.append(kind.distribution(scores + c, mask).mean().amax(-1).mean().item())
+    assert maxp[0] > maxp[1] > maxp[2] and maxp[2] < 0.5 * softmax.amax(-1).mean().item(), maxp
+    total = kind.distribution(scores + 8.0, mask, dirichlet_concentration="exp").total
+    assert total.min() > 1e3  # the same mean, with samples close to it

@@ -143,6 +143,7 @@ def test_invalid_criterion_options_are_rejected(kwargs, match):
     ({"alignment_topk": 5000}, "larger than the longest allowed source"),
     ({"attention": "soft", "alignment_topk": 2}, "--alignment-topk"),
     ({"attention": "soft", "inference_network": "birnn"}, "--inference-network"),
+    ({"attention": "categorical", "dirichlet_concentration": "exp"}, "--dirichlet-concentration"),
 ])
 def test_invalid_model_options_are_rejected(overrides, match):
     with pytest.raises(ValueError, match=match):
@@ -302,8 +303,50 @@ def test_state_dict_from_another_dictionary_is_a_clear_error():
 def test_checkpoints_without_the_markers_still_load():
     model, _ = build_model("categorical")
     state = {k: v for k, v in model.state_dict().items()
-             if k not in ("attention_kind_id", "output_layer_id", "source_dictionary_crc", "target_dictionary_crc")}
+             if k not in ("attention_kind_id", "output_layer_id", "source_dictionary_crc", "target_dictionary_crc",
+                          "dirichlet_link_id")}
     model.load_state_dict(state)
+
+
+def _spread_scores(module, args, out):
+    """Scores standardised over the source, times 2, plus 3: apart, and where softplus is not exp."""
+    finite = torch.isfinite(out)
+    count = finite.sum(-1, keepdim=True)
+    centred = (out - out.masked_fill(~finite, 0.0).sum(-1, keepdim=True) / count).masked_fill(~finite, 0.0)
+    std = (centred.pow(2).sum(-1, keepdim=True) / count).sqrt().clamp_min(1e-12)
+    return torch.where(finite, 3.0 + 2.0 * centred / std, out)
+
+
+def _attention(extra):
+    attn = extra["attn"]
+    return (attn[0] if isinstance(attn, list) else attn).double()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_dirichlet_models_use_their_link_and_refuse_a_checkpoint_of_the_other(arch):
+    """--dirichlet-concentration exp: the prior's mean (the model's attention)
+    is softmax(scores); the links share every parameter, so only the marker
+    tells their checkpoints apart, and one from before it is softplus."""
+    softplus, d = build_model("dirichlet", arch=arch)
+    exp, _ = build_model("dirichlet", arch=arch, dirichlet_concentration="exp")
+    for model in (softplus, exp):  # fresh scores are near-constant: every link's mean would be near-uniform
+        model.decoder.scorer.register_forward_hook(_spread_scores)
+    batch = random_batch(d)
+    _, extra = exp(**batch["net_input"], features_only=True)
+    alpha = extra["scores"].double().exp() + 1e-3
+    want = alpha.masked_fill(torch.isinf(extra["scores"]), 0.0)
+    torch.testing.assert_close(_attention(extra), want / want.sum(-1, keepdim=True), rtol=0, atol=1e-5)
+    prior = exp.decoder.alignment_distribution(extra["scores"], extra["encoder_padding_mask"])
+    torch.testing.assert_close(prior.total.double(), want.sum(-1), rtol=1e-5, atol=0)
+    _, extra = softplus(**batch["net_input"], features_only=True)
+    assert (_attention(extra) - torch.softmax(extra["scores"].double(), -1)).abs().max() > 0.05
+    with pytest.raises(ValueError, match="--dirichlet-concentration softplus model.*exp"):
+        exp.load_state_dict(softplus.state_dict())
+    old = {k: v for k, v in exp.state_dict().items() if k != "dirichlet_link_id"}  # before the option
+    with pytest.raises(ValueError, match="--dirichlet-concentration softplus"):
+        exp.load_state_dict(dict(old))
+    softplus.load_state_dict(old)
+    exp.load_state_dict(build_model("dirichlet", arch=arch, seed=3, dirichlet_concentration="exp")[0].state_dict())
 
 
 @pytest.mark.parametrize("arch,network", [("lstm", "birnn"), ("transformer", "birnn"), ("transformer", "transformer")])

@@ -170,10 +170,31 @@ def test_ablation_table_names_its_preset_and_reads_fairseq_validation_lines(tmp_
                     "--only", "marginal", "--table-only", "--out", str(tmp_path / "ablate"),
                     "--results", str(results)], check=True, capture_output=True, cwd=REPO)
     table = results.read_text()
-    assert "`python examples/translation/ablate.py --preset iwslt`" in table
+    assert (f"`python examples/translation/ablate.py --preset iwslt --only marginal --out {tmp_path / 'ablate'} "
+            f"--results {results}`") in table
     assert "varattn_lstm_iwslt_de_en" in table
-    assert re.search(r"^\| marginal \| 250 \| 129.75 \| 4.232 \| 4.442 \| 0.119 \| 4.186 \| 0.199 \| - \| - \|$",
+    assert re.search(r"^\| marginal \| 250 \| 129.75 \| 4.232 \| 4.442 \| 0.119 \| 4.186 \| 0.199 \| - \| - \| - \|$",
                      table, re.M), table
+
+
+def test_ablation_table_keeps_every_row_trained_in_its_directory_whatever_only_says(tmp_path):
+    """--only picks what to train: the rows already in --out stay in the
+    table (a later --only run once replaced the whole table with its own
+    rows), in ABLATIONS' order, and the header's command names them all;
+    a Dirichlet row shows the prior's total concentration."""
+    for name, extra in (("dirichlet-factored", "| prior_concentration 76.1 "), ("soft", "")):
+        log = tmp_path / "ablate" / name / "train.log"
+        log.parent.mkdir(parents=True)
+        log.write_text("2026-11-29 16:41:54 | INFO | valid | epoch 001 | valid on 'valid' subset | loss 7.02 | "
+                       f"prior_maxp 0.086 {extra}| ppl 129.75 | num_updates 250\n")
+    results = tmp_path / "ablate.md"
+    subprocess.run([PYTHON, os.path.join(REPO, "examples", "translation", "ablate.py"), "--only", "soft",
+                    "--table-only", "--out", str(tmp_path / "ablate"), "--results", str(results)],
+                   check=True, capture_output=True, cwd=REPO)
+    table = results.read_text()
+    assert re.findall(r"^\| ([a-z-]+) \| 250 \|", table, re.M) == ["soft", "dirichlet-factored"], table
+    assert "--only soft,dirichlet-factored " in table
+    assert re.search(r"^\| dirichlet-factored \| 250 \|.* \| 76.1 \|$", table, re.M), table
 
 
 def test_ablation_table_keeps_the_shared_points_of_a_row_trained_further(tmp_path):

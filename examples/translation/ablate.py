@@ -27,6 +27,7 @@ import sys
 import time
 
 from varattn_tools.experiments import cpu_env, run
+from varattn_tools.variants import train_options
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 USER_DIR = os.path.join(REPO, "fairseq_varattn")
@@ -47,6 +48,7 @@ ELBO_ENUM = ["--attention", "categorical", "--inference-network", "birnn", "--cr
              "--estimator", "enum"]
 ELBO_RF = ["--attention", "categorical", "--inference-network", "birnn", "--criterion", "varattn_elbo",
            "--estimator", "reinforce", "--train-baseline", "--skip-exact-nll-in-training"]
+DIRICHLET = train_options("dirichlet", factored=True)
 
 # name -> (what it tests, extra options); later options override earlier ones
 ABLATIONS = {
@@ -75,11 +77,16 @@ ABLATIONS = {
     "elbo-reinforce-factored": ("ELBO by REINFORCE, the factored output layer", [*ELBO_RF, *FACTORED]),
     "elbo-enum": ("ELBO by enumeration, defaults", ELBO_ENUM),
     "elbo-enum-factored": ("ELBO by enumeration, the factored output layer", [*ELBO_ENUM, *FACTORED]),
+    # the converged comparison's Dirichlet row kept a near-uniform mean; is it the link?
+    "dirichlet-factored": ("Dirichlet attention as in the converged comparison: alpha = softplus(score), "
+                           "the factored output layer", DIRICHLET),
+    "dirichlet-exp-factored": ("the same with alpha = exp(score), whose mean is softmax(score) at any "
+                               "total concentration", [*DIRICHLET, "--dirichlet-concentration", "exp"]),
 }
 
 MAX_UPDATE = 1000
 KEYS = ("ppl", "entropy_p", "entropy_uniform", "prior_maxp", "entropy_post", "logpy_spread",
-        "score_spread", "annot_spread", "entropy_q", "q_maxp", "kl")
+        "score_spread", "annot_spread", "entropy_q", "q_maxp", "kl", "prior_concentration")
 
 
 def parse_valid(text):
@@ -128,21 +135,44 @@ def table_rows(rows, opts):
             or r["updates"] == last[r["ablation"]]]
 
 
-def markdown(rows, opts):
-    head = ("| ablation | updates | valid PPL | H prior | H uniform | prior max p | H posterior | "
-            "spread of log p(y given z=i) | H q | KL |")
+def command_line(opts, names):
+    """The command that regenerates a table of these ablations."""
     command = "python examples/translation/ablate.py" + (f" --preset {opts.preset}" if opts.preset != "quick" else "")
     if opts.max_update != MAX_UPDATE:
         command += f" --max-update {opts.max_update}"
+    if list(names) != list(ABLATIONS):
+        command += f" --only {','.join(names)}"
+    if opts.out != default_out(opts.preset):
+        command += f" --out {opts.out}"
+    if os.path.abspath(opts.results) != os.path.abspath(default_results(opts.preset)):
+        inside = os.path.relpath(opts.results, REPO)
+        command += f" --results {opts.results if inside.startswith('..') else inside}"
+    return command
+
+
+def default_out(preset):
+    return os.path.join("runs", "ablate" + ("" if preset == "quick" else f"-{preset}"))
+
+
+def default_results(preset):
+    return os.path.join(REPO, "examples", "translation", "results",
+                        "ablate" + ("" if preset == "quick" else f"-{preset}") + ".md")
+
+
+def markdown(rows, opts):
+    head = ("| ablation | updates | valid PPL | H prior | H uniform | prior max p | H posterior | "
+            "spread of log p(y given z=i) | H q | KL | prior's total concentration |")
+    names = list(dict.fromkeys(r["ablation"] for r in rows))
+    command = command_line(opts, names)
     lines = [f"`{command}` on {datetime.date.today()}: {PRESETS[opts.preset][1]}, "
              f"Multi30k with a 2k sentencepiece vocabulary, seed {opts.seed}, "
              "validation set (fairseq's default batches, which leave out the last, longest batch: the same "
              "for every row); entropies in bits per target token, spread in nats.", "", head,
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append("| " + " | ".join(str(r.get(k, "")) if r.get(k, "") != "" else "-" for k in (
             "ablation", "updates", "ppl", "entropy_p", "entropy_uniform", "prior_maxp", "entropy_post",
-            "logpy_spread", "entropy_q", "kl")) + " |")
+            "logpy_spread", "entropy_q", "kl", "prior_concentration")) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -151,7 +181,8 @@ def main():
     parser.add_argument("--preset", choices=list(PRESETS), default="quick",
                         help="model and optimiser every row starts from (default: quick)")
     parser.add_argument("--out", help="default: runs/ablate (runs/ablate-PRESET for other presets)")
-    parser.add_argument("--only", default="", help="comma-separated ablation names (default: all)")
+    parser.add_argument("--only", default="", help="comma-separated ablation names to train (default: all); "
+                                                   "the table shows every ablation trained in --out")
     parser.add_argument("--max-update", type=int, default=MAX_UPDATE,
                         help="a larger value resumes finished rows from their checkpoint_last.pt")
     parser.add_argument("--every", type=int, default=250, help="validate every N updates")
@@ -162,9 +193,8 @@ def main():
     parser.add_argument("--results", help="the table, for scripts/readme_results.py (default: "
                                            "examples/translation/results/ablate.md, ablate-PRESET.md for other presets)")
     opts = parser.parse_args()
-    suffix = "" if opts.preset == "quick" else f"-{opts.preset}"
-    opts.out = opts.out or os.path.join("runs", f"ablate{suffix}")
-    opts.results = opts.results or os.path.join(REPO, "examples", "translation", "results", f"ablate{suffix}.md")
+    opts.out = opts.out or default_out(opts.preset)
+    opts.results = opts.results or default_results(opts.preset)
     names = [n for n in opts.only.split(",") if n] or list(ABLATIONS)
     unknown = [n for n in names if n not in ABLATIONS]
     if unknown:
@@ -177,13 +207,14 @@ def main():
         run([sys.executable, "-m", "varattn_tools.prepare", "--raw-dir",
              os.path.join(REPO, "data", "multi30k"), "--out", os.path.dirname(data),
              "--vocab-size", "2000"], os.path.join(opts.out, "prepare.log"), env)
-    if opts.table_only:
-        logs = {n: os.path.join(opts.out, n, "train.log") for n in names}
-        curves = {n: parse_valid(open(p).read()) for n, p in logs.items() if os.path.isfile(p)}
-        names = [n for n in names if curves.get(n)]
-    else:
+    if not opts.table_only:
         with concurrent.futures.ThreadPoolExecutor(max_workers=opts.jobs) as pool:
-            curves = dict(zip(names, pool.map(lambda n: run_one(n, ABLATIONS[n][1], opts, data, env), names)))
+            list(pool.map(lambda n: run_one(n, ABLATIONS[n][1], opts, data, env), names))
+    # every ablation trained in --out, not only those run now: --only must not
+    # drop the other rows from the results table
+    logs = {n: os.path.join(opts.out, n, "train.log") for n in ABLATIONS}
+    curves = {n: parse_valid(open(p).read()) for n, p in logs.items() if os.path.isfile(p)}
+    names = [n for n in ABLATIONS if curves.get(n)]
     rows = []
     for name in names:
         print(f"== {name}: {ABLATIONS[name][0]}", flush=True)

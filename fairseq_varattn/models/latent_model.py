@@ -9,9 +9,13 @@ import torch
 
 from ..compat import score_every_sentence
 from ..modules.alignment_head import OUTPUT_LAYERS
-from ..modules.attention_kinds import KIND_IDS
+from ..modules.attention_kinds import DIRICHLET_LINKS, KIND_IDS
 from ..modules.factored_output import FactoredOutputLayer, SourceLogitsCache
 from .inference_network import check_shared_embeddings
+
+
+# saved in checkpoints as an index: append, never reorder
+_LINKS = list(DIRICHLET_LINKS)
 
 
 def dictionary_checksum(dictionary) -> torch.Tensor:
@@ -36,6 +40,8 @@ class LatentModelMixin:
         # joint and factored layers have the same parameter names: only this
         # tells them apart (checkpoints from before the option are joint)
         self.register_buffer("output_layer_id", torch.tensor(OUTPUT_LAYERS.index(self.output_layer_kind)))
+        # Dirichlet links share every parameter too (from before the option: softplus)
+        self.register_buffer("dirichlet_link_id", torch.tensor(_LINKS.index(self.decoder.dirichlet_concentration)))
 
     @property
     def output_layer_kind(self):
@@ -68,6 +74,15 @@ class LatentModelMixin:
                 f"this checkpoint holds a --output-layer {saved_layer} model, but the model being loaded "
                 f"has --output-layer {self.output_layer_kind}: load it with --model-overrides "
                 f"\"{{'output_layer': '{saved_layer}'}}\" or train with the checkpoint's output layer")
+        if "dirichlet_link_id" not in state_dict:
+            state_dict["dirichlet_link_id"] = torch.tensor(_LINKS.index("softplus"))
+        saved_link = _LINKS[int(state_dict["dirichlet_link_id"])]
+        if self.attention_kind == "dirichlet" and saved_link != self.decoder.dirichlet_concentration:
+            raise ValueError(
+                f"this checkpoint holds a --dirichlet-concentration {saved_link} model, but the model "
+                f"being loaded has --dirichlet-concentration {self.decoder.dirichlet_concentration}: load "
+                f"it with --model-overrides \"{{'dirichlet_concentration': '{saved_link}'}}\"")
+        state_dict["dirichlet_link_id"] = self.dirichlet_link_id.clone()  # no link outside Dirichlet
         for side in ("source", "target"):
             key = f"{side}_dictionary_crc"
             if key not in state_dict:  # a checkpoint from before the checksums: trust it

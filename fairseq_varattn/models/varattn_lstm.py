@@ -58,10 +58,11 @@ class VarAttnLSTMDecoder(SourceCacheMixin, AlignmentHeadMixin, FairseqIncrementa
                  attention="soft", attention_score="general", attention_dim=None,
                  alignment_topk=0, alignment_chunk_size=0, input_feed="attentional",
                  output_layer="joint", alignment_dropout="shared", factored_source_rank=0,
-                 max_target_positions=DEFAULT_MAX_POSITIONS):
+                 dirichlet_concentration="softplus", max_target_positions=DEFAULT_MAX_POSITIONS):
         super().__init__(dictionary)
         self.input_feed = input_feed
         self.attention_kind = attention
+        self.dirichlet_concentration = dirichlet_concentration
         self.alignment_topk = alignment_topk
         self.num_layers = num_layers
         self.encoder_layers = encoder_layers
@@ -265,6 +266,7 @@ class VarAttnLSTMModel(LatentModelMixin, FairseqEncoderDecoderModel):
             output_layer=args.output_layer,
             alignment_dropout=args.alignment_dropout,
             factored_source_rank=args.factored_source_rank,
+            dirichlet_concentration=args.dirichlet_concentration,
             max_target_positions=max_target,
         )
         inference_network = None

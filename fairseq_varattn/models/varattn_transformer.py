@@ -55,6 +55,7 @@ class VarAttnTransformerDecoder(SourceCacheMixin, AlignmentHeadMixin, Transforme
     def init_alignment_head(self, args):
         self.attention_kind = args.attention
         self.alignment_topk = args.alignment_topk
+        self.dirichlet_concentration = args.dirichlet_concentration
         dim = self.output_embed_dim
         self.scorer = AttentionScorer(dim, args.encoder_embed_dim, args.attention_dim, kind=args.attention_score)
         self.output = build_output_layer(args.output_layer, dim, args.encoder_embed_dim, args.decoder_output_dim,

@@ -36,9 +36,10 @@ INFERENCE_NETWORKS = ("none", "answer")
 class VQAAnswerHead(AlignmentHeadMixin, nn.Module):
     def __init__(self, question_dim, region_dim, mlp_dim, num_answers, attention="soft",
                  attention_score="mlp", attention_dim=None, dropout=0.0, alignment_topk=0,
-                 alignment_dropout="shared"):
+                 alignment_dropout="shared", dirichlet_concentration="softplus"):
         super().__init__()
         self.attention_kind = attention
+        self.dirichlet_concentration = dirichlet_concentration
         self.alignment_topk = alignment_topk
         self.scorer = AttentionScorer(question_dim, region_dim, attention_dim, kind=attention_score)
         # the joint MLP on [question; region]: with 13 to 3k answers the
@@ -75,7 +76,8 @@ class VarAttnVQAModel(BaseFairseqModel):
                                   attention=args.attention, attention_score=args.attention_score,
                                   attention_dim=args.attention_dim, dropout=args.dropout,
                                   alignment_topk=args.alignment_topk,
-                                  alignment_dropout=args.alignment_dropout)
+                                  alignment_dropout=args.alignment_dropout,
+                                  dirichlet_concentration=args.dirichlet_concentration)
         self.inference_network = None
         if args.inference_network == "answer":
             self.inference_network = VQAInferenceNetwork(answers, args.embed_dim, question_dim,

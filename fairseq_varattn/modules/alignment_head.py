@@ -34,6 +34,9 @@ def add_alignment_args(parser, inference_networks, output_layers=OUTPUT_LAYERS):
     parser.add_argument('--alignment-topk', type=int, metavar='K',
                         help='sum the output mixture over the K most probable alignments '
                              '(0 = exact); also applies at generation')
+    parser.add_argument('--dirichlet-concentration', choices=list(attention_kinds.DIRICHLET_LINKS),
+                        help='--attention dirichlet: alpha = softplus(score) (the paper\'s code) or '
+                             'exp(score), whose mean is softmax(score) at any total concentration')
     parser.add_argument('--alignment-dropout', choices=ALIGNMENT_DROPOUTS,
                         help='dropout in the joint output layer: one mask per target token shared '
                              'by all its alignments (default), or one per alignment (the paper\'s '
@@ -61,6 +64,7 @@ def alignment_defaults(args) -> None:
     args.attention_dim = getattr(args, "attention_dim", None)
     args.alignment_topk = getattr(args, "alignment_topk", 0)
     args.alignment_dropout = getattr(args, "alignment_dropout", "shared")
+    args.dirichlet_concentration = getattr(args, "dirichlet_concentration", "softplus")
     args.output_layer = getattr(args, "output_layer", "joint")
     args.factored_source_rank = getattr(args, "factored_source_rank", 0)
 
@@ -80,25 +84,34 @@ def check_alignment_args(args) -> None:
     if args.factored_source_rank < 0 or (args.factored_source_rank > 0 and args.output_layer != "factored"):
         raise ValueError("--factored-source-rank takes a rank >= 1 for --output-layer factored "
                          f"(got {args.factored_source_rank} with --output-layer {args.output_layer})")
+    if args.dirichlet_concentration != "softplus" and "dirichlet_concentration" not in kind.options:
+        raise ValueError(f"--dirichlet-concentration applies to --attention dirichlet, "
+                         f"not --attention {args.attention}")
     if args.alignment_dropout == "independent" and args.output_layer == "factored":
         raise ValueError("--alignment-dropout independent applies to the joint output layer; the "
                          "factored layer has no per-alignment features to drop (use shared)")
 
 
 class AlignmentHeadMixin:
+    #: Dirichlet attention's link from scores to concentrations (--dirichlet-concentration)
+    dirichlet_concentration = "softplus"
+
     @property
     def kind(self) -> attention_kinds.AttentionKind:
         return attention_kinds.get(self.attention_kind)
+
+    def _kind_options(self) -> dict:
+        return {name: getattr(self, name) for name in self.kind.options}
 
     def alignment_distribution(self, scores: Tensor, mask: Optional[Tensor]):
         """The distribution of this attention kind from scores (-inf at
         padding): the prior from the model's scores, q from the inference
         network's."""
-        return self.kind.distribution(scores, mask)
+        return self.kind.distribution(scores, mask, **self._kind_options())
 
     def expected_weights(self, scores: Tensor, mask: Optional[Tensor]) -> Tensor:
         """The prior's mean: what input feeding and soft outputs use."""
-        return self.kind.expected_weights(scores, mask)
+        return self.kind.expected_weights(scores, mask, **self._kind_options())
 
     def output_layer(self, features, extra):
         """Logits (soft, Dirichlet) or the mixture's normalised log p(y | x) (categorical)."""

@@ -27,10 +27,22 @@ from torch import Tensor
 
 from .alignment import CategoricalAlignment, DirichletAlignment
 
-# Dirichlet concentrations are softplus(score) + floor: softplus keeps the
-# map smooth and non-saturating for large scores (exp overflows in fp16), and
-# the floor keeps lgamma/digamma away from their pole at 0.
+# Dirichlet concentrations are link(score) + floor; the floor keeps
+# lgamma/digamma away from their pole at 0.  Two links
+# (--dirichlet-concentration; docs/design.md, "Dirichlet concentrations"):
+# softplus, the default and the paper's code's, smooth and non-saturating;
+# and exp, under which the mean is softmax(score) whatever the total
+# concentration.  Under softplus, once the scores are large, alpha_i ~ s_i
+# and the mean's sensitivity to the scores falls as 1 / sum_i alpha_i:
+# the total that makes samples less noisy also freezes the mean.
 DIRICHLET_FLOOR = 1e-3
+# exp's scores are capped here (alpha <= e^12 ~ 1.6e5, samples at the mean
+# to 3 digits already): beyond it lgamma of the total loses float32 precision
+DIRICHLET_EXP_CAP = 12.0
+DIRICHLET_LINKS = {
+    "softplus": F.softplus,
+    "exp": lambda s: s.clamp(max=DIRICHLET_EXP_CAP).exp(),
+}
 
 
 def _per_row(mask: Optional[Tensor], scores: Tensor) -> Optional[Tensor]:
@@ -40,8 +52,8 @@ def _per_row(mask: Optional[Tensor], scores: Tensor) -> Optional[Tensor]:
     return mask
 
 
-def dirichlet_concentration(scores: Tensor, mask: Optional[Tensor]) -> Tensor:
-    alpha = F.softplus(scores.float().masked_fill(torch.isinf(scores), 0.0)) + DIRICHLET_FLOOR
+def dirichlet_alpha(scores: Tensor, mask: Optional[Tensor], link: str = "softplus") -> Tensor:
+    alpha = DIRICHLET_LINKS[link](scores.float().masked_fill(torch.isinf(scores), 0.0)) + DIRICHLET_FLOOR
     return alpha if mask is None else alpha.masked_fill(_per_row(mask, scores), 0.0)
 
 
@@ -54,12 +66,14 @@ class AttentionKind:
     supports_topk = False
     #: how the alignment tools label the head's attention
     label = ""
+    #: head attributes passed to ``distribution`` as keywords (model options of this kind)
+    options = ()
 
-    def distribution(self, scores: Tensor, mask: Optional[Tensor]):
+    def distribution(self, scores: Tensor, mask: Optional[Tensor], **options):
         raise NotImplementedError
 
-    def expected_weights(self, scores: Tensor, mask: Optional[Tensor]) -> Tensor:
-        return self.distribution(scores, mask).mean().type_as(scores)
+    def expected_weights(self, scores: Tensor, mask: Optional[Tensor], **options) -> Tensor:
+        return self.distribution(scores, mask, **options).mean().type_as(scores)
 
     def output(self, head, features: Tensor, extra: dict) -> Tensor:
         """Logits at the expected context (soft attention's output)."""
@@ -72,7 +86,7 @@ class SoftAttention(AttentionKind):
     name = "soft"
     label = "soft attention"
 
-    def distribution(self, scores, mask):
+    def distribution(self, scores, mask, **options):
         return CategoricalAlignment(scores)  # the attention weights, for tools
 
 
@@ -85,7 +99,7 @@ class CategoricalAttention(AttentionKind):
     supports_topk = True
     label = "categorical prior p(z|x)"
 
-    def distribution(self, scores, mask):
+    def distribution(self, scores, mask, **options):
         return CategoricalAlignment(scores)
 
     def output(self, head, features, extra):
@@ -103,10 +117,11 @@ class DirichletAttention(AttentionKind):
     distribution_class = DirichletAlignment
     latent = True
     label = "dirichlet prior p(z|x)"
+    options = ("dirichlet_concentration",)
 
-    def distribution(self, scores, mask):
+    def distribution(self, scores, mask, dirichlet_concentration="softplus"):
         mask = _per_row(mask, scores)
-        return DirichletAlignment(dirichlet_concentration(scores, mask), mask)
+        return DirichletAlignment(dirichlet_alpha(scores, mask, dirichlet_concentration), mask)
 
 
 KINDS: Dict[str, AttentionKind] = {}
