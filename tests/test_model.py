@@ -277,12 +277,21 @@ def test_state_dict_of_another_output_layer_is_a_clear_error(arch):
     into the other would silently compute another function."""
     joint, _ = build_model("categorical", arch=arch)
     factored, _ = build_model("categorical", arch=arch, output_layer="factored")
-    with pytest.raises(ValueError, match="--output-layer joint model.*--output-layer factored.*model-overrides"):
-        factored.load_state_dict(joint.state_dict())
-    old = {k: v for k, v in joint.state_dict().items() if k != "output_layer_id"}  # before the option
-    with pytest.raises(ValueError, match="--output-layer joint"):
-        factored.load_state_dict(dict(old))
-    joint.load_state_dict(old)
+    _assert_marker_guards(factored, joint, "output_layer_id",
+                          "--output-layer joint model.*--output-layer factored.*model-overrides", "--output-layer joint")
+
+
+def _assert_marker_guards(model, other, key, mismatch, before_marker):
+    """``model`` refuses the state dict of ``other`` (the same parameters,
+    another function) with a message matching ``mismatch``, and refuses it
+    without ``key`` too (a checkpoint from before the marker means
+    ``other``'s default), which ``other`` loads."""
+    with pytest.raises(ValueError, match=mismatch):
+        model.load_state_dict(other.state_dict())
+    old = {k: v for k, v in other.state_dict().items() if k != key}
+    with pytest.raises(ValueError, match=before_marker):
+        model.load_state_dict(dict(old))
+    other.load_state_dict(old)
 
 
 def test_state_dict_from_another_dictionary_is_a_clear_error():
@@ -340,12 +349,8 @@ def test_dirichlet_models_use_their_link_and_refuse_a_checkpoint_of_the_other(ar
     torch.testing.assert_close(prior.total.double(), want.sum(-1), rtol=1e-5, atol=0)
     _, extra = softplus(**batch["net_input"], features_only=True)
     assert (_attention(extra) - torch.softmax(extra["scores"].double(), -1)).abs().max() > 0.05
-    with pytest.raises(ValueError, match="--dirichlet-concentration softplus model.*exp"):
-        exp.load_state_dict(softplus.state_dict())
-    old = {k: v for k, v in exp.state_dict().items() if k != "dirichlet_link_id"}  # before the option
-    with pytest.raises(ValueError, match="--dirichlet-concentration softplus"):
-        exp.load_state_dict(dict(old))
-    softplus.load_state_dict(old)
+    _assert_marker_guards(exp, softplus, "dirichlet_link_id", "--dirichlet-concentration softplus model.*exp",
+                          "--dirichlet-concentration softplus")
     exp.load_state_dict(build_model("dirichlet", arch=arch, seed=3, dirichlet_concentration="exp")[0].state_dict())
 
 
