@@ -20,6 +20,8 @@ SOURCES = {
     "converge-transformer": os.path.join(RESULTS, "converge-transformer.md"),  # --family transformer
     "ablate": os.path.join(RESULTS, "ablate.md"),  # ablate.py
     "ablate-iwslt": os.path.join(RESULTS, "ablate-iwslt.md"),  # ablate.py --preset iwslt
+    # ablate.py --only ...dirichlet... --out runs/ablate-dirichlet --results (this file)
+    "ablate-dirichlet": os.path.join(RESULTS, "ablate-dirichlet.md"),
     "output-layers": os.path.join(RESULTS, "output-layers.md"),  # reproduce.py --output-layers joint,factored
     "speed": os.path.join("benchmarks", "results.md"),  # benchmarks/speed.py
 }

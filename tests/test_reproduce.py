@@ -195,6 +195,7 @@ def test_ablation_table_keeps_every_row_trained_in_its_directory_whatever_only_s
     assert re.findall(r"^\| ([a-z-]+) \| 250 \|", table, re.M) == ["soft", "dirichlet-factored"], table
     assert "--only soft,dirichlet-factored " in table
     assert re.search(r"^\| dirichlet-factored \| 250 \|.* \| 76.1 \|$", table, re.M), table
+    assert "differential entropies" in table
 
 
 def test_ablation_table_keeps_the_shared_points_of_a_row_trained_further(tmp_path):

@@ -82,6 +82,8 @@ ABLATIONS = {
                            "the factored output layer", DIRICHLET),
     "dirichlet-exp-factored": ("the same with alpha = exp(score), whose mean is softmax(score) at any "
                                "total concentration", [*DIRICHLET, "--dirichlet-concentration", "exp"]),
+    "dirichlet-kl0.1-factored": ("Dirichlet attention with KL(q || p) weighted 0.1: q may leave the prior "
+                                 "before the prior follows", [*DIRICHLET, "--kl-weight", "0.1"]),
 }
 
 MAX_UPDATE = 1000
@@ -135,6 +137,11 @@ def table_rows(rows, opts):
             or r["updates"] == last[r["ablation"]]]
 
 
+DIRICHLET_NOTE = ("Dirichlet rows: valid PPL is importance-sampled (an upper bound in expectation), and "
+                  "H prior and H q are the differential entropies of densities on the simplex, not "
+                  "comparable with H uniform; prior max p is the largest weight of the prior's mean.")
+
+
 def command_line(opts, names):
     """The command that regenerates a table of these ablations."""
     command = "python examples/translation/ablate.py" + (f" --preset {opts.preset}" if opts.preset != "quick" else "")
@@ -173,6 +180,8 @@ def markdown(rows, opts):
         lines.append("| " + " | ".join(str(r.get(k, "")) if r.get(k, "") != "" else "-" for k in (
             "ablation", "updates", "ppl", "entropy_p", "entropy_uniform", "prior_maxp", "entropy_post",
             "logpy_spread", "entropy_q", "kl", "prior_concentration")) + " |")
+    if any(r["ablation"].startswith("dirichlet") for r in rows):
+        lines += ["", DIRICHLET_NOTE]
     return "\n".join(lines) + "\n"
 
 
