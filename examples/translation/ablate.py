@@ -102,6 +102,8 @@ def parse_valid(text):
 
 
 def run_one(name, args, opts, data, env):
+    """Train one ablation into --out unless its row.json says this command finished there;
+    the table reads the curve from its train.log."""
     save = os.path.join(opts.out, name)
     os.makedirs(save, exist_ok=True)
     cached = os.path.join(save, "row.json")
@@ -114,14 +116,12 @@ def run_one(name, args, opts, data, env):
         with open(cached) as f:
             done = json.load(f)
         if done["cmd"] == cmd[1:]:
-            return done["curve"]
+            return
     start = time.time()
     print(f"== {name}: training in {save}", flush=True)
-    text = run(cmd, os.path.join(save, "train.log"), env, append=True)
-    curve = parse_valid(text)
+    run(cmd, os.path.join(save, "train.log"), env, append=True)
     with open(cached, "w") as f:
-        json.dump({"cmd": cmd[1:], "curve": curve, "wall_s": time.time() - start}, f)
-    return curve
+        json.dump({"cmd": cmd[1:], "wall_s": time.time() - start}, f)
 
 
 def table_rows(rows, opts):
@@ -157,13 +157,17 @@ def command_line(opts, names):
     return command
 
 
+def _named(preset):
+    """ablate, or ablate-PRESET for presets other than quick."""
+    return "ablate" + ("" if preset == "quick" else f"-{preset}")
+
+
 def default_out(preset):
-    return os.path.join("runs", "ablate" + ("" if preset == "quick" else f"-{preset}"))
+    return os.path.join("runs", _named(preset))
 
 
 def default_results(preset):
-    return os.path.join(REPO, "examples", "translation", "results",
-                        "ablate" + ("" if preset == "quick" else f"-{preset}") + ".md")
+    return os.path.join(REPO, "examples", "translation", "results", _named(preset) + ".md")
 
 
 def markdown(rows, opts):

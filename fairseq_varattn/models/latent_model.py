@@ -9,13 +9,9 @@ import torch
 
 from ..compat import score_every_sentence
 from ..modules.alignment_head import OUTPUT_LAYERS
-from ..modules.attention_kinds import DIRICHLET_LINKS, KIND_IDS
+from ..modules.attention_kinds import DIRICHLET_LINK_IDS, KIND_IDS
 from ..modules.factored_output import FactoredOutputLayer, SourceLogitsCache
 from .inference_network import check_shared_embeddings
-
-
-# saved in checkpoints as an index: append, never reorder
-_LINKS = list(DIRICHLET_LINKS)
 
 
 def dictionary_checksum(dictionary) -> torch.Tensor:
@@ -41,7 +37,8 @@ class LatentModelMixin:
         # tells them apart (checkpoints from before the option are joint)
         self.register_buffer("output_layer_id", torch.tensor(OUTPUT_LAYERS.index(self.output_layer_kind)))
         # Dirichlet links share every parameter too (from before the option: softplus)
-        self.register_buffer("dirichlet_link_id", torch.tensor(_LINKS.index(self.decoder.dirichlet_concentration)))
+        self.register_buffer("dirichlet_link_id",
+                             torch.tensor(DIRICHLET_LINK_IDS.index(self.decoder.dirichlet_concentration)))
 
     @property
     def output_layer_kind(self):
@@ -75,8 +72,8 @@ class LatentModelMixin:
                 f"has --output-layer {self.output_layer_kind}: load it with --model-overrides "
                 f"\"{{'output_layer': '{saved_layer}'}}\" or train with the checkpoint's output layer")
         if "dirichlet_link_id" not in state_dict:
-            state_dict["dirichlet_link_id"] = torch.tensor(_LINKS.index("softplus"))
-        saved_link = _LINKS[int(state_dict["dirichlet_link_id"])]
+            state_dict["dirichlet_link_id"] = torch.tensor(DIRICHLET_LINK_IDS.index("softplus"))
+        saved_link = DIRICHLET_LINK_IDS[int(state_dict["dirichlet_link_id"])]
         if self.attention_kind == "dirichlet" and saved_link != self.decoder.dirichlet_concentration:
             raise ValueError(
                 f"this checkpoint holds a --dirichlet-concentration {saved_link} model, but the model "

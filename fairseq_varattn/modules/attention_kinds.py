@@ -45,6 +45,8 @@ DIRICHLET_LINKS = {
     "softplus": F.softplus,
     "exp": lambda s: s.clamp(max=DIRICHLET_EXP_CAP).exp(),
 }
+# saved in checkpoints as an index (models/latent_model.py): append, never reorder
+DIRICHLET_LINK_IDS = list(DIRICHLET_LINKS)
 
 
 def _per_row(mask: Optional[Tensor], scores: Tensor) -> Optional[Tensor]:
