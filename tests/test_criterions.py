@@ -367,6 +367,25 @@ def test_rws_weights_are_unequal_where_the_alignment_matters():
     assert abs(loss.item() - float(log["nll_loss"])) < 0.01 * float(log["nll_loss"])
 
 
+def test_centred_rws_changes_the_alignment_updates_alone():
+    """--centred-weights reaches the criterion: with the same samples, the
+    output layer's gradient (weighted by w_k in both) is unchanged, while
+    the prior's and q's networks get other gradients."""
+    model, d = sharpened(q_amplitude=1.0)
+    batch = random_batch(d, bsz=4, src_len=7, tgt_len=6)
+    grads = {}
+    for centred in (False, True):
+        model.zero_grad()
+        torch.manual_seed(0)
+        loss, _, _ = RwsCriterion.build(task(d), num_samples=5, centred_weights=centred)(model, batch)
+        loss.backward()
+        grads[centred] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    torch.testing.assert_close(grads[True]["decoder.output.fc_out.weight"],
+                               grads[False]["decoder.output.fc_out.weight"])
+    for name in ("decoder.scorer.v.weight", "inference_network.scorer.v.weight"):
+        assert (grads[True][name] - grads[False][name]).abs().amax() > 1e-4 * grads[False][name].abs().amax(), name
+
+
 def test_dirichlet_importance_nll_where_the_alignment_matters():
     """The importance-sampled nll of a Dirichlet model whose prior and q
     differ and whose output depends on the context matches a brute-force

@@ -210,7 +210,8 @@ def test_gumbel_gradient_approaches_the_enumerated_gradient_at_low_temperature()
     torch.testing.assert_close(relaxed.sum(-1), torch.ones(1, 40000))
 
 
-def test_rws_gradient_with_many_samples_approaches_the_marginal_gradient():
+@pytest.mark.parametrize("centred", [False, True])
+def test_rws_gradient_with_many_samples_approaches_the_marginal_gradient(centred):
     logits, f = _toy_problem(seed=7)
     prior_logits = logits.clone().requires_grad_(True)
     f_param = f.clone().requires_grad_(True)
@@ -225,7 +226,8 @@ def test_rws_gradient_with_many_samples_approaches_the_marginal_gradient():
     q = CategoricalAlignment(q_logits)
     z = q.sample(k)
     prior = CategoricalAlignment(p_b)
-    wake_p, wake_q, log_marginal, ess = reweighted_wake_sleep(f_b[z], prior.log_prob(z), q.log_prob(z))
+    wake_p, wake_q, log_marginal, ess = reweighted_wake_sleep(f_b[z], prior.log_prob(z), q.log_prob(z),
+                                                              centred=centred)
     grads = torch.autograd.grad(wake_p, (p_b, f_b))
     for est, ref in zip(grads, exact_grads):
         assert torch.allclose(est, ref, atol=0.02), (est, ref)
@@ -236,6 +238,28 @@ def test_rws_gradient_with_many_samples_approaches_the_marginal_gradient():
     assert torch.allclose(q_grad, q.probs.detach() - posterior, atol=0.02), (q_grad, posterior)
     assert abs(float(log_marginal.detach() + exact.detach())) < 0.02
     assert 1 <= float(ess) <= k
+
+
+def test_centred_rws_does_not_move_the_alignment_where_y_does_not_depend_on_it():
+    """Where log p(y | z) is the same for every z and q equals the prior, the
+    centred wake-phase updates of the prior and q are exactly zero for any
+    draw, while the uncentred ones are sampling noise; the output layer's
+    update is the same in both."""
+    logits, _ = _toy_problem(seed=3)
+    f = torch.full((6,), -2.0)
+    grads = {}
+    for centred in (False, True):
+        torch.manual_seed(0)
+        p_logits, q_logits = logits.clone().requires_grad_(True), logits.clone().requires_grad_(True)
+        f_b = f.clone().requires_grad_(True)
+        prior, q = CategoricalAlignment(p_logits), CategoricalAlignment(q_logits)
+        z = q.sample(5)
+        wake_p, wake_q, _, _ = reweighted_wake_sleep(f_b[z], prior.log_prob(z), q.log_prob(z), centred=centred)
+        grads[centred] = torch.autograd.grad(wake_p + wake_q, (p_logits, q_logits, f_b))
+    for g in grads[True][:2]:
+        torch.testing.assert_close(g, torch.zeros(6), rtol=0, atol=1e-7)
+    assert all(g.abs().amax() > 0.05 for g in grads[False][:2]), grads[False]
+    torch.testing.assert_close(grads[True][2], grads[False][2])
 
 
 def test_weighted_context_matches_loop():

@@ -49,6 +49,7 @@ ELBO_ENUM = ["--attention", "categorical", "--inference-network", "birnn", "--cr
 ELBO_RF = ["--attention", "categorical", "--inference-network", "birnn", "--criterion", "varattn_elbo",
            "--estimator", "reinforce", "--train-baseline", "--skip-exact-nll-in-training"]
 DIRICHLET = train_options("dirichlet", factored=True)
+RWS = train_options("rws", factored=True)
 
 # name -> (what it tests, extra options); later options override earlier ones
 ABLATIONS = {
@@ -84,6 +85,12 @@ ABLATIONS = {
                                "total concentration", [*DIRICHLET, "--dirichlet-concentration", "exp"]),
     "dirichlet-kl0.1-factored": ("Dirichlet attention with KL(q || p) weighted 0.1: q may leave the prior "
                                  "before the prior follows", [*DIRICHLET, "--kl-weight", "0.1"]),
+    # the converged comparison's rws row put every target word on the first source piece within an epoch
+    "rws-factored": ("reweighted wake-sleep (5 samples of q) as in the converged comparison", RWS),
+    "rws-marginal-warmup-factored": ("the same after 500 updates of the exact marginal (q copies its posterior)",
+                                     [*RWS, "--marginal-warmup-updates", "500"]),
+    "rws-centred-factored": ("the same with centred wake-phase weights (no update where y does not depend "
+                             "on the alignment)", [*RWS, "--centred-weights"]),
 }
 
 MAX_UPDATE = 1000

@@ -62,17 +62,32 @@ def importance_log_marginal(logp_y_samples, log_prior_samples, log_proposal_samp
     return torch.logsumexp(log_w, dim=-1) - math.log(log_w.size(-1))
 
 
-def reweighted_wake_sleep(logp_y_samples, log_prior_samples, log_q_samples):
+def reweighted_wake_sleep(logp_y_samples, log_prior_samples, log_q_samples, centred: bool = False):
     """Reweighted wake-sleep (Bornschein & Bengio 2015) with K samples from q.
 
     w_k ∝ p(z_k) p(y | z_k) / q(z_k), normalised over K and detached.
     wake-p: -sum_k w_k [log p(y | z_k) + log p(z_k)]; wake-q: -sum_k w_k log q(z_k).
     Returns (wake_p, wake_q, importance-weighted bound log 1/K sum_k w~_k, ESS).
+
+    ``centred`` subtracts control variates from the weights of the two
+    alignment updates (docs/design.md, "Wake-sleep's collapse"): 1/K in
+    wake-q, which leaves its expectation unchanged since E_q[grad log q] = 0,
+    and in the prior's update the self-normalised ratios v_k ∝ p(z_k) / q(z_k),
+    an estimate of E_p[grad log p] = 0.  Uncentred, both updates are weighted
+    maximum likelihood on q's own samples: where y does not depend on z and q
+    equals the prior (early in training) the weights are all 1/K and the
+    updates are sampling noise with mean zero; centred, they are zero there.
     """
     log_w = (logp_y_samples + log_prior_samples - log_q_samples).detach()
     weights = torch.softmax(log_w, dim=-1)
-    wake_p = -(weights * (logp_y_samples + log_prior_samples)).sum(-1)
-    wake_q = -(weights * log_q_samples).sum(-1)
+    if centred:
+        prior_weights = weights - torch.softmax((log_prior_samples - log_q_samples).detach(), dim=-1)
+        wake_p = -(weights * logp_y_samples + prior_weights * log_prior_samples).sum(-1)
+        q_weights = weights - 1.0 / weights.size(-1)
+    else:
+        wake_p = -(weights * (logp_y_samples + log_prior_samples)).sum(-1)
+        q_weights = weights
+    wake_q = -(q_weights * log_q_samples).sum(-1)
     log_marginal_estimate = importance_log_marginal(
         logp_y_samples.detach(), log_prior_samples.detach(), log_q_samples.detach())
     ess = 1.0 / (weights**2).sum(-1)
