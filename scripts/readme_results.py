@@ -22,6 +22,8 @@ SOURCES = {
     "ablate-iwslt": os.path.join(RESULTS, "ablate-iwslt.md"),  # ablate.py --preset iwslt
     # ablate.py --only ...dirichlet... --out runs/ablate-dirichlet --results (this file)
     "ablate-dirichlet": os.path.join(RESULTS, "ablate-dirichlet.md"),
+    # ablate.py --only rws-factored,... --out runs/ablate-rws --results (this file)
+    "ablate-rws": os.path.join(RESULTS, "ablate-rws.md"),
     "output-layers": os.path.join(RESULTS, "output-layers.md"),  # reproduce.py --output-layers joint,factored
     "speed": os.path.join("benchmarks", "results.md"),  # benchmarks/speed.py
 }

@@ -177,20 +177,25 @@ def default_results(preset):
     return os.path.join(REPO, "examples", "translation", "results", _named(preset) + ".md")
 
 
+# (key, column) of the table; the concentration column only where a row logs it (Dirichlet)
+COLUMNS = (("ablation", "ablation"), ("updates", "updates"), ("ppl", "valid PPL"), ("entropy_p", "H prior"),
+           ("entropy_uniform", "H uniform"), ("prior_maxp", "prior max p"), ("entropy_post", "H posterior"),
+           ("logpy_spread", "spread of log p(y given z=i)"), ("entropy_q", "H q"), ("kl", "KL"),
+           ("prior_concentration", "prior's total concentration"))
+
+
 def markdown(rows, opts):
-    head = ("| ablation | updates | valid PPL | H prior | H uniform | prior max p | H posterior | "
-            "spread of log p(y given z=i) | H q | KL | prior's total concentration |")
+    columns = [(k, c) for k, c in COLUMNS if k != "prior_concentration"
+               or any(r.get("prior_concentration", "") != "" for r in rows)]
     names = list(dict.fromkeys(r["ablation"] for r in rows))
     command = command_line(opts, names)
     lines = [f"`{command}` on {datetime.date.today()}: {PRESETS[opts.preset][1]}, "
              f"Multi30k with a 2k sentencepiece vocabulary, seed {opts.seed}, "
              "validation set (fairseq's default batches, which leave out the last, longest batch: the same "
-             "for every row); entropies in bits per target token, spread in nats.", "", head,
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "for every row); entropies in bits per target token, spread in nats.", "",
+             "| " + " | ".join(c for _, c in columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
-        lines.append("| " + " | ".join(str(r.get(k, "")) if r.get(k, "") != "" else "-" for k in (
-            "ablation", "updates", "ppl", "entropy_p", "entropy_uniform", "prior_maxp", "entropy_post",
-            "logpy_spread", "entropy_q", "kl", "prior_concentration")) + " |")
+        lines.append("| " + " | ".join(str(r.get(k, "")) if r.get(k, "") != "" else "-" for k, _ in columns) + " |")
     if any(r["ablation"].startswith("dirichlet") for r in rows):
         lines += ["", DIRICHLET_NOTE]
     return "\n".join(lines) + "\n"
