@@ -272,6 +272,15 @@ def test_status_says_where_each_run_stands(tmp_path):
         "(valid PPL 4.93, 2 epochs ago; patience 3)")
     (tmp_path / "soft-seed99" / "train.log").write_text("\n".join([*_epoch_lines(1, 30), DONE_LINE]))
     assert "stopped at a lower cap, resumes under the" in converge.progress("soft", 99, opts)
+    # a latent run says how sharp its prior is (a Dirichlet's differential entropy is left out)
+    latent = "\n".join(_epoch_lines(1, 2)).replace("| loss 2.36 |", "| loss 2.36 | kl 0.001 | entropy_p 0.051 | "
+                                                   "entropy_uniform 4.109 | prior_maxp 0.991 |")
+    for name, sharpness in (("rws", "prior entropy 0.051 bits (uniform 4.109), largest prior weight 0.991"),
+                            ("dirichlet", "largest prior weight 0.991")):
+        (tmp_path / f"{name}-seed99").mkdir()
+        (tmp_path / f"{name}-seed99" / "train.log").write_text(latent)
+        assert converge.progress(name, 99, opts).startswith(
+            f"{name} seed 99: training or interrupted, epoch 2, valid PPL 4.98, {sharpness}, best checkpoint epoch 2")
 
 
 def test_a_transformer_row_that_used_its_epoch_budget_is_finished_not_resumed(tmp_path):

@@ -421,6 +421,20 @@ def minutes_per_epoch(text, last=3):
     return statistics.median(gaps) if gaps else None
 
 
+def prior_sharpness(name, line):
+    """How sharp the prior is at a validation line, for the status of a run
+    in training: a prior at the uniform entropy has learnt nothing, one near
+    0 bits from the first epochs may have collapsed ("" for soft attention;
+    a Dirichlet's entropy is differential, so only its mean's largest weight)."""
+    parts = []
+    entropy, uniform = metric(line, "entropy_p"), metric(line, "entropy_uniform")
+    if entropy is not None and uniform is not None and not variant_name(name).endswith("dirichlet"):
+        parts.append(f"prior entropy {entropy} bits (uniform {uniform})")
+    if (maxp := metric(line, "prior_maxp")) is not None:
+        parts.append(f"largest prior weight {maxp}")
+    return "".join(", " + p for p in parts)
+
+
 def progress(name, seed, opts):
     """One line on where a run stands: finished (its result), training (the
     last validated epoch), or not started."""
@@ -432,7 +446,8 @@ def progress(name, seed, opts):
         # how close early stopping is; an upper bound: fairseq saves a tie as
         # the best checkpoint but counts it as no improvement
         since = max(valid) - best["best_epoch"]
-        last = (f"epoch {max(valid)}, valid PPL {metric(valid[max(valid)], 'ppl')}, best checkpoint epoch "
+        last = (f"epoch {max(valid)}, valid PPL {metric(valid[max(valid)], 'ppl')}"
+                f"{prior_sharpness(name, valid[max(valid)])}, best checkpoint epoch "
                 f"{best['best_epoch']} (valid PPL {best['valid_ppl_training']}, {since} epoch"
                 f"{'' if since == 1 else 's'} ago; patience {PATIENCE})")
         pace = minutes_per_epoch(text)
