@@ -446,8 +446,9 @@ def progress(name, seed, opts):
         # how close early stopping is; an upper bound: fairseq saves a tie as
         # the best checkpoint but counts it as no improvement
         since = max(valid) - best["best_epoch"]
-        last = (f"epoch {max(valid)}, valid PPL {metric(valid[max(valid)], 'ppl')}"
-                f"{prior_sharpness(name, valid[max(valid)])}, best checkpoint epoch "
+        latest = valid[max(valid)]
+        last = (f"epoch {max(valid)}, valid PPL {metric(latest, 'ppl')}{prior_sharpness(name, latest)}, "
+                f"best checkpoint epoch "
                 f"{best['best_epoch']} (valid PPL {best['valid_ppl_training']}, {since} epoch"
                 f"{'' if since == 1 else 's'} ago; patience {PATIENCE})")
         pace = minutes_per_epoch(text)
