@@ -215,8 +215,8 @@ def main():
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one CPU thread each)")
     parser.add_argument("--table-only", action="store_true",
                         help="tabulate the training logs already in --out (finished or not); train nothing")
-    parser.add_argument("--results", help="the table, for scripts/readme_results.py (default: "
-                                           "examples/translation/results/ablate.md, ablate-PRESET.md for other presets)")
+    parser.add_argument("--results", help="the table, for scripts/readme_results.py (default: examples/"
+                                           "translation/results/ablate.md, ablate-PRESET.md for other presets)")
     opts = parser.parse_args()
     opts.out = opts.out or default_out(opts.preset)
     opts.results = opts.results or default_results(opts.preset)
