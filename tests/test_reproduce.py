@@ -303,7 +303,8 @@ def test_a_transformer_row_that_used_its_epoch_budget_is_finished_not_resumed(tm
 def test_every_converge_row_trains_with_options_fairseq_accepts():
     """Each row's fairseq-train options parse (a typo in a row's own options
     would otherwise surface hours into ``converge.py run``), under the row's
-    epoch cap, and the warm-up row is elbo-enum's options plus its warm-up."""
+    epoch cap, the warm-up row is elbo-enum's options plus its warm-up, and
+    only rws-centred centres its weights."""
     from fairseq import options
 
     converge = _converge_module()
@@ -312,7 +313,9 @@ def test_every_converge_row_trains_with_options_fairseq_accepts():
         *converge.train_options(name)]) for name in converge.PLAN}
     for name, args in parsed.items():
         assert args.max_epoch == converge.epoch_cap(name), name
-        assert getattr(args, "marginal_warmup_updates", 0) == (546 if name in converge.ROW_OPTIONS else 0), name
+        warmed = "--marginal-warmup-updates" in converge.ROW_OPTIONS.get(name, [])
+        assert getattr(args, "marginal_warmup_updates", 0) == (546 if warmed else 0), name
+        assert getattr(args, "centred_weights", False) == (name == "rws-centred"), name
     warm = converge.train_options("transformer-elbo-enum-warmup")
     assert warm == converge.train_options("transformer-elbo-enum") + ["--marginal-warmup-updates", "546"]
     args = parsed["transformer-elbo-enum-warmup"]
@@ -499,6 +502,16 @@ def test_curves_take_a_results_own_training_log_and_plot_every_run_with_a_curve(
     assert capsys.readouterr().out.splitlines()[1] == f"plotted 1 run -> {tmp_path}/curves.png"
     converge.main(["curves", "--only", "marginal:1", "--work", str(work)])
     assert capsys.readouterr().out.splitlines()[0] == "marginal seed 1: has its curve"
+
+
+def test_every_plotted_variant_gets_its_own_colour_however_long_the_plan():
+    converge = _converge_module()
+    lstm = list(converge.PLANS["lstm"])
+    assert len(lstm) > 10  # more variants than tab10 has colours
+    for variants in (lstm, lstm[8:] + ["marginal", "elbo-reinforce"], ["soft", "rws", "soft"]):
+        colours = converge.curve_colours(variants)
+        assert set(colours) == set(variants)
+        assert len(set(colours.values())) == len(colours), variants
 
 
 def test_status_says_how_long_an_epoch_takes_lately_not_counting_a_resume_gap(tmp_path):
