@@ -18,7 +18,7 @@ layer (the paper's); every latent variant uses ``--output-layer factored``,
 without which exact enumeration is about 20 times slower on a CPU and these
 runs would not fit; ``soft-factored`` is soft attention with the factored
 layer, the like-for-like baseline.  ``PLAN`` gives 3 seeds to soft,
-marginal, elbo-enum and elbo-reinforce and 1 to the others.
+soft-factored, marginal, elbo-enum and elbo-reinforce and 1 to the others.
 
 For the best checkpoint of each run it records: test PPL (``fairseq-validate``
 with the run's own criterion), sacreBLEU of beam-5 translations against the
@@ -101,7 +101,7 @@ PLANS = {
         "soft": [1, 2, 3], "marginal": [1, 2, 3], "elbo-enum": [1, 2, 3], "elbo-reinforce": [1, 2, 3],
         "hard-enum": [1], "hard-reinforce": [1], "elbo-gumbel": [1], "dirichlet": [1], "rws": [1],
         # soft attention with the latent variants' output layer: the like-for-like baseline
-        "soft-factored": [1],
+        "soft-factored": [1, 2, 3],
         # rws after three epochs of the exact marginal: plain rws puts every target
         # word on the first source piece within an epoch (ROW_OPTIONS)
         "rws-warmup": [1],
