@@ -99,7 +99,7 @@ TRANSFORMER_PRESET = [
 PLANS = {
     "lstm": {
         "soft": [1, 2, 3], "marginal": [1, 2, 3], "elbo-enum": [1, 2, 3], "elbo-reinforce": [1, 2, 3],
-        "hard-enum": [1], "hard-reinforce": [1], "elbo-gumbel": [1], "dirichlet": [1], "rws": [1],
+        "hard-enum": [1, 2], "hard-reinforce": [1], "elbo-gumbel": [1], "dirichlet": [1], "rws": [1],
         # soft attention with the latent variants' output layer: the like-for-like baseline
         "soft-factored": [1, 2, 3],
         # rws after three epochs of the exact marginal: plain rws puts every target
