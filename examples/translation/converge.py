@@ -56,6 +56,7 @@ import sys
 import time
 
 from varattn_tools.experiments import cpu_env, mean_spread, read_nll, run
+from varattn_tools.resume_train import training_seconds
 from varattn_tools.variants import train_options as variant_options
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -364,8 +365,10 @@ def train_and_evaluate(name, seed, opts, env):
         return previous
     os.makedirs(work, exist_ok=True)
     common = [opts.data, "--user-dir", USER_DIR]
-    cmd = [sys.executable, "-m", "fairseq_cli.train", *common, *train_options(name), "--seed", str(seed),
-           "--num-workers", "0", "--log-format", "simple", "--log-interval", "100", "--save-dir", work]
+    # resume_train is fairseq-train whose --patience counter survives a resume (it reads it from the log)
+    cmd = [sys.executable, "-m", "varattn_tools.resume_train", "--log", log, "--", *common, *train_options(name),
+           "--seed", str(seed), "--num-workers", "0", "--log-format", "simple", "--log-interval", "100",
+           "--save-dir", work]
     start = time.time()
     # early stopping is not saved in checkpoints: a run stopped by patience is not resumed
     resumed_from = max(validations(text), default=0)
@@ -377,8 +380,10 @@ def train_and_evaluate(name, seed, opts, env):
         text = run(cmd, log, env, append=True)
         threads = opts.threads
     row = {"variant": name, "seed": seed, "output_layer": output_layer(name),
-           "train_cmd": " ".join(["fairseq-train", *cmd[3:]]), **parse_training(text),
-           "stopped_by": training_status(text), "max_epoch": cap}
+           "train_cmd": " ".join(["fairseq-train", *cmd[cmd.index("--") + 1:]]), **parse_training(text),
+           "stopped_by": training_status(text), "max_epoch": cap,
+           # summed over the log's invocations: a resume's gap does not count
+           "train_seconds": training_seconds(text)}
     row["commit"] = commit()
     if previous is not None:  # an extended run keeps what was said of its first part
         extension = (f"epochs {resumed_from + 1}-{row['epochs_run']} resumed under the {cap}-epoch cap "

@@ -36,7 +36,7 @@ PER_TOKEN_KEYS = ("kl", "entropy_q", "entropy_p", "baseline_nll", "entropy_post"
 # Summed logging keys that are per-token averages already in their own units.
 PER_TOKEN_RAW_KEYS = ("ess", "nll_samples", "prior_maxp", "q_maxp", "score_spread", "logpy_spread",
                       "annot_spread", "prior_concentration", "q_concentration", "soft_warmup",
-                      "marginal_warmup")
+                      "marginal_warmup", "qgrad_rec", "qgrad_kl")
 # Mean-squared score-function weights without / with the baseline, per sample.
 ESTIMATOR_KEYS = ("sf_reward_sq", "sf_advantage_sq")
 
@@ -259,7 +259,9 @@ class VarAttnCriterion(FairseqCriterion):
         for key in PER_TOKEN_KEYS + PER_TOKEN_RAW_KEYS:
             if any(key in log for log in logging_outputs):
                 scale = 1.0 if key in PER_TOKEN_RAW_KEYS else math.log(2)
-                metrics.log_scalar(key, total(key) / ntokens / scale, ntokens, round=3)
+                # q's gradients are small numbers: 3 decimals would round them away
+                digits = 6 if key.startswith("qgrad") else 3
+                metrics.log_scalar(key, total(key) / ntokens / scale, ntokens, round=digits)
         count = total("sf_count")
         if count > 0:
             reward_sq = total("sf_reward_sq") / count

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from fairseq.criterions import register_criterion
 from fairseq.dataclass import ChoiceEnum
 
+import torch
+
 from .base import (
     BaselineOptions,
     EstimatorMixin,
@@ -38,4 +40,23 @@ class ElboCriterion(EstimatorMixin, KLWeightMixin, VarAttnCriterion):
         kl = used.kl(prior)
         terms["kl"] = kl
         terms["loss"] = reconstruction + self.current_kl_weight(model) * kl
+        if self.cfg.estimator == "enum" and used is q:
+            terms.update(q_gradient_norms(q, prior, batch.logp_y_all()))
         return terms
+
+
+@torch.no_grad()
+def q_gradient_norms(q, prior, logp_y) -> dict:
+    """What moves q, per token: the norms over i of the negated ELBO's
+    gradient with respect to q's scores from each of its terms, in closed form
+    (docs/design.md, "Is the latent attention learning?"):
+    d(-E_q[log p(y | z)]) / ds_i = -q_i (log p(y | i) - E_q[log p(y | z)]) and
+    dKL(q || p) / ds_i = q_i (log q_i / p_i - KL).  Where the first is small
+    next to the model's own learning, q stays where it started."""
+    probs = q.probs
+    finite = torch.isfinite(q.log_probs)
+    logp_y = logp_y.float().masked_fill(~finite, 0.0)
+    rec = probs * (logp_y - (probs * logp_y).sum(-1, keepdim=True))
+    ratio = (q.log_probs - prior.log_probs).masked_fill(~finite, 0.0)
+    kl = probs * (ratio - (probs * ratio).sum(-1, keepdim=True))
+    return {"qgrad_rec": rec.norm(dim=-1), "qgrad_kl": kl.norm(dim=-1)}

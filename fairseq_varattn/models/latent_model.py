@@ -23,8 +23,9 @@ class LatentModelMixin:
     """Mixed into a ``FairseqEncoderDecoderModel`` whose decoder is the
     alignment head; call ``init_latent(inference_network)`` in ``__init__``."""
 
-    def init_latent(self, inference_network):
+    def init_latent(self, inference_network, inference_scores="own"):
         self.inference_network = inference_network
+        self.inference_scores = inference_scores
         self.num_updates = 0
         # Saved with the weights, so a checkpoint used with another data
         # dir's dictionaries fails loudly instead of translating garbage.
@@ -105,8 +106,10 @@ class LatentModelMixin:
         model's ``forward`` (not a separate call) so every parameter is used
         inside one forward, as DDP requires."""
         if target is not None and self.inference_network is not None:
-            extra["q_scores"] = self.inference_network(
-                target, extra["encoder_states"], extra["encoder_padding_mask"])
+            q_scores = self.inference_network(target, extra["encoder_states"], extra["encoder_padding_mask"])
+            if self.inference_scores == "prior-plus":
+                q_scores = q_scores + extra["scores"]
+            extra["q_scores"] = q_scores
         return extra
 
     def set_num_updates(self, num_updates):
