@@ -29,10 +29,11 @@ from ..modules.losses import (
     relaxed_nll,
     value_with_gradient_of,
 )
+from ..modules import latent_warmup as auto_warmup
 from .batch import LatentBatch
 
 # Summed logging keys that are per-token quantities in nats; reported in bits.
-PER_TOKEN_KEYS = ("kl", "entropy_q", "entropy_p", "baseline_nll", "entropy_post", "entropy_uniform")
+PER_TOKEN_KEYS = ("kl", "kl_post", "entropy_q", "entropy_p", "baseline_nll", "entropy_post", "entropy_uniform")
 # Summed logging keys that are per-token averages already in their own units.
 PER_TOKEN_RAW_KEYS = ("ess", "nll_samples", "prior_maxp", "q_maxp", "score_spread", "logpy_spread",
                       "annot_spread", "prior_concentration", "q_concentration", "soft_warmup",
@@ -66,6 +67,16 @@ class LatentCriterionConfig(FairseqDataclass):
                           "this many updates before the latent objective; q learns to copy the "
                           "exact posterior meanwhile"},
     )
+    latent_warmup: ChoiceEnum(["auto", "off"]) = field(
+        default="auto",
+        metadata={"help": "auto: with an inference network and categorical attention (and no "
+                          "--*-warmup-updates), train by the exact marginal until q has caught up "
+                          "with the exact posterior, then by the criterion's objective; without it "
+                          "a lagging q can keep the alignment uniform (docs/design.md, \"The "
+                          "automatic warm-up\"); off: the objective from the first update"},
+    )
+    latent_warmup_max_updates: int = field(
+        default=3000, metadata={"help": "--latent-warmup auto ends here at the latest"})
 
 
 @dataclass
@@ -94,6 +105,7 @@ OPTION_CHECKS = {
     "num_samples": (lambda v: v >= 1, ">= 1"),
     "soft_warmup_updates": (lambda v: v >= 0, ">= 0"),
     "marginal_warmup_updates": (lambda v: v >= 0, ">= 0"),
+    "latent_warmup_max_updates": (lambda v: v >= 0, ">= 0"),
     "kl_weight": (lambda v: v >= 0, ">= 0"),
     "kl_warmup_updates": (lambda v: v >= 0, ">= 0"),
     "gumbel_temperature": (lambda v: v > 0, "> 0"),
@@ -160,7 +172,14 @@ class VarAttnCriterion(FairseqCriterion):
             return self.soft_warmup_terms
         if updates < self.cfg.marginal_warmup_updates:
             return self.marginal_warmup_terms
+        if self.automatic_warmup(model):
+            return self.marginal_warmup_terms
         return None
+
+    def automatic_warmup(self, model) -> bool:
+        """Whether this training batch is in the automatic warm-up (modules/latent_warmup.py)."""
+        return (model.training and auto_warmup.applies(self.cfg, model, self)
+                and auto_warmup.active(model, self.cfg.latent_warmup_max_updates))
 
     # -- fairseq API -----------------------------------------------------------
     def forward(self, model, sample, reduce=True):
@@ -183,6 +202,11 @@ class VarAttnCriterion(FairseqCriterion):
         terms.update(batch.diagnostics())
 
         mask = batch.token_mask
+        if warmup is not None and "kl_post" in terms and self.automatic_warmup(model):
+            count = mask.sum().clamp_min(1)
+            info = ((terms["entropy_uniform"] - terms["entropy_post"]) * mask).sum() / count
+            lead = ((terms["entropy_p"] - terms["entropy_q"]) * mask).sum() / count
+            auto_warmup.update(model, info, lead)
         sums = {k: torch.where(mask.unsqueeze(-1) if v.dim() > mask.dim() else mask, v,
                                torch.zeros_like(v)).sum()
                 for k, v in terms.items()}
@@ -237,7 +261,10 @@ class VarAttnCriterion(FairseqCriterion):
         terms = {"loss": nll, "nll": nll.detach(), "marginal_warmup": torch.ones_like(nll)}
         if batch.q_scores is not None:
             posterior = batch.prior.detached().posterior(batch.logp_y_all().detach())
-            terms["loss"] = nll + batch.q.kl(posterior)
+            kl_post = batch.q.kl(posterior)
+            terms["loss"] = nll + kl_post
+            terms.update(kl_post=kl_post.detach(), entropy_q=batch.q.entropy().detach(),
+                         entropy_p=batch.prior.entropy().detach())
         return terms
 
     def marginal_nll(self, batch: LatentBatch) -> torch.Tensor:

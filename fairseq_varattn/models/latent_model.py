@@ -8,6 +8,7 @@ import zlib
 import torch
 
 from ..compat import score_every_sentence
+from ..modules import latent_warmup
 from ..modules.alignment_head import OUTPUT_LAYERS
 from ..modules.attention_kinds import DIRICHLET_LINK_IDS, KIND_IDS
 from ..modules.factored_output import FactoredOutputLayer, SourceLogitsCache
@@ -23,9 +24,9 @@ class LatentModelMixin:
     """Mixed into a ``FairseqEncoderDecoderModel`` whose decoder is the
     alignment head; call ``init_latent(inference_network)`` in ``__init__``."""
 
-    def init_latent(self, inference_network, inference_scores="own"):
+    def init_latent(self, inference_network, inference_annotations="detached"):
         self.inference_network = inference_network
-        self.inference_scores = inference_scores
+        self.inference_annotations = inference_annotations
         self.num_updates = 0
         # Saved with the weights, so a checkpoint used with another data
         # dir's dictionaries fails loudly instead of translating garbage.
@@ -40,6 +41,9 @@ class LatentModelMixin:
         # Dirichlet links share every parameter too (from before the option: softplus)
         self.register_buffer("dirichlet_link_id",
                              torch.tensor(DIRICHLET_LINK_IDS.index(self.decoder.dirichlet_concentration)))
+        # where the automatic warm-up of latent criterions stands: saved, so a
+        # resumed run continues (or stays out of) it (modules/latent_warmup.py)
+        self.register_buffer("latent_warmup_state", latent_warmup.initial_state())
 
     @property
     def output_layer_kind(self):
@@ -91,6 +95,8 @@ class LatentModelMixin:
                     f"this checkpoint was trained with a different {side} dictionary than the "
                     f"one loaded now ({len(dictionary)} symbols): use the data directory (and "
                     "dict.*.txt) the checkpoint was trained on")
+        if "latent_warmup_state" not in state_dict:  # trained before the automatic warm-up
+            state_dict["latent_warmup_state"] = latent_warmup.finished_state()
         check_shared_embeddings(self, state_dict)
 
     def prepare_for_inference_(self, cfg):
@@ -106,10 +112,10 @@ class LatentModelMixin:
         model's ``forward`` (not a separate call) so every parameter is used
         inside one forward, as DDP requires."""
         if target is not None and self.inference_network is not None:
-            q_scores = self.inference_network(target, extra["encoder_states"], extra["encoder_padding_mask"])
-            if self.inference_scores == "prior-plus":
-                q_scores = q_scores + extra["scores"]
-            extra["q_scores"] = q_scores
+            annotations = extra["encoder_states"]
+            if self.inference_annotations == "detached":
+                annotations = annotations.detach()
+            extra["q_scores"] = self.inference_network(target, annotations, extra["encoder_padding_mask"])
         return extra
 
     def set_num_updates(self, num_updates):

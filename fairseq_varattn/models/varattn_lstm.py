@@ -194,9 +194,9 @@ class VarAttnLSTMDecoder(SourceCacheMixin, AlignmentHeadMixin, FairseqIncrementa
 
 @register_model("varattn_lstm")
 class VarAttnLSTMModel(LatentModelMixin, FairseqEncoderDecoderModel):
-    def __init__(self, encoder, decoder, inference_network=None, inference_scores="own"):
+    def __init__(self, encoder, decoder, inference_network=None, inference_annotations="detached"):
         super().__init__(encoder, decoder)
-        self.init_latent(inference_network, inference_scores)
+        self.init_latent(inference_network, inference_annotations)
 
     @staticmethod
     def add_args(parser):
@@ -282,7 +282,7 @@ class VarAttnLSTMModel(LatentModelMixin, FairseqEncoderDecoderModel):
                 attention_dim=args.attention_dim,
                 embed_tokens=shared_target_embeddings(args, decoder.embed_tokens),
             )
-        return cls(encoder, decoder, inference_network, args.inference_scores)
+        return cls(encoder, decoder, inference_network, args.inference_annotations)
 
     def forward(self, src_tokens, src_lengths, prev_output_tokens, target=None,
                 features_only: bool = False, **kwargs):

@@ -149,7 +149,7 @@ class VarAttnTransformerModel(LatentModelMixin, TransformerModel):
                 task.target_dictionary, embed_dim=args.inference_embed_dim, context_dim=args.encoder_embed_dim,
                 heads=args.decoder_attention_heads, dropout=args.dropout, score=args.attention_score,
                 attention_dim=args.attention_dim, max_positions=args.max_target_positions, embed_tokens=shared)
-        model.init_latent(inference_network, args.inference_scores)
+        model.init_latent(inference_network, args.inference_annotations)
         return model
 
     @classmethod

@@ -79,6 +79,7 @@ class VarAttnVQAModel(BaseFairseqModel):
                                   alignment_dropout=args.alignment_dropout,
                                   dirichlet_concentration=args.dirichlet_concentration)
         self.inference_network = None
+        self.inference_annotations = args.inference_annotations
         if args.inference_network == "answer":
             self.inference_network = VQAInferenceNetwork(answers, args.embed_dim, question_dim,
                                                          args.region_dim, args.attention_score,
@@ -131,7 +132,8 @@ class VarAttnVQAModel(BaseFairseqModel):
         extra = {"attn": weights, "scores": scores, "hidden": h.unsqueeze(1), "context": context,
                  "encoder_states": r, "encoder_padding_mask": region_mask}
         if target is not None and self.inference_network is not None:
-            extra["q_scores"] = self.inference_network(h, target, r, region_mask)
+            regions = r.detach() if self.inference_annotations == "detached" else r
+            extra["q_scores"] = self.inference_network(h, target, regions, region_mask)
         if features_only:
             return features, extra
         return self.head.output_layer(features, extra), extra

@@ -18,8 +18,8 @@ from .scorer import AttentionScorer
 
 OUTPUT_LAYERS = ("joint", "factored")
 ALIGNMENT_DROPOUTS = ("shared", "independent")
-#: --inference-scores: q's scores alone, or added to the prior's
-INFERENCE_SCORES = ("own", "prior-plus")
+#: --inference-annotations: whether q's gradient trains the annotations it reads
+INFERENCE_ANNOTATIONS = ("detached", "trained")
 
 
 def add_alignment_args(parser, inference_networks, output_layers=OUTPUT_LAYERS):
@@ -30,11 +30,11 @@ def add_alignment_args(parser, inference_networks, output_layers=OUTPUT_LAYERS):
                              '(or region); dirichlet: z_j is a latent point on the simplex')
     parser.add_argument('--inference-network', choices=inference_networks,
                         help='q(z | x, y) for variational criterions (training only)')
-    parser.add_argument('--inference-scores', choices=INFERENCE_SCORES,
-                        help='own: q = softmax(score_q); prior-plus: q = softmax(score_p + score_q), '
-                             'i.e. q is the prior times exp(score_q), the form of the exact posterior '
-                             '(the prior times the likelihood), so the reconstruction trains the prior '
-                             'directly (docs/design.md, "The inference network")')
+    parser.add_argument('--inference-annotations', choices=INFERENCE_ANNOTATIONS,
+                        help='detached (default): q reads the encoder\'s annotations without training '
+                             'them, as if it had an encoder of its own (the paper\'s code); trained: q\'s '
+                             'gradient also trains the encoder, which can pull the annotations together '
+                             '(docs/design.md, "The inference network")')
     parser.add_argument('--attention-score', choices=AttentionScorer.KINDS,
                         help='general (bilinear, Luong) or mlp (Bahdanau) scores')
     parser.add_argument('--attention-dim', type=int, metavar='N', help='hidden size of mlp attention scores')
@@ -63,7 +63,7 @@ def alignment_defaults(args) -> None:
     """Defaults of the alignment options (inside a ``base_architecture``)."""
     args.attention = getattr(args, "attention", "soft")
     args.inference_network = getattr(args, "inference_network", "none")
-    args.inference_scores = getattr(args, "inference_scores", "own")
+    args.inference_annotations = getattr(args, "inference_annotations", "detached")
     # MLP scores, as the paper's code: with bilinear ("general") scores and
     # this initialisation the softmax saturates early on Multi30k and
     # attention collapses onto one source position (demo valid PPL 19.0 and
@@ -89,9 +89,6 @@ def check_alignment_args(args) -> None:
         raise ValueError("--inference-network needs a latent attention (--attention "
                          f"{' or '.join(n for n, k in attention_kinds.KINDS.items() if k.latent)}); "
                          f"--attention {args.attention} has no z to infer")
-    if args.inference_scores != "own" and args.attention != "categorical":
-        raise ValueError(f"--inference-scores {args.inference_scores} adds q's scores to a categorical "
-                         f"prior's; it does not apply to --attention {args.attention}")
     if args.factored_source_rank < 0 or (args.factored_source_rank > 0 and args.output_layer != "factored"):
         raise ValueError("--factored-source-rank takes a rank >= 1 for --output-layer factored "
                          f"(got {args.factored_source_rank} with --output-layer {args.output_layer})")
