@@ -12,6 +12,7 @@ from ..modules import latent_warmup
 from ..modules.alignment_head import OUTPUT_LAYERS
 from ..modules.attention_kinds import DIRICHLET_LINK_IDS, KIND_IDS
 from ..modules.factored_output import FactoredOutputLayer, SourceLogitsCache
+from ..modules.output_base import OUTPUT_ACTIVATIONS
 from .inference_network import check_shared_embeddings
 
 
@@ -41,6 +42,9 @@ class LatentModelMixin:
         # Dirichlet links share every parameter too (from before the option: softplus)
         self.register_buffer("dirichlet_link_id",
                              torch.tensor(DIRICHLET_LINK_IDS.index(self.decoder.dirichlet_concentration)))
+        # the output activation has no parameters either (from before the option: tanh)
+        self.register_buffer("output_activation_id",
+                             torch.tensor(OUTPUT_ACTIVATIONS.index(self.decoder.output.activation)))
         # where the automatic warm-up of latent criterions stands: saved, so a
         # resumed run continues (or stays out of) it (modules/latent_warmup.py)
         self.register_buffer("latent_warmup_state", latent_warmup.initial_state())
@@ -95,6 +99,11 @@ class LatentModelMixin:
                     f"this checkpoint was trained with a different {side} dictionary than the "
                     f"one loaded now ({len(dictionary)} symbols): use the data directory (and "
                     "dict.*.txt) the checkpoint was trained on")
+        # parameter-free, so the checkpoint's activation is the one the model runs with:
+        # a checkpoint from before the option (tanh) loads as trained whatever today's default
+        saved = OUTPUT_ACTIVATIONS[int(state_dict.get("output_activation_id", 0))]
+        self.decoder.output.activation = saved
+        state_dict["output_activation_id"] = torch.tensor(OUTPUT_ACTIVATIONS.index(saved))
         if "latent_warmup_state" not in state_dict:  # trained before the automatic warm-up
             state_dict["latent_warmup_state"] = latent_warmup.finished_state()
         check_shared_embeddings(self, state_dict)

@@ -58,6 +58,7 @@ class VarAttnLSTMDecoder(SourceCacheMixin, AlignmentHeadMixin, FairseqIncrementa
                  attention="soft", attention_score="general", attention_dim=None,
                  alignment_topk=0, alignment_chunk_size=0, input_feed="attentional",
                  output_layer="joint", alignment_dropout="shared", factored_source_rank=0,
+                 output_activation="tanh",
                  dirichlet_concentration="softplus", max_target_positions=DEFAULT_MAX_POSITIONS):
         super().__init__(dictionary)
         self.input_feed = input_feed
@@ -89,7 +90,7 @@ class VarAttnLSTMDecoder(SourceCacheMixin, AlignmentHeadMixin, FairseqIncrementa
                                          out_embed_dim, len(dictionary), dropout=dropout_out,
                                          chunk_size=alignment_chunk_size,
                                          shared_dropout=alignment_dropout == "shared",
-                                         source_rank=factored_source_rank)
+                                         source_rank=factored_source_rank, activation=output_activation)
 
     # -- recurrence -------------------------------------------------------
     def forward(self, prev_output_tokens, encoder_out=None,
@@ -266,6 +267,7 @@ class VarAttnLSTMModel(LatentModelMixin, FairseqEncoderDecoderModel):
             output_layer=args.output_layer,
             alignment_dropout=args.alignment_dropout,
             factored_source_rank=args.factored_source_rank,
+            output_activation=args.output_activation,
             dirichlet_concentration=args.dirichlet_concentration,
             max_target_positions=max_target,
         )

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import attention_kinds
+from .output_base import OUTPUT_ACTIVATIONS
 from .scorer import AttentionScorer
 
 OUTPUT_LAYERS = ("joint", "factored")
@@ -53,6 +54,11 @@ def add_alignment_args(parser, inference_networks, output_layers=OUTPUT_LAYERS):
                             help='joint: softmax(W_o tanh(W_c [h_j; x~_i])), one vocabulary softmax per '
                                  'alignment (the paper); factored: logits a(h_j) + b(x~_i), exact '
                                  'enumeration at about soft attention\'s cost')
+        parser.add_argument('--output-activation', choices=OUTPUT_ACTIVATIONS,
+                            help='what the output layer applies to W_h h_j and W_c x~_i before W_o: '
+                                 'tanh (the paper\'s; varattn_lstm\'s default) or linear '
+                                 '(varattn_transformer\'s default, as fairseq\'s Transformer projects '
+                                 'its states directly)')
         parser.add_argument('--factored-source-rank', type=int, metavar='R',
                             help='factored layer: b_i through a rank-R vocabulary matrix of its own '
                                  '(0, the default: through the decoder side\'s W_o)')
@@ -75,6 +81,7 @@ def alignment_defaults(args) -> None:
     args.dirichlet_concentration = getattr(args, "dirichlet_concentration", "softplus")
     args.output_layer = getattr(args, "output_layer", "joint")
     args.factored_source_rank = getattr(args, "factored_source_rank", 0)
+    args.output_activation = getattr(args, "output_activation", "tanh")
 
 
 def check_alignment_args(args) -> None:

@@ -240,8 +240,9 @@ class FactoredOutputLayer(OutputLayerBase):
     #: every log p(y | z = i) costs about what a few do: gather samples from them
     enumeration_is_cheap = True
 
-    def __init__(self, hidden_dim, context_dim, embed_dim, vocab_size, dropout=0.0, source_rank=0):
-        super().__init__(hidden_dim, context_dim, embed_dim, vocab_size, dropout)
+    def __init__(self, hidden_dim, context_dim, embed_dim, vocab_size, dropout=0.0, source_rank=0,
+                 activation="tanh"):
+        super().__init__(hidden_dim, context_dim, embed_dim, vocab_size, dropout, activation)
         # --factored-source-rank r: b_i = E d(tanh(S x~_i)) with E (V x r), S (r x C)
         # of its own, T r V instead of T D V per sentence (see the module docstring)
         self.source_rank = source_rank
@@ -271,10 +272,10 @@ class FactoredOutputLayer(OutputLayerBase):
 
     def decoder_logits(self, h, mask=None):
         """a_j = W_o d(tanh(W_h h_j)) + bias."""
-        return self.fc_out(self._masked(torch.tanh(self.hidden_proj(h)), mask))
+        return self.fc_out(self._masked(self.act(self.hidden_proj(h)), mask))
 
     def _source_features(self, x):
-        return torch.tanh(self.source_proj(x) if self.source_rank else self.context_proj(x))
+        return self.act(self.source_proj(x) if self.source_rank else self.context_proj(x))
 
     def _source_project(self, w):
         return self.source_out(w) if self.source_rank else F.linear(w, self.fc_out.weight)
@@ -287,7 +288,7 @@ class FactoredOutputLayer(OutputLayerBase):
     def context_logits(self, h, ctx, masks=None):
         """softmax(a_j + g(ctx)) logits; ctx (B, N, C) or (B, N, K, C)."""
         decoder_mask, source_mask = self.dropout_masks(h) if masks is None else masks
-        u = self._masked(torch.tanh(self.hidden_proj(h)), decoder_mask)
+        u = self._masked(self.act(self.hidden_proj(h)), decoder_mask)
         w = self._source_features(ctx)
         if ctx.dim() == 4:
             u = u.unsqueeze(2)

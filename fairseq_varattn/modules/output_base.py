@@ -7,20 +7,40 @@ import torch.nn as nn
 from fairseq.models.lstm import Linear
 
 
+#: --output-activation: what the output layer applies to W_h h and W_c x~ before W_o.
+#: tanh is the paper's (Luong's attentional layer); linear leaves them as they are,
+#: as fairseq's Transformer projects its layer-normed states directly (a tanh
+#: there slows learning: docs/design.md, "Output layers").  Saved in checkpoints as
+#: an index (models/latent_model.py): append, never reorder.
+OUTPUT_ACTIVATIONS = ("tanh", "linear")
+
+
 class OutputLayerBase(nn.Module):
     #: log p(y | z = i) at a few positions costs about what all of them do
     enumeration_is_cheap = False
 
-    def __init__(self, hidden_dim, context_dim, embed_dim, vocab_size, dropout=0.0):
+    def __init__(self, hidden_dim, context_dim, embed_dim, vocab_size, dropout=0.0, activation="tanh"):
         super().__init__()
+        if activation not in OUTPUT_ACTIVATIONS:
+            raise ValueError(f"unknown output activation {activation!r}; choose from {OUTPUT_ACTIVATIONS}")
+        self.activation = activation
         self.hidden_proj = Linear(hidden_dim, embed_dim, bias=False)
         self.context_proj = Linear(context_dim, embed_dim, bias=False)
         self.fc_out = Linear(embed_dim, vocab_size)
+        if activation == "linear" and hidden_dim == embed_dim:
+            # W_o W_h h is then one linear map of h: starting W_h at the identity starts
+            # a_j as fairseq's own output projection of h (its small random init slowed
+            # learning; docs/design.md, "Output layers")
+            with torch.no_grad():
+                self.hidden_proj.weight.copy_(torch.eye(embed_dim))
         self.dropout = nn.Dropout(dropout)
 
+    def act(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x) if self.activation == "tanh" else x
+
     def attentional(self, h: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
-        """tanh(W_c [h; ctx]): the input-feeding vector (and the joint layer's soft features)."""
-        return torch.tanh(self.hidden_proj(h) + self.context_proj(ctx))
+        """act(W_c [h; ctx]): the input-feeding vector (and the joint layer's soft features)."""
+        return self.act(self.hidden_proj(h) + self.context_proj(ctx))
 
     @staticmethod
     def _select(log_probs, target):

@@ -31,8 +31,8 @@ class AlignmentOutputLayer(OutputLayerBase):
     """The joint layer, ``--output-layer joint`` (the paper's)."""
 
     def __init__(self, hidden_dim, context_dim, embed_dim, vocab_size, dropout=0.0, chunk_size=0,
-                 shared_dropout=True):
-        super().__init__(hidden_dim, context_dim, embed_dim, vocab_size, dropout)
+                 shared_dropout=True, activation="tanh"):
+        super().__init__(hidden_dim, context_dim, embed_dim, vocab_size, dropout, activation)
         self.chunk_size = chunk_size
         self.shared_dropout = shared_dropout
 
@@ -61,7 +61,7 @@ class AlignmentOutputLayer(OutputLayerBase):
 
     def _logits(self, hidden_part, context_part, mask=None):
         """hidden_part (B, N, [1,] D) + context_part, mask (B, N, D) or None."""
-        features = torch.tanh(hidden_part + context_part)
+        features = self.act(hidden_part + context_part)
         if not self.shared_dropout:
             features = self.dropout(features)
         elif mask is not None:
@@ -155,12 +155,13 @@ class AlignmentOutputLayer(OutputLayerBase):
 
 
 def build_output_layer(kind, hidden_dim, context_dim, embed_dim, vocab_size, dropout=0.0, chunk_size=0,
-                       shared_dropout=True, source_rank=0):
+                       shared_dropout=True, source_rank=0, activation="tanh"):
     """``--output-layer joint|factored``: both have the same parameters (but for
     the factored layer's optional low-rank source side)."""
     if kind == "joint":
         return AlignmentOutputLayer(hidden_dim, context_dim, embed_dim, vocab_size, dropout, chunk_size,
-                                    shared_dropout)
+                                    shared_dropout, activation)
     if kind == "factored":
-        return FactoredOutputLayer(hidden_dim, context_dim, embed_dim, vocab_size, dropout, source_rank)
+        return FactoredOutputLayer(hidden_dim, context_dim, embed_dim, vocab_size, dropout, source_rank,
+                                   activation)
     raise ValueError(f"unknown output layer {kind!r}; choose joint or factored")
