@@ -37,6 +37,10 @@ def build_model(attention="categorical", inference_network="none", seed=0, dropo
     """A tiny varattn_lstm (or varattn_transformer) in eval mode, and its dictionary."""
     torch.manual_seed(seed)
     d = make_dictionary()
+    # the paper's layer unless a test asks for another (the architectures' own
+    # defaults have tests of their own in test_model.py)
+    overrides.setdefault("output_layer", "joint")
+    overrides.setdefault("output_activation", "tanh")
     if arch == "lstm":
         args = argparse.Namespace(attention=attention, inference_network=inference_network,
                                   dropout=dropout, encoder_embed_dim=8, encoder_hidden_size=6,

@@ -283,28 +283,13 @@ def test_status_says_where_each_run_stands(tmp_path):
             f"{name} seed 99: training or interrupted, epoch 2, valid PPL 4.98, {sharpness}, best checkpoint epoch 2")
 
 
-def test_a_transformer_row_that_used_its_epoch_budget_is_finished_not_resumed(tmp_path):
-    """The Transformer family trains for a fixed budget, not up to the LSTM
-    family's cap: a row that used its budget is evaluated, not resumed under
-    a 50-epoch cap (which would append a no-op training to its log and say in
-    its note that it resumed)."""
-    converge = _converge_module()
-    budget = "\n".join([*_epoch_lines(1, converge.TRANSFORMER_EPOCHS), DONE_LINE])
-    assert converge.epoch_cap("transformer-elbo-enum-warmup") == converge.TRANSFORMER_EPOCHS
-    assert not converge.needs_training(budget, converge.epoch_cap("transformer-soft"))
-    assert converge.needs_training(budget, converge.epoch_cap("soft"))  # an LSTM run stopped there resumes
-    opts = argparse.Namespace(work=str(tmp_path))
-    (tmp_path / "transformer-soft-seed99").mkdir()
-    (tmp_path / "transformer-soft-seed99" / "train.log").write_text(budget)
-    assert converge.progress("transformer-soft", 99, opts).startswith(
-        "transformer-soft seed 99: trained, not yet evaluated, epoch 4")
-
-
 def test_every_converge_row_trains_with_options_fairseq_accepts():
     """Each row's fairseq-train options parse (a typo in a row's own options
-    would otherwise surface hours into ``converge.py run``), under the row's
-    epoch cap, the warm-up row is elbo-enum's options plus its warm-up, and
-    only rws-centred centres its weights."""
+    would otherwise surface hours into ``converge.py run``) under early
+    stopping; only rws-warmup has a fixed warm-up and only rws-centred
+    centres its weights; the LSTM rows with q keep the options they were
+    trained with (no automatic warm-up, trained annotations), the
+    Transformer rows take varattn_transformer's and the criterion's defaults."""
     from fairseq import options
 
     converge = _converge_module()
@@ -312,15 +297,20 @@ def test_every_converge_row_trains_with_options_fairseq_accepts():
         os.path.join(REPO, "no-data-needed"), "--user-dir", os.path.join(REPO, "fairseq_varattn"),
         *converge.train_options(name)]) for name in converge.PLAN}
     for name, args in parsed.items():
-        assert args.max_epoch == converge.epoch_cap(name), name
+        assert args.max_epoch == converge.epoch_cap(name) == converge.MAX_EPOCH, name
+        assert args.patience == converge.PATIENCE, name
         warmed = "--marginal-warmup-updates" in converge.ROW_OPTIONS.get(name, [])
         assert getattr(args, "marginal_warmup_updates", 0) == (546 if warmed else 0), name
         assert getattr(args, "centred_weights", False) == (name == "rws-centred"), name
-    warm = converge.train_options("transformer-elbo-enum-warmup")
-    assert warm == converge.train_options("transformer-elbo-enum") + ["--marginal-warmup-updates", "546"]
-    args = parsed["transformer-elbo-enum-warmup"]
-    assert (args.arch, args.criterion, args.estimator, args.marginal_warmup_updates) == (
-        "varattn_transformer", "varattn_elbo", "enum", 546)
+        with_q = getattr(args, "inference_network", "none") != "none"
+        if name.startswith("transformer-"):
+            assert (args.output_layer, args.output_activation) == ("factored", "linear"), name
+            assert getattr(args, "latent_warmup", "auto") == "auto", name
+            assert getattr(args, "inference_annotations", "detached") == "detached", name
+        elif with_q:
+            assert (args.latent_warmup, args.inference_annotations) == ("off", "trained"), name
+    args = parsed["transformer-elbo-enum"]
+    assert (args.arch, args.criterion, args.estimator) == ("varattn_transformer", "varattn_elbo", "enum")
 
 
 def test_scripts_keep_freed_memory_in_the_heap_unless_the_user_says_otherwise(monkeypatch):
@@ -414,7 +404,7 @@ def _fake_fairseq(epochs):
     log that early-stopped after ``epochs``; fairseq-validate prints one
     validation line; nothing is ever launched."""
     def fake_run(cmd, log_path, env, cwd=None, append=False):
-        if "fairseq_cli.train" in cmd:
+        if "varattn_tools.resume_train" in cmd:  # fairseq-train with a patience that survives resumes
             with open(log_path, "a") as f:
                 f.write("\n".join([*_epoch_lines(1, epochs), EARLY_STOP_LINE, DONE_LINE]) + "\n")
             return open(log_path).read()
@@ -438,6 +428,8 @@ def test_a_result_records_threads_only_when_its_training_ran_in_that_invocation(
     opts = argparse.Namespace(work=str(tmp_path / "runs"), data=str(tmp_path / "bin"), threads=2)
     trained = converge.train_and_evaluate("soft", 99, opts, env={})
     assert trained["threads"] == 2 and trained["epochs_run"] == 4 and trained["stopped_by"] == "patience"
+    assert trained["train_cmd"].startswith("fairseq-train ") and "resume_train" not in trained["train_cmd"]
+    assert "train_seconds" in trained
     assert json.loads((tmp_path / "results" / "soft-seed99.json").read_text())["threads"] == 2
 
     (tmp_path / "results" / "soft-seed99.json").unlink()  # re-evaluated from the finished log only

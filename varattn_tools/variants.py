@@ -5,12 +5,12 @@ A variant is an attention kind, a criterion with its options, and whether it
 needs an inference network.  ``train_options`` turns it into fairseq-train
 options, ``model_overrides`` / ``criterion_options`` into the Python values
 that tests and benchmarks build models and criterions from.  ``factored``
-adds the factored output layer, with which exact enumeration costs about what
+(True / False; None: the architecture's default) picks the factored or the joint output layer, with which exact enumeration costs about what
 soft attention costs (docs/design.md, "Output layers").
 """
 
 from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 
 @dataclass(frozen=True)
@@ -53,15 +53,15 @@ def criterion_options(name: str) -> Dict[str, object]:
     return {**variant.options, **({"skip_exact_nll_in_training": True} if variant.sampled else {})}
 
 
-def model_overrides(name: str, inference_network: str = "birnn", factored: bool = False) -> Dict[str, object]:
+def model_overrides(name: str, inference_network: str = "birnn", factored: Optional[bool] = None) -> Dict[str, object]:
     """The model's args for this variant (``--attention``, ``--inference-network``, ``--output-layer``)."""
     variant = get(name)
     out = {"attention": variant.attention, "inference_network": inference_network if variant.needs_q else "none"}
     if variant.needs_q and inference_network in ("birnn", "transformer"):
         # fairseq-train's default; models built from Python get the legacy "own" without it
         out["inference_embeddings"] = "decoder"
-    if factored:
-        out["output_layer"] = "factored"
+    if factored is not None:  # None: the architecture's default
+        out["output_layer"] = "factored" if factored else "joint"
     return out
 
 
@@ -74,7 +74,7 @@ def _flag(key: str, value) -> List[str]:
     return [flag, str(value)]
 
 
-def train_options(name: str, inference_network: str = "birnn", factored: bool = False) -> List[str]:
+def train_options(name: str, inference_network: str = "birnn", factored: Optional[bool] = None) -> List[str]:
     """fairseq-train options selecting the variant's model and criterion."""
     out = ["--criterion", get(name).criterion]
     for key, value in model_overrides(name, inference_network, factored).items():

@@ -143,7 +143,10 @@ class VarAttnCriterion(FairseqCriterion):
 
     @classmethod
     def build(cls, task, sentence_avg=False, **options):
-        """Without fairseq's option parsing (tests, benchmarks): options by name."""
+        """Without fairseq's option parsing (tests, benchmarks): options by name.
+        The automatic warm-up, a training schedule, is off unless asked for:
+        what is built is the criterion's objective from the first call."""
+        options.setdefault("latent_warmup", "off")
         return cls(cls.config_class(sentence_avg=sentence_avg, **options), task)
 
     # -- checks --------------------------------------------------------------

@@ -320,6 +320,12 @@ def base_architecture(args):
     args.decoder_out_embed_dim = getattr(args, "decoder_out_embed_dim", 256)
     args.decoder_dropout_in = getattr(args, "decoder_dropout_in", args.dropout)
     args.decoder_dropout_out = getattr(args, "decoder_dropout_out", args.dropout)
+    # categorical attention gets the factored layer: with the joint one the
+    # output barely depends on the alignment early on, and the prior and q can
+    # stay uniform (docs/design.md, "Is the latent attention learning?"); soft and
+    # Dirichlet attention keep the paper's joint layer
+    args.output_layer = getattr(args, "output_layer",
+                                "factored" if getattr(args, "attention", "soft") == "categorical" else "joint")
     alignment_defaults(args)
     args.inference_embed_dim = getattr(args, "inference_embed_dim", args.decoder_embed_dim)
     args.inference_hidden_size = getattr(args, "inference_hidden_size", args.encoder_hidden_size)
