@@ -49,6 +49,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -333,6 +334,37 @@ def alignment_scores(data, ckpt, work, env, latent):
     return scores
 
 
+def evaluate(row, ckpt, work, opts, env, latent, hypotheses=None):
+    """Fill ``row`` with what a result records of checkpoint ``ckpt``: valid
+    and test PPL on every sentence, the validation diagnostics, sacreBLEU of
+    beam-5 translations and the alignment scores (their logs go to ``work``).
+    The detokenised translations are copied to ``hypotheses``, kept with the
+    results so that BLEU differences can be tested sentence by sentence."""
+    common = [opts.data, "--user-dir", USER_DIR]
+    # Training validates on fairseq's default batches, which leave out a last
+    # batch whose size is not a multiple of 8 (fairseq issue #5036): the same
+    # for every variant, so early stopping is like for like, but the numbers
+    # reported are measured again here on every sentence.
+    every = ["--required-batch-size-multiple", "1"]
+    for subset in ("valid", "test"):
+        log = os.path.join(work, f"{subset}.log")
+        text = run([sys.executable, "-m", "fairseq_cli.validate", *common, *every, "--task", "translation",
+                    "--path", ckpt, "--valid-subset", subset, "--max-tokens", "3000", "--num-workers", "0",
+                    "--seed", "1"], log, env)
+        row[f"{subset}_ppl"] = 2 ** read_nll(subset, text, log)
+        if subset == "valid":
+            row.update(validation_diagnostics(text))
+    gen = run([sys.executable, "-m", "fairseq_cli.generate", *common, *every, "--path", ckpt, "--gen-subset", "test",
+               "--beam", "5", "--batch-size", "64", "--post-process", "sentencepiece", "--num-workers", "0"],
+              os.path.join(work, "generate.log"), env)
+    row["test_bleu"], row["bleu_signature"] = sacrebleu_score(gen, work)
+    if hypotheses is not None:
+        os.makedirs(os.path.dirname(hypotheses), exist_ok=True)
+        shutil.copyfile(os.path.join(work, "hyp.txt"), hypotheses)
+        row["test_hypotheses"] = os.path.relpath(hypotheses, HERE)
+    row.update(alignment_scores(opts.data, ckpt, work, env, latent))
+
+
 def run_one(name, seed, opts, env):
     """``train_and_evaluate`` under the run's lock: a run that another
     process (a second ``converge.py run``) is training is skipped (None)."""
@@ -390,25 +422,8 @@ def train_and_evaluate(name, seed, opts, env):
         extension = (f"epochs {resumed_from + 1}-{row['epochs_run']} resumed under the {cap}-epoch cap "
                      f"with commit {row['commit']}")
         row["note"] = "; ".join(x for x in (previous.get("note"), extension) if x)
-    ckpt = os.path.join(work, "checkpoint_best.pt")
-    # Training validates on fairseq's default batches, which leave out a last
-    # batch whose size is not a multiple of 8 (fairseq issue #5036): the same
-    # for every variant, so early stopping is like for like, but the numbers
-    # reported are measured again here on every sentence.
-    every = ["--required-batch-size-multiple", "1"]
-    for subset in ("valid", "test"):
-        log = os.path.join(work, f"{subset}.log")
-        text = run([sys.executable, "-m", "fairseq_cli.validate", *common, *every, "--task", "translation",
-                    "--path", ckpt, "--valid-subset", subset, "--max-tokens", "3000", "--num-workers", "0",
-                    "--seed", "1"], log, env)
-        row[f"{subset}_ppl"] = 2 ** read_nll(subset, text, log)
-        if subset == "valid":
-            row.update(validation_diagnostics(text))
-    gen = run([sys.executable, "-m", "fairseq_cli.generate", *common, *every, "--path", ckpt, "--gen-subset", "test",
-               "--beam", "5", "--batch-size", "64", "--post-process", "sentencepiece", "--num-workers", "0"],
-              os.path.join(work, "generate.log"), env)
-    row["test_bleu"], row["bleu_signature"] = sacrebleu_score(gen, work)
-    row.update(alignment_scores(opts.data, ckpt, work, env, is_latent(name)))
+    evaluate(row, os.path.join(work, "checkpoint_best.pt"), work, opts, env, is_latent(name),
+             hypotheses=os.path.join(RESULTS, "hyps", f"{name}-seed{seed}.txt"))
     row["wall_s"] = time.time() - start
     row["date"] = str(datetime.date.today())
     row["machine"] = f"{platform.machine()} x{os.cpu_count()} CPU cores"
