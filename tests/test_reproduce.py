@@ -7,6 +7,7 @@ import json
 import importlib.util
 import math
 import os
+import pathlib
 import re
 import subprocess
 
@@ -399,6 +400,12 @@ def test_converge_rejects_a_thread_count_below_one(tmp_path, capsys):
     assert "--jobs and --threads must be >= 1" in capsys.readouterr().err
 
 
+def _fake_sacrebleu(generate_text, work):
+    """converge.sacrebleu_score without fairseq's output: writes the hypotheses file it would."""
+    (pathlib.Path(work) / "hyp.txt").write_text("a translation\n")
+    return 40.0, "nrefs:1"
+
+
 def _fake_fairseq(epochs):
     """A stand-in for converge.py's ``run``: fairseq-train appends a training
     log that early-stopped after ``epochs``; fairseq-validate prints one
@@ -423,13 +430,15 @@ def test_a_result_records_threads_only_when_its_training_ran_in_that_invocation(
     converge = _converge_module()
     converge.RESULTS = str(tmp_path / "results")
     monkeypatch.setattr(converge, "run", _fake_fairseq(epochs=4))
-    monkeypatch.setattr(converge, "sacrebleu_score", lambda gen, work: (40.0, "nrefs:1"))
+    monkeypatch.setattr(converge, "sacrebleu_score", _fake_sacrebleu)
     monkeypatch.setattr(converge, "alignment_scores", lambda *args: {})
     opts = argparse.Namespace(work=str(tmp_path / "runs"), data=str(tmp_path / "bin"), threads=2)
     trained = converge.train_and_evaluate("soft", 99, opts, env={})
     assert trained["threads"] == 2 and trained["epochs_run"] == 4 and trained["stopped_by"] == "patience"
     assert trained["train_cmd"].startswith("fairseq-train ") and "resume_train" not in trained["train_cmd"]
     assert "train_seconds" in trained
+    kept = tmp_path / "results" / "hyps" / "soft-seed99.txt"  # the translations stay with the result
+    assert kept.read_text() == "a translation\n" and trained["test_hypotheses"].endswith("soft-seed99.txt")
     assert json.loads((tmp_path / "results" / "soft-seed99.json").read_text())["threads"] == 2
 
     (tmp_path / "results" / "soft-seed99.json").unlink()  # re-evaluated from the finished log only
@@ -522,3 +531,18 @@ def test_status_says_how_long_an_epoch_takes_lately_not_counting_a_resume_gap(tm
     assert converge.progress("soft", 99, argparse.Namespace(work=str(tmp_path))).startswith(
         "soft seed 99: training or interrupted, epoch 3, valid PPL 6.0, best checkpoint epoch 3 "
         "(valid PPL 6.0, 0 epochs ago; patience 3), about 5.0 min an epoch lately (in ")
+
+
+def test_diagnosis_reads_every_validation_and_where_the_warmup_ended():
+    diagnose = _example_module("diagnose")
+    text = "\n".join([
+        "x | train_inner | epoch 001:     50 / 182 loss=7.2, marginal_warmup=1, ppl=9, num_updates=350, lr=1",
+        "x | train_inner | epoch 002:     18 / 182 loss=7.0, ppl=8, num_updates=400, lr=1",
+        "x | valid | epoch 002 | valid on 'valid' subset | loss 5.1 | kl 0.222 | entropy_q 2.824 | entropy_p 2.92 "
+        "| entropy_uniform 4.109 | qgrad_rec 0.16047 | ppl 30.92 | wps 1126 | num_updates 364",
+    ])
+    [(updates, values)] = diagnose.validations(text)
+    assert updates == 364
+    assert values == {"entropy_uniform": 4.109, "entropy_p": 2.92, "entropy_q": 2.824, "kl": 0.222,
+                      "qgrad_rec": 0.16047, "ppl": 30.92}
+    assert diagnose.warmup_updates(text) == 350

@@ -42,21 +42,41 @@ def add(opts, env):
     print(f"{opts.name} seed {opts.seed}: test ppl {row['test_ppl']:.2f}, BLEU {row['test_bleu']:.2f}")
 
 
+def significance(rows, baseline="transformer"):
+    """{variant: paired-bootstrap p-value of its BLEU difference from ``baseline``
+    seed 1} for the rows whose translations are kept (varattn_tools.significance)."""
+    from varattn_tools.significance import paired_bleu, read_lines
+
+    kept = {r["variant"]: os.path.join(HERE, r["test_hypotheses"]) for r in rows
+            if r.get("test_hypotheses") and r["seed"] == 1}
+    if baseline not in kept:
+        return {}
+    others = {name: read_lines(path) for name, path in kept.items() if name != baseline}
+    if not others:
+        return {}
+    out = paired_bleu(read_lines(converge.RAW_TEST_REF), read_lines(kept[baseline]), others)
+    return {name: r["p_value"] for name, r in out.items()}
+
+
 def table():
     rows = sorted((json.load(open(os.path.join(RESULTS, f))) for f in os.listdir(RESULTS) if f.endswith(".json")),
                   key=lambda r: (r["variant"], r["seed"]))
-    lines = ["| variant | output layer | seed | epochs | valid PPL | test PPL | BLEU | H prior (bits) | H q (bits) "
-             "| AER soft | AER prior | AER q | AER exact posterior |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| variant | output layer | seed | epochs | valid PPL | test PPL | BLEU | p (BLEU vs transformer) "
+             "| H prior (bits) | H q (bits) | AER soft | AER prior | AER q | AER exact posterior |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    p_values = significance(rows)
     for r in rows:
-        cells = [r.get(k) for k in ("valid_ppl", "test_ppl", "test_bleu", "valid_entropy_p", "valid_entropy_q",
-                                    "aer_soft", "aer_prior", "aer_posterior", "aer_posterior_exact")]
+        cells = [r.get(k) for k in ("valid_ppl", "test_ppl", "test_bleu")] + [p_values.get(r["variant"])] + [
+            r.get(k) for k in ("valid_entropy_p", "valid_entropy_q", "aer_soft", "aer_prior", "aer_posterior",
+                               "aer_posterior_exact")]
         lines.append(f"| {r['variant']} | {r['output_layer']} | {r['seed']} | {r['epochs_run']} | "
                      + " | ".join("-" if c is None else f"{c:.3f}" if isinstance(c, float) and c < 1 else
-                                  "-" if c is None else f"{c:.2f}" for c in cells) + " |")
+                                  f"{c:.2f}" for c in cells) + " |")
     notes = [f"- {r['variant']} seed {r['seed']}: {r['note']}" for r in rows if r.get("note")]
     text = ("Every row trained for 4 epochs on converge.py's Transformer preset (no early stopping), evaluated "
             "at its best epoch as converge.py evaluates (test_2016_flickr, beam 5, sacreBLEU; entropies on "
-            "valid).\n\n" + "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n")
+            "valid).  p: sacreBLEU's paired bootstrap (1000 resamples) of the row's BLEU against fairseq's "
+            "`transformer`, where both rows kept their translations.\n\n" + "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n")
     with open(os.path.join(RESULTS, "table.md"), "w") as f:
         f.write(text)
     print(text)
