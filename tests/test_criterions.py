@@ -568,3 +568,10 @@ def test_warmup_options_are_checked():
         ElboCriterion.build(task(d), marginal_warmup_updates=-1)
     with pytest.raises(ValueError, match="use --soft-warmup-updates"):
         DirichletCriterion.build(task(d), marginal_warmup_updates=3)
+
+
+def test_a_model_without_an_alignment_head_is_refused_with_the_options_that_fit():
+    d = make_dictionary()
+    with pytest.raises(ValueError, match=r"--criterion varattn_elbo trains the plugin's models "
+                                         r"\(--arch varattn_lstm, .*varattn_transformer, .*varattn_vqa\)"):
+        ElboCriterion.build(task(d)).check_model(torch.nn.Linear(2, 2))

@@ -154,8 +154,11 @@ class VarAttnCriterion(FairseqCriterion):
         name = self.__class__.__name__
         head = getattr(model, "alignment_head", None)
         if head is None:
-            raise ValueError(f"{name} trains latent-attention models (--arch varattn_lstm*, "
-                             "varattn_vqa); this model has no latent alignment")
+            from fairseq.models import ARCH_MODEL_REGISTRY
+
+            archs = ", ".join(sorted(a for a in ARCH_MODEL_REGISTRY if a.startswith("varattn_")))
+            raise ValueError(f"--criterion {self._registry_name()} trains the plugin's models (--arch {archs}); "
+                             f"this model ({type(model).__name__}) has no alignment head")
         if head.kind.distribution_class is not self.distribution_class:
             fitting = [n for n, k in attention_kinds.KINDS.items()
                        if k.distribution_class is self.distribution_class]
@@ -164,6 +167,11 @@ class VarAttnCriterion(FairseqCriterion):
         if self.needs_inference_network and getattr(model, "inference_network", None) is None:
             raise ValueError(f"{name} needs an inference network q(z | x, y): "
                              "add --inference-network birnn to the model")
+
+    def _registry_name(self) -> str:
+        from fairseq.criterions import CRITERION_REGISTRY
+
+        return next((n for n, c in CRITERION_REGISTRY.items() if c is type(self)), type(self).__name__)
 
     def warmup_terms(self, model):
         """The warm-up objective's method while the model trains within its
