@@ -18,6 +18,8 @@ RESULTS = os.path.join("examples", "translation", "results")
 SOURCES = {
     "converge": os.path.join(RESULTS, "converge.md"),  # converge.py table
     "converge-transformer": os.path.join(RESULTS, "converge-transformer.md"),  # --family transformer
+    "transformer-4epochs": os.path.join(RESULTS, "transformer-4epochs", "table.md"),  # budget.py table
+    "transformer-diagnosis": os.path.join(RESULTS, "transformer-diagnosis.md"),  # diagnose.py
     "ablate": os.path.join(RESULTS, "ablate.md"),  # ablate.py
     "ablate-iwslt": os.path.join(RESULTS, "ablate-iwslt.md"),  # ablate.py --preset iwslt
     # ablate.py --only ...dirichlet... --out runs/ablate-dirichlet --results (this file)
