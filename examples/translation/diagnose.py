@@ -29,6 +29,7 @@ RUNS = {
     "elbo-enum, KL weight 0": ("abl/enum-kl0", PRESET, "a9a7203", "the same with --kl-weight 0"),
     "elbo-enum, q = prior x exp(score_q)": ("abl/enum-priorplus", PRESET, "a9a7203", "the same with q's scores added to the prior's (--inference-scores prior-plus, not kept)"),
     "elbo-enum, new defaults": ("abl/final-enum", PRESET, "123d225", "varattn_elbo --estimator enum with today's defaults: factored linear layer, automatic warm-up, detached annotations"),
+    "elbo-reinforce, new defaults": ("abl/final-reinforce", PRESET, "3d4adc2", "varattn_elbo --estimator reinforce --skip-exact-nll-in-training with today's defaults (the warm-up computes the exact marginal all the same)"),
     "soft, new defaults": ("abl/final-soft", PRESET, "123d225", "cross_entropy, --attention soft, factored linear layer"),
     "tiny: fairseq transformer": ("tiny/tiny-fs", TINY, "123d225", "--arch transformer, cross_entropy"),
     "tiny: soft, joint tanh": ("tiny/tiny-joint", TINY, "123d225", "soft, --output-layer joint --output-activation tanh (the old default)"),
