@@ -44,6 +44,19 @@ def last_float(pattern, text, what, log_path):
     return float(found[-1])
 
 
+def metric(line, key):
+    """``key``'s value in a fairseq log line ("| key value"), or None."""
+    found = re.search(rf"\| {key} ([-+0-9.e]+)", line)
+    return float(found.group(1)) if found else None
+
+
+def validations(text):
+    """{epoch: its validation line} of a training log
+    ("epoch 003 | valid on 'valid' subset | loss ... | ppl ..."); an epoch
+    validated twice (a resume that repeated it) keeps its last line."""
+    return {int(e): line for e, line in re.findall(r"epoch (\d+) \| valid on 'valid' subset \|(.*)", text)}
+
+
 def read_nll(subset, text, log_path):
     """The last validation nll (bits) of ``subset``: ``nll_loss`` of latent
     criterions, ``loss`` of fairseq's cross_entropy (which has no nll_loss)."""

@@ -18,23 +18,20 @@ import re
 import sys
 from typing import Optional, Tuple
 
-_VALID = re.compile(r"epoch (\d+) \| valid on 'valid' subset \|(.*)")
+from varattn_tools.experiments import metric, validations
+
 _START = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) \| INFO \| fairseq_cli\.train \| \{'_name'", re.M)
 _STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) \|", re.M)
 
 
-def patience_state(text: str, metric: str = "ppl", maximize: bool = False) -> Optional[Tuple[float, int]]:
+def patience_state(text: str, key: str = "ppl", maximize: bool = False) -> Optional[Tuple[float, int]]:
     """(best value, validations since it) as fairseq's ``should_stop_early``
     would hold them after the log's validations, or None before the first.
 
     A tie does not count as an improvement (fairseq's strict comparison), and
     an epoch validated twice (a resume that repeated it) counts once, at its
     last line."""
-    by_epoch = {}
-    for epoch, line in _VALID.findall(text):
-        found = re.search(rf"\| {metric} ([-0-9.e+]+)", line)
-        if found:
-            by_epoch[int(epoch)] = float(found.group(1))
+    by_epoch = {e: v for e, line in validations(text).items() if (v := metric(line, key)) is not None}
     best, runs = None, 0
     for epoch in sorted(by_epoch):
         value = by_epoch[epoch]

@@ -55,7 +55,7 @@ import subprocess
 import sys
 import time
 
-from varattn_tools.experiments import cpu_env, mean_spread, read_nll, run
+from varattn_tools.experiments import cpu_env, mean_spread, metric, read_nll, run, validations
 from varattn_tools.resume_train import training_seconds
 from varattn_tools.variants import get as get_variant
 from varattn_tools.variants import train_options as variant_options
@@ -198,18 +198,6 @@ def result_path(name, seed):
 def work_dir(opts, name, seed):
     """The run's checkpoints and logs."""
     return os.path.join(opts.work, f"{name}-seed{seed}")
-
-
-def metric(line, key):
-    """``key``'s value in a fairseq log line ("| key value"), or None."""
-    found = re.search(rf"\| {key} ([-0-9.]+)", line)
-    return float(found.group(1)) if found else None
-
-
-def validations(text):
-    """{epoch: its validation line} of a training log
-    ("epoch 003 | valid on 'valid' subset | loss ... | ppl ...")."""
-    return {int(e): line for e, line in re.findall(r"epoch (\d+) \| valid on 'valid' subset \|(.*)", text)}
 
 
 # what each epoch's validation line contributes to a run's learning curve

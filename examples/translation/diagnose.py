@@ -15,6 +15,8 @@ import json
 import os
 import re
 
+from varattn_tools.experiments import metric
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 KEYS = ("entropy_uniform", "entropy_p", "entropy_q", "entropy_post", "kl", "annot_spread", "logpy_spread",
@@ -23,25 +25,25 @@ PRESET = "converge.py's Transformer preset (3+3 layers, 256-d, inverse-sqrt lr 7
 TINY = ("varattn_transformer_tiny (2+2 layers, 64-d), lr 2e-3 inverse-sqrt after 100 updates, the test suite's "
         "2,000 shipped training pairs and 100 validation pairs, seed 3")
 TINY_PRENORM = TINY.replace("lr 2e-3 inverse-sqrt after 100 updates", "pre-norm layers, lr 5e-3 constant")
-# name -> (log, setting, commit, what the run is)
+# name -> (its training log under --runs, setting, commit, what the run is)
 RUNS = {
-    "elbo-enum": ("abl/enum-base", PRESET, "a9a7203", "varattn_elbo --estimator enum as before: factored tanh layer, no warm-up, q trains the annotations"),
-    "elbo-enum, KL weight 0": ("abl/enum-kl0", PRESET, "a9a7203", "the same with --kl-weight 0"),
-    "elbo-enum, q = prior x exp(score_q)": ("abl/enum-priorplus", PRESET, "a9a7203", "the same with q's scores added to the prior's (--inference-scores prior-plus, not kept)"),
-    "elbo-enum, new defaults": ("abl/final-enum", PRESET, "123d225", "varattn_elbo --estimator enum with today's defaults: factored linear layer, automatic warm-up, detached annotations"),
-    "elbo-reinforce, new defaults": ("abl/final-reinforce", PRESET, "3d4adc2", "varattn_elbo --estimator reinforce --skip-exact-nll-in-training with today's defaults (the warm-up computes the exact marginal all the same)"),
-    "soft, new defaults": ("abl/final-soft", PRESET, "123d225", "cross_entropy, --attention soft, factored linear layer"),
-    "tiny: fairseq transformer": ("tiny/tiny-fs", TINY, "123d225", "--arch transformer, cross_entropy"),
-    "tiny: soft, joint tanh": ("tiny/tiny-joint", TINY, "123d225", "soft, --output-layer joint --output-activation tanh (the old default)"),
-    "tiny: soft, factored tanh": ("tiny/tiny-fact", TINY, "123d225", "soft, --output-layer factored --output-activation tanh"),
-    "tiny: soft, factored linear": ("tiny/tiny-lineye", TINY, "123d225", "soft, today's default (factored, linear, W_h from the identity)"),
-    "tiny: elbo-enum, old behaviour": ("tiny/tiny-tenumoff", TINY, "123d225", "--latent-warmup off --inference-annotations trained"),
-    "tiny: elbo-enum, new defaults": ("tiny/tiny-tenum", TINY, "123d225", "today's defaults"),
-    "tiny: hand-over forced at 200": ("tiny/tiny-hand", TINY, "123d225", "today's defaults, --latent-warmup-max-updates 200 (q still lagging)"),
-    "tiny pre-norm: marginal": ("tiny/tiny-pnmarg", TINY_PRENORM, "a9a7203", "varattn_marginal"),
-    "tiny pre-norm: warm-up, q trains the annotations": ("tiny/tiny-pnauto", TINY_PRENORM, "bbf1f35", "elbo-enum, automatic warm-up, --inference-annotations trained"),
-    "tiny pre-norm: warm-up, detached annotations": ("tiny/tiny-detauto", TINY_PRENORM, "bbf1f35", "elbo-enum, automatic warm-up, --inference-annotations detached"),
-    "tiny pre-norm: no warm-up, detached annotations": ("tiny/tiny-detoff", TINY_PRENORM, "bbf1f35", "elbo-enum, --latent-warmup off, detached"),
+    "elbo-enum": ("abl/enum-base/train.log", PRESET, "a9a7203", "varattn_elbo --estimator enum as before: factored tanh layer, no warm-up, q trains the annotations"),
+    "elbo-enum, KL weight 0": ("abl/enum-kl0/train.log", PRESET, "a9a7203", "the same with --kl-weight 0"),
+    "elbo-enum, q = prior x exp(score_q)": ("abl/enum-priorplus/train.log", PRESET, "a9a7203", "the same with q's scores added to the prior's (--inference-scores prior-plus, not kept)"),
+    "elbo-enum, new defaults": ("abl/final-enum/train.log", PRESET, "123d225", "varattn_elbo --estimator enum with today's defaults: factored linear layer, automatic warm-up, detached annotations"),
+    "elbo-reinforce, new defaults": ("abl/final-reinforce/train.log", PRESET, "3d4adc2", "varattn_elbo --estimator reinforce --skip-exact-nll-in-training with today's defaults (the warm-up computes the exact marginal all the same)"),
+    "soft, new defaults": ("abl/final-soft/train.log", PRESET, "123d225", "cross_entropy, --attention soft, factored linear layer"),
+    "tiny: fairseq transformer": ("tiny/tiny-fs.log", TINY, "123d225", "--arch transformer, cross_entropy"),
+    "tiny: soft, joint tanh": ("tiny/tiny-joint.log", TINY, "123d225", "soft, --output-layer joint --output-activation tanh (the old default)"),
+    "tiny: soft, factored tanh": ("tiny/tiny-fact.log", TINY, "123d225", "soft, --output-layer factored --output-activation tanh"),
+    "tiny: soft, factored linear": ("tiny/tiny-lineye.log", TINY, "123d225", "soft, today's default (factored, linear, W_h from the identity)"),
+    "tiny: elbo-enum, old behaviour": ("tiny/tiny-tenumoff.log", TINY, "123d225", "--latent-warmup off --inference-annotations trained"),
+    "tiny: elbo-enum, new defaults": ("tiny/tiny-tenum.log", TINY, "123d225", "today's defaults"),
+    "tiny: hand-over forced at 200": ("tiny/tiny-hand.log", TINY, "123d225", "today's defaults, --latent-warmup-max-updates 200 (q still lagging)"),
+    "tiny pre-norm: marginal": ("tiny/tiny-pnmarg.log", TINY_PRENORM, "a9a7203", "varattn_marginal"),
+    "tiny pre-norm: warm-up, q trains the annotations": ("tiny/tiny-pnauto.log", TINY_PRENORM, "bbf1f35", "elbo-enum, automatic warm-up, --inference-annotations trained"),
+    "tiny pre-norm: warm-up, detached annotations": ("tiny/tiny-detauto.log", TINY_PRENORM, "bbf1f35", "elbo-enum, automatic warm-up, --inference-annotations detached"),
+    "tiny pre-norm: no warm-up, detached annotations": ("tiny/tiny-detoff.log", TINY_PRENORM, "bbf1f35", "elbo-enum, --latent-warmup off, detached"),
 }
 
 
@@ -49,9 +51,8 @@ def validations(text):
     """[(updates, {key: value})] of every validation line, in order."""
     out = []
     for line in re.findall(r"valid on 'valid' subset \|(.*)", text):
-        values = {k: float(m.group(1)) for k in KEYS if (m := re.search(rf"\| {k} ([-0-9.e]+)", line))}
-        updates = int(re.search(r"\| num_updates (\d+)", line).group(1))
-        out.append((updates, values))
+        values = {k: v for k in KEYS if (v := metric(line, k)) is not None}
+        out.append((int(metric(line, "num_updates")), values))
     return out
 
 
@@ -67,7 +68,7 @@ def main(argv=None):
     opts = parser.parse_args(argv)
     rows = []
     for name, (log, setting, commit, what) in RUNS.items():
-        path = os.path.join(opts.runs, log if log.endswith(".log") else log + ("/train.log" if log.startswith("abl") else ".log"))
+        path = os.path.join(opts.runs, log)
         if not os.path.isfile(path):
             print(f"{name}: no log at {path}, skipped")
             continue
