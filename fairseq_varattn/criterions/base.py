@@ -183,14 +183,10 @@ class VarAttnCriterion(FairseqCriterion):
             return self.soft_warmup_terms
         if updates < self.cfg.marginal_warmup_updates:
             return self.marginal_warmup_terms
-        if self.automatic_warmup(model):
-            return self.marginal_warmup_terms
+        if auto_warmup.applies(self.cfg, model, self) and auto_warmup.active(
+                model, self.cfg.latent_warmup_max_updates):
+            return self.automatic_warmup_terms
         return None
-
-    def automatic_warmup(self, model) -> bool:
-        """Whether this training batch is in the automatic warm-up (modules/latent_warmup.py)."""
-        return (model.training and auto_warmup.applies(self.cfg, model, self)
-                and auto_warmup.active(model, self.cfg.latent_warmup_max_updates))
 
     # -- fairseq API -----------------------------------------------------------
     def forward(self, model, sample, reduce=True):
@@ -213,7 +209,8 @@ class VarAttnCriterion(FairseqCriterion):
         terms.update(batch.diagnostics())
 
         mask = batch.token_mask
-        if warmup is not None and "kl_post" in terms and self.automatic_warmup(model):
+        if warmup == self.automatic_warmup_terms:
+            # the hand-over rule reads the batch's per-token means (modules/latent_warmup.py)
             count = mask.sum().clamp_min(1)
             info = ((terms["entropy_uniform"] - terms["entropy_post"]) * mask).sum() / count
             lead = ((terms["entropy_p"] - terms["entropy_q"]) * mask).sum() / count
@@ -277,6 +274,11 @@ class VarAttnCriterion(FairseqCriterion):
             terms.update(kl_post=kl_post.detach(), entropy_q=batch.q.entropy().detach(),
                          entropy_p=batch.prior.entropy().detach())
         return terms
+
+    def automatic_warmup_terms(self, batch: LatentBatch) -> dict:
+        """``--latent-warmup auto``: the marginal warm-up's objective, for as
+        long as the model's warm-up state says q has not caught up."""
+        return self.marginal_warmup_terms(batch)
 
     def marginal_nll(self, batch: LatentBatch) -> torch.Tensor:
         """The logged ``nll_loss``: exact for categorical alignments."""
