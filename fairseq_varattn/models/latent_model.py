@@ -101,7 +101,7 @@ class LatentModelMixin:
                     "dict.*.txt) the checkpoint was trained on")
         # parameter-free, so the checkpoint's activation is the one the model runs with:
         # a checkpoint from before the option (tanh) loads as trained whatever today's default
-        saved = OUTPUT_ACTIVATIONS[int(state_dict.get("output_activation_id", 0))]
+        saved = OUTPUT_ACTIVATIONS[int(state_dict.get("output_activation_id", OUTPUT_ACTIVATIONS.index("tanh")))]
         self.decoder.output.activation = saved
         state_dict["output_activation_id"] = torch.tensor(OUTPUT_ACTIVATIONS.index(saved))
         if "latent_warmup_state" not in state_dict:  # trained before the automatic warm-up

@@ -176,10 +176,10 @@ def base_architecture(args):
     # product (MLP scores cost a (N, T, d) tanh, 12% of a small model's step)
     args.attention_score = getattr(args, "attention_score", "dot")
     # fairseq's Transformer projects its layer-normed states straight to the
-    # vocabulary; the paper's tanh layer on top of them, with the joint layer,
-    # trailed it by 39% in PPL (docs/design.md, "The Transformer").  With a linear
-    # activation the joint and factored layers compute the same logits
-    # a_j + b_i, and the factored one enumerates alignments at soft attention's cost.
+    # vocabulary, and a tanh layer on top of them slows learning (docs/design.md,
+    # "Output layers").  With a linear activation the joint and factored layers
+    # compute the same logits a_j + b_i, and the factored one enumerates
+    # alignments at soft attention's cost.
     args.output_activation = getattr(args, "output_activation", "linear")
     args.output_layer = getattr(args, "output_layer", "factored")
     alignment_defaults(args)

@@ -2,10 +2,11 @@
 
 The alignment enters the logits additively:
 
-    logit(j, i, v) = a_jv + b_iv,   a_j = W_o d(tanh(W_h h_j)) + bias,
-                                    b_i = W_o d(tanh(W_c x~_i))
+    logit(j, i, v) = a_jv + b_iv,   a_j = W_o d(f(W_h h_j)) + bias,
+                                    b_i = W_o d(f(W_c x~_i))
 
-with d = dropout and one vocabulary matrix W_o shared by both sides.  Then
+with d = dropout, f the output activation (``--output-activation``: tanh,
+or none) and one vocabulary matrix W_o shared by both sides.  Then
 everything exact enumeration needs is a product of small matrices instead of
 one vocabulary softmax per (j, i) pair:
 
@@ -271,7 +272,7 @@ class FactoredOutputLayer(OutputLayerBase):
         return features if mask is None else features * mask
 
     def decoder_logits(self, h, mask=None):
-        """a_j = W_o d(tanh(W_h h_j)) + bias."""
+        """a_j = W_o d(f(W_h h_j)) + bias."""
         return self.fc_out(self._masked(self.act(self.hidden_proj(h)), mask))
 
     def _source_features(self, x):
@@ -281,7 +282,7 @@ class FactoredOutputLayer(OutputLayerBase):
         return self.source_out(w) if self.source_rank else F.linear(w, self.fc_out.weight)
 
     def source_logits(self, enc, mask=None):
-        """b_i = W_o d(tanh(W_c x~_i)) (or its low-rank form), once per source position."""
+        """b_i = W_o d(f(W_c x~_i)) (or its low-rank form), once per source position."""
         return self._source_project(self._masked(self._source_features(enc), mask))
 
     # -- log p(y | h, explicit context) ----------------------------------

@@ -1,4 +1,5 @@
-"""p(y | h, c) = softmax(W_o dropout(tanh(W_h h + W_c c))) (docs/design.md, "Output layers").
+"""p(y | h, c) = softmax(W_o dropout(f(W_h h + W_c c))) with f the output
+activation, tanh or none (docs/design.md, "Output layers").
 
 A Linear on the concatenation [h; c] is W_h h + W_c c, so the T
 per-alignment features tanh(W_h h_j + W_c x~_i) cost one (B, N, D) and one
