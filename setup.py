@@ -7,12 +7,17 @@ setup(
     packages=find_packages(include=["fairseq_varattn", "fairseq_varattn.*", "varattn_tools",
                                     "varattn_tools.*"]),
     license="MIT",
-    python_requires=">=3.9",
+    # the only Python the pinned fairseq wheel (ve-fairseq 0.12.3) exists for
+    python_requires=">=3.11",
     install_requires=[
-        # PyPI's `fairseq` 0.12.2 does not install on Python 3.11 / modern torch;
-        # ve-fairseq is a build of fairseq's main branch that imports as `fairseq`.
-        "ve-fairseq==0.12.3",
+        # fairseq itself is not required here, so that a user's own fairseq (from
+        # its main branch) stays; the import checks its version
+        # (fairseq_varattn/compat.py).  A fresh environment takes the extra
+        # [fairseq]: PyPI's `fairseq` 0.12.2 does not install on Python 3.11 /
+        # modern torch, ve-fairseq is a build of fairseq's main branch that
+        # imports as `fairseq`.
         "torch>=2.6",
+        "packaging",
         "sacrebleu>=2.0",
         "sentencepiece>=0.1.99",
         # fairseq logs "Please install tensorboardX" on every import without
@@ -26,9 +31,11 @@ setup(
             "varattn-vqa-data = varattn_tools.vqa_data:main",
             "varattn-vqa-eval = varattn_tools.vqa_eval:main",
             "varattn-train-cpu = varattn_tools.train_cpu:main",
+            "varattn-options = varattn_tools.options:main",
         ],
     },
     extras_require={
+        "fairseq": ["ve-fairseq==0.12.3"],
         "test": ["pytest>=7", "pytest-xdist>=3"],
         "plot": ["matplotlib>=3.5"],
         "vqa": ["easy-vqa==1.0", "Pillow"],

@@ -1,5 +1,10 @@
 """What fairseq 0.12 needs to run quietly and safely on torch >= 2.6.
 
+Versions: the plugin runs on the fairseq a user already has, from PyPI's
+``ve-fairseq`` wheel (the pinned default) or built from fairseq's main
+branch; ``check_fairseq`` stops at import with what to install when fairseq
+is missing or older than ``MIN_FAIRSEQ``.
+
 Checkpoints: torch >= 2.6 loads with ``weights_only=True`` and refuses to
 unpickle anything not allow-listed.  fairseq stores the legacy model config
 as an ``argparse.Namespace`` inside ``cfg``; that is the only non-builtin
@@ -33,13 +38,38 @@ import logging
 import warnings
 
 import torch
+from packaging.version import InvalidVersion, Version
 
+# fairseq's main branch reports 0.12.2 (PyPI's 0.12.2 release does not build on
+# Python 3.11); ve-fairseq, a wheel of that branch, reports 0.12.3
+MIN_FAIRSEQ = "0.12.2"
+INSTALL_HINT = ("install the tested build with `pip install 'fairseq-varattn[fairseq]'` "
+                "(ve-fairseq==0.12.3, imports as fairseq), or fairseq >= {} from its main branch")
 SAFE_GLOBALS = (argparse.Namespace,)
 FAIRSEQ_AMP_DEPRECATION = r"`torch\.cuda\.amp\.autocast\(args\.\.\.\)` is deprecated"
 FAIRSEQ_MASK_TYPES = r"Support for mismatched key_padding_mask and attn_mask is deprecated"
 
 
+def check_fairseq(version=None) -> None:
+    """Raise ImportError, saying what to install, unless fairseq >= MIN_FAIRSEQ is importable."""
+    if version is None:
+        try:
+            import fairseq
+        except ImportError as e:
+            raise ImportError("fairseq-varattn needs fairseq, which is not installed: "
+                              + INSTALL_HINT.format(MIN_FAIRSEQ)) from e
+        version = getattr(fairseq, "__version__", "0")
+    try:
+        too_old = Version(version) < Version(MIN_FAIRSEQ)
+    except InvalidVersion:
+        too_old = True
+    if too_old:
+        raise ImportError(f"fairseq-varattn needs fairseq >= {MIN_FAIRSEQ}, found {version}: "
+                          + INSTALL_HINT.format(MIN_FAIRSEQ))
+
+
 def install():
+    check_fairseq()
     torch.serialization.add_safe_globals(list(SAFE_GLOBALS))
     warnings.filterwarnings("ignore", message=FAIRSEQ_AMP_DEPRECATION, category=FutureWarning)
     warnings.filterwarnings("ignore", message=FAIRSEQ_MASK_TYPES, category=UserWarning)

@@ -95,12 +95,22 @@ def test_checkpoint_loads_with_weights_only_and_needs_the_safe_globals(data_dir,
     assert state["cfg"]["model"].arch == "varattn_lstm_tiny"
 
 
-def test_missing_data_dir_is_a_clear_error(tmp_path):
-    proc = run_cli(["fairseq_cli.train", str(tmp_path / "nope"), "--user-dir", USER_DIR, *TINY,
-                    "--source-lang", "de", "--target-lang", "en", "--criterion", "cross_entropy",
+@pytest.mark.parametrize("case", ["missing", "raw", "parent", "language"])
+def test_data_dir_that_cannot_be_read_says_which_path_and_what_to_run(data_dir, tmp_path, case):
+    """fairseq-train stops at parsing (status 1, one line, no traceback) with the path and the fix."""
+    data = {"missing": str(tmp_path / "nope"), "raw": os.path.join(REPO, "data", "multi30k"),
+            "parent": os.path.dirname(data_dir), "language": data_dir}[case]
+    langs = ["--source-lang", "fr", "--target-lang", "en"] if case == "language" else []
+    proc = run_cli(["fairseq_cli.train", data, "--user-dir", USER_DIR, *TINY, *langs, "--criterion", "cross_entropy",
                     "--save-dir", str(tmp_path / "ckpt")], check=False)
-    assert proc.returncode != 0
-    assert "No such file" in proc.stderr and "dict.de.txt" in proc.stderr
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    message = proc.stderr.strip().splitlines()[-1]
+    assert message.startswith("error: ") and repr(data) in message, message
+    expected = {"missing": "does not exist", "raw": f"varattn-prepare --raw-dir {data} --out OUT",
+                "parent": f"its subdirectory {os.path.join(data, 'bin')!r}", "language": "but not dict.fr.txt"}[case]
+    assert expected in message, message
+    if case == "missing":
+        assert "varattn-prepare" in message
 
 
 def test_unknown_attention_value_is_a_clear_error(data_dir, tmp_path):
@@ -382,3 +392,14 @@ def test_a_forked_command_starts_in_a_fresh_interpreters_state(tmp_path):
     fresh = run_fresh("forkrun_probe", args, env, str(tmp_path), timeout=300)
     assert fresh.returncode == 3 and "start method fork" in fresh.stdout, fresh.stderr[-2000:]
     assert (forked.returncode, forked.stdout, forked.stderr) == (fresh.returncode, fresh.stdout, fresh.stderr)
+
+
+def test_criterion_for_latent_models_on_another_arch_names_the_options(data_dir, tmp_path):
+    proc = run_cli(["fairseq_cli.train", data_dir, "--user-dir", USER_DIR, "--arch", "lstm",
+                    "--criterion", "varattn_elbo", "--optimizer", "adam", "--lr", "0.005", "--max-tokens", "500",
+                    "--max-update", "1", "--save-dir", str(tmp_path / "ckpt"), "--num-workers", "0"], check=False)
+    assert proc.returncode != 0
+    message = proc.stderr.strip().splitlines()[-1]
+    assert "--criterion varattn_elbo" in message, proc.stderr[-2000:]
+    for arch in ("varattn_lstm", "varattn_lstm_iwslt_de_en", "varattn_transformer", "varattn_transformer_tiny"):
+        assert arch in message, message

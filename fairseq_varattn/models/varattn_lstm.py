@@ -35,6 +35,7 @@ from fairseq.modules import FairseqDropout
 from torch import Tensor
 
 from ..compat import warn_if_sentences_dropped
+from ..data_check import check_data_dir
 from ..modules.alignment_head import (
     AlignmentHeadMixin,
     add_alignment_args,
@@ -203,26 +204,33 @@ class VarAttnLSTMModel(LatentModelMixin, FairseqEncoderDecoderModel):
     def add_args(parser):
         # fmt: off
         parser.add_argument('--dropout', type=float, metavar='D', help='dropout probability')
-        parser.add_argument('--encoder-embed-dim', type=int, metavar='N')
+        parser.add_argument('--encoder-embed-dim', type=int, metavar='N', help='source embedding size')
         parser.add_argument('--encoder-hidden-size', type=int, metavar='N',
                             help='per direction: annotations are twice this')
-        parser.add_argument('--encoder-layers', type=int, metavar='N')
-        parser.add_argument('--encoder-dropout-in', type=float, metavar='D')
-        parser.add_argument('--encoder-dropout-out', type=float, metavar='D')
-        parser.add_argument('--decoder-embed-dim', type=int, metavar='N')
-        parser.add_argument('--decoder-hidden-size', type=int, metavar='N')
-        parser.add_argument('--decoder-layers', type=int, metavar='N')
+        parser.add_argument('--encoder-layers', type=int, metavar='N', help='BiLSTM encoder layers')
+        parser.add_argument('--encoder-dropout-in', type=float, metavar='D',
+                            help='dropout on the source embeddings')
+        parser.add_argument('--encoder-dropout-out', type=float, metavar='D',
+                            help='dropout on the annotations')
+        parser.add_argument('--decoder-embed-dim', type=int, metavar='N', help='target embedding size')
+        parser.add_argument('--decoder-hidden-size', type=int, metavar='N', help='decoder LSTM units')
+        parser.add_argument('--decoder-layers', type=int, metavar='N', help='decoder LSTM layers')
         parser.add_argument('--decoder-out-embed-dim', type=int, metavar='N',
                             help='size of tanh(W_c [h; context]), the input-feeding vector')
-        parser.add_argument('--decoder-dropout-in', type=float, metavar='D')
-        parser.add_argument('--decoder-dropout-out', type=float, metavar='D')
+        parser.add_argument('--decoder-dropout-in', type=float, metavar='D',
+                            help='dropout on the target embeddings')
+        parser.add_argument('--decoder-dropout-out', type=float, metavar='D',
+                            help='dropout on the decoder states')
         parser.add_argument('--input-feed', choices=INPUT_FEEDS,
                             help='what the decoder reads back at the next step: the attentional '
                                  'vector tanh(W_c [h; c]) (fairseq, Luong) or the raw context c '
                                  '(the paper\'s code)')
-        parser.add_argument('--inference-embed-dim', type=int, metavar='N')
-        parser.add_argument('--inference-hidden-size', type=int, metavar='N')
-        parser.add_argument('--inference-layers', type=int, metavar='N')
+        parser.add_argument('--inference-embed-dim', type=int, metavar='N',
+                            help='q(z | x, y): target embedding size of its own table (--inference-embeddings own)')
+        parser.add_argument('--inference-hidden-size', type=int, metavar='N',
+                            help='q(z | x, y): units per direction of its BiLSTM over the target')
+        parser.add_argument('--inference-layers', type=int, metavar='N',
+                            help='q(z | x, y): layers of its BiLSTM over the target')
         add_inference_embedding_args(parser)
         parser.add_argument('--alignment-chunk-size', type=int, metavar='N',
                             help='source positions per chunk of the joint output layer; '
@@ -308,6 +316,7 @@ def check_args(args):
 
 @register_model_architecture("varattn_lstm", "varattn_lstm")
 def base_architecture(args):
+    check_data_dir(args)
     args.dropout = getattr(args, "dropout", 0.1)
     args.encoder_embed_dim = getattr(args, "encoder_embed_dim", 256)
     args.encoder_hidden_size = getattr(args, "encoder_hidden_size", 256)

@@ -29,6 +29,7 @@ from fairseq.models.transformer import TransformerDecoder, TransformerModel, tra
 from fairseq.models.transformer import base_architecture as transformer_base
 
 from ..compat import warn_if_sentences_dropped
+from ..data_check import check_data_dir
 from ..modules.alignment_head import (
     AlignmentHeadMixin,
     add_alignment_args,
@@ -119,8 +120,11 @@ class VarAttnTransformerModel(LatentModelMixin, TransformerModel):
     def add_args(cls, parser):
         TransformerModel.add_args(parser)
         # fmt: off
-        parser.add_argument('--inference-embed-dim', type=int, metavar='N')
-        parser.add_argument('--inference-hidden-size', type=int, metavar='N')
+        parser.add_argument('--inference-embed-dim', type=int, metavar='N',
+                            help='q(z | x, y): target embedding size of its own table (--inference-embeddings own)')
+        parser.add_argument('--inference-hidden-size', type=int, metavar='N',
+                            help='q(z | x, y) with --inference-network birnn: units per direction '
+                                 'of its BiLSTM over the target')
         add_inference_embedding_args(parser)
         add_alignment_args(parser, INFERENCE_NETWORKS)
         # fmt: on
@@ -172,6 +176,7 @@ class VarAttnTransformerModel(LatentModelMixin, TransformerModel):
 
 @register_model_architecture("varattn_transformer", "varattn_transformer")
 def base_architecture(args):
+    check_data_dir(args)
     # scaled dot-product scores, as the Transformer's own attention: a batched
     # product (MLP scores cost a (N, T, d) tanh, 12% of a small model's step)
     args.attention_score = getattr(args, "attention_score", "dot")

@@ -88,14 +88,16 @@ class VarAttnVQAModel(BaseFairseqModel):
     @staticmethod
     def add_args(parser):
         # fmt: off
-        parser.add_argument('--embed-dim', type=int, metavar='N')
-        parser.add_argument('--question-hidden-size', type=int, metavar='N', help='per direction')
+        parser.add_argument('--embed-dim', type=int, metavar='N', help='question word embedding size')
+        parser.add_argument('--question-hidden-size', type=int, metavar='N',
+                            help='question BiLSTM units per direction')
         parser.add_argument('--region-feature-dim', type=int, metavar='N',
                             help='D of the K x D region features (default: read from the data)')
-        parser.add_argument('--region-dim', type=int, metavar='N')
+        parser.add_argument('--region-dim', type=int, metavar='N',
+                            help='size the region features are projected to')
         parser.add_argument('--mlp-dim', type=int, metavar='N', help='hidden size of the answer MLP')
         add_alignment_args(parser, INFERENCE_NETWORKS, output_layers=("joint",))
-        parser.add_argument('--dropout', type=float, metavar='D')
+        parser.add_argument('--dropout', type=float, metavar='D', help='dropout probability')
         # fmt: on
 
     @classmethod

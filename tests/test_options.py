@@ -1,0 +1,99 @@
+"""varattn-options and docs/options.md list every option the plugin registers,
+with the defaults fairseq-train actually applies."""
+
+import argparse
+import os
+
+import pytest
+from helpers import REPO
+
+import fairseq_varattn  # noqa: F401  (registration)
+from varattn_tools import options as varattn_options
+
+DOC = os.path.join(REPO, "docs", "options.md")
+
+
+def registered_flags():
+    """Every option string of the plugin's models, criterions and tasks, read from fairseq's registries."""
+    from fairseq.criterions import CRITERION_DATACLASS_REGISTRY
+    from fairseq.dataclass.utils import gen_parser_from_dataclass
+    from fairseq.models import MODEL_REGISTRY
+    from fairseq.tasks import TASK_DATACLASS_REGISTRY
+
+    flags = {}
+    for name, cls in MODEL_REGISTRY.items():
+        if name.startswith("varattn_"):
+            parser = argparse.ArgumentParser(add_help=False)
+            cls.add_args(parser)
+            flags[name] = parser
+    for registry in (CRITERION_DATACLASS_REGISTRY, TASK_DATACLASS_REGISTRY):
+        for name, dc in registry.items():
+            if name.startswith("varattn_"):
+                parser = argparse.ArgumentParser(add_help=False)
+                gen_parser_from_dataclass(parser, dc())
+                flags[name] = parser
+    out = {name: {a.option_strings[-1] for a in p._actions if a.option_strings} for name, p in flags.items()}
+    assert {"varattn_lstm", "varattn_transformer", "varattn_vqa", "varattn_elbo", "varattn_vqa"} <= set(out)
+    return out
+
+
+def test_every_registered_option_is_in_the_command_and_the_reference(capsys):
+    varattn_options.main([])
+    shown = {line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("    --")}
+    with open(DOC, encoding="utf-8") as f:
+        doc = f.read()
+    missing = {name: sorted(f for f in flags if f not in shown or f"`{f}`" not in doc)
+               for name, flags in registered_flags().items()}
+    assert not any(missing.values()), missing
+    # the options the issue found documented nowhere
+    for flag in ("--inference-embed-dim", "--inference-hidden-size", "--inference-layers", "--region-feature-dim",
+                 "--kl-weight", "--output-layer", "--attention"):
+        assert f"`{flag}`" in doc
+
+
+def test_the_reference_is_current():
+    with open(DOC, encoding="utf-8") as f:
+        assert f.read() == varattn_options.markdown_reference(), \
+            "docs/options.md is out of date: varattn-options --markdown > docs/options.md"
+
+
+@pytest.mark.parametrize("arch", ["varattn_lstm", "varattn_lstm_iwslt_de_en", "varattn_transformer",
+                                  "varattn_transformer_tiny"])
+@pytest.mark.parametrize("attention", ["soft", "categorical"])
+def test_shown_defaults_are_what_fairseq_train_parses(tmp_path, arch, attention):
+    """Parse a fairseq-train command line the way fairseq-train does and compare every
+    plugin option's value with the default the reference shows for that arch."""
+    from fairseq import options
+
+    for lang in ("de", "en"):
+        (tmp_path / f"dict.{lang}.txt").write_text("")
+    argv = [str(tmp_path), "--user-dir", os.path.join(REPO, "fairseq_varattn"), "--arch", arch,
+            "--attention", attention, "--criterion", "varattn_marginal", "--max-tokens", "100"]
+    args = options.parse_args_and_arch(options.get_training_parser(), argv)
+    model = varattn_options.sections(arch=arch)[0]
+    checked = 0
+    for option in model.options:
+        shown = option.defaults[arch]
+        if option.dest == "attention" or (option.origin != "plugin" and not hasattr(args, option.dest)):
+            continue  # fairseq keeps a few nested Transformer options under other names
+        if isinstance(shown, str) and f"{attention}: " in shown:  # depends on --attention
+            shown = dict(part.split(": ") for part in shown.split("; "))[attention]
+            assert str(getattr(args, option.dest)) == shown, option.flag
+        else:
+            assert getattr(args, option.dest) == shown, option.flag
+        checked += 1
+    assert checked > 20
+    expected_layer = "factored" if attention == "categorical" or "transformer" in arch else "joint"
+    assert args.output_layer == expected_layer
+
+
+def test_one_section_and_unknown_names(capsys):
+    varattn_options.main(["--arch", "varattn_transformer"])
+    text = capsys.readouterr().out
+    assert text.startswith("--arch varattn_transformer")
+    assert "options of fairseq's TransformerModel:" in text
+    assert "--attention-score {general,mlp,dot}" in text and "(default: dot)" in text
+    with pytest.raises(SystemExit):
+        varattn_options.main(["--arch", "lstm"])
+    err = capsys.readouterr().err
+    assert "varattn_lstm" in err and "varattn_transformer_tiny" in err
