@@ -30,7 +30,16 @@ from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 import torch
 
-WORD_START = "\u2581"  # sentencepiece's word-boundary marker
+from fairseq_varattn.alignments import (  # noqa: F401  (word_ids, exact_posterior: this tool's API too)
+    alignment_matrices,
+    attention_label,
+    exact_posterior,
+    hard_links,
+    kinds_of,
+    word_ids,
+    word_matrix,
+)
+
 Q_PANEL = "posterior q(z|x,y)"
 EXACT_PANEL = "exact posterior p(z|x,y)"
 # summary rows name each panel's role, so that scripts read the numbers they
@@ -77,31 +86,6 @@ def alignment_error_rate(pairs: Iterable[Tuple[Links, Links, Links]]) -> float:
     return 1.0 - (a_s + a_p) / (a + s)
 
 
-# -- pieces to words -------------------------------------------------------------------
-def word_ids(pieces: List[str]) -> List[int]:
-    """The whitespace-word index of each sentencepiece piece."""
-    ids, word = [], -1
-    for k, piece in enumerate(pieces):
-        if piece.startswith(WORD_START) or k == 0:
-            word += 1
-        ids.append(word)
-    return ids
-
-
-def word_matrix(matrix: torch.Tensor, tgt_words: List[int], src_words: List[int]) -> torch.Tensor:
-    """(N pieces, T pieces) -> (N words, T words): mean over a target word's
-    pieces (each row is a distribution), sum over a source word's pieces."""
-    n_t, n_s = max(tgt_words) + 1, max(src_words) + 1
-    rows = torch.zeros(n_t, matrix.size(1)).index_add_(0, torch.tensor(tgt_words), matrix)
-    rows /= torch.bincount(torch.tensor(tgt_words), minlength=n_t).unsqueeze(1)
-    return torch.zeros(n_t, n_s).index_add_(1, torch.tensor(src_words), rows)
-
-
-def hard_links(word_level: torch.Tensor) -> Links:
-    """Each target word j links to its most probable source word i: {(i, j)}."""
-    return {(int(i), j) for j, i in enumerate(word_level.argmax(1).tolist())}
-
-
 def mean_entropy(matrix: torch.Tensor) -> float:
     p = matrix.clamp_min(0)
     return float(-(p * p.clamp_min(1e-30).log()).sum(1).mean())
@@ -119,36 +103,7 @@ def load(path: str, data: str):
 
 
 def label_of(model) -> str:
-    head = getattr(model, "alignment_head", None)
-    if head is not None:
-        return head.kind.label
-    return "cross-attention (last layer, mean of heads)" if hasattr(model.decoder, "layers") else "soft attention"
-
-
-def attention_of(model, net, target):
-    """The (B, N, T) attention a model aligns with, and its extra dict.
-
-    Our models: the alignment head's expected weights (the prior, or soft
-    attention).  fairseq's own Transformer: its last layer's cross-attention
-    averaged over heads, what ``--print-alignment`` reads with
-    ``--alignment-layer`` at the top layer."""
-    if getattr(model, "alignment_head", None) is not None:
-        _, extra = model(**net, target=target, features_only=True)
-    else:
-        _, extra = model(**net, features_only=True, alignment_layer=model.decoder.num_layers - 1)
-    attn = extra["attn"]
-    attn = attn[0] if isinstance(attn, list) else attn
-    return attn.float(), extra
-
-
-def exact_posterior(model, extra, target):
-    """p(z_j = i | x, y_<=j), proportional to p(z_j = i | x, y_<j) p(y_j | x, y_<j, z_j = i):
-    (B, N, T), for categorical models, whether or not they have a q.  This is
-    the posterior the paper compares with soft attention (its Table 3)."""
-    head = model.alignment_head
-    prior = head.alignment_distribution(extra["scores"], extra["encoder_padding_mask"])
-    logp = head.output.alignment_logprobs(extra["hidden"], extra["encoder_states"], target).float()
-    return prior.posterior(logp).mean()
+    return attention_label(model)
 
 
 @torch.no_grad()
@@ -158,21 +113,14 @@ def alignments_of(model, task, subset: str, max_sentences: Optional[int]) -> Dic
     dataset = task.dataset(subset)
     src_dict, tgt_dict = task.source_dictionary, task.target_dictionary
     wanted = range(len(dataset) if max_sentences is None else min(max_sentences, len(dataset)))
-    has_q = getattr(model, "inference_network", None) is not None
-    head = getattr(model, "alignment_head", None)
-    categorical = head is not None and head.kind.name == "categorical"
+    labels = {"attention": label_of(model), "q": Q_PANEL, "posterior": EXACT_PANEL}
+    kinds = kinds_of(model)
     out = {}
     for start in range(0, len(wanted), 32):
         sample = dataset.collater([dataset[i] for i in wanted[start:start + 32]])
         target = sample["target"]
         net = sample["net_input"]
-        attn, extra = attention_of(model, net, target if has_q else None)
-        panels = {label_of(model): attn}
-        if has_q:
-            q = head.alignment_distribution(extra["q_scores"], extra["encoder_padding_mask"])
-            panels[Q_PANEL] = q.mean()
-        if categorical:
-            panels[EXACT_PANEL] = exact_posterior(model, extra, target)
+        panels = {labels[k]: m for k, m in alignment_matrices(model, net, target, kinds).items()}
         for b, sid in enumerate(sample["id"].tolist()):
             src_keep = net["src_tokens"][b].ne(src_dict.pad()) & net["src_tokens"][b].ne(src_dict.eos())
             tgt_keep = target[b].ne(tgt_dict.pad()) & target[b].ne(tgt_dict.eos())

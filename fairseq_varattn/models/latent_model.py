@@ -49,6 +49,14 @@ class LatentModelMixin:
         # resumed run continues (or stays out of) it (modules/latent_warmup.py)
         self.register_buffer("latent_warmup_state", latent_warmup.initial_state())
 
+    @classmethod
+    def from_pretrained(cls, model_name_or_path, checkpoint_file="checkpoint_best.pt", data_name_or_path=".",
+                        **kwargs):
+        """fairseq's hub convention: an interface with ``translate`` and ``align`` (fairseq_varattn/hub.py)."""
+        from ..hub import from_pretrained
+
+        return from_pretrained(model_name_or_path, checkpoint_file, data_name_or_path, **kwargs)
+
     @property
     def output_layer_kind(self):
         return "factored" if isinstance(self.decoder.output, FactoredOutputLayer) else "joint"
