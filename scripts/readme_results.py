@@ -17,6 +17,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join("examples", "translation", "results")
 SOURCES = {
     "converge": os.path.join(RESULTS, "converge.md"),  # converge.py table
+    "headline": os.path.join(RESULTS, "converge-headline.md"),  # converge.py table
+    "demo": os.path.join(RESULTS, "demo.md"),  # scripts/demo.sh (its runs/demo/result.md)
     "converge-transformer": os.path.join(RESULTS, "converge-transformer.md"),  # --family transformer
     "transformer-4epochs": os.path.join(RESULTS, "transformer-4epochs", "table.md"),  # budget.py table
     "transformer-diagnosis": os.path.join(RESULTS, "transformer-diagnosis.md"),  # diagnose.py

@@ -3,6 +3,7 @@
     varattn-options                            # everything
     varattn-options --arch varattn_transformer # one architecture (its defaults)
     varattn-options --criterion varattn_elbo   # one criterion
+    varattn-options --variant elbo-enum        # fairseq-train options of a named variant
     varattn-options --markdown > docs/options.md
 
 ``fairseq-train --arch A --criterion C --help`` cannot show these: fairseq
@@ -218,8 +219,17 @@ def main(argv=None):
     parser.add_argument("--arch", help="one architecture (e.g. varattn_lstm)")
     parser.add_argument("--criterion", help="one criterion (e.g. varattn_elbo)")
     parser.add_argument("--task", help="one task (varattn_vqa)")
+    parser.add_argument("--variant", help="print the fairseq-train options of a named variant of the paper's "
+                                          "comparison (varattn_tools/variants.py), e.g. elbo-enum")
     parser.add_argument("--markdown", action="store_true", help="the reference in docs/options.md")
     opts = parser.parse_args(argv)
+    if opts.variant:
+        from .variants import VARIANTS, train_options
+
+        if opts.variant not in VARIANTS:
+            parser.error(f"unknown variant {opts.variant!r}; choose from {', '.join(VARIANTS)}")
+        print(" ".join(train_options(opts.variant)))
+        return
     if opts.markdown:
         if opts.arch or opts.criterion or opts.task:
             parser.error("--markdown writes the whole reference: leave out --arch/--criterion/--task")

@@ -1,0 +1,56 @@
+"""The demo's result as a committed artifact: ``OUT/result.json`` (settings,
+commit, machine, numbers) and ``OUT/result.md`` (the README's table), read
+from the demo's own outputs (train.log, bleu.txt, the model directory)."""
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from varattn_tools.experiments import metric, validations  # noqa: E402
+
+
+def commit() -> str:
+    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                           capture_output=True, text=True).stdout.strip()
+    return (sha.stdout.strip() or "unknown") + ("+changes" if dirty else "")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--epochs", type=int, required=True)
+    parser.add_argument("--seconds", type=int, required=True)
+    parser.add_argument("--extra-train-args", default="")
+    opts = parser.parse_args()
+    with open(os.path.join(opts.out, "train.log"), encoding="utf-8") as f:
+        valid = validations(f.read())
+    best_ppl = min(metric(line, "ppl") for line in valid.values())
+    with open(os.path.join(opts.out, "bleu.txt"), encoding="utf-8") as f:
+        bleu_line = f.read().strip().splitlines()[-1]
+    bleu = float(re.search(r"= ([0-9.]+)", bleu_line).group(1))
+    result = {"date": time.strftime("%Y-%m-%d"), "commit": commit(), "command": "bash scripts/demo.sh",
+              "epochs": opts.epochs, "extra_train_args": opts.extra_train_args,
+              "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
+              "omp_threads": os.environ.get("OMP_NUM_THREADS"), "best_valid_ppl": best_ppl,
+              "test_bleu": bleu, "sacrebleu": bleu_line, "wall_seconds": opts.seconds}
+    with open(os.path.join(opts.out, "result.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    table = (f"`bash scripts/demo.sh` on {result['date']} ({result['commit']}), {result['machine']}:\n\n"
+             "| model | epochs | best valid PPL | test_2016_flickr sacreBLEU | wall time |\n|---|---|---|---|---|\n"
+             f"| `varattn_lstm` soft attention (128-d, 256-unit decoder) {opts.extra_train_args} | {opts.epochs} | "
+             f"{best_ppl:.2f} | {bleu:.1f} | {opts.seconds} s |\n\n`{bleu_line}`\n")
+    with open(os.path.join(opts.out, "result.md"), "w") as f:
+        f.write(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
