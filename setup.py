@@ -32,6 +32,8 @@ setup(
             "varattn-vqa-eval = varattn_tools.vqa_eval:main",
             "varattn-train-cpu = varattn_tools.train_cpu:main",
             "varattn-options = varattn_tools.options:main",
+            "varattn-word-align = varattn_tools.word_align:main",
+            "varattn-symmetrize = varattn_tools.symmetrize:main",
         ],
     },
     extras_require={
@@ -39,5 +41,7 @@ setup(
         "test": ["pytest>=7", "pytest-xdist>=3"],
         "plot": ["matplotlib>=3.5"],
         "vqa": ["easy-vqa==1.0", "Pillow"],
+        # benchmarks/word_alignment.py's yardstick, not a runtime dependency
+        "bench": ["eflomal==2.0.0"],
     },
 )

@@ -61,9 +61,9 @@ class VarAttnHubInterface(hub_utils.GeneratorHubInterface):
 
     @torch.no_grad()
     def align(self, source: Union[str, List[str]], target: Union[str, List[str]],
-              kind: Optional[str] = None) -> Union[Alignment, List[Alignment]]:
-        """Word alignments of sentence pairs (a string each, or lists of them),
-        teacher-forced on ``target``.  ``kind``: "posterior" (the exact
+              kind: Optional[str] = None, batch_size: int = 32) -> Union[Alignment, List[Alignment]]:
+        """Word alignments of sentence pairs (a string each, or lists of them, in
+        order), teacher-forced on ``target``.  ``kind``: "posterior" (the exact
         posterior, the default for categorical attention), "q", or "attention"
         (the default otherwise): ``alignment_kinds()`` lists what the model has."""
         single = isinstance(source, str)
@@ -73,23 +73,44 @@ class VarAttnHubInterface(hub_utils.GeneratorHubInterface):
         if kind is None:
             kind = "posterior" if "posterior" in self.alignment_kinds() else "attention"
         self.model.eval()
-        out = [self._align_one(s, t, kind) for s, t in zip(sources, targets)]
+        pairs = [(self.encode(s), self._target_tokens(t)) for s, t in zip(sources, targets)]
+        out = [None] * len(pairs)
+        # batches of similar lengths, longest source first (the LSTM encoder packs sequences
+        # in decreasing length, as fairseq's collater orders them); answers in the input's order
+        order = sorted(range(len(pairs)), key=lambda k: (-pairs[k][0].numel(), -pairs[k][1].numel()))
+        for start in range(0, len(order), batch_size):
+            ids = order[start:start + batch_size]
+            for k, result in zip(ids, self._align_batch([pairs[k] for k in ids], kind)):
+                out[k] = result
         return out[0] if single else out
 
-    def _align_one(self, source: str, target: str, kind: str) -> Alignment:
-        src = self.encode(source).to(self.device)
-        tgt = self._target_tokens(target).to(self.device)
-        eos = self.tgt_dict.eos()
-        net_input = {"src_tokens": src.unsqueeze(0), "src_lengths": torch.tensor([src.numel()], device=self.device),
-                     "prev_output_tokens": torch.cat([tgt.new_tensor([eos]), tgt[:-1]]).unsqueeze(0)}
-        matrix = alignments.alignment_matrices(self.model, net_input, tgt.unsqueeze(0), [kind])[kind][0]
-        # drop </s>'s row and column; each target piece's row renormalised over the words
-        matrix = matrix[:-1, :-1].cpu()
-        matrix = matrix / matrix.sum(1, keepdim=True).clamp_min(1e-30)
-        src_pieces = [self.src_dict[t] for t in src[:-1].tolist()]
-        tgt_pieces = [self.tgt_dict[t] for t in tgt[:-1].tolist()]
-        words = alignments.word_matrix(matrix, alignments.word_ids(tgt_pieces), alignments.word_ids(src_pieces))
-        return Alignment(alignments.words_of(src_pieces), alignments.words_of(tgt_pieces), words, kind)
+    def _align_batch(self, pairs, kind: str) -> List[Alignment]:
+        from fairseq.data import data_utils
+
+        pad, eos = self.src_dict.pad(), self.tgt_dict.eos()
+        srcs, tgts = [p[0] for p in pairs], [p[1] for p in pairs]
+        # the translation task's layout: left-padded source, target shifted right by </s>
+        net_input = {
+            "src_tokens": data_utils.collate_tokens(srcs, pad, eos, left_pad=True).to(self.device),
+            "src_lengths": torch.tensor([s.numel() for s in srcs], device=self.device),
+            "prev_output_tokens": data_utils.collate_tokens(tgts, pad, eos, left_pad=False,
+                                                            move_eos_to_beginning=True).to(self.device),
+        }
+        target = data_utils.collate_tokens(tgts, pad, eos, left_pad=False).to(self.device)
+        matrices = alignments.alignment_matrices(self.model, net_input, target, [kind])[kind].cpu()
+        width = net_input["src_tokens"].size(1)
+        results = []
+        for b, (src, tgt) in enumerate(zip(srcs, tgts)):
+            n, t = src.numel() - 1, tgt.numel() - 1  # without </s>
+            # rows: the target pieces; columns: the source pieces after the left padding
+            matrix = matrices[b, :t, width - n - 1:width - 1]
+            matrix = matrix / matrix.sum(1, keepdim=True).clamp_min(1e-30)  # renormalised without </s>
+            src_pieces = [self.src_dict[x] for x in src[:-1].tolist()]
+            tgt_pieces = [self.tgt_dict[x] for x in tgt[:-1].tolist()]
+            words = alignments.word_matrix(matrix, alignments.word_ids(tgt_pieces),
+                                           alignments.word_ids(src_pieces))
+            results.append(Alignment(alignments.words_of(src_pieces), alignments.words_of(tgt_pieces), words, kind))
+        return results
 
 
 def language_pair(checkpoint: str, data: str):
@@ -139,6 +160,8 @@ def from_pretrained(model_dir: str, checkpoint_file: str = "checkpoint_best.pt",
         raise FileNotFoundError(f"{message} (or copy the training data's dict.*.txt into the model directory)")
     if "source_lang" not in kwargs or "target_lang" not in kwargs:
         kwargs["source_lang"], kwargs["target_lang"] = language_pair(checkpoint, data)
+    # translate() batches through fairseq, which would drop a last batch of another size
+    kwargs.setdefault("required_batch_size_multiple", 1)
     if "sentencepiece_model" in kwargs or os.path.isfile(os.path.join(model_dir, "sentencepiece.bpe.model")):
         kwargs.setdefault("bpe", "sentencepiece")
     loaded = hub_utils.from_pretrained(model_dir, checkpoint_file, data_name_or_path, **kwargs)

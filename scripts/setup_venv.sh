@@ -16,7 +16,7 @@ if [ ! -f "$stamp" ]; then
   # pip's and setuptools' chatter goes to a log, shown only if the install fails
   log="$VENV/install.log"
   if ! { "$VENV/bin/python" -m pip install -q --upgrade pip &&
-         "$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[fairseq,test,plot,vqa]" &&
+         "$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[fairseq,test,plot,vqa,bench]" &&
          remove_torchaudio; } >"$log" 2>&1; then
     cat "$log" >&2
     echo "installation failed (log: $log)" >&2

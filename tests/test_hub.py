@@ -130,3 +130,75 @@ def test_interactive_on_raw_text_prints_translations_and_alignments(variational)
     detok = re.findall(r"^D-\d+\t\S+\t(.*)$", proc.stdout, re.M)
     assert detok == hub.from_pretrained(variational).translate(src, beam=5)
     assert len(re.findall(r"^A-\d+\t(\d+-\d+ ?)+$", proc.stdout, re.M)) == 3
+
+
+def test_batched_align_equals_one_pair_at_a_time(variational):
+    model = hub.from_pretrained(variational)
+    src, tgt = raw_test("de"), raw_test("en")
+    batched = model.align(src, tgt, batch_size=32)  # left-padded sources, right-padded targets
+    for s, t, got in zip(src, tgt, batched):
+        torch.testing.assert_close(got.weights, model.align(s, t).weights, atol=1e-5, rtol=1e-5)
+
+
+def _write(path, lines):
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(path)
+
+
+def test_word_align_command_writes_one_line_per_pair_in_order(variational, soft, tmp_path):
+    src, tgt = raw_test("de", 30), raw_test("en", 30)
+    src[5] = ""  # an empty side: an empty line, nothing dropped
+    args = ["varattn_tools.word_align", variational, "--source", _write(tmp_path / "src", src),
+            "--target", _write(tmp_path / "tgt", tgt), "--batch-size", "7"]
+    proc = run_cli([*args, "--out", tmp_path / "hard"])
+    assert "30/30" not in proc.stderr and "29/29 pairs aligned" in proc.stderr  # progress output
+    lines = (tmp_path / "hard").read_text().splitlines()
+    assert len(lines) == 30 and lines[5] == ""
+    model = hub.from_pretrained(variational)
+    for k in (0, 6, 29):
+        assert lines[k] == model.align(src[k], tgt[k]).pharaoh()
+    run_cli([*args, "--out", tmp_path / "soft", "--soft", "--kind", "q", "--min-weight", "0.05"])
+    soft_lines = (tmp_path / "soft").read_text().splitlines()
+    q = model.align(src[0], tgt[0], kind="q")
+    weights = {tuple(map(int, item.split(":")[0].split("-"))): float(item.split(":")[1]) for item in soft_lines[0].split()}
+    assert all(w >= 0.05 for w in weights.values())
+    for i, j in q.links():  # each target word's most probable source word is among its soft links
+        assert weights[(i, j)] == pytest.approx(float(q.weights[j, i]), abs=1e-3)
+    # errors a user can act on
+    wrong_kind = run_cli(["varattn_tools.word_align", soft, "--source", tmp_path / "src", "--target",
+                          tmp_path / "tgt", "--out", tmp_path / "x", "--kind", "posterior"], check=False)
+    assert wrong_kind.returncode != 0 and "this checkpoint has attention" in wrong_kind.stderr
+    short = run_cli([*args[:5], _write(tmp_path / "short", tgt[:10]), "--out", tmp_path / "x"], check=False)
+    assert short.returncode != 0 and "has 30 lines but" in short.stderr
+    other = tmp_path / "other-dicts"
+    other.mkdir()
+    for lang in ("de", "en"):
+        symbols = open(os.path.join(variational, f"dict.{lang}.txt"), encoding="utf-8").read().splitlines()
+        _write(other / f"dict.{lang}.txt", [symbols[1], symbols[0], *symbols[2:]])
+    mismatch = run_cli([*args, "--out", tmp_path / "x", "--data", other], check=False)
+    assert mismatch.returncode != 0 and "match the checkpoint's" in mismatch.stderr, mismatch.stderr[-1500:]
+
+
+def test_word_alignment_benchmark_runs_eflomal_and_a_model(variational, tmp_path):
+    pytest.importorskip("eflomal")  # installed by scripts/setup_venv.sh (the [bench] extra)
+    out = tmp_path / "wa"
+    proc = subprocess.run([PYTHON, os.path.join(REPO, "benchmarks", "word_alignment.py"), "--train-lines", "500",
+                           "--test-lines", "27", "--model", f"elbo={variational}", "--data", variational,
+                           "--sentencepiece-model", os.path.join(variational, "sentencepiece.bpe.model"),
+                           "--out", str(out)], capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import json
+
+    result = json.loads(out.with_suffix(".json").read_text())
+    rows = {r["row"].split(" (")[0]: r for r in result["rows"]}
+    assert set(rows) == {"eflomal, de→en", "eflomal, en→de", "eflomal, intersection", "eflomal, union",
+                         "eflomal, grow-diag-final-and", "elbo, attention, de→en", "elbo, q, de→en",
+                         "elbo, posterior, de→en"}
+    assert result["gold_sentences"] == 24
+    for r in rows.values():
+        assert 0 <= r["aer_low"] <= r["aer"] <= r["aer_high"] <= 1
+    # the intersection is the most precise, the union has the best recall
+    assert rows["eflomal, intersection"]["precision"] >= rows["eflomal, union"]["precision"]
+    assert rows["eflomal, union"]["recall"] >= rows["eflomal, grow-diag-final-and"]["recall"]
+    # a statistical aligner on 500 pairs already aligns better than chance
+    assert rows["eflomal, grow-diag-final-and"]["aer"] < 0.5

@@ -73,17 +73,37 @@ def read_gold(path: str) -> List[Optional[Tuple[Links, Links]]]:
         return [parse_pharaoh(line) if line.strip() else None for line in f.read().splitlines()]
 
 
-def alignment_error_rate(pairs: Iterable[Tuple[Links, Links, Links]]) -> float:
-    """Corpus AER = 1 - (|A & S| + |A & P|) / (|A| + |S|) over (hyp, sure, possible) triples."""
-    a_s = a_p = a = s = 0
-    for hyp, sure, possible in pairs:
-        a_s += len(hyp & sure)
-        a_p += len(hyp & possible)
-        a += len(hyp)
-        s += len(sure)
+def alignment_counts(hyp: Links, sure: Links, possible: Links) -> Tuple[int, int, int, int]:
+    """(|A & S|, |A & P|, |A|, |S|) of one sentence."""
+    return len(hyp & sure), len(hyp & possible), len(hyp), len(sure)
+
+
+def aer_of_counts(counts) -> float:
+    a_s, a_p, a, s = (sum(c[k] for c in counts) for k in range(4))
     if a + s == 0:
         raise ValueError("no links to score")
     return 1.0 - (a_s + a_p) / (a + s)
+
+
+def alignment_scores(pairs: Iterable[Tuple[Links, Links, Links]], resamples: int = 1000, seed: int = 1) -> dict:
+    """Corpus AER with a 95% percentile bootstrap interval over sentences,
+    precision |A & P| / |A| and recall |A & S| / |S| (Och & Ney 2003)."""
+    import random
+
+    counts = [alignment_counts(*p) for p in pairs]
+    if not counts:
+        raise ValueError("no sentences to score")
+    rng = random.Random(seed)
+    samples = sorted(aer_of_counts([rng.choice(counts) for _ in counts]) for _ in range(resamples))
+    a_s, a_p, a, s = (sum(c[k] for c in counts) for k in range(4))
+    return {"aer": aer_of_counts(counts), "aer_low": samples[int(0.025 * resamples)],
+            "aer_high": samples[int(0.975 * resamples) - 1], "precision": a_p / a if a else 0.0,
+            "recall": a_s / s if s else 0.0, "sentences": len(counts)}
+
+
+def alignment_error_rate(pairs: Iterable[Tuple[Links, Links, Links]]) -> float:
+    """Corpus AER = 1 - (|A & S| + |A & P|) / (|A| + |S|) over (hyp, sure, possible) triples."""
+    return aer_of_counts([alignment_counts(*p) for p in pairs])
 
 
 def mean_entropy(matrix: torch.Tensor) -> float:
@@ -173,17 +193,20 @@ def summarise(name: str, aligned: Dict[int, dict], gold) -> List[dict]:
                "entropy_nats": sum(entropies) / len(entropies),
                "max_prob": sum(maxima) / len(maxima)}
         if scored:
-            row["aer"] = alignment_error_rate(scored)
+            scores = alignment_scores(scored)
+            row["aer"] = scores["aer"]
+            row["aer_low"], row["aer_high"] = scores["aer_low"], scores["aer_high"]
             row["aer_sentences"] = len(scored)
         rows.append(row)
     return rows
 
 
 def markdown(rows: List[dict]) -> str:
-    lines = ["| checkpoint | alignment | mean entropy (nats) | mean max prob | AER (sentences) |",
-             "|---|---|---|---|---|"]
+    lines = ["| checkpoint | alignment | mean entropy (nats) | mean max prob | AER [95% bootstrap interval] "
+             "(sentences) |", "|---|---|---|---|---|"]
     for r in rows:
-        aer = f"{r['aer']:.3f} ({r['aer_sentences']})" if "aer" in r else "-"
+        aer = (f"{r['aer']:.3f} [{r['aer_low']:.3f}, {r['aer_high']:.3f}] ({r['aer_sentences']})"
+               if "aer" in r else "-")
         lines.append(f"| {r['checkpoint']} | {r['alignment']} | {r['entropy_nats']:.3f} | "
                      f"{r['max_prob']:.3f} | {aer} |")
     return "\n".join(lines) + "\n"
