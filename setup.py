@@ -38,7 +38,7 @@ setup(
     },
     extras_require={
         "fairseq": ["ve-fairseq==0.12.3"],
-        "test": ["pytest>=7", "pytest-xdist>=3"],
+        "test": ["pytest>=7", "pytest-xdist>=3", "ruff==0.17.6"],
         "plot": ["matplotlib>=3.5"],
         "vqa": ["easy-vqa==1.0", "Pillow"],
         # benchmarks/word_alignment.py's yardstick, not a runtime dependency

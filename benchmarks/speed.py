@@ -37,12 +37,11 @@ from fairseq.models.transformer import base_architecture as transformer_base
 from fairseq.sequence_generator import SequenceGenerator
 
 import fairseq_varattn  # noqa: F401
-from fairseq_varattn.models.varattn_lstm import VarAttnLSTMModel
+from fairseq_varattn.models.inference_network import InferenceNetwork, TransformerInferenceNetwork
+from fairseq_varattn.models.varattn_lstm import VarAttnLSTMModel, varattn_lstm_iwslt_de_en
 from fairseq_varattn.models.varattn_lstm import base_architecture as varattn_base
-from fairseq_varattn.models.varattn_lstm import varattn_lstm_iwslt_de_en
 from fairseq_varattn.models.varattn_transformer import VarAttnTransformerModel
 from fairseq_varattn.models.varattn_transformer import base_architecture as varattn_transformer_base
-from fairseq_varattn.models.inference_network import InferenceNetwork, TransformerInferenceNetwork
 from fairseq_varattn.modules.factored_output import FactoredOutputLayer
 from fairseq_varattn.modules.output_layer import AlignmentOutputLayer
 from varattn_tools import variants

@@ -117,7 +117,8 @@ def language_pair(checkpoint: str, data: str):
     """(source, target) languages: from the checkpoint's task config or, where
     training inferred them from the data directory's file names (fairseq then
     saves none), by matching the dictionaries in ``data`` against the
-    checksums the plugin's models save with their weights."""
+    checksums the plugin's models save with their weights (other models: the
+    sizes of their embedding tables)."""
     from fairseq.data import Dictionary
 
     from .models.latent_model import dictionary_checksum
@@ -126,20 +127,24 @@ def language_pair(checkpoint: str, data: str):
     task = state["cfg"]["task"]
     if task.get("source_lang") and task.get("target_lang"):
         return task["source_lang"], task["target_lang"]
-    crcs = {}
+    dictionaries = {}
     for name in sorted(os.listdir(data)):
         if name.startswith("dict.") and name.endswith(".txt"):
-            crcs[name[len("dict."):-len(".txt")]] = int(dictionary_checksum(Dictionary.load(os.path.join(data, name))))
+            dictionaries[name[len("dict."):-len(".txt")]] = Dictionary.load(os.path.join(data, name))
     saved = state["model"]
     if "source_dictionary_crc" in saved:
-        sources = [lang for lang, crc in crcs.items() if crc == int(saved["source_dictionary_crc"])]
-        targets = [lang for lang, crc in crcs.items() if crc == int(saved["target_dictionary_crc"])]
-        pairs = [(s, t) for s in sources for t in targets if s != t]
-        if pairs:  # several only for a joined dictionary: each direction loads the same symbols
-            return sorted(pairs)[0]
-        raise ValueError(f"no dictionaries in {data!r} match the checkpoint's ({', '.join(crcs) or 'none there'}): "
-                         "pass data_name_or_path= the data directory it was trained on")
-    raise ValueError(f"{checkpoint!r} does not say its languages: pass source_lang= and target_lang=")
+        def fits(lang, key):
+            return int(dictionary_checksum(dictionaries[lang])) == int(saved[key])
+    else:  # another model (fairseq's transformer): the embedding tables' sizes
+        def fits(lang, key):
+            table = saved.get(("encoder" if key.startswith("source") else "decoder") + ".embed_tokens.weight")
+            return table is not None and table.size(0) == len(dictionaries[lang])
+    pairs = [(s, t) for s in dictionaries for t in dictionaries
+             if s != t and fits(s, "source_dictionary_crc") and fits(t, "target_dictionary_crc")]
+    if pairs:  # several only for a joined dictionary: each direction loads the same symbols
+        return sorted(pairs)[0]
+    raise ValueError(f"no dictionaries in {data!r} match the checkpoint's ({', '.join(dictionaries) or 'none there'}): "
+                     "pass data_name_or_path= the data directory it was trained on, or source_lang= and target_lang=")
 
 
 def from_pretrained(model_dir: str, checkpoint_file: str = "checkpoint_best.pt", data_name_or_path: str = ".",

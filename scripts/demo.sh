@@ -55,7 +55,7 @@ echo "== fairseq-interactive on raw text (H: pieces, D: detokenised, A: source-t
 echo "Zwei Hunde spielen im Schnee." | .venv/bin/fairseq-interactive "$OUT/model" --user-dir fairseq_varattn \
   --path "$OUT/model/checkpoint_best.pt" --source-lang de --target-lang en \
   --bpe sentencepiece --sentencepiece-model "$OUT/model/sentencepiece.bpe.model" \
-  --beam 5 --print-alignment 2>/dev/null | grep -E '^(S|H|D|A)-'
+  --beam 5 --print-alignment 2>/dev/null | grep -E '^(S|H|D|A)-' | tee "$OUT/interactive.txt"
 
 seconds=$(( $(date +%s) - start ))
 $PY scripts/demo_result.py --out "$OUT" --epochs "$MAX_EPOCH" --seconds "$seconds" \

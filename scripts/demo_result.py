@@ -23,13 +23,40 @@ def commit() -> str:
     return (sha.stdout.strip() or "unknown") + ("+changes" if dirty else "")
 
 
+def markdown(result) -> str:
+    extra = f" `{result['extra_train_args']}`" if result.get("extra_train_args") else ""
+    lines = [f"`bash scripts/demo.sh` on {result['date']} ({result['commit']}), {result['machine']}:", "",
+             "| model | epochs | best valid PPL | test_2016_flickr sacreBLEU | wall time (with installation) |",
+             "|---|---|---|---|---|",
+             f"| `varattn_lstm` soft attention, 128-d, 256-unit decoder{extra} | {result['epochs']} | "
+             f"{result['best_valid_ppl']:.2f} | {result['test_bleu']:.1f} | {result['wall_seconds']} s |", "",
+             f"`{result['sacrebleu']}`"]
+    if result.get("interactive"):
+        lines += ["", "```", *result["interactive"], "```"]
+    if result.get("note"):
+        lines += ["", result["note"]]
+    return "\n".join(lines) + "\n"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--epochs", type=int, required=True)
-    parser.add_argument("--seconds", type=int, required=True)
+    parser.add_argument("--out", help="the demo's output folder: writes OUT/result.json and OUT/result.md")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--seconds", type=int)
     parser.add_argument("--extra-train-args", default="")
+    parser.add_argument("--render", help="a committed result JSON (with a hand-added \"note\"): its table, "
+                                         "written beside it as .md")
     opts = parser.parse_args()
+    if opts.render:
+        with open(opts.render) as f:
+            result = json.load(f)
+        table = markdown(result)
+        with open(os.path.splitext(opts.render)[0] + ".md", "w") as f:
+            f.write(table)
+        print(table)
+        return
+    if not (opts.out and opts.epochs and opts.seconds is not None):
+        parser.error("give --out, --epochs and --seconds (or --render)")
     with open(os.path.join(opts.out, "train.log"), encoding="utf-8") as f:
         valid = validations(f.read())
     best_ppl = min(metric(line, "ppl") for line in valid.values())
@@ -41,12 +68,13 @@ def main():
               "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
               "omp_threads": os.environ.get("OMP_NUM_THREADS"), "best_valid_ppl": best_ppl,
               "test_bleu": bleu, "sacrebleu": bleu_line, "wall_seconds": opts.seconds}
+    interactive = os.path.join(opts.out, "interactive.txt")
+    if os.path.isfile(interactive):
+        with open(interactive, encoding="utf-8") as f:
+            result["interactive"] = f.read().splitlines()
     with open(os.path.join(opts.out, "result.json"), "w") as f:
         json.dump(result, f, indent=1)
-    table = (f"`bash scripts/demo.sh` on {result['date']} ({result['commit']}), {result['machine']}:\n\n"
-             "| model | epochs | best valid PPL | test_2016_flickr sacreBLEU | wall time |\n|---|---|---|---|---|\n"
-             f"| `varattn_lstm` soft attention (128-d, 256-unit decoder) {opts.extra_train_args} | {opts.epochs} | "
-             f"{best_ppl:.2f} | {bleu:.1f} | {opts.seconds} s |\n\n`{bleu_line}`\n")
+    table = markdown(result)
     with open(os.path.join(opts.out, "result.md"), "w") as f:
         f.write(table)
     print(table)

@@ -30,6 +30,7 @@ SOURCES = {
     "ablate-rws": os.path.join(RESULTS, "ablate-rws.md"),
     "output-layers": os.path.join(RESULTS, "output-layers.md"),  # reproduce.py --output-layers joint,factored
     "speed": os.path.join("benchmarks", "results.md"),  # benchmarks/speed.py
+    "word-alignment": os.path.join("benchmarks", "results", "word-alignment.md"),  # benchmarks/word_alignment.py
 }
 READMES = ["README.md", os.path.join("examples", "translation", "README.md"), os.path.join("benchmarks", "README.md")]
 

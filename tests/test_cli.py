@@ -6,9 +6,9 @@ import os
 import re
 import subprocess
 
+import forkrun
 import pytest
 import torch
-import forkrun
 from helpers import PYTHON, REPO, cli_env, run_cli, run_fresh
 
 from varattn_tools.variants import VARIANTS, train_options
@@ -66,7 +66,8 @@ def test_soft_train_generate_bleu_and_reload(data_dir, tmp_path):
 
     # Checkpoint -> reload -> same validation loss, under torch's default
     # weights_only=True loading (fairseq calls torch.load without the flag).
-    proc = run_cli(["fairseq_cli.validate", data_dir, "--user-dir", USER_DIR, "--required-batch-size-multiple", "1", "--path", ckpt,
+    proc = run_cli(["fairseq_cli.validate", data_dir, "--user-dir", USER_DIR, "--required-batch-size-multiple", "1",
+                    "--path", ckpt,
                     "--task", "translation", "--max-tokens", "1500", "--valid-subset", "valid"])
     reloaded = re.findall(r"valid on 'valid' subset \| loss ([0-9.]+)", proc.stdout + proc.stderr)
     assert reloaded and float(reloaded[-1]) == pytest.approx(float(valid[-1]), abs=1e-3)
@@ -243,7 +244,8 @@ def test_categorical_score_reference_and_interactive(data_dir, tmp_path):
     positional = [float(x) for line in re.findall(r"^P-\d+\t(.*)$", out, re.M) for x in line.split()]
     assert len(re.findall(r"^H-\d+\t", out, re.M)) == EVAL_LINES
     # --score-reference (the mixture, token by token, base 2) = fairseq-validate's exact nll
-    proc = run_cli(["fairseq_cli.validate", data_dir, "--user-dir", USER_DIR, "--required-batch-size-multiple", "1", "--path", ckpt, "--task",
+    proc = run_cli(["fairseq_cli.validate", data_dir, "--user-dir", USER_DIR, "--required-batch-size-multiple", "1",
+                    "--path", ckpt, "--task",
                     "translation", "--max-tokens", "1500", "--valid-subset", "valid"])
     nll = float(re.findall(r"valid on 'valid' subset \|.*? nll_loss ([0-9.]+)", proc.stdout + proc.stderr)[-1])
     assert -sum(positional) / len(positional) == pytest.approx(nll, abs=2e-3)
@@ -340,7 +342,8 @@ def test_transformer_with_shared_embeddings_trains_and_reloads(share, data_dir, 
     if share == "--share-all-embeddings":
         torch.testing.assert_close(state["encoder.embed_tokens.weight"], state["decoder.embed_tokens.weight"])
     assert "decoder.output_projection.weight" not in state
-    proc = run_cli(["fairseq_cli.validate", data_dir, "--user-dir", USER_DIR, "--required-batch-size-multiple", "1", "--path", ckpt, "--task",
+    proc = run_cli(["fairseq_cli.validate", data_dir, "--user-dir", USER_DIR, "--required-batch-size-multiple", "1",
+                    "--path", ckpt, "--task",
                     "translation", "--max-tokens", "1500", "--valid-subset", "valid"])
     reloaded = float(re.findall(r"valid on 'valid' subset \|.*? nll_loss ([0-9.]+)", proc.stdout + proc.stderr)[-1])
     assert reloaded == pytest.approx(nll, abs=1e-3)

@@ -160,7 +160,10 @@ def test_word_align_command_writes_one_line_per_pair_in_order(variational, soft,
     run_cli([*args, "--out", tmp_path / "soft", "--soft", "--kind", "q", "--min-weight", "0.05"])
     soft_lines = (tmp_path / "soft").read_text().splitlines()
     q = model.align(src[0], tgt[0], kind="q")
-    weights = {tuple(map(int, item.split(":")[0].split("-"))): float(item.split(":")[1]) for item in soft_lines[0].split()}
+    weights = {}
+    for item in soft_lines[0].split():
+        link, weight = item.split(":")
+        weights[tuple(map(int, link.split("-")))] = float(weight)
     assert all(w >= 0.05 for w in weights.values())
     for i, j in q.links():  # each target word's most probable source word is among its soft links
         assert weights[(i, j)] == pytest.approx(float(q.weights[j, i]), abs=1e-3)

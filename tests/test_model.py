@@ -278,7 +278,8 @@ def test_state_dict_of_another_output_layer_is_a_clear_error(arch):
     joint, _ = build_model("categorical", arch=arch)
     factored, _ = build_model("categorical", arch=arch, output_layer="factored")
     _assert_marker_guards(factored, joint, "output_layer_id",
-                          "--output-layer joint model.*--output-layer factored.*model-overrides", "--output-layer joint")
+                          "--output-layer joint model.*--output-layer factored.*model-overrides",
+                          "--output-layer joint")
 
 
 def _assert_marker_guards(model, other, key, mismatch, before_marker):

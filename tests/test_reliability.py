@@ -30,7 +30,8 @@ def num_updates(path):
 
 
 def validate(data_dir, ckpt):
-    proc = run_cli(["fairseq_cli.validate", data_dir, "--user-dir", USER_DIR, "--required-batch-size-multiple", "1", "--task", "translation",
+    proc = run_cli(["fairseq_cli.validate", data_dir, "--user-dir", USER_DIR, "--required-batch-size-multiple", "1",
+                    "--task", "translation",
                     "--path", ckpt, "--max-tokens", "4000", "--num-workers", "0"])
     out = proc.stdout + proc.stderr
     return float(re.findall(r"valid on 'valid' subset \| loss ([0-9.]+)", out)[-1])

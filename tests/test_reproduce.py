@@ -3,8 +3,8 @@
 import argparse
 import csv
 import gzip
-import json
 import importlib.util
+import json
 import math
 import os
 import pathlib

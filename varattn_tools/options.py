@@ -41,10 +41,11 @@ class Section:
 
 
 def _registries():
-    import fairseq_varattn  # noqa: F401  (registers the plugin)
     from fairseq.criterions import CRITERION_DATACLASS_REGISTRY, CRITERION_REGISTRY
     from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_INV_REGISTRY, MODEL_REGISTRY
     from fairseq.tasks import TASK_DATACLASS_REGISTRY, TASK_REGISTRY
+
+    import fairseq_varattn  # noqa: F401  (registers the plugin)
 
     return (MODEL_REGISTRY, ARCH_MODEL_INV_REGISTRY, ARCH_CONFIG_REGISTRY, CRITERION_REGISTRY,
             CRITERION_DATACLASS_REGISTRY, TASK_REGISTRY, TASK_DATACLASS_REGISTRY)

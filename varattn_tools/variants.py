@@ -5,7 +5,8 @@ A variant is an attention kind, a criterion with its options, and whether it
 needs an inference network.  ``train_options`` turns it into fairseq-train
 options, ``model_overrides`` / ``criterion_options`` into the Python values
 that tests and benchmarks build models and criterions from.  ``factored``
-(True / False; None: the architecture's default) picks the factored or the joint output layer, with which exact enumeration costs about what
+(True / False; None: the architecture's default) picks the factored or the joint
+output layer, with which exact enumeration costs about what
 soft attention costs (docs/design.md, "Output layers").
 """
 

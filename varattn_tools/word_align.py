@@ -83,7 +83,8 @@ def main(argv=None):
 
     spm = opts.sentencepiece_model or os.path.join(opts.model_dir, "sentencepiece.bpe.model")
     if not os.path.isfile(spm):
-        parser.error(f"no sentencepiece model {spm!r}: pass --sentencepiece-model (varattn-prepare wrote OUT/spm.model)")
+        parser.error(f"no sentencepiece model {spm!r}: pass --sentencepiece-model "
+                     "(varattn-prepare wrote OUT/spm.model)")
     try:
         model = hub.from_pretrained(opts.model_dir, opts.checkpoint_file, opts.data, bpe="sentencepiece",
                                     sentencepiece_model=spm)

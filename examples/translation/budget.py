@@ -76,7 +76,8 @@ def table():
     text = ("Every row trained for 4 epochs on converge.py's Transformer preset (no early stopping), evaluated "
             "at its best epoch as converge.py evaluates (test_2016_flickr, beam 5, sacreBLEU; entropies on "
             "valid).  p: sacreBLEU's paired bootstrap (1000 resamples) of the row's BLEU against fairseq's "
-            "`transformer`, where both rows kept their translations.\n\n" + "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n")
+            "`transformer`, where both rows kept their translations.\n\n" + "\n".join(lines) + "\n\n"
+            + "\n".join(notes) + "\n")
     with open(os.path.join(RESULTS, "table.md"), "w") as f:
         f.write(text)
     print(text)

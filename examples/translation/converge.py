@@ -607,8 +607,9 @@ def prepare(data_root, env):
 
 # -- the table -------------------------------------------------------------------------------
 COLUMNS = [
-    ("valid PPL", "valid_ppl", ".2f"), ("test PPL", "test_ppl", ".2f"), ("BLEU", "test_bleu", ".2f"), ("valid KL (bits)", "valid_kl", ".3f"),
-    ("H uniform (bits)", "valid_entropy_uniform", ".2f"), ("H prior (bits)", "valid_entropy_p", ".2f"), ("H q (bits)", "valid_entropy_q", ".2f"),
+    ("valid PPL", "valid_ppl", ".2f"), ("test PPL", "test_ppl", ".2f"), ("BLEU", "test_bleu", ".2f"),
+    ("valid KL (bits)", "valid_kl", ".3f"), ("H uniform (bits)", "valid_entropy_uniform", ".2f"),
+    ("H prior (bits)", "valid_entropy_p", ".2f"), ("H q (bits)", "valid_entropy_q", ".2f"),
     ("H posterior (bits)", "valid_entropy_post", ".2f"), ("AER soft", "aer_soft", ".3f"),
     ("AER prior", "aer_prior", ".3f"), ("AER q", "aer_posterior", ".3f"),
     ("AER exact posterior", "aer_posterior_exact", ".3f"),

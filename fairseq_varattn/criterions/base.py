@@ -21,6 +21,7 @@ from fairseq.logging import metrics
 from omegaconf import II
 
 from ..modules import attention_kinds
+from ..modules import latent_warmup as auto_warmup
 from ..modules.alignment import CategoricalAlignment
 from ..modules.losses import (
     expected_nll,
@@ -29,7 +30,6 @@ from ..modules.losses import (
     relaxed_nll,
     value_with_gradient_of,
 )
-from ..modules import latent_warmup as auto_warmup
 from .batch import LatentBatch
 
 # Summed logging keys that are per-token quantities in nats; reported in bits.

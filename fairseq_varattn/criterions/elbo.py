@@ -5,10 +5,9 @@ truncated to its top k in both terms, so the objective stays a lower bound."""
 
 from dataclasses import dataclass, field
 
+import torch
 from fairseq.criterions import register_criterion
 from fairseq.dataclass import ChoiceEnum
-
-import torch
 
 from .base import (
     BaselineOptions,

@@ -13,7 +13,6 @@ from fairseq.modules import PositionalEmbedding
 
 from ..modules.scorer import AttentionScorer
 
-
 #: --inference-embeddings: whose target embeddings q reads
 INFERENCE_EMBEDDINGS = ("decoder", "own")
 

@@ -142,7 +142,8 @@ class VarAttnTransformerModel(LatentModelMixin, TransformerModel):
         model = super().build_model(args, task)  # fairseq's encoder and our decoder
         model.decoder.init_alignment_head(args)
         inference_network = None
-        shared = None if args.inference_network == "none" else shared_target_embeddings(args, model.decoder.embed_tokens)
+        shared = (None if args.inference_network == "none"
+                  else shared_target_embeddings(args, model.decoder.embed_tokens))
         if args.inference_network == "birnn":
             inference_network = InferenceNetwork(
                 task.target_dictionary, embed_dim=args.inference_embed_dim,

@@ -6,7 +6,6 @@ import torch
 import torch.nn as nn
 from fairseq.models.lstm import Linear
 
-
 #: --output-activation: what the output layer applies to W_h h and W_c x~ before W_o.
 #: tanh is the paper's (Luong's attentional layer); linear leaves them as they are,
 #: as fairseq's Transformer projects its layer-normed states directly (a tanh
