@@ -107,6 +107,24 @@ def markdown(result):
     return "\n".join(lines).rstrip() + "\n"
 
 
+def summary(result):
+    """The README's rows: eflomal in the models' direction and symmetrised, and the best model row."""
+    rows = result["rows"]
+    keep = [r for r in rows if r["row"].startswith("eflomal, de→en") or r["row"] == "eflomal, grow-diag-final-and"]
+    models = []
+    for r in rows:
+        name = r["row"].split(",")[0]
+        if name != "eflomal" and name not in models:
+            models.append(name)
+    if models:
+        keep.append(min((r for r in rows if r["row"].split(",")[0] in models), key=lambda r: r["aer"]))
+    lines = ["| alignment | AER [95% interval] | precision | recall |", "|---|---|---|---|"]
+    lines += [f"| {r['row']} | {r['aer']:.3f} [{r['aer_low']:.3f}, {r['aer_high']:.3f}] | {r['precision']:.3f} | "
+              f"{r['recall']:.3f} |" for r in keep]
+    return (f"{result['gold_sentences']} hand-aligned test sentences, {result['date']} ({result['commit']}); "
+            "the best model row; all rows and timings: `benchmarks/README.md`.\n\n" + "\n".join(lines) + "\n")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", action="append", default=[], help="NAME=MODEL_DIR[:REVERSE_MODEL_DIR]")
@@ -116,8 +134,16 @@ def main(argv=None):
     parser.add_argument("--train-lines", type=int, default=None, help="only the first N training pairs (tests)")
     parser.add_argument("--test-lines", type=int, default=None, help="only the first N test pairs (tests)")
     parser.add_argument("--note", action="append", default=[], help="a line under the table")
-    parser.add_argument("--out", required=True, help="writes OUT.json and OUT.md")
+    parser.add_argument("--out", required=True, help="writes OUT.json, OUT.md and OUT-summary.md")
+    parser.add_argument("--render", action="store_true", help="only rewrite OUT.md and OUT-summary.md from OUT.json")
     opts = parser.parse_args(argv)
+    if opts.render:
+        with open(opts.out + ".json") as f:
+            result = json.load(f)
+        for path, text in ((opts.out + ".md", markdown(result)), (opts.out + "-summary.md", summary(result))):
+            with open(path, "w") as f:
+                f.write(text)
+        return
     gold = read_gold(GOLD)
     src_test, tgt_test = raw_lines("test_2016_flickr", "de")[:opts.test_lines], \
         raw_lines("test_2016_flickr", "en")[:opts.test_lines]
@@ -162,6 +188,8 @@ def main(argv=None):
     table = markdown(result)
     with open(opts.out + ".md", "w") as f:
         f.write(table)
+    with open(opts.out + "-summary.md", "w") as f:
+        f.write(summary(result))
     print(table)
 
 

@@ -31,6 +31,7 @@ SOURCES = {
     "output-layers": os.path.join(RESULTS, "output-layers.md"),  # reproduce.py --output-layers joint,factored
     "speed": os.path.join("benchmarks", "results.md"),  # benchmarks/speed.py
     "word-alignment": os.path.join("benchmarks", "results", "word-alignment.md"),  # benchmarks/word_alignment.py
+    "word-alignment-summary": os.path.join("benchmarks", "results", "word-alignment-summary.md"),
 }
 READMES = ["README.md", os.path.join("examples", "translation", "README.md"), os.path.join("benchmarks", "README.md")]
 
