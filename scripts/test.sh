@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup_venv.sh || exit 1
 # the linter first (ruff.toml): a style error fails the run as a test would
 .venv/bin/ruff check . || { echo "ruff found problems (ruff check . --fix fixes some)" >&2; exit 1; }
-.venv/bin/python -m pytest tests -q -ra -n "${PYTEST_WORKERS:-2}" "$@"
+.venv/bin/python -m pytest tests -q -ra -n "${PYTEST_WORKERS:-2}" --dist loadgroup "$@"
 rc=$?
 if [ $rc -eq 5 ]; then
   echo "pytest collected no tests: treating as a failure" >&2

@@ -18,6 +18,8 @@ TRAIN = ["--user-dir", USER_DIR, "--arch", "varattn_lstm_tiny", "--optimizer", "
          "--clip-norm", "5", "--max-tokens", "1500", "--seed", "3", "--num-workers", "0",
          "--required-batch-size-multiple", "1", "--disable-validation", "--no-epoch-checkpoints"]
 SENTENCES = 8
+# one worker trains the module's two models and runs its tests (scripts/test.sh: --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("hub_models")
 
 
 def raw_test(lang, n=SENTENCES):
