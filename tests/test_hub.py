@@ -147,7 +147,7 @@ def _write(path, lines):
     return str(path)
 
 
-def test_word_align_command_writes_one_line_per_pair_in_order(variational, soft, tmp_path):
+def test_word_align_command_writes_one_line_per_pair_in_order(variational, soft, data_dir, tmp_path):
     src, tgt = raw_test("de", 30), raw_test("en", 30)
     src[5] = ""  # an empty side: an empty line, nothing dropped
     args = ["varattn_tools.word_align", variational, "--source", _write(tmp_path / "src", src),
@@ -159,6 +159,11 @@ def test_word_align_command_writes_one_line_per_pair_in_order(variational, soft,
     model = hub.from_pretrained(variational)
     for k in (0, 6, 29):
         assert lines[k] == model.align(src[k], tgt[k]).pharaoh()
+    # a binarised split gives the same lines as its raw text
+    run_cli(["varattn_tools.word_align", variational, "--data", data_dir, "--subset", "test", "--out",
+             tmp_path / "split"])
+    split = (tmp_path / "split").read_text().splitlines()
+    assert len(split) == 100 and [x for k, x in enumerate(split[:30]) if k != 5] == lines[:5] + lines[6:]
     run_cli([*args, "--out", tmp_path / "soft", "--soft", "--kind", "q", "--min-weight", "0.05"])
     soft_lines = (tmp_path / "soft").read_text().splitlines()
     q = model.align(src[0], tgt[0], kind="q")

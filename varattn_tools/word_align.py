@@ -3,6 +3,7 @@
     varattn-word-align runs/demo/model --source test.de --target test.en --out test.de-en.align
     varattn-word-align CKPT_DIR --checkpoint-file checkpoint_best.pt --data runs/multi30k/bin \\
         --sentencepiece-model runs/multi30k/spm.model --source test.de --target test.en --kind q
+    varattn-word-align CKPT_DIR --data runs/multi30k/bin --subset test --out test.align   # a binarised split
 
 Reads raw text (plain or .gz, one sentence per line; the model's
 sentencepiece model is applied) and writes ``i-j`` links, source word i to
@@ -13,6 +14,8 @@ categorical attention), q(z | x, y) (``q``) or the model's attention or
 prior (``attention``).  ``--soft`` writes every link with its weight,
 ``i-j:0.731`` (weights >= ``--min-weight``).  Every input line gets one
 output line, in order; an empty line on either side gives an empty line.
+With ``--subset``, the pairs are a binarised split of ``--data`` instead
+(its sentencepiece pieces spell the words), in the split's order.
 Symmetrise two directions with ``varattn-symmetrize``.
 """
 
@@ -32,8 +35,8 @@ def read_lines(path):
         return f.read().splitlines()
 
 
-def soft_line(alignment, min_weight: float) -> str:
-    weights = alignment.weights
+def soft_line(weights, min_weight: float) -> str:
+    """``i-j:w`` for every weight w >= min_weight of a (target words, source words) matrix."""
     return " ".join(f"{i}-{j}:{float(weights[j, i]):.3f}"
                     for j in range(weights.size(0)) for i in range(weights.size(1)) if weights[j, i] >= min_weight)
 
@@ -50,10 +53,34 @@ def align_corpus(model, sources, targets, kind=None, soft=False, min_weight=0.1,
         ids = todo[first:first + chunk]
         for k, alignment in zip(ids, model.align([sources[k] for k in ids], [targets[k] for k in ids], kind=kind,
                                                  batch_size=batch_size)):
-            lines[k] = soft_line(alignment, min_weight) if soft else alignment.pharaoh()
+            lines[k] = soft_line(alignment.weights, min_weight) if soft else alignment.pharaoh()
         if progress is not None:
             done = first + len(ids)
             progress(f"{done}/{len(todo)} pairs aligned, {done / max(time.time() - start, 1e-9):.0f} pairs/s")
+    return lines
+
+
+def align_split(opts):
+    """Pharaoh lines of a binarised split, in the split's order (varattn-align's batch path)."""
+    from fairseq_varattn import alignments
+
+    from .align import EXACT_PANEL, Q_PANEL, alignments_of, label_of, load
+
+    model, task = load(os.path.join(opts.model_dir, opts.checkpoint_file), opts.data)
+    kinds = alignments.kinds_of(model)
+    kind = opts.kind or ("posterior" if "posterior" in kinds else "attention")
+    if kind not in kinds:
+        sys.exit(f"error: --kind {kind}: this checkpoint has {', '.join(kinds)}")
+    label = {"attention": label_of(model), "q": Q_PANEL, "posterior": EXACT_PANEL}[kind]
+    aligned = alignments_of(model, task, opts.subset, None)
+    lines = []
+    for sid in range(len(aligned)):
+        rec = aligned[sid]
+        matrix = rec["panels"][label]
+        matrix = matrix / matrix.sum(1, keepdim=True).clamp_min(1e-30)
+        words = alignments.word_matrix(matrix, alignments.word_ids(rec["tgt"]), alignments.word_ids(rec["src"]))
+        hard = alignments.pharaoh(alignments.hard_links(words))
+        lines.append(soft_line(words, opts.min_weight) if opts.soft else hard)
     return lines
 
 
@@ -64,8 +91,9 @@ def main(argv=None):
     parser.add_argument("--checkpoint-file", default="checkpoint_best.pt")
     parser.add_argument("--data", default=".", help="folder of the dictionaries (default: the model directory)")
     parser.add_argument("--sentencepiece-model", help="default: MODEL_DIR/sentencepiece.bpe.model")
-    parser.add_argument("--source", required=True, help="source text, one sentence per line")
-    parser.add_argument("--target", required=True, help="target text, as many lines")
+    parser.add_argument("--source", help="source text, one sentence per line")
+    parser.add_argument("--target", help="target text, as many lines")
+    parser.add_argument("--subset", help="align a binarised split of --data (e.g. test) instead of text")
     parser.add_argument("--out", required=True, help="Pharaoh output, one line per pair")
     parser.add_argument("--kind", choices=["posterior", "q", "attention"],
                         help="default: posterior for categorical attention, else attention")
@@ -75,6 +103,16 @@ def main(argv=None):
     opts = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO,
                         stream=sys.stderr, force=True)
+    if opts.subset:
+        if opts.source or opts.target or opts.data == ".":
+            parser.error("--subset aligns a split of --data DIR: give --data, not --source/--target")
+        lines = align_split(opts)
+        with open(opts.out, "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+        logger.info("wrote %d lines to %s", len(lines), opts.out)
+        return
+    if not (opts.source and opts.target):
+        parser.error("give --source and --target (or --subset)")
     sources, targets = read_lines(opts.source), read_lines(opts.target)
     if len(sources) != len(targets):
         parser.error(f"{opts.source} has {len(sources)} lines but {opts.target} has {len(targets)}")
