@@ -28,32 +28,32 @@ TINY = ("varattn_transformer_tiny (2+2 layers, 64-d), lr 2e-3 inverse-sqrt after
 TINY_PRENORM = TINY.replace("lr 2e-3 inverse-sqrt after 100 updates", "pre-norm layers, lr 5e-3 constant")
 # name -> (its training log under --runs, setting, commit, what the run is)
 RUNS = {
-    "elbo-enum": ("abl/enum-base/train.log", PRESET, "a9a7203",
-                  "varattn_elbo --estimator enum as before: factored tanh layer, no warm-up, q trains the annotations"),
+    "elbo-enum, tanh layer, no warm-up": ("abl/enum-base/train.log", PRESET, "a9a7203",
+                  "varattn_elbo --estimator enum with a factored tanh layer, no warm-up, q training the annotations"),
     "elbo-enum, KL weight 0": ("abl/enum-kl0/train.log", PRESET, "a9a7203", "the same with --kl-weight 0"),
     "elbo-enum, q = prior x exp(score_q)": ("abl/enum-priorplus/train.log", PRESET, "a9a7203",
                                             "the same with q's scores added to the prior's (--inference-scores "
                                             "prior-plus, not kept)"),
-    "elbo-enum, new defaults": ("abl/final-enum/train.log", PRESET, "123d225",
-                                "varattn_elbo --estimator enum with today's defaults: factored linear layer, "
+    "elbo-enum, defaults": ("abl/final-enum/train.log", PRESET, "123d225",
+                                "varattn_elbo --estimator enum with the defaults: factored linear layer, "
                                 "automatic warm-up, detached annotations"),
-    "elbo-reinforce, new defaults": ("abl/final-reinforce/train.log", PRESET, "3d4adc2",
-                                     "varattn_elbo --estimator reinforce --skip-exact-nll-in-training with today's "
+    "elbo-reinforce, defaults": ("abl/final-reinforce/train.log", PRESET, "3d4adc2",
+                                     "varattn_elbo --estimator reinforce --skip-exact-nll-in-training with the "
                                      "defaults (the warm-up computes the exact marginal all the same)"),
-    "soft, new defaults": ("abl/final-soft/train.log", PRESET, "123d225",
+    "soft, defaults": ("abl/final-soft/train.log", PRESET, "123d225",
                            "cross_entropy, --attention soft, factored linear layer"),
     "tiny: fairseq transformer": ("tiny/tiny-fs.log", TINY, "123d225", "--arch transformer, cross_entropy"),
     "tiny: soft, joint tanh": ("tiny/tiny-joint.log", TINY, "123d225",
-                               "soft, --output-layer joint --output-activation tanh (the old default)"),
+                               "soft, --output-layer joint --output-activation tanh"),
     "tiny: soft, factored tanh": ("tiny/tiny-fact.log", TINY, "123d225",
                                   "soft, --output-layer factored --output-activation tanh"),
     "tiny: soft, factored linear": ("tiny/tiny-lineye.log", TINY, "123d225",
-                                    "soft, today's default (factored, linear, W_h from the identity)"),
-    "tiny: elbo-enum, old behaviour": ("tiny/tiny-tenumoff.log", TINY, "123d225",
+                                    "soft, the default (factored, linear, W_h from the identity)"),
+    "tiny: elbo-enum, no warm-up, q trains annotations": ("tiny/tiny-tenumoff.log", TINY, "123d225",
                                        "--latent-warmup off --inference-annotations trained"),
-    "tiny: elbo-enum, new defaults": ("tiny/tiny-tenum.log", TINY, "123d225", "today's defaults"),
+    "tiny: elbo-enum, defaults": ("tiny/tiny-tenum.log", TINY, "123d225", "the defaults"),
     "tiny: hand-over forced at 200": ("tiny/tiny-hand.log", TINY, "123d225",
-                                      "today's defaults, --latent-warmup-max-updates 200 (q still lagging)"),
+                                      "the defaults, --latent-warmup-max-updates 200 (q still lagging)"),
     "tiny pre-norm: marginal": ("tiny/tiny-pnmarg.log", TINY_PRENORM, "a9a7203", "varattn_marginal"),
     "tiny pre-norm: warm-up, q trains the annotations": ("tiny/tiny-pnauto.log", TINY_PRENORM, "bbf1f35",
                                                          "elbo-enum, automatic warm-up, --inference-annotations "
