@@ -140,8 +140,9 @@ def test_quick_pipeline_on_a_tiny_budget_writes_a_well_formed_table(data_dir, tm
     table = _run_pipeline(data_dir, out, ["soft", "elbo-enum"], output_layer="factored")
     # alignments: heatmaps and AER on the hand-aligned test sentences
     assert (out / "alignments" / "sentence-0.png").stat().st_size > 1000
-    assert re.search(r"\| soft/factored \| soft attention \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \(24\) \|", table)
-    assert re.search(r"\| elbo-enum/factored \| posterior q\(z\|x,y\) \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \(24\) \|",
+    aer = r"[0-9.]+ \[[0-9.]+, [0-9.]+\] \(24\)"  # AER [its 95% bootstrap interval] (sentences)
+    assert re.search(r"\| soft/factored \| soft attention \| [0-9.]+ \| [0-9.]+ \| " + aer + r" \|", table)
+    assert re.search(r"\| elbo-enum/factored \| posterior q\(z\|x,y\) \| [0-9.]+ \| [0-9.]+ \| " + aer + r" \|",
                      table)
 
 

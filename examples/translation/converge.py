@@ -656,6 +656,10 @@ def table(family="lstm"):
         lines += ["", *notes]
     signature = rows[0]["bleu_signature"]
     dates = sorted({r["date"] for r in rows})
+    # rows without "threads" predate --threads: one thread each, two or three runs at a time
+    threaded = [f"{r['variant']} seed {r['seed']}: {r['threads']} threads" for r in rows if r.get("threads", 1) > 1]
+    sharing = "with other runs sharing the 2 cores" + (
+        f" ({'; '.join(threaded)}; see {'its note' if len(threaded) == 1 else 'their notes'})" if threaded else "")
     budget = f"early stopping on valid PPL with patience {PATIENCE} (at most {MAX_EPOCH} epochs)"
     notes_file = os.path.relpath(NOTES[family], HERE)
     head = (f"`python examples/translation/converge.py run{'' if family == 'lstm' else ' --family ' + family}`, "
@@ -663,7 +667,7 @@ def table(family="lstm"):
             f"mean ± std over seeds; PPLs, KL and entropies measured on every sentence of the best checkpoint; "
             f"sacreBLEU `{signature}`, beam 5, test_2016_flickr.  Entropies and KL are per target token "
             f"on the validation set (uniform: the entropy of a uniform alignment).  Training tok/s is "
-            f"fairseq's wps averaged over epochs with other runs sharing the 2 cores: compare speeds "
+            f"fairseq's wps averaged over epochs, {sharing}: compare speeds "
             f"with benchmarks/, not here.  How each run went (commits, resumes, pauses): `{notes_file}`.\n\n")
     return head + "\n".join(lines) + "\n"
 
