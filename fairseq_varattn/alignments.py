@@ -112,6 +112,14 @@ def word_matrix(matrix: torch.Tensor, tgt_words: List[int], src_words: List[int]
     return torch.zeros(n_t, n_s, dtype=matrix.dtype).index_add_(1, torch.tensor(src_words), rows)
 
 
+def word_alignment(matrix: torch.Tensor, src_pieces: List[str], tgt_pieces: List[str]) -> torch.Tensor:
+    """A pair's (T words, N words) alignment from its (T pieces, N pieces) matrix
+    without </s>: each piece's row renormalised over the source pieces, then
+    ``word_matrix``."""
+    matrix = matrix / matrix.sum(1, keepdim=True).clamp_min(1e-30)
+    return word_matrix(matrix, word_ids(tgt_pieces), word_ids(src_pieces))
+
+
 def hard_links(word_level: torch.Tensor) -> Links:
     """Each target word j links to its most probable source word i: {(i, j)}."""
     return {(int(i), j) for j, i in enumerate(word_level.argmax(1).tolist())}

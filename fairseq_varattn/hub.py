@@ -104,11 +104,9 @@ class VarAttnHubInterface(hub_utils.GeneratorHubInterface):
             n, t = src.numel() - 1, tgt.numel() - 1  # without </s>
             # rows: the target pieces; columns: the source pieces after the left padding
             matrix = matrices[b, :t, width - n - 1:width - 1]
-            matrix = matrix / matrix.sum(1, keepdim=True).clamp_min(1e-30)  # renormalised without </s>
             src_pieces = [self.src_dict[x] for x in src[:-1].tolist()]
             tgt_pieces = [self.tgt_dict[x] for x in tgt[:-1].tolist()]
-            words = alignments.word_matrix(matrix, alignments.word_ids(tgt_pieces),
-                                           alignments.word_ids(src_pieces))
+            words = alignments.word_alignment(matrix, src_pieces, tgt_pieces)
             results.append(Alignment(alignments.words_of(src_pieces), alignments.words_of(tgt_pieces), words, kind))
         return results
 
@@ -123,7 +121,9 @@ def language_pair(checkpoint: str, data: str):
 
     from .models.latent_model import dictionary_checksum
 
-    state = torch.load(checkpoint, map_location="cpu")
+    # memory-mapped: only the config and the few tensors read below leave the disk
+    # (hub_utils loads the checkpoint in full afterwards)
+    state = torch.load(checkpoint, map_location="cpu", mmap=True)
     task = state["cfg"]["task"]
     if task.get("source_lang") and task.get("target_lang"):
         return task["source_lang"], task["target_lang"]

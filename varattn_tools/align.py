@@ -126,21 +126,25 @@ def label_of(model) -> str:
     return attention_label(model)
 
 
+def panel_label(model, kind: str) -> str:
+    """The display label of one alignment kind (fairseq_varattn.alignments.KINDS)."""
+    return {"attention": label_of(model), "q": Q_PANEL, "posterior": EXACT_PANEL}[kind]
+
+
 @torch.no_grad()
-def alignments_of(model, task, subset: str, max_sentences: Optional[int]) -> Dict[int, dict]:
+def alignments_of(model, task, subset: str, max_sentences: Optional[int], kinds=None) -> Dict[int, dict]:
     """sentence id -> {src, tgt pieces, panels {label: (N, T) matrix}}."""
     task.load_dataset(subset)
     dataset = task.dataset(subset)
     src_dict, tgt_dict = task.source_dictionary, task.target_dictionary
     wanted = range(len(dataset) if max_sentences is None else min(max_sentences, len(dataset)))
-    labels = {"attention": label_of(model), "q": Q_PANEL, "posterior": EXACT_PANEL}
-    kinds = kinds_of(model)
+    kinds = kinds_of(model) if kinds is None else list(kinds)
     out = {}
     for start in range(0, len(wanted), 32):
         sample = dataset.collater([dataset[i] for i in wanted[start:start + 32]])
         target = sample["target"]
         net = sample["net_input"]
-        panels = {labels[k]: m for k, m in alignment_matrices(model, net, target, kinds).items()}
+        panels = {panel_label(model, k): m for k, m in alignment_matrices(model, net, target, kinds).items()}
         for b, sid in enumerate(sample["id"].tolist()):
             src_keep = net["src_tokens"][b].ne(src_dict.pad()) & net["src_tokens"][b].ne(src_dict.eos())
             tgt_keep = target[b].ne(tgt_dict.pad()) & target[b].ne(tgt_dict.eos())

@@ -64,21 +64,19 @@ def align_split(opts):
     """Pharaoh lines of a binarised split, in the split's order (varattn-align's batch path)."""
     from fairseq_varattn import alignments
 
-    from .align import EXACT_PANEL, Q_PANEL, alignments_of, label_of, load
+    from .align import alignments_of, load, panel_label
 
     model, task = load(os.path.join(opts.model_dir, opts.checkpoint_file), opts.data)
     kinds = alignments.kinds_of(model)
     kind = opts.kind or ("posterior" if "posterior" in kinds else "attention")
     if kind not in kinds:
         sys.exit(f"error: --kind {kind}: this checkpoint has {', '.join(kinds)}")
-    label = {"attention": label_of(model), "q": Q_PANEL, "posterior": EXACT_PANEL}[kind]
-    aligned = alignments_of(model, task, opts.subset, None)
+    label = panel_label(model, kind)
+    aligned = alignments_of(model, task, opts.subset, None, kinds=[kind])
     lines = []
     for sid in range(len(aligned)):
         rec = aligned[sid]
-        matrix = rec["panels"][label]
-        matrix = matrix / matrix.sum(1, keepdim=True).clamp_min(1e-30)
-        words = alignments.word_matrix(matrix, alignments.word_ids(rec["tgt"]), alignments.word_ids(rec["src"]))
+        words = alignments.word_alignment(rec["panels"][label], rec["src"], rec["tgt"])
         hard = alignments.pharaoh(alignments.hard_links(words))
         lines.append(soft_line(words, opts.min_weight) if opts.soft else hard)
     return lines
