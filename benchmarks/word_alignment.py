@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import string
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from varattn_tools.align import alignment_scores, read_gold  # noqa: E402
+from varattn_tools.experiments import git_commit  # noqa: E402
 from varattn_tools.symmetrize import METHODS, flip, parse, symmetrize  # noqa: E402
 
 RAW = os.path.join(REPO, "data", "multi30k")
@@ -86,11 +86,6 @@ def model_alignments(model_dir, data, spm, sources, targets):
 def score(name, links, gold, per_1000):
     pairs = [(links[sid], *gold[sid]) for sid in range(min(len(gold), len(links))) if gold[sid] is not None]
     return {"row": name, **alignment_scores(pairs), "seconds_per_1000": per_1000}
-
-
-def commit():
-    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
-    return sha.strip() or "unknown"
 
 
 def markdown(result):
@@ -176,7 +171,7 @@ def main(argv=None):
                                       [symmetrize(f, r, method) for f, r in zip(links[kind], reverse)], gold,
                                       seconds[kind] + back_seconds[kind]))
     scored = [g for g in gold if g is not None]
-    result = {"date": time.strftime("%Y-%m-%d"), "commit": commit(),
+    result = {"date": time.strftime("%Y-%m-%d"), "commit": git_commit(REPO),
               "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
               "command": " ".join(["python", "benchmarks/word_alignment.py", *(argv or sys.argv[1:])]),
               "train_pairs": n, "test_pairs": len(src_test), "gold_sentences": len(scored),

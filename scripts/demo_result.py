@@ -7,20 +7,12 @@ import json
 import os
 import platform
 import re
-import subprocess
 import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from varattn_tools.experiments import metric, validations  # noqa: E402
-
-
-def commit() -> str:
-    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                           capture_output=True, text=True).stdout.strip()
-    return (sha.stdout.strip() or "unknown") + ("+changes" if dirty else "")
+from varattn_tools.experiments import git_commit, metric, validations  # noqa: E402
 
 
 def markdown(result) -> str:
@@ -63,7 +55,8 @@ def main():
     with open(os.path.join(opts.out, "bleu.txt"), encoding="utf-8") as f:
         bleu_line = f.read().strip().splitlines()[-1]
     bleu = float(re.search(r"= ([0-9.]+)", bleu_line).group(1))
-    result = {"date": time.strftime("%Y-%m-%d"), "commit": commit(), "command": "bash scripts/demo.sh",
+    result = {"date": time.strftime("%Y-%m-%d"), "commit": git_commit(REPO, mark_changes=True),
+              "command": "bash scripts/demo.sh",
               "epochs": opts.epochs, "extra_train_args": opts.extra_train_args,
               "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
               "omp_threads": os.environ.get("OMP_NUM_THREADS"), "best_valid_ppl": best_ppl,

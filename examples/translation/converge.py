@@ -51,11 +51,10 @@ import platform
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 
-from varattn_tools.experiments import cpu_env, mean_spread, metric, read_nll, run, validations
+from varattn_tools.experiments import cpu_env, git_commit, mean_spread, metric, read_nll, run, validations
 from varattn_tools.resume_train import training_seconds
 from varattn_tools.variants import get as get_variant
 from varattn_tools.variants import train_options as variant_options
@@ -276,11 +275,7 @@ def run_state(name, seed, opts):
 
 def commit():
     """The repository's commit, recorded with each result."""
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    return git_commit(REPO)
 
 
 def validation_diagnostics(text):
