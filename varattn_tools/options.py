@@ -88,16 +88,22 @@ def _arch_defaults(parser, arch_fn, **given) -> Dict[str, object]:
     return vars(args)
 
 
-def _default(parser, arch_fn, dest):
-    """An architecture's default for one option; where it depends on --attention
-    (the output layer does), "KIND: VALUE; ..." over the --attention kinds."""
+def _defaults_of(parser, arch_fn):
+    """dest -> an architecture's default; where it depends on --attention (the
+    output layer's does), "KIND: VALUE; ..." over the --attention kinds."""
+    plain = _arch_defaults(parser, arch_fn)
     attention = next((a for a in _actions(parser) if a.dest == "attention"), None)
-    if attention is None or dest == "attention":
-        return _arch_defaults(parser, arch_fn).get(dest)
-    by_kind = {kind: _arch_defaults(parser, arch_fn, attention=kind).get(dest) for kind in attention.choices}
-    if len({repr(v) for v in by_kind.values()}) == 1:
-        return next(iter(by_kind.values()))
-    return "; ".join(f"{k}: {_value(v)}" for k, v in by_kind.items())
+    if attention is None:
+        return plain
+    by_kind = {kind: _arch_defaults(parser, arch_fn, attention=kind) for kind in attention.choices}
+    out = {}
+    for dest in plain:
+        values = {kind: defaults.get(dest) for kind, defaults in by_kind.items()}
+        if dest == "attention" or len({repr(v) for v in values.values()}) == 1:
+            out[dest] = plain[dest] if dest == "attention" else next(iter(values.values()))
+        else:
+            out[dest] = "; ".join(f"{k}: {_value(v)}" for k, v in values.items())
+    return out
 
 
 def _help(action) -> str:
@@ -111,9 +117,9 @@ def model_section(name: str) -> Section:
     parser = _parser_of(cls.add_args)
     archs = sorted(arch_inv[name], key=lambda a: (a != name, a))
     inherited = _inherited_dests(cls)
+    defaults = {arch: _defaults_of(parser, arch_cfg[arch]) for arch in archs}
     options = [Option(a.option_strings[-1], a.dest, _help(a), [str(c) for c in a.choices] if a.choices else None,
-                      {arch: _default(parser, arch_cfg[arch], a.dest) for arch in archs},
-                      inherited.get(a.dest, "plugin"))
+                      {arch: defaults[arch].get(a.dest) for arch in archs}, inherited.get(a.dest, "plugin"))
                for a in _actions(parser)]
     return Section("arch", name, archs, options)
 
