@@ -4,8 +4,7 @@ setup(
     name="fairseq-varattn",
     version="0.1.0",
     description="Latent alignment and variational attention (Deng et al., 2018) as a fairseq plugin",
-    packages=find_packages(include=["fairseq_varattn", "fairseq_varattn.*", "varattn_tools",
-                                    "varattn_tools.*"]),
+    packages=find_packages(include=["fairseq_varattn", "fairseq_varattn.*", "varattn_tools", "varattn_tools.*"]),
     license="MIT",
     # the only Python the pinned fairseq wheel (ve-fairseq 0.12.3) exists for
     python_requires=">=3.11",

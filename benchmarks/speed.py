@@ -60,13 +60,27 @@ ROWS["factored-marginal-top5"] = ("marginal", True, {"alignment_topk": 5}, "lstm
 for _name in ("marginal", "elbo-enum"):  # the factored layer's low-rank source side
     ROWS[f"factored-{_name}-r64"] = (_name, True, {"factored_source_rank": 64}, "lstm")
     ROWS[f"transformer-factored-{_name}-r64"] = (_name, True, {"factored_source_rank": 64}, "transformer")
-DEFAULT_ROWS = ["soft", "marginal", "factored-soft", "factored-marginal", "factored-hard-enum",
-                "factored-elbo-enum", "factored-elbo-reinforce", "factored-marginal-top5",
-                "factored-marginal-r64", "factored-elbo-enum-r64"]
+DEFAULT_ROWS = [
+    "soft",
+    "marginal",
+    "factored-soft",
+    "factored-marginal",
+    "factored-hard-enum",
+    "factored-elbo-enum",
+    "factored-elbo-reinforce",
+    "factored-marginal-top5",
+    "factored-marginal-r64",
+    "factored-elbo-enum-r64",
+]
 # varattn_transformer against fairseq's transformer of the same size
-TRANSFORMER_ROWS = ["transformer", "transformer-soft", "transformer-factored-marginal",
-                    "transformer-factored-elbo-enum", "transformer-factored-marginal-r64",
-                    "transformer-factored-elbo-enum-r64"]
+TRANSFORMER_ROWS = [
+    "transformer",
+    "transformer-soft",
+    "transformer-factored-marginal",
+    "transformer-factored-elbo-enum",
+    "transformer-factored-marginal-r64",
+    "transformer-factored-elbo-enum-r64",
+]
 
 
 REPORT = []
@@ -100,16 +114,29 @@ def make_dictionary(vocab):
 
 def build(name, d, opts):
     variant, factored, extra, arch = ROWS[name]
-    sizes = dict(dropout=0.1, encoder_embed_dim=opts.embed, encoder_hidden_size=opts.hidden // 2,
-                 decoder_embed_dim=opts.embed, decoder_hidden_size=opts.hidden,
-                 decoder_out_embed_dim=opts.hidden)
+    sizes = dict(
+        dropout=0.1,
+        encoder_embed_dim=opts.embed,
+        encoder_hidden_size=opts.hidden // 2,
+        decoder_embed_dim=opts.embed,
+        decoder_hidden_size=opts.hidden,
+        decoder_out_embed_dim=opts.hidden,
+    )
     task = Task(d)
     torch.manual_seed(0)
     if arch == "transformer":
         # fairseq's transformer_iwslt_de_en shape at --embed width, 2+2 layers
-        sizes = dict(dropout=0.1, encoder_embed_dim=opts.embed, decoder_embed_dim=opts.embed,
-                     encoder_ffn_embed_dim=2 * opts.embed, decoder_ffn_embed_dim=2 * opts.embed,
-                     encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4)
+        sizes = dict(
+            dropout=0.1,
+            encoder_embed_dim=opts.embed,
+            decoder_embed_dim=opts.embed,
+            encoder_ffn_embed_dim=2 * opts.embed,
+            decoder_ffn_embed_dim=2 * opts.embed,
+            encoder_layers=2,
+            decoder_layers=2,
+            encoder_attention_heads=4,
+            decoder_attention_heads=4,
+        )
         if variant is None:
             args = argparse.Namespace(**sizes)
             transformer_base(args)
@@ -120,8 +147,9 @@ def build(name, d, opts):
             varattn_transformer_base(args)
             model = VarAttnTransformerModel.build_model(args, task)
     elif variant is None:
-        args = argparse.Namespace(encoder_bidirectional=True, criterion="cross_entropy",
-                                  encoder_layers=1, decoder_layers=1, **sizes)
+        args = argparse.Namespace(
+            encoder_bidirectional=True, criterion="cross_entropy", encoder_layers=1, decoder_layers=1, **sizes
+        )
         lstm_base(args)
         model = LSTMModel.build_model(args, task)
     else:
@@ -149,9 +177,15 @@ def make_batch(d, opts, seed):
     tgt = torch.randint(d.nspecial, len(d), (opts.batch, opts.tgt_len), generator=g)
     src[:, -1] = tgt[:, -1] = d.eos()
     prev = torch.cat([torch.full((opts.batch, 1), d.eos()), tgt[:, :-1]], 1)
-    batch = {"net_input": {"src_tokens": src, "src_lengths": torch.full((opts.batch,), opts.src_len),
-                           "prev_output_tokens": prev},
-             "target": tgt, "ntokens": tgt.numel()}
+    batch = {
+        "net_input": {
+            "src_tokens": src,
+            "src_lengths": torch.full((opts.batch,), opts.src_len),
+            "prev_output_tokens": prev,
+        },
+        "target": tgt,
+        "ntokens": tgt.numel(),
+    }
     return _to(batch, opts.device)
 
 
@@ -184,6 +218,7 @@ def step(model, criterion, optimizer, batch):
 def timing_parts(spent, device):
     """Adds each PARTS method's wall time (synchronised on a GPU) to ``spent``
     while the block runs, and restores the methods after it."""
+
     def timed(part, fn):
         def wrapper(*args, **kwargs):
             _sync(device)
@@ -192,6 +227,7 @@ def timing_parts(spent, device):
             _sync(device)
             spent[part] += time.perf_counter() - start
             return out
+
         return wrapper
 
     saved = [(owner, name, owner.__dict__[name]) for methods in PARTS.values() for owner, name in methods]
@@ -227,13 +263,18 @@ def breakdown(names, built, batches, opts):
                 for part in PARTS:
                     per[part].append(spent[part])
             rows[n] = {k: 1000 * statistics.median(v) for k, v in per.items()}
-    report(f"\nwhere a step's time goes: median ms per step over {len(batches) - 1} more steps; "
-           "each part's time is part of the forward's")
+    report(
+        f"\nwhere a step's time goes: median ms per step over {len(batches) - 1} more steps; "
+        "each part's time is part of the forward's"
+    )
     report("| variant | forward | backward | " + " | ".join(PARTS) + " |")
     report("|---|---|---|" + "---|" * len(PARTS))
     for n, r in rows.items():
-        report(f"| {n} | {r['forward']:.0f} | {r['backward']:.0f} | "
-               + " | ".join(f"{r[p]:.0f}" if r[p] else "-" for p in PARTS) + " |")
+        report(
+            f"| {n} | {r['forward']:.0f} | {r['backward']:.0f} | "
+            + " | ".join(f"{r[p]:.0f}" if r[p] else "-" for p in PARTS)
+            + " |"
+        )
     return rows
 
 
@@ -267,11 +308,14 @@ def _proc_status_kb(field):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", default=",".join(DEFAULT_ROWS),
-                        help=f"comma-separated rows of: {', '.join(ROWS)}; 'transformer-set' for "
-                             f"{','.join(TRANSFORMER_ROWS)}")
-    parser.add_argument("--generate", default="",
-                        help="rows whose beam-5 generation speed to measure, e.g. soft,factored-marginal")
+    parser.add_argument(
+        "--variants",
+        default=",".join(DEFAULT_ROWS),
+        help=f"comma-separated rows of: {', '.join(ROWS)}; 'transformer-set' for {','.join(TRANSFORMER_ROWS)}",
+    )
+    parser.add_argument(
+        "--generate", default="", help="rows whose beam-5 generation speed to measure, e.g. soft,factored-marginal"
+    )
     parser.add_argument("--gen-sentences", type=int, default=64)
     parser.add_argument("--vocab", type=int, default=10000)
     parser.add_argument("--src-len", type=int, default=30)
@@ -280,19 +324,26 @@ def main():
     parser.add_argument("--embed", type=int, default=256)
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--chunk", type=int, default=0, help="--alignment-chunk-size for latent variants")
-    parser.add_argument("--preset", choices=["default", "iwslt"], default="default",
-                        help="iwslt: varattn_lstm rows use the paper's model (varattn_lstm_iwslt_de_en: 2 layers, "
-                             "1024-d annotations, 768-d decoder) instead of --embed/--hidden")
+    parser.add_argument(
+        "--preset",
+        choices=["default", "iwslt"],
+        default="default",
+        help="iwslt: varattn_lstm rows use the paper's model (varattn_lstm_iwslt_de_en: 2 layers, "
+        "1024-d annotations, 768-d decoder) instead of --embed/--hidden",
+    )
     parser.add_argument("--steps", type=int, default=4, help="timed steps per variant")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--markdown", help="also write the tables here (benchmarks/results.md)")
     parser.add_argument("--memory-only", help=argparse.SUPPRESS)
     parser.add_argument("--no-memory", action="store_true")
-    parser.add_argument("--breakdown", action="store_true",
-                        help="after the timed steps, --steps more per row that split the step into forward, "
-                             "backward and the forward's latent parts (log p(y | z = i), the output at a "
-                             "context, q's network)")
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="after the timed steps, --steps more per row that split the step into forward, "
+        "backward and the forward's latent parts (log p(y | z = i), the output at a "
+        "context, q's network)",
+    )
     opts = parser.parse_args()
 
     if opts.memory_only:
@@ -330,8 +381,10 @@ def main():
         results[n] = {"tokens_per_s": tps}
         if not opts.no_memory:
             cmd = [sys.executable, __file__, "--memory-only", n] + [
-                f"--{k.replace('_', '-')}={v}" for k, v in vars(opts).items()
-                if k in ("vocab", "src_len", "tgt_len", "batch", "embed", "hidden", "chunk", "device", "preset")]
+                f"--{k.replace('_', '-')}={v}"
+                for k, v in vars(opts).items()
+                if k in ("vocab", "src_len", "tgt_len", "batch", "embed", "hidden", "chunk", "device", "preset")
+            ]
             # glibc's default mmap threshold adapts to past frees, so freed
             # tensors may or may not return to the kernel and the peak RSS
             # varied by 10% between identical runs; a fixed threshold
@@ -343,10 +396,13 @@ def main():
 
     ref_name = "soft" if "soft" in results else "transformer"
     ref = results.get(ref_name)
-    report(f"\ndevice={opts.device} vocab={opts.vocab} T={opts.src_len} N={opts.tgt_len} "
-          f"batch={opts.batch} " + ("model=varattn_lstm_iwslt_de_en " if opts.preset == "iwslt" else
-                                     f"embed={opts.embed} hidden={opts.hidden} ") + f"chunk={opts.chunk} "
-          f"steps={opts.steps} (median step time)")
+    report(
+        f"\ndevice={opts.device} vocab={opts.vocab} T={opts.src_len} N={opts.tgt_len} "
+        f"batch={opts.batch} "
+        + ("model=varattn_lstm_iwslt_de_en " if opts.preset == "iwslt" else f"embed={opts.embed} hidden={opts.hidden} ")
+        + f"chunk={opts.chunk} "
+        f"steps={opts.steps} (median step time)"
+    )
     report(f"| variant | tokens/s | speed vs {ref_name} | peak MB | memory vs {ref_name} |")
     report("|---|---|---|---|---|")
     for n in names:
@@ -354,8 +410,11 @@ def main():
         speed = f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}" if ref else "-"
         mem = r.get("peak_mb")
         mem_ratio = f"{mem / ref['peak_mb']:.2f}" if ref and mem and ref.get("peak_mb") else "-"
-        report(f"| {n} | {r['tokens_per_s']:.0f} | {speed} | {mem:.0f} | {mem_ratio} |"
-              if mem is not None else f"| {n} | {r['tokens_per_s']:.0f} | {speed} | - | - |")
+        report(
+            f"| {n} | {r['tokens_per_s']:.0f} | {speed} | {mem:.0f} | {mem_ratio} |"
+            if mem is not None
+            else f"| {n} | {r['tokens_per_s']:.0f} | {speed} | - | - |"
+        )
     if opts.breakdown:
         for n, parts in breakdown(names, built, batches, opts).items():
             results[n]["breakdown_ms"] = parts
@@ -366,8 +425,10 @@ def main():
             json.dump({"options": vars(opts), "results": results}, f, indent=2)
     if opts.markdown:
         with open(opts.markdown, "a") as f:
-            f.write(f"`python benchmarks/{' '.join([os.path.basename(sys.argv[0])] + sys.argv[1:])}`, "
-                    f"{datetime.date.today()}, {platform.machine()} x{os.cpu_count()} CPU cores:\n")
+            f.write(
+                f"`python benchmarks/{' '.join([os.path.basename(sys.argv[0])] + sys.argv[1:])}`, "
+                f"{datetime.date.today()}, {platform.machine()} x{os.cpu_count()} CPU cores:\n"
+            )
             f.write("\n".join(REPORT) + "\n\n")
 
 
@@ -378,10 +439,16 @@ def benchmark_generation(names, d, opts):
     g = torch.Generator().manual_seed(0)
     src = torch.randint(d.nspecial, len(d), (opts.gen_sentences, opts.src_len), generator=g)
     src[:, -1] = d.eos()
-    sample = {"net_input": {"src_tokens": src.to(opts.device),
-                            "src_lengths": torch.full((opts.gen_sentences,), opts.src_len).to(opts.device)}}
-    generators = {n: SequenceGenerator([m], d, beam_size=5, min_len=opts.tgt_len, max_len_b=opts.tgt_len,
-                                       max_len_a=0) for n, m in models.items()}
+    sample = {
+        "net_input": {
+            "src_tokens": src.to(opts.device),
+            "src_lengths": torch.full((opts.gen_sentences,), opts.src_len).to(opts.device),
+        }
+    }
+    generators = {
+        n: SequenceGenerator([m], d, beam_size=5, min_len=opts.tgt_len, max_len_b=opts.tgt_len, max_len_a=0)
+        for n, m in models.items()
+    }
     times = {n: [] for n in names}
     with torch.no_grad():
         for n in names:  # warm-up
@@ -393,8 +460,10 @@ def benchmark_generation(names, d, opts):
                 times[n].append(time.perf_counter() - t0)
     out = {n: {"sentences_per_s": opts.gen_sentences / statistics.median(times[n])} for n in names}
     ref = out.get("soft")
-    report(f"\nbeam-5 generation, {opts.gen_sentences} sentences of {opts.src_len} tokens, "
-          f"{opts.tgt_len} output tokens each")
+    report(
+        f"\nbeam-5 generation, {opts.gen_sentences} sentences of {opts.src_len} tokens, "
+        f"{opts.tgt_len} output tokens each"
+    )
     report("| variant | sentences/s | speed vs soft |")
     report("|---|---|---|")
     for n in names:

@@ -61,8 +61,12 @@ def run_eflomal(src, tgt, workdir):
 
     fwd, rev = os.path.join(workdir, "fwd"), os.path.join(workdir, "rev")
     start = time.time()
-    Aligner().align([eflomal_tokens(s) for s in src], [eflomal_tokens(t) for t in tgt],
-                    links_filename_fwd=fwd, links_filename_rev=rev)
+    Aligner().align(
+        [eflomal_tokens(s) for s in src],
+        [eflomal_tokens(t) for t in tgt],
+        links_filename_fwd=fwd,
+        links_filename_rev=rev,
+    )
     seconds = time.time() - start
     with open(fwd, encoding="utf-8") as f, open(rev, encoding="utf-8") as r:
         return [parse(x) for x in f.read().splitlines()], [parse(x) for x in r.read().splitlines()], seconds
@@ -89,15 +93,20 @@ def score(name, links, gold, per_1000):
 
 
 def markdown(result):
-    lines = [f"`python benchmarks/word_alignment.py` on {result['date']} ({result['commit']}), "
-             f"{result['machine']}; gold: {result['gold_sentences']} hand-aligned sentences of test_2016_flickr "
-             f"({result['gold_sure']} sure, {result['gold_possible']} possible links); AER with its 95% bootstrap "
-             "interval over sentences (1000 resamples).", "",
-             "| alignment | AER [95% interval] | precision | recall | seconds per 1,000 pairs |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"`python benchmarks/word_alignment.py` on {result['date']} ({result['commit']}), "
+        f"{result['machine']}; gold: {result['gold_sentences']} hand-aligned sentences of test_2016_flickr "
+        f"({result['gold_sure']} sure, {result['gold_possible']} possible links); AER with its 95% bootstrap "
+        "interval over sentences (1000 resamples).",
+        "",
+        "| alignment | AER [95% interval] | precision | recall | seconds per 1,000 pairs |",
+        "|---|---|---|---|---|",
+    ]
     for r in result["rows"]:
-        lines.append(f"| {r['row']} | {r['aer']:.3f} [{r['aer_low']:.3f}, {r['aer_high']:.3f}] | "
-                     f"{r['precision']:.3f} | {r['recall']:.3f} | {r['seconds_per_1000']:.1f} |")
+        lines.append(
+            f"| {r['row']} | {r['aer']:.3f} [{r['aer_low']:.3f}, {r['aer_high']:.3f}] | "
+            f"{r['precision']:.3f} | {r['recall']:.3f} | {r['seconds_per_1000']:.1f} |"
+        )
     lines += ["", *[f"- {n}" for n in result.get("notes", [])]]
     return "\n".join(lines).rstrip() + "\n"
 
@@ -114,10 +123,15 @@ def summary(result):
     if models:
         keep.append(min((r for r in rows if r["row"].split(",")[0] in models), key=lambda r: r["aer"]))
     lines = ["| alignment | AER [95% interval] | precision | recall |", "|---|---|---|---|"]
-    lines += [f"| {r['row']} | {r['aer']:.3f} [{r['aer_low']:.3f}, {r['aer_high']:.3f}] | {r['precision']:.3f} | "
-              f"{r['recall']:.3f} |" for r in keep]
-    return (f"{result['gold_sentences']} hand-aligned test sentences, {result['date']} ({result['commit']}); "
-            "the best model row; all rows and timings: `benchmarks/README.md`.\n\n" + "\n".join(lines) + "\n")
+    lines += [
+        f"| {r['row']} | {r['aer']:.3f} [{r['aer_low']:.3f}, {r['aer_high']:.3f}] | {r['precision']:.3f} | "
+        f"{r['recall']:.3f} |"
+        for r in keep
+    ]
+    return (
+        f"{result['gold_sentences']} hand-aligned test sentences, {result['date']} ({result['commit']}); "
+        "the best model row; all rows and timings: `benchmarks/README.md`.\n\n" + "\n".join(lines) + "\n"
+    )
 
 
 def main(argv=None):
@@ -140,9 +154,11 @@ def main(argv=None):
                 f.write(text)
         return
     gold = read_gold(GOLD)
-    src_test, tgt_test = raw_lines("test_2016_flickr", "de")[:opts.test_lines], \
-        raw_lines("test_2016_flickr", "en")[:opts.test_lines]
-    src_train, tgt_train = raw_lines("train", "de")[:opts.train_lines], raw_lines("train", "en")[:opts.train_lines]
+    src_test, tgt_test = (
+        raw_lines("test_2016_flickr", "de")[: opts.test_lines],
+        raw_lines("test_2016_flickr", "en")[: opts.test_lines],
+    )
+    src_train, tgt_train = raw_lines("train", "de")[: opts.train_lines], raw_lines("train", "en")[: opts.train_lines]
     rows = []
     with tempfile.TemporaryDirectory() as work:
         fwd, rev, seconds = run_eflomal(src_train + src_test, tgt_train + tgt_test, work)
@@ -152,8 +168,7 @@ def main(argv=None):
     rows.append(score("eflomal, de→en (each English word's link)", fwd, gold, per_1000))
     rows.append(score("eflomal, en→de", rev, gold, per_1000))
     for method in METHODS:
-        rows.append(score(f"eflomal, {method}", [symmetrize(f, r, method) for f, r in zip(fwd, rev)], gold,
-                          per_1000))
+        rows.append(score(f"eflomal, {method}", [symmetrize(f, r, method) for f, r in zip(fwd, rev)], gold, per_1000))
     for spec in opts.model:
         name, _, dirs = spec.partition("=")
         forward_dir, _, reverse_dir = dirs.partition(":")
@@ -161,22 +176,35 @@ def main(argv=None):
         for kind, kind_links in links.items():
             rows.append(score(f"{name}, {kind}, de→en", kind_links, gold, seconds[kind]))
         if reverse_dir:
-            back, back_seconds = model_alignments(reverse_dir, opts.reverse_data or opts.data,
-                                                  opts.sentencepiece_model, tgt_test, src_test)
+            back, back_seconds = model_alignments(
+                reverse_dir, opts.reverse_data or opts.data, opts.sentencepiece_model, tgt_test, src_test
+            )
             for kind in set(links) & set(back):
                 reverse = [flip(x) for x in back[kind]]
                 rows.append(score(f"{name}, {kind}, en→de", reverse, gold, back_seconds[kind]))
                 for method in METHODS:
-                    rows.append(score(f"{name}, {kind}, {method}",
-                                      [symmetrize(f, r, method) for f, r in zip(links[kind], reverse)], gold,
-                                      seconds[kind] + back_seconds[kind]))
+                    rows.append(
+                        score(
+                            f"{name}, {kind}, {method}",
+                            [symmetrize(f, r, method) for f, r in zip(links[kind], reverse)],
+                            gold,
+                            seconds[kind] + back_seconds[kind],
+                        )
+                    )
     scored = [g for g in gold if g is not None]
-    result = {"date": time.strftime("%Y-%m-%d"), "commit": git_commit(REPO),
-              "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
-              "command": " ".join(["python", "benchmarks/word_alignment.py", *(argv or sys.argv[1:])]),
-              "train_pairs": n, "test_pairs": len(src_test), "gold_sentences": len(scored),
-              "gold_sure": sum(len(s) for s, _ in scored), "gold_possible": sum(len(p - s) for s, p in scored),
-              "rows": rows, "notes": opts.note}
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "commit": git_commit(REPO),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
+        "command": " ".join(["python", "benchmarks/word_alignment.py", *(argv or sys.argv[1:])]),
+        "train_pairs": n,
+        "test_pairs": len(src_test),
+        "gold_sentences": len(scored),
+        "gold_sure": sum(len(s) for s, _ in scored),
+        "gold_possible": sum(len(p - s) for s, p in scored),
+        "rows": rows,
+        "notes": opts.note,
+    }
     os.makedirs(os.path.dirname(os.path.abspath(opts.out)), exist_ok=True)
     with open(opts.out + ".json", "w") as f:
         json.dump(result, f, indent=1)

@@ -73,9 +73,11 @@ def alignment_matrices(model, net_input, target, kinds=None) -> Dict[str, torch.
     kinds = available if kinds is None else list(kinds)
     missing = [k for k in kinds if k not in available]
     if missing:
-        raise ValueError(f"this model ({attention_label(model)}) has no {' or '.join(missing)} alignment: "
-                         f"it has {', '.join(available)} (q needs --inference-network; the exact posterior "
-                         "needs --attention categorical)")
+        raise ValueError(
+            f"this model ({attention_label(model)}) has no {' or '.join(missing)} alignment: "
+            f"it has {', '.join(available)} (q needs --inference-network; the exact posterior "
+            "needs --attention categorical)"
+        )
     has_q = "q" in available
     attn, extra = attention_of(model, net_input, target if has_q else None)
     out = {"attention": attn}

@@ -43,8 +43,10 @@ from packaging.version import InvalidVersion, Version
 # fairseq's main branch reports 0.12.2 (PyPI's 0.12.2 release does not build on
 # Python 3.11); ve-fairseq, a wheel of that branch, reports 0.12.3
 MIN_FAIRSEQ = "0.12.2"
-INSTALL_HINT = ("install the tested build with `pip install 'fairseq-varattn[fairseq]'` "
-                "(ve-fairseq==0.12.3, imports as fairseq), or fairseq >= {} from its main branch")
+INSTALL_HINT = (
+    "install the tested build with `pip install 'fairseq-varattn[fairseq]'` "
+    "(ve-fairseq==0.12.3, imports as fairseq), or fairseq >= {} from its main branch"
+)
 SAFE_GLOBALS = (argparse.Namespace,)
 FAIRSEQ_AMP_DEPRECATION = r"`torch\.cuda\.amp\.autocast\(args\.\.\.\)` is deprecated"
 FAIRSEQ_MASK_TYPES = r"Support for mismatched key_padding_mask and attn_mask is deprecated"
@@ -56,16 +58,18 @@ def check_fairseq(version=None) -> None:
         try:
             import fairseq
         except ImportError as e:
-            raise ImportError("fairseq-varattn needs fairseq, which is not installed: "
-                              + INSTALL_HINT.format(MIN_FAIRSEQ)) from e
+            raise ImportError(
+                "fairseq-varattn needs fairseq, which is not installed: " + INSTALL_HINT.format(MIN_FAIRSEQ)
+            ) from e
         version = getattr(fairseq, "__version__", "0")
     try:
         too_old = Version(version) < Version(MIN_FAIRSEQ)
     except InvalidVersion:
         too_old = True
     if too_old:
-        raise ImportError(f"fairseq-varattn needs fairseq >= {MIN_FAIRSEQ}, found {version}: "
-                          + INSTALL_HINT.format(MIN_FAIRSEQ))
+        raise ImportError(
+            f"fairseq-varattn needs fairseq >= {MIN_FAIRSEQ}, found {version}: " + INSTALL_HINT.format(MIN_FAIRSEQ)
+        )
 
 
 def install():
@@ -79,7 +83,8 @@ logger = logging.getLogger(__name__)
 LAST_BATCH_DROPPED = (
     "fairseq drops the last batch of every split unless its size is a multiple of "
     "--required-batch-size-multiple (now {}; fairseq issue #5036): validation and test scores "
-    "would leave out the longest sentences. Pass --required-batch-size-multiple 1.")
+    "would leave out the longest sentences. Pass --required-batch-size-multiple 1."
+)
 
 
 def warn_if_sentences_dropped(args) -> None:
@@ -94,6 +99,8 @@ def score_every_sentence(cfg) -> None:
     dataset = getattr(cfg, "dataset", None)
     multiple = getattr(dataset, "required_batch_size_multiple", 1) if dataset is not None else 1
     if multiple and multiple > 1:
-        logger.info(f"--required-batch-size-multiple {multiple} -> 1, so that no sentence is left out "
-                    "(fairseq drops a last batch of another size, fairseq issue #5036)")
+        logger.info(
+            f"--required-batch-size-multiple {multiple} -> 1, so that no sentence is left out "
+            "(fairseq drops a last batch of another size, fairseq issue #5036)"
+        )
         dataset.required_batch_size_multiple = 1

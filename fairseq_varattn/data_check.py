@@ -15,8 +15,9 @@ import argparse
 import glob
 import os
 
-PREPARE = ("prepare raw parallel text (SPLIT.LANG files) with "
-           "`varattn-prepare --raw-dir {raw} --out OUT` and pass OUT/bin")
+PREPARE = (
+    "prepare raw parallel text (SPLIT.LANG files) with `varattn-prepare --raw-dir {raw} --out OUT` and pass OUT/bin"
+)
 
 
 def problem(data: str, source_lang=None, target_lang=None):
@@ -28,8 +29,10 @@ def problem(data: str, source_lang=None, target_lang=None):
     if not dicts:
         if glob.glob(os.path.join(path, "bin", "dict.*.txt")):
             return f"{path!r} has no dict.LANG.txt; its subdirectory {os.path.join(path, 'bin')!r} does"
-        return (f"{path!r} has no fairseq dictionaries (dict.LANG.txt), so it is not a prepared data directory: "
-                f"{PREPARE.format(raw=path)}")
+        return (
+            f"{path!r} has no fairseq dictionaries (dict.LANG.txt), so it is not a prepared data directory: "
+            f"{PREPARE.format(raw=path)}"
+        )
     missing = [f"dict.{lang}.txt" for lang in (source_lang, target_lang) if lang and f"dict.{lang}.txt" not in dicts]
     if missing:
         return f"{path!r} has {', '.join(dicts)} but not {', '.join(missing)}: check --source-lang/--target-lang"

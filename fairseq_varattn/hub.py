@@ -60,8 +60,13 @@ class VarAttnHubInterface(hub_utils.GeneratorHubInterface):
         return self.tgt_dict.encode_line(pieces, add_if_not_exist=False).long()
 
     @torch.no_grad()
-    def align(self, source: Union[str, List[str]], target: Union[str, List[str]],
-              kind: Optional[str] = None, batch_size: int = 32) -> Union[Alignment, List[Alignment]]:
+    def align(
+        self,
+        source: Union[str, List[str]],
+        target: Union[str, List[str]],
+        kind: Optional[str] = None,
+        batch_size: int = 32,
+    ) -> Union[Alignment, List[Alignment]]:
         """Word alignments of sentence pairs (a string each, or lists of them, in
         order), teacher-forced on ``target``.  ``kind``: "posterior" (the exact
         posterior, the default for categorical attention), "q", or "attention"
@@ -79,7 +84,7 @@ class VarAttnHubInterface(hub_utils.GeneratorHubInterface):
         # in decreasing length, as fairseq's collater orders them); answers in the input's order
         order = sorted(range(len(pairs)), key=lambda k: (-pairs[k][0].numel(), -pairs[k][1].numel()))
         for start in range(0, len(order), batch_size):
-            ids = order[start:start + batch_size]
+            ids = order[start : start + batch_size]
             for k, result in zip(ids, self._align_batch([pairs[k] for k in ids], kind)):
                 out[k] = result
         return out[0] if single else out
@@ -93,8 +98,9 @@ class VarAttnHubInterface(hub_utils.GeneratorHubInterface):
         net_input = {
             "src_tokens": data_utils.collate_tokens(srcs, pad, eos, left_pad=True).to(self.device),
             "src_lengths": torch.tensor([s.numel() for s in srcs], device=self.device),
-            "prev_output_tokens": data_utils.collate_tokens(tgts, pad, eos, left_pad=False,
-                                                            move_eos_to_beginning=True).to(self.device),
+            "prev_output_tokens": data_utils.collate_tokens(
+                tgts, pad, eos, left_pad=False, move_eos_to_beginning=True
+            ).to(self.device),
         }
         target = data_utils.collate_tokens(tgts, pad, eos, left_pad=False).to(self.device)
         matrices = alignments.alignment_matrices(self.model, net_input, target, [kind])[kind].cpu()
@@ -103,7 +109,7 @@ class VarAttnHubInterface(hub_utils.GeneratorHubInterface):
         for b, (src, tgt) in enumerate(zip(srcs, tgts)):
             n, t = src.numel() - 1, tgt.numel() - 1  # without </s>
             # rows: the target pieces; columns: the source pieces after the left padding
-            matrix = matrices[b, :t, width - n - 1:width - 1]
+            matrix = matrices[b, :t, width - n - 1 : width - 1]
             src_pieces = [self.src_dict[x] for x in src[:-1].tolist()]
             tgt_pieces = [self.tgt_dict[x] for x in tgt[:-1].tolist()]
             words = alignments.word_alignment(matrix, src_pieces, tgt_pieces)
@@ -130,25 +136,35 @@ def language_pair(checkpoint: str, data: str):
     dictionaries = {}
     for name in sorted(os.listdir(data)):
         if name.startswith("dict.") and name.endswith(".txt"):
-            dictionaries[name[len("dict."):-len(".txt")]] = Dictionary.load(os.path.join(data, name))
+            dictionaries[name[len("dict.") : -len(".txt")]] = Dictionary.load(os.path.join(data, name))
     saved = state["model"]
     if "source_dictionary_crc" in saved:
+
         def fits(lang, key):
             return int(dictionary_checksum(dictionaries[lang])) == int(saved[key])
     else:  # another model (fairseq's transformer): the embedding tables' sizes
+
         def fits(lang, key):
             table = saved.get(("encoder" if key.startswith("source") else "decoder") + ".embed_tokens.weight")
             return table is not None and table.size(0) == len(dictionaries[lang])
-    pairs = [(s, t) for s in dictionaries for t in dictionaries
-             if s != t and fits(s, "source_dictionary_crc") and fits(t, "target_dictionary_crc")]
+
+    pairs = [
+        (s, t)
+        for s in dictionaries
+        for t in dictionaries
+        if s != t and fits(s, "source_dictionary_crc") and fits(t, "target_dictionary_crc")
+    ]
     if pairs:  # several only for a joined dictionary: each direction loads the same symbols
         return sorted(pairs)[0]
-    raise ValueError(f"no dictionaries in {data!r} match the checkpoint's ({', '.join(dictionaries) or 'none there'}): "
-                     "pass data_name_or_path= the data directory it was trained on, or source_lang= and target_lang=")
+    raise ValueError(
+        f"no dictionaries in {data!r} match the checkpoint's ({', '.join(dictionaries) or 'none there'}): "
+        "pass data_name_or_path= the data directory it was trained on, or source_lang= and target_lang="
+    )
 
 
-def from_pretrained(model_dir: str, checkpoint_file: str = "checkpoint_best.pt", data_name_or_path: str = ".",
-                    **kwargs) -> VarAttnHubInterface:
+def from_pretrained(
+    model_dir: str, checkpoint_file: str = "checkpoint_best.pt", data_name_or_path: str = ".", **kwargs
+) -> VarAttnHubInterface:
     """Load ``model_dir/checkpoint_file`` with the dictionaries in
     ``data_name_or_path`` (relative to ``model_dir`` when it starts with ".").
     With a sentencepiece model (``model_dir/sentencepiece.bpe.model`` or

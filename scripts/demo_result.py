@@ -17,12 +17,16 @@ from varattn_tools.experiments import git_commit, metric, validations  # noqa: E
 
 def markdown(result) -> str:
     extra = f" `{result['extra_train_args']}`" if result.get("extra_train_args") else ""
-    lines = [f"`bash scripts/demo.sh` on {result['date']} ({result['commit']}), {result['machine']}:", "",
-             "| model | epochs | best valid PPL | test_2016_flickr sacreBLEU | wall time (with installation) |",
-             "|---|---|---|---|---|",
-             f"| `varattn_lstm` soft attention, 128-d, 256-unit decoder{extra} | {result['epochs']} | "
-             f"{result['best_valid_ppl']:.2f} | {result['test_bleu']:.1f} | {result['wall_seconds']} s |", "",
-             f"`{result['sacrebleu']}`"]
+    lines = [
+        f"`bash scripts/demo.sh` on {result['date']} ({result['commit']}), {result['machine']}:",
+        "",
+        "| model | epochs | best valid PPL | test_2016_flickr sacreBLEU | wall time (with installation) |",
+        "|---|---|---|---|---|",
+        f"| `varattn_lstm` soft attention, 128-d, 256-unit decoder{extra} | {result['epochs']} | "
+        f"{result['best_valid_ppl']:.2f} | {result['test_bleu']:.1f} | {result['wall_seconds']} s |",
+        "",
+        f"`{result['sacrebleu']}`",
+    ]
     if result.get("interactive"):
         lines += ["", "```", *result["interactive"], "```"]
     if result.get("note"):
@@ -36,8 +40,9 @@ def main():
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--seconds", type=int)
     parser.add_argument("--extra-train-args", default="")
-    parser.add_argument("--render", help="a committed result JSON (with a hand-added \"note\"): its table, "
-                                         "written beside it as .md")
+    parser.add_argument(
+        "--render", help='a committed result JSON (with a hand-added "note"): its table, written beside it as .md'
+    )
     opts = parser.parse_args()
     if opts.render:
         with open(opts.render) as f:
@@ -55,12 +60,19 @@ def main():
     with open(os.path.join(opts.out, "bleu.txt"), encoding="utf-8") as f:
         bleu_line = f.read().strip().splitlines()[-1]
     bleu = float(re.search(r"= ([0-9.]+)", bleu_line).group(1))
-    result = {"date": time.strftime("%Y-%m-%d"), "commit": git_commit(REPO, mark_changes=True),
-              "command": "bash scripts/demo.sh",
-              "epochs": opts.epochs, "extra_train_args": opts.extra_train_args,
-              "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
-              "omp_threads": os.environ.get("OMP_NUM_THREADS"), "best_valid_ppl": best_ppl,
-              "test_bleu": bleu, "sacrebleu": bleu_line, "wall_seconds": opts.seconds}
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "commit": git_commit(REPO, mark_changes=True),
+        "command": "bash scripts/demo.sh",
+        "epochs": opts.epochs,
+        "extra_train_args": opts.extra_train_args,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
+        "omp_threads": os.environ.get("OMP_NUM_THREADS"),
+        "best_valid_ppl": best_ppl,
+        "test_bleu": bleu,
+        "sacrebleu": bleu_line,
+        "wall_seconds": opts.seconds,
+    }
     interactive = os.path.join(opts.out, "interactive.txt")
     if os.path.isfile(interactive):
         with open(interactive, encoding="utf-8") as f:

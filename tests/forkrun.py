@@ -35,9 +35,18 @@ FORKED = ("fairseq_cli.train", "fairseq_cli.validate", "fairseq_cli.generate")
 # fairseq calls logging.basicConfig(level=logging.DEBUG) (its
 # wav2vec2_classification module does), which makes theirs a no-op
 CONFIGURES_LOGGING_FIRST = ("fairseq_cli.train",)
-PRELOAD = ["fairseq", "fairseq.options", "fairseq.trainer", "fairseq.checkpoint_utils",
-           "fairseq.tasks.translation", "fairseq.sequence_generator", "fairseq.scoring.bleu",
-           "sacrebleu", "sentencepiece", "forkrun"]
+PRELOAD = [
+    "fairseq",
+    "fairseq.options",
+    "fairseq.trainer",
+    "fairseq.checkpoint_utils",
+    "fairseq.tasks.translation",
+    "fairseq.sequence_generator",
+    "fairseq.scoring.bleu",
+    "sacrebleu",
+    "sentencepiece",
+    "forkrun",
+]
 # imported last in the server: what importing fairseq left (it sets "fork")
 START_METHOD_AFTER_PRELOAD = multiprocessing.get_start_method(allow_none=True)
 

@@ -42,17 +42,33 @@ def build_model(attention="categorical", inference_network="none", seed=0, dropo
     overrides.setdefault("output_layer", "joint")
     overrides.setdefault("output_activation", "tanh")
     if arch == "lstm":
-        args = argparse.Namespace(attention=attention, inference_network=inference_network,
-                                  dropout=dropout, encoder_embed_dim=8, encoder_hidden_size=6,
-                                  decoder_embed_dim=8, decoder_hidden_size=10, decoder_out_embed_dim=7,
-                                  **overrides)
+        args = argparse.Namespace(
+            attention=attention,
+            inference_network=inference_network,
+            dropout=dropout,
+            encoder_embed_dim=8,
+            encoder_hidden_size=6,
+            decoder_embed_dim=8,
+            decoder_hidden_size=10,
+            decoder_out_embed_dim=7,
+            **overrides,
+        )
         varattn_lstm_tiny(args)
         model = VarAttnLSTMModel.build_model(args, FakeTask(d, d))
     else:
-        args = argparse.Namespace(attention=attention, inference_network=inference_network, dropout=dropout,
-                                  encoder_embed_dim=8, encoder_ffn_embed_dim=16, encoder_attention_heads=2,
-                                  decoder_embed_dim=8, decoder_ffn_embed_dim=16, decoder_attention_heads=2,
-                                  inference_hidden_size=6, **overrides)
+        args = argparse.Namespace(
+            attention=attention,
+            inference_network=inference_network,
+            dropout=dropout,
+            encoder_embed_dim=8,
+            encoder_ffn_embed_dim=16,
+            encoder_attention_heads=2,
+            decoder_embed_dim=8,
+            decoder_ffn_embed_dim=16,
+            decoder_attention_heads=2,
+            inference_hidden_size=6,
+            **overrides,
+        )
         varattn_transformer_tiny(args)
         model = VarAttnTransformerModel.build_model(args, FakeTask(d, d))
     model.eval()
@@ -66,7 +82,7 @@ def random_batch(d, bsz=3, src_len=5, tgt_len=4, seed=1):
     src_lengths = torch.tensor([src_len - (i % 2) * 2 for i in range(bsz)])
     src = torch.full((bsz, src_len), d.pad())
     for b, n in enumerate(src_lengths.tolist()):
-        src[b, src_len - n:] = torch.randint(nspecial, len(d), (n,), generator=g)
+        src[b, src_len - n :] = torch.randint(nspecial, len(d), (n,), generator=g)
         src[b, -1] = d.eos()
     order = src_lengths.argsort(descending=True)
     src, src_lengths = src[order], src_lengths[order]
@@ -91,8 +107,9 @@ def cli_env(**extra):
 
 def run_fresh(module, argv, env, cwd, timeout):
     """``python -m MODULE ARGV`` in a fresh interpreter."""
-    return subprocess.run([PYTHON, "-m", module, *argv], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [PYTHON, "-m", module, *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def run_cli(args, timeout=900, check=True, env_extra=None):
@@ -106,8 +123,10 @@ def run_cli(args, timeout=900, check=True, env_extra=None):
     else:
         proc = run_fresh(module, argv, env, REPO, timeout)
     if check and proc.returncode != 0:
-        raise AssertionError(f"command failed ({proc.returncode}): {' '.join(map(str, args))}\n"
-                             f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+        raise AssertionError(
+            f"command failed ({proc.returncode}): {' '.join(map(str, args))}\n"
+            f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        )
     return proc
 
 

@@ -26,15 +26,38 @@ def test_breakdown_times_each_latent_part_where_the_variant_runs_it(tmp_path):
     the output at its relaxed contexts and q, not the T-way log p (its
     training skips the exact nll)."""
     out = tmp_path / "speed.json"
-    subprocess.run([PYTHON, SPEED, "--variants", "soft,factored-marginal,factored-elbo-reinforce,factored-elbo-gumbel",
-                    "--steps", "2", "--no-memory", "--breakdown", "--json", str(out), *TINY],
-                   check=True, capture_output=True, cwd=REPO, env=cli_env(), timeout=600)
+    subprocess.run(
+        [
+            PYTHON,
+            SPEED,
+            "--variants",
+            "soft,factored-marginal,factored-elbo-reinforce,factored-elbo-gumbel",
+            "--steps",
+            "2",
+            "--no-memory",
+            "--breakdown",
+            "--json",
+            str(out),
+            *TINY,
+        ],
+        check=True,
+        capture_output=True,
+        cwd=REPO,
+        env=cli_env(),
+        timeout=600,
+    )
     results = json.loads(out.read_text())["results"]
-    ran = {n: {p for p, ms in r["breakdown_ms"].items() if p not in ("forward", "backward") and ms > 0}
-           for n, r in results.items()}
+    ran = {
+        n: {p for p, ms in r["breakdown_ms"].items() if p not in ("forward", "backward") and ms > 0}
+        for n, r in results.items()
+    }
     logp, context, q = "log p(y given z = i)", "output at a context", "q network"
-    assert ran == {"soft": set(), "factored-marginal": {logp}, "factored-elbo-reinforce": {logp, context, q},
-                   "factored-elbo-gumbel": {context, q}}
+    assert ran == {
+        "soft": set(),
+        "factored-marginal": {logp},
+        "factored-elbo-reinforce": {logp, context, q},
+        "factored-elbo-gumbel": {context, q},
+    }
     for r in results.values():
         parts = sum(ms for p, ms in r["breakdown_ms"].items() if p not in ("forward", "backward"))
         assert 0 < r["breakdown_ms"]["backward"] and parts <= r["breakdown_ms"]["forward"]

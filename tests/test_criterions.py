@@ -28,29 +28,34 @@ OUTPUT_LAYERS = ["joint", "factored"]
 def _sharp_scores(phase, amplitude=6.0):
     """Adds a sin(3 sum(query) + 1.7 i + phase) to the scores of position i:
     a sharp, input-dependent, non-uniform pattern (-inf padding stays -inf)."""
+
     def hook(module, inputs, output):
         query = inputs[0]
         positions = torch.arange(output.size(-1), dtype=output.dtype)
         pattern = amplitude * torch.sin(3.0 * query.sum(-1, keepdim=True) + 1.7 * positions + phase)
         return output + pattern
+
     return hook
 
 
 def _amplify_context(module, inputs, output):
     """W_c x~ made to vary quickly with x~: small differences between
     annotations become large differences between log p(y | z = i)."""
-    return 10.0 * output + 3.0 * torch.sin(40.0 * inputs[0].sum(-1, keepdim=True) + torch.arange(
-        output.size(-1), dtype=output.dtype))
+    return 10.0 * output + 3.0 * torch.sin(
+        40.0 * inputs[0].sum(-1, keepdim=True) + torch.arange(output.size(-1), dtype=output.dtype)
+    )
 
 
-def sharpened(attention="categorical", inference_network="birnn", output_layer="joint", seed=0, q_amplitude=6.0,
-              arch="lstm"):
+def sharpened(
+    attention="categorical", inference_network="birnn", output_layer="joint", seed=0, q_amplitude=6.0, arch="lstm"
+):
     """A model whose prior, q and output distributions are far from uniform:
     forward hooks give the prior and q sharp, different score patterns and
     scale the context's share of the output logits, so every code path (the
     criterion's and the explicit references) sees the same sharpened model."""
-    model, d = build_model(attention, inference_network=inference_network, seed=seed,
-                           output_layer=output_layer, arch=arch)
+    model, d = build_model(
+        attention, inference_network=inference_network, seed=seed, output_layer=output_layer, arch=arch
+    )
     model.decoder.scorer.register_forward_hook(_sharp_scores(0.0))
     if model.inference_network is not None:
         model.inference_network.scorer.register_forward_hook(_sharp_scores(2.0, q_amplitude))
@@ -66,16 +71,16 @@ def explicit(model, batch):
     context softmaxes (not the enumeration path), and the token mask."""
     net = batch["net_input"]
     target = batch["target"]
-    _, extra = model(**net, target=target if model.inference_network is not None else None,
-                     features_only=True)
+    _, extra = model(**net, target=target if model.inference_network is not None else None, features_only=True)
     head = model.decoder
     enc = extra["encoder_states"]
-    columns = [head.output.context_logprobs(extra["hidden"], enc[:, i:i + 1].expand(-1, target.size(1), -1),
-                                            target) for i in range(enc.size(1))]
+    columns = [
+        head.output.context_logprobs(extra["hidden"], enc[:, i : i + 1].expand(-1, target.size(1), -1), target)
+        for i in range(enc.size(1))
+    ]
     logp = torch.stack(columns, dim=-1).double()  # B, N, T
     prior = head.alignment_distribution(extra["scores"], extra["encoder_padding_mask"])
-    q = head.alignment_distribution(extra["q_scores"], extra["encoder_padding_mask"]) \
-        if "q_scores" in extra else None
+    q = head.alignment_distribution(extra["q_scores"], extra["encoder_padding_mask"]) if "q_scores" in extra else None
     mask = target.ne(head.dictionary.pad())
     return prior, q, logp, mask
 
@@ -85,8 +90,9 @@ def assert_alignment_matters(prior, logp, mask):
     maxp = prior.probs.max(-1).values[mask]
     assert maxp.mean() > 0.5, "the prior is still near uniform"
     spread = logp.masked_fill(~valid, float("nan")).nanmean(-1, keepdim=True)
-    assert (logp - spread).abs().masked_fill(~valid, 0).amax(-1)[mask].mean() > 0.5, \
+    assert (logp - spread).abs().masked_fill(~valid, 0).amax(-1)[mask].mean() > 0.5, (
         "log p(y | z = i) barely depends on i"
+    )
 
 
 def per_token(crit, model, batch):
@@ -94,8 +100,9 @@ def per_token(crit, model, batch):
     from fairseq_varattn.criterions.batch import LatentBatch
 
     target = batch["target"]
-    features, extra = model(**batch["net_input"], target=target if crit.needs_inference_network else None,
-                            features_only=True)
+    features, extra = model(
+        **batch["net_input"], target=target if crit.needs_inference_network else None, features_only=True
+    )
     return crit.token_terms(model, LatentBatch(model, features, extra, target, crit.padding_idx))
 
 
@@ -124,8 +131,7 @@ def test_elbo_enum_is_reconstruction_plus_weighted_kl(output_layer, kl_weight, a
     log_marginal = torch.logsumexp(prior.log_probs.double() + logp, -1)
     torch.testing.assert_close(log["nll_loss"].double(), -log_marginal[mask].sum(), rtol=1e-5, atol=1e-4)
     if kl_weight == 1.0:
-        posterior = CategoricalAlignment.from_log_probs((prior.log_probs.double() + logp
-                                                         - log_marginal.unsqueeze(-1)))
+        posterior = CategoricalAlignment.from_log_probs((prior.log_probs.double() + logp - log_marginal.unsqueeze(-1)))
         gap = q.kl(posterior)[mask].sum()
         assert gap > 1.0, "q must be far from the posterior for this check to mean anything"
         torch.testing.assert_close((loss - log["nll_loss"]).double(), gap.double(), rtol=1e-4, atol=1e-4)
@@ -143,8 +149,9 @@ def test_marginal_and_hard_enum_equal_explicit_sums(output_layer, arch):
     torch.testing.assert_close(loss.double(), -torch.logsumexp(lp + logp, -1)[mask].sum(), rtol=1e-5, atol=1e-4)
     loss, _, _ = HardAttentionCriterion.build(task(d), estimator="enum")(model, batch)
     p = lp.exp()
-    torch.testing.assert_close(loss.double(), -(p * logp.masked_fill(p == 0, 0)).sum(-1)[mask].sum(),
-                               rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(
+        loss.double(), -(p * logp.masked_fill(p == 0, 0)).sum(-1)[mask].sum(), rtol=1e-5, atol=1e-4
+    )
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -200,8 +207,7 @@ def test_topk_elbo_hand_example_is_a_bound():
 def _gradient(model, loss):
     model.zero_grad()
     loss.backward()
-    return torch.cat([p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel())
-                      for p in model.parameters()])
+    return torch.cat([p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel()) for p in model.parameters()])
 
 
 def _without_dropout(model):
@@ -241,10 +247,13 @@ def _soft_baseline_loss(model, batch):
     return -logp[target.ne(model.decoder.dictionary.pad())].sum()
 
 
-@pytest.mark.parametrize("estimator,options", [
-    ("reinforce", {"train_baseline": True}),
-    ("gumbel", {"gumbel_temperature": 0.001}),
-])
+@pytest.mark.parametrize(
+    "estimator,options",
+    [
+        ("reinforce", {"train_baseline": True}),
+        ("gumbel", {"gumbel_temperature": 0.001}),
+    ],
+)
 def test_sampled_elbo_gradient_averages_to_the_enumeration_gradient(estimator, options):
     """Through the criterion class, K = 100 samples per draw, 40 draws: the
     mean gradient (minus, for REINFORCE, the learned baseline's own
@@ -265,13 +274,15 @@ def test_sampled_elbo_gradient_averages_to_the_enumeration_gradient(estimator, o
     crit = ElboCriterion.build(task(d), estimator=estimator, num_samples=100, kl_weight=0.0, **options)
     torch.manual_seed(0)
     draws = torch.stack([probe(crit(model, batch)[0])[0] - baseline for _ in range(40)])
-    parts = {"q": slice(0, n_q), "output": slice(n_q, None)} if estimator == "reinforce" else {
-        "output": slice(n_q, None)}  # relaxed samples do not give q the score-function gradient
+    parts = (
+        {"q": slice(0, n_q), "output": slice(n_q, None)} if estimator == "reinforce" else {"output": slice(n_q, None)}
+    )  # relaxed samples do not give q the score-function gradient
     g = torch.Generator().manual_seed(0)
     for name, part in parts.items():
         ref_full = enum[part]
-        directions = torch.cat([ref_full.unsqueeze(0), torch.randn(4, ref_full.numel(), generator=g,
-                                                                   dtype=torch.double)])
+        directions = torch.cat(
+            [ref_full.unsqueeze(0), torch.randn(4, ref_full.numel(), generator=g, dtype=torch.double)]
+        )
         projected = draws[:, part] @ directions.T
         mean, stderr = projected.mean(0), projected.std(0) / math.sqrt(len(draws))
         ref = directions @ ref_full
@@ -290,14 +301,21 @@ def test_gumbel_objective_follows_the_temperature():
     batch = random_batch(d, bsz=4, src_len=7, tgt_len=6)
     enum = float(ElboCriterion.build(task(d), estimator="enum", kl_weight=0.0)(model, batch)[0].detach())
     torch.manual_seed(0)
-    values = {t: float(ElboCriterion.build(task(d), estimator="gumbel", num_samples=200, gumbel_temperature=t,
-                                           kl_weight=0.0)(model, batch)[0].detach()) for t in (0.01, 1000.0)}
+    values = {
+        t: float(
+            ElboCriterion.build(task(d), estimator="gumbel", num_samples=200, gumbel_temperature=t, kl_weight=0.0)(
+                model, batch
+            )[0].detach()
+        )
+        for t in (0.01, 1000.0)
+    }
     _, extra = model(**batch["net_input"], target=batch["target"], features_only=True)
     valid = (~extra["encoder_padding_mask"]).float()
     mean_annotation = (extra["encoder_states"] * valid.unsqueeze(-1)).sum(1) / valid.sum(1, keepdim=True)
     mask = batch["target"].ne(d.pad())
     uniform = model.decoder.output.context_logprobs(
-        extra["hidden"], mean_annotation.unsqueeze(1).expand(-1, mask.size(1), -1), batch["target"])
+        extra["hidden"], mean_annotation.unsqueeze(1).expand(-1, mask.size(1), -1), batch["target"]
+    )
     uniform = float(-uniform[mask].sum().detach())
     assert abs(enum - uniform) > 2.0, "the two limits must differ for this check to mean anything"
     assert abs(values[0.01] - enum) < 0.1 * abs(enum - uniform), (values, enum, uniform)
@@ -380,8 +398,9 @@ def test_centred_rws_changes_the_alignment_updates_alone():
         loss, _, _ = RwsCriterion.build(task(d), num_samples=5, centred_weights=centred)(model, batch)
         loss.backward()
         grads[centred] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    torch.testing.assert_close(grads[True]["decoder.output.fc_out.weight"],
-                               grads[False]["decoder.output.fc_out.weight"])
+    torch.testing.assert_close(
+        grads[True]["decoder.output.fc_out.weight"], grads[False]["decoder.output.fc_out.weight"]
+    )
     for name in ("decoder.scorer.v.weight", "inference_network.scorer.v.weight"):
         assert (grads[True][name] - grads[False][name]).abs().amax() > 1e-4 * grads[False][name].abs().amax(), name
 
@@ -401,7 +420,8 @@ def test_dirichlet_importance_nll_where_the_alignment_matters():
     assert q.kl(prior)[mask].mean() > 1.0, "q must differ from the prior"
     with torch.no_grad():
         contexts = torch.bmm(prior.rsample(20000).flatten(1, 2), extra["encoder_states"]).view(
-            *prior.concentration.shape[:2], 20000, -1)
+            *prior.concentration.shape[:2], 20000, -1
+        )
         logp = model.decoder.output.context_logprobs(extra["hidden"], contexts, batch["target"])
         assert logp.std(-1)[mask].mean() > 0.3, "the output must depend on z"
         reference = -(torch.logsumexp(logp, -1) - math.log(20000))[mask].sum()
@@ -445,8 +465,9 @@ def test_generation_output_is_the_explicit_mixture(output_layer, topk, arch):
     _, extra = model(**batch["net_input"], features_only=True)
     enc, hidden = extra["encoder_states"], extra["hidden"]
     n = hidden.size(1)
-    columns = [model.decoder.output.context_logprobs(hidden, enc[:, i:i + 1].expand(-1, n, -1))
-               for i in range(enc.size(1))]
+    columns = [
+        model.decoder.output.context_logprobs(hidden, enc[:, i : i + 1].expand(-1, n, -1)) for i in range(enc.size(1))
+    ]
     joint = torch.stack(columns, dim=2).double()  # B, N, T, V
     prior = CategoricalAlignment(extra["scores"])
     log_w = prior.log_probs.double()
@@ -572,6 +593,9 @@ def test_warmup_options_are_checked():
 
 def test_a_model_without_an_alignment_head_is_refused_with_the_options_that_fit():
     d = make_dictionary()
-    with pytest.raises(ValueError, match=r"--criterion varattn_elbo trains the plugin's models "
-                                         r"\(--arch varattn_lstm, .*varattn_transformer, .*varattn_vqa\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"--criterion varattn_elbo trains the plugin's models "
+        r"\(--arch varattn_lstm, .*varattn_transformer, .*varattn_vqa\)",
+    ):
         ElboCriterion.build(task(d)).check_model(torch.nn.Linear(2, 2))

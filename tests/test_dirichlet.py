@@ -63,11 +63,12 @@ def test_rsample_gradient_agrees_with_finite_differences_of_the_expectation(scal
     alpha = (torch.rand(5, generator=g) + 0.5) * scale
     c = torch.randn(5, generator=g)
     eps = 1e-3 * scale
-    fd = torch.stack([
-        (_expected_weighted_square(alpha + eps * e, c) - _expected_weighted_square(alpha - eps * e, c))
-        / (2 * eps)
-        for e in torch.eye(5, dtype=alpha.dtype)
-    ])
+    fd = torch.stack(
+        [
+            (_expected_weighted_square(alpha + eps * e, c) - _expected_weighted_square(alpha - eps * e, c)) / (2 * eps)
+            for e in torch.eye(5, dtype=alpha.dtype)
+        ]
+    )
     torch.manual_seed(0)
     a = alpha.clone().requires_grad_(True)
     z = DirichletAlignment(a).rsample(400_000)
@@ -129,8 +130,7 @@ def test_importance_estimate_converges_to_the_closed_form_marginal():
     def estimate(k, repeats):
         log_z = proposal.rsample_log(k * repeats).view(repeats, k, 7)
         logp_y = torch.log((log_z.exp() * c).sum(-1))
-        return importance_log_marginal(logp_y, prior.log_prob_at_log(log_z),
-                                       proposal.log_prob_at_log(log_z))
+        return importance_log_marginal(logp_y, prior.log_prob_at_log(log_z), proposal.log_prob_at_log(log_z))
 
     torch.manual_seed(0)
     assert abs(float(estimate(400_000, 1)) - exact) < 0.01

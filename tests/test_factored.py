@@ -39,8 +39,9 @@ def logits(scale, seed, shape):
 @pytest.mark.parametrize("scale", [1.0, 30.0])
 def test_normalisers_equal_explicit_logsumexp(scale):
     a, b = logits(scale, 0, (B, N, V)), logits(scale, 1, (B, T, V))
-    torch.testing.assert_close(log_normalisers(a, b).double(), explicit_normalisers(a, b),
-                               rtol=0, atol=1e-4 * max(1.0, scale / 10))
+    torch.testing.assert_close(
+        log_normalisers(a, b).double(), explicit_normalisers(a, b), rtol=0, atol=1e-4 * max(1.0, scale / 10)
+    )
 
 
 def test_normalisers_underflowing_products_are_recomputed_exactly():
@@ -149,15 +150,15 @@ def test_products_run_in_float32_under_bf16_autocast():
         out = log_normalisers(a.bfloat16(), b.bfloat16())
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
     # inputs rounded to bf16, products exact: within bf16's input rounding
-    torch.testing.assert_close(out.double(), explicit_normalisers(a.bfloat16().float(), b.bfloat16().float()),
-                               rtol=0, atol=1e-3)
+    torch.testing.assert_close(
+        out.double(), explicit_normalisers(a.bfloat16().float(), b.bfloat16().float()), rtol=0, atol=1e-3
+    )
 
 
 # -- the layer -----------------------------------------------------------------------------
 def make_layer(seed=0, sharpen=3.0, source_rank=0):
     torch.manual_seed(seed)
-    layer = FactoredOutputLayer(hidden_dim=5, context_dim=7, embed_dim=8, vocab_size=V,
-                                source_rank=source_rank).eval()
+    layer = FactoredOutputLayer(hidden_dim=5, context_dim=7, embed_dim=8, vocab_size=V, source_rank=source_rank).eval()
     with torch.no_grad():  # logits far from uniform, so alignments change the output
         layer.fc_out.weight.mul_(sharpen * 10)
         if source_rank:
@@ -182,14 +183,14 @@ def sharp_prior(seed=3):
 def test_alignment_logprobs_equal_explicit_softmaxes(source_rank):
     layer, h, enc = make_layer(source_rank=source_rank)
     target = torch.randint(0, V, (B, N))
-    ref = explicit_joint_logprobs(layer, h, enc).gather(
-        -1, target.view(B, N, 1, 1).expand(B, N, T, 1)).squeeze(-1)
+    ref = explicit_joint_logprobs(layer, h, enc).gather(-1, target.view(B, N, 1, 1).expand(B, N, T, 1)).squeeze(-1)
     got = layer.alignment_logprobs(h, enc, target)
     assert ref.std(-1).mean() > 0.5, "alignments must matter in this check"
     torch.testing.assert_close(got.double(), ref, rtol=0, atol=1e-4)
     positions = torch.randint(0, T, (B, N, 3))
-    torch.testing.assert_close(layer.alignment_logprobs(h, enc, target, positions).double(),
-                               ref.gather(-1, positions), rtol=0, atol=1e-4)
+    torch.testing.assert_close(
+        layer.alignment_logprobs(h, enc, target, positions).double(), ref.gather(-1, positions), rtol=0, atol=1e-4
+    )
 
 
 @pytest.mark.parametrize("source_rank", [0, 3])
@@ -204,10 +205,10 @@ def test_mixture_logprobs_equal_explicit_mixture_and_topk(source_rank):
     assert (got.double() - uniform).abs().max() > 0.1, "a uniform prior would pass this check"
     # top-k: the k most probable alignments, prior renormalised over them
     idx, log_w = prior.topk(2)
-    top = torch.logsumexp(joint.gather(2, idx.unsqueeze(-1).expand(-1, -1, -1, V))
-                          + log_w.double().unsqueeze(-1), dim=2)
-    torch.testing.assert_close(layer.mixture_logprobs(h, enc, prior, topk=2).double(), top,
-                               rtol=0, atol=1e-4)
+    top = torch.logsumexp(
+        joint.gather(2, idx.unsqueeze(-1).expand(-1, -1, -1, V)) + log_w.double().unsqueeze(-1), dim=2
+    )
+    torch.testing.assert_close(layer.mixture_logprobs(h, enc, prior, topk=2).double(), top, rtol=0, atol=1e-4)
     assert (top - ref).abs().max() > 1e-3, "top-2 must differ from the exact mixture here"
 
 

@@ -22,8 +22,12 @@ def _sample_for(src, src_lengths, hypotheses, d):
         target[b, : len(h)] = h
         prev[b, 0] = d.eos()
         prev[b, 1 : len(h)] = h[:-1]
-    return {"net_input": {"src_tokens": src, "src_lengths": src_lengths, "prev_output_tokens": prev},
-            "target": target, "ntokens": int(target.ne(d.pad()).sum()), "id": torch.arange(len(hypotheses))}
+    return {
+        "net_input": {"src_tokens": src, "src_lengths": src_lengths, "prev_output_tokens": prev},
+        "target": target,
+        "ntokens": int(target.ne(d.pad()).sum()),
+        "id": torch.arange(len(hypotheses)),
+    }
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -41,8 +45,12 @@ def test_beam_scores_equal_score_reference_and_validation_nll(output_layer, arch
     with torch.no_grad():
         hypos = generator.generate([model], {"net_input": {k: net[k] for k in ("src_tokens", "src_lengths")}})
     beams = [(b, h) for b in range(len(hypos)) for h in hypos[b]]
-    sample = _sample_for(net["src_tokens"][[b for b, _ in beams]], net["src_lengths"][[b for b, _ in beams]],
-                         [h["tokens"] for _, h in beams], d)
+    sample = _sample_for(
+        net["src_tokens"][[b for b, _ in beams]],
+        net["src_lengths"][[b for b, _ in beams]],
+        [h["tokens"] for _, h in beams],
+        d,
+    )
     beam_scores = torch.tensor([float(h["score"]) for _, h in beams])
     with torch.no_grad():
         scored = SequenceScorer(d).generate([model], sample)
@@ -99,8 +107,15 @@ def test_sampling_with_temperature_generates_from_a_latent_model():
     net = {k: batch["net_input"][k] for k in ("src_tokens", "src_lengths")}
     from fairseq import search
 
-    generator = SequenceGenerator([model], d, beam_size=2, max_len_a=0, max_len_b=6, temperature=0.7,
-                                  search_strategy=search.Sampling(d, sampling_topk=-1))
+    generator = SequenceGenerator(
+        [model],
+        d,
+        beam_size=2,
+        max_len_a=0,
+        max_len_b=6,
+        temperature=0.7,
+        search_strategy=search.Sampling(d, sampling_topk=-1),
+    )
     torch.manual_seed(0)
     with torch.no_grad():
         hypos = generator.generate([model], {"net_input": net})

@@ -11,8 +11,11 @@ from test_criterions import sharpened
 
 from varattn_tools import variants
 
-EXTRA = {"hard-reinforce": {"num_samples": 2}, "dirichlet": {"num_samples": 2, "nll_samples": 4},
-         "rws": {"num_samples": 3}}
+EXTRA = {
+    "hard-reinforce": {"num_samples": 2},
+    "dirichlet": {"num_samples": 2, "nll_samples": 4},
+    "rws": {"num_samples": 3},
+}
 # relative error of the loss, cosine of the gradient with float32's (measured: float16 at most
 # 0.2% and 0.985, bfloat16, 8 bits of mantissa, at most 1.3% and 0.83)
 TOLERANCE = {torch.float16: (0.01, 0.95), torch.bfloat16: (0.03, 0.8)}
@@ -21,8 +24,12 @@ LATENT = [name for name in variants.VARIANTS if name != "soft"]  # soft: fairseq
 
 def _run(name, arch, dtype):
     variant = variants.get(name)
-    model, d = sharpened(variant.attention, "birnn" if variant.needs_q else "none",
-                         output_layer="factored" if variant.attention == "categorical" else "joint", arch=arch)
+    model, d = sharpened(
+        variant.attention,
+        "birnn" if variant.needs_q else "none",
+        output_layer="factored" if variant.attention == "categorical" else "joint",
+        arch=arch,
+    )
     model = model.to(dtype).train()
     batch = random_batch(d, bsz=3, src_len=7, tgt_len=5)
     criterion = variant_criterion(name, FakeTask(d, d), **EXTRA.get(name, {}))
@@ -31,8 +38,9 @@ def _run(name, arch, dtype):
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(g.dtype == dtype and torch.isfinite(g).all() for g in grads)
-    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).float().flatten()
-                      for p in model.parameters()])
+    flat = torch.cat(
+        [(p.grad if p.grad is not None else torch.zeros_like(p)).float().flatten() for p in model.parameters()]
+    )
     return loss, log, flat
 
 

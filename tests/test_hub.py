@@ -14,17 +14,35 @@ from helpers import PYTHON, REPO, run_cli
 from fairseq_varattn import alignments, hub
 
 USER_DIR = os.path.join(REPO, "fairseq_varattn")
-TRAIN = ["--user-dir", USER_DIR, "--arch", "varattn_lstm_tiny", "--optimizer", "adam", "--lr", "0.005",
-         "--clip-norm", "5", "--max-tokens", "1500", "--seed", "3", "--num-workers", "0",
-         "--required-batch-size-multiple", "1", "--disable-validation", "--no-epoch-checkpoints"]
+TRAIN = [
+    "--user-dir",
+    USER_DIR,
+    "--arch",
+    "varattn_lstm_tiny",
+    "--optimizer",
+    "adam",
+    "--lr",
+    "0.005",
+    "--clip-norm",
+    "5",
+    "--max-tokens",
+    "1500",
+    "--seed",
+    "3",
+    "--num-workers",
+    "0",
+    "--required-batch-size-multiple",
+    "1",
+    "--disable-validation",
+    "--no-epoch-checkpoints",
+]
 SENTENCES = 8
 # one worker trains the module's two models and runs its tests (scripts/test.sh: --dist loadgroup)
 pytestmark = pytest.mark.xdist_group("hub_models")
 
 
 def raw_test(lang, n=SENTENCES):
-    with gzip.open(os.path.join(REPO, "data", "multi30k", f"test_2016_flickr.{lang}.gz"), "rt",
-                   encoding="utf-8") as f:
+    with gzip.open(os.path.join(REPO, "data", "multi30k", f"test_2016_flickr.{lang}.gz"), "rt", encoding="utf-8") as f:
         return f.read().splitlines()[:n]
 
 
@@ -42,8 +60,13 @@ def model_dir(data_dir, tmp_path_factory, name, options, updates):
 @pytest.fixture(scope="module")
 def variational(data_dir, tmp_path_factory):
     # enough updates that the alignment is no longer uniform (checked below)
-    return model_dir(data_dir, tmp_path_factory, "elbo", ["--attention", "categorical", "--inference-network",
-                                                          "birnn", "--criterion", "varattn_elbo"], 150)
+    return model_dir(
+        data_dir,
+        tmp_path_factory,
+        "elbo",
+        ["--attention", "categorical", "--inference-network", "birnn", "--criterion", "varattn_elbo"],
+        150,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +77,26 @@ def soft(data_dir, tmp_path_factory):
 def test_translate_is_fairseq_generate_on_the_same_sentences(variational, data_dir):
     model = hub.from_pretrained(variational)
     got = model.translate(raw_test("de"), beam=5)
-    proc = run_cli(["fairseq_cli.generate", data_dir, "--user-dir", USER_DIR, "--path",
-                    os.path.join(variational, "checkpoint_best.pt"), "--gen-subset", "test", "--beam", "5",
-                    "--batch-size", "16", "--post-process", "sentencepiece", "--required-batch-size-multiple", "1"])
+    proc = run_cli(
+        [
+            "fairseq_cli.generate",
+            data_dir,
+            "--user-dir",
+            USER_DIR,
+            "--path",
+            os.path.join(variational, "checkpoint_best.pt"),
+            "--gen-subset",
+            "test",
+            "--beam",
+            "5",
+            "--batch-size",
+            "16",
+            "--post-process",
+            "sentencepiece",
+            "--required-batch-size-multiple",
+            "1",
+        ]
+    )
     generated = dict(re.findall(r"^D-(\d+)\t\S+\t(.*)$", proc.stdout, re.M))
     assert got == [generated[str(i)] for i in range(SENTENCES)]
 
@@ -71,10 +111,14 @@ def test_align_equals_the_alignment_tool_on_the_binarised_test_set(variational, 
     model = hub.from_pretrained(variational)
     assert model.alignment_kinds() == ["attention", "q", "posterior"]
     models, _, task = checkpoint_utils.load_model_ensemble_and_task(
-        [os.path.join(variational, "checkpoint_best.pt")], arg_overrides={"data": data_dir})
+        [os.path.join(variational, "checkpoint_best.pt")], arg_overrides={"data": data_dir}
+    )
     batch = alignments_of(models[0].eval(), task, "test", SENTENCES)
-    labels = {"attention": "categorical prior p(z|x)", "q": "posterior q(z|x,y)",
-              "posterior": "exact posterior p(z|x,y)"}
+    labels = {
+        "attention": "categorical prior p(z|x)",
+        "q": "posterior q(z|x,y)",
+        "posterior": "exact posterior p(z|x,y)",
+    }
     sharp = 0
     for sid, (src, tgt) in enumerate(zip(raw_test("de"), raw_test("en"))):
         rec = batch[sid]
@@ -123,11 +167,34 @@ def test_interactive_on_raw_text_prints_translations_and_alignments(variational)
     English and A- lines out, the same translations as the hub."""
     ckpt = os.path.join(variational, "checkpoint_best.pt")
     src = raw_test("de", 3)
-    proc = subprocess.run([PYTHON, "-m", "fairseq_cli.interactive", variational, "--user-dir", USER_DIR,
-                           "--path", ckpt, "--beam", "5", "--source-lang", "de", "--target-lang", "en",
-                           "--bpe", "sentencepiece", "--sentencepiece-model",
-                           os.path.join(variational, "sentencepiece.bpe.model"), "--print-alignment"],
-                          input="\n".join(src) + "\n", capture_output=True, text=True, cwd=REPO, timeout=300)
+    proc = subprocess.run(
+        [
+            PYTHON,
+            "-m",
+            "fairseq_cli.interactive",
+            variational,
+            "--user-dir",
+            USER_DIR,
+            "--path",
+            ckpt,
+            "--beam",
+            "5",
+            "--source-lang",
+            "de",
+            "--target-lang",
+            "en",
+            "--bpe",
+            "sentencepiece",
+            "--sentencepiece-model",
+            os.path.join(variational, "sentencepiece.bpe.model"),
+            "--print-alignment",
+        ],
+        input="\n".join(src) + "\n",
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     detok = re.findall(r"^D-\d+\t\S+\t(.*)$", proc.stdout, re.M)
     assert detok == hub.from_pretrained(variational).translate(src, beam=5)
@@ -150,8 +217,16 @@ def _write(path, lines):
 def test_word_align_command_writes_one_line_per_pair_in_order(variational, soft, data_dir, tmp_path):
     src, tgt = raw_test("de", 30), raw_test("en", 30)
     src[5] = ""  # an empty side: an empty line, nothing dropped
-    args = ["varattn_tools.word_align", variational, "--source", _write(tmp_path / "src", src),
-            "--target", _write(tmp_path / "tgt", tgt), "--batch-size", "7"]
+    args = [
+        "varattn_tools.word_align",
+        variational,
+        "--source",
+        _write(tmp_path / "src", src),
+        "--target",
+        _write(tmp_path / "tgt", tgt),
+        "--batch-size",
+        "7",
+    ]
     proc = run_cli([*args, "--out", tmp_path / "hard"])
     assert "30/30" not in proc.stderr and "29/29 pairs aligned" in proc.stderr  # progress output
     lines = (tmp_path / "hard").read_text().splitlines()
@@ -160,8 +235,9 @@ def test_word_align_command_writes_one_line_per_pair_in_order(variational, soft,
     for k in (0, 6, 29):
         assert lines[k] == model.align(src[k], tgt[k]).pharaoh()
     # a binarised split gives the same lines as its raw text
-    run_cli(["varattn_tools.word_align", variational, "--data", data_dir, "--subset", "test", "--out",
-             tmp_path / "split"])
+    run_cli(
+        ["varattn_tools.word_align", variational, "--data", data_dir, "--subset", "test", "--out", tmp_path / "split"]
+    )
     split = (tmp_path / "split").read_text().splitlines()
     assert len(split) == 100 and [x for k, x in enumerate(split[:30]) if k != 5] == lines[:5] + lines[6:]
     run_cli([*args, "--out", tmp_path / "soft", "--soft", "--kind", "q", "--min-weight", "0.05"])
@@ -175,8 +251,21 @@ def test_word_align_command_writes_one_line_per_pair_in_order(variational, soft,
     for i, j in q.links():  # each target word's most probable source word is among its soft links
         assert weights[(i, j)] == pytest.approx(float(q.weights[j, i]), abs=1e-3)
     # errors a user can act on
-    wrong_kind = run_cli(["varattn_tools.word_align", soft, "--source", tmp_path / "src", "--target",
-                          tmp_path / "tgt", "--out", tmp_path / "x", "--kind", "posterior"], check=False)
+    wrong_kind = run_cli(
+        [
+            "varattn_tools.word_align",
+            soft,
+            "--source",
+            tmp_path / "src",
+            "--target",
+            tmp_path / "tgt",
+            "--out",
+            tmp_path / "x",
+            "--kind",
+            "posterior",
+        ],
+        check=False,
+    )
     assert wrong_kind.returncode != 0 and "this checkpoint has attention" in wrong_kind.stderr
     short = run_cli([*args[:5], _write(tmp_path / "short", tgt[:10]), "--out", tmp_path / "x"], check=False)
     assert short.returncode != 0 and "has 30 lines but" in short.stderr
@@ -192,18 +281,43 @@ def test_word_align_command_writes_one_line_per_pair_in_order(variational, soft,
 def test_word_alignment_benchmark_runs_eflomal_and_a_model(variational, tmp_path):
     pytest.importorskip("eflomal")  # installed by scripts/setup_venv.sh (the [bench] extra)
     out = tmp_path / "wa"
-    proc = subprocess.run([PYTHON, os.path.join(REPO, "benchmarks", "word_alignment.py"), "--train-lines", "500",
-                           "--test-lines", "27", "--model", f"elbo={variational}", "--data", variational,
-                           "--sentencepiece-model", os.path.join(variational, "sentencepiece.bpe.model"),
-                           "--out", str(out)], capture_output=True, text=True, cwd=REPO, timeout=600)
+    proc = subprocess.run(
+        [
+            PYTHON,
+            os.path.join(REPO, "benchmarks", "word_alignment.py"),
+            "--train-lines",
+            "500",
+            "--test-lines",
+            "27",
+            "--model",
+            f"elbo={variational}",
+            "--data",
+            variational,
+            "--sentencepiece-model",
+            os.path.join(variational, "sentencepiece.bpe.model"),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     import json
 
     result = json.loads(out.with_suffix(".json").read_text())
     rows = {r["row"].split(" (")[0]: r for r in result["rows"]}
-    assert set(rows) == {"eflomal, de→en", "eflomal, en→de", "eflomal, intersection", "eflomal, union",
-                         "eflomal, grow-diag-final-and", "elbo, attention, de→en", "elbo, q, de→en",
-                         "elbo, posterior, de→en"}
+    assert set(rows) == {
+        "eflomal, de→en",
+        "eflomal, en→de",
+        "eflomal, intersection",
+        "eflomal, union",
+        "eflomal, grow-diag-final-and",
+        "elbo, attention, de→en",
+        "elbo, q, de→en",
+        "elbo, posterior, de→en",
+    }
     assert result["gold_sentences"] == 24
     for r in rows.values():
         assert 0 <= r["aer_low"] <= r["aer"] <= r["aer_high"] <= 1

@@ -1,6 +1,5 @@
 """Brute-force checks of the latent-alignment math on tiny models."""
 
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -79,8 +78,12 @@ def test_chunked_equals_unchunked_values_and_gradients(chunk):
         logp = out.alignment_logprobs(extra["hidden"], extra["encoder_states"], batch["target"])
         mix = out.mixture_logprobs(extra["hidden"], extra["encoder_states"], CategoricalAlignment(extra["scores"]))
         (logp.sum() + mix[..., 3].sum()).backward()
-        return (logp.detach(), mix.detach(), out.fc_out.weight.grad.clone(),
-                model.decoder.scorer.query_proj.weight.grad.clone())
+        return (
+            logp.detach(),
+            mix.detach(),
+            out.fc_out.weight.grad.clone(),
+            model.decoder.scorer.query_proj.weight.grad.clone(),
+        )
 
     full = run(0)
     chunked = run(chunk)
@@ -107,12 +110,13 @@ def test_kl_is_nonnegative_and_equals_enumeration_and_torch():
     q = CategoricalAlignment(torch.randn(4, 5, generator=g) * 3, mask)
     p = CategoricalAlignment(torch.randn(4, 5, generator=g) * 3, mask)
     kl = q.kl(p)
-    enumerated = torch.stack([
-        sum(q.probs[b, i] * (q.log_probs[b, i] - p.log_probs[b, i]) for i in range(3)) for b in range(4)
-    ])
+    enumerated = torch.stack(
+        [sum(q.probs[b, i] * (q.log_probs[b, i] - p.log_probs[b, i]) for i in range(3)) for b in range(4)]
+    )
     torch.testing.assert_close(kl, enumerated)
     ref = torch.distributions.kl_divergence(
-        torch.distributions.Categorical(probs=q.probs[:, :3]), torch.distributions.Categorical(probs=p.probs[:, :3]))
+        torch.distributions.Categorical(probs=q.probs[:, :3]), torch.distributions.Categorical(probs=p.probs[:, :3])
+    )
     torch.testing.assert_close(kl, ref)
     assert torch.all(kl >= 0)
     torch.testing.assert_close(q.kl(q), torch.zeros(4))
@@ -226,8 +230,7 @@ def test_rws_gradient_with_many_samples_approaches_the_marginal_gradient(centred
     q = CategoricalAlignment(q_logits)
     z = q.sample(k)
     prior = CategoricalAlignment(p_b)
-    wake_p, wake_q, log_marginal, ess = reweighted_wake_sleep(f_b[z], prior.log_prob(z), q.log_prob(z),
-                                                              centred=centred)
+    wake_p, wake_q, log_marginal, ess = reweighted_wake_sleep(f_b[z], prior.log_prob(z), q.log_prob(z), centred=centred)
     grads = torch.autograd.grad(wake_p, (p_b, f_b))
     for est, ref in zip(grads, exact_grads):
         assert torch.allclose(est, ref, atol=0.02), (est, ref)

@@ -50,8 +50,7 @@ def test_reorder_incremental_state_follows_beams():
     encoder_out = model.encoder.reorder_encoder_out(encoder_out, order)
     step = model.decoder(prev[order, :2], encoder_out=encoder_out, incremental_state=state)
     full = model.get_normalized_probs(model(**net), True)
-    torch.testing.assert_close(model.get_normalized_probs(step, True)[:, -1], full[order, 1],
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(model.get_normalized_probs(step, True)[:, -1], full[order, 1], rtol=1e-5, atol=1e-6)
 
 
 def _task(d):
@@ -64,8 +63,9 @@ def test_soft_model_loss_equals_fairseq_cross_entropy():
     ce = CrossEntropyCriterion(_task(d), sentence_avg=False)
     loss, sample_size, log = ce(model, batch)
     logits, _ = model(**batch["net_input"])
-    ref = F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch["target"].reshape(-1),
-                          ignore_index=d.pad(), reduction="sum")
+    ref = F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), batch["target"].reshape(-1), ignore_index=d.pad(), reduction="sum"
+    )
     torch.testing.assert_close(loss, ref)
     assert sample_size == batch["ntokens"]
 
@@ -127,24 +127,30 @@ def test_latent_criterion_on_soft_model_is_a_clear_error():
         MarginalCriterion.build(_task(d))(model, random_batch(d))
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"num_samples": 0}, "--num-samples"),
-    ({"kl_weight": -1.0}, "--kl-weight"),
-    ({"gumbel_temperature": 0.0}, "--gumbel-temperature"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"num_samples": 0}, "--num-samples"),
+        ({"kl_weight": -1.0}, "--kl-weight"),
+        ({"gumbel_temperature": 0.0}, "--gumbel-temperature"),
+    ],
+)
 def test_invalid_criterion_options_are_rejected(kwargs, match):
     _, d = build_model("categorical")
     with pytest.raises(ValueError, match=match):
         ElboCriterion.build(_task(d), **kwargs)
 
 
-@pytest.mark.parametrize("overrides,match", [
-    ({"alignment_topk": -1}, "--alignment-topk"),
-    ({"alignment_topk": 5000}, "larger than the longest allowed source"),
-    ({"attention": "soft", "alignment_topk": 2}, "--alignment-topk"),
-    ({"attention": "soft", "inference_network": "birnn"}, "--inference-network"),
-    ({"attention": "categorical", "dirichlet_concentration": "exp"}, "--dirichlet-concentration"),
-])
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        ({"alignment_topk": -1}, "--alignment-topk"),
+        ({"alignment_topk": 5000}, "larger than the longest allowed source"),
+        ({"attention": "soft", "alignment_topk": 2}, "--alignment-topk"),
+        ({"attention": "soft", "inference_network": "birnn"}, "--inference-network"),
+        ({"attention": "categorical", "dirichlet_concentration": "exp"}, "--dirichlet-concentration"),
+    ],
+)
 def test_invalid_model_options_are_rejected(overrides, match):
     with pytest.raises(ValueError, match=match):
         build_model(**overrides)
@@ -224,11 +230,14 @@ def test_rws_loss_approaches_the_exact_marginal_with_many_samples():
     assert grads and any(g.abs().sum() > 0 for g in grads), "wake-q gave q no gradient"
 
 
-@pytest.mark.parametrize("criterion,attention,match", [
-    (DirichletCriterion, "categorical", "--attention dirichlet"),
-    (RwsCriterion, "dirichlet", "--attention categorical"),
-    (ElboCriterion, "dirichlet", "--attention categorical"),
-])
+@pytest.mark.parametrize(
+    "criterion,attention,match",
+    [
+        (DirichletCriterion, "categorical", "--attention dirichlet"),
+        (RwsCriterion, "dirichlet", "--attention categorical"),
+        (ElboCriterion, "dirichlet", "--attention categorical"),
+    ],
+)
 def test_criterion_and_attention_kind_mismatch_is_a_clear_error(criterion, attention, match):
     model, d = build_model(attention, inference_network="birnn")
     with pytest.raises(ValueError, match=match):
@@ -255,9 +264,9 @@ def test_attention_positions_index_the_left_padded_source_tokens(attention):
     assert num_pads > 0
     assert torch.all(extra["attn"][b][:, :num_pads] == 0)
     alone = {
-        "src_tokens": net["src_tokens"][b:b + 1, num_pads:],
-        "src_lengths": net["src_lengths"][b:b + 1],
-        "prev_output_tokens": net["prev_output_tokens"][b:b + 1],
+        "src_tokens": net["src_tokens"][b : b + 1, num_pads:],
+        "src_lengths": net["src_lengths"][b : b + 1],
+        "prev_output_tokens": net["prev_output_tokens"][b : b + 1],
     }
     _, extra_alone = model(**alone, features_only=True)
     torch.testing.assert_close(extra["attn"][b][:, num_pads:], extra_alone["attn"][0])
@@ -277,9 +286,13 @@ def test_state_dict_of_another_output_layer_is_a_clear_error(arch):
     into the other would silently compute another function."""
     joint, _ = build_model("categorical", arch=arch)
     factored, _ = build_model("categorical", arch=arch, output_layer="factored")
-    _assert_marker_guards(factored, joint, "output_layer_id",
-                          "--output-layer joint model.*--output-layer factored.*model-overrides",
-                          "--output-layer joint")
+    _assert_marker_guards(
+        factored,
+        joint,
+        "output_layer_id",
+        "--output-layer joint model.*--output-layer factored.*model-overrides",
+        "--output-layer joint",
+    )
 
 
 def _assert_marker_guards(model, other, key, mismatch, before_marker):
@@ -312,9 +325,18 @@ def test_state_dict_from_another_dictionary_is_a_clear_error():
 
 def test_checkpoints_without_the_markers_still_load():
     model, _ = build_model("categorical")
-    state = {k: v for k, v in model.state_dict().items()
-             if k not in ("attention_kind_id", "output_layer_id", "source_dictionary_crc", "target_dictionary_crc",
-                          "dirichlet_link_id")}
+    state = {
+        k: v
+        for k, v in model.state_dict().items()
+        if k
+        not in (
+            "attention_kind_id",
+            "output_layer_id",
+            "source_dictionary_crc",
+            "target_dictionary_crc",
+            "dirichlet_link_id",
+        )
+    }
     model.load_state_dict(state)
 
 
@@ -350,8 +372,13 @@ def test_dirichlet_models_use_their_link_and_refuse_a_checkpoint_of_the_other(ar
     torch.testing.assert_close(prior.total.double(), want.sum(-1), rtol=1e-5, atol=0)
     _, extra = softplus(**batch["net_input"], features_only=True)
     assert (_attention(extra) - torch.softmax(extra["scores"].double(), -1)).abs().max() > 0.05
-    _assert_marker_guards(exp, softplus, "dirichlet_link_id", "--dirichlet-concentration softplus model.*exp",
-                          "--dirichlet-concentration softplus")
+    _assert_marker_guards(
+        exp,
+        softplus,
+        "dirichlet_link_id",
+        "--dirichlet-concentration softplus model.*exp",
+        "--dirichlet-concentration softplus",
+    )
     exp.load_state_dict(build_model("dirichlet", arch=arch, seed=3, dirichlet_concentration="exp")[0].state_dict())
 
 
@@ -372,8 +399,9 @@ def test_inference_network_reads_the_decoder_embeddings_unless_told_otherwise(ar
     # q's gradient reaches the shared table: the KL term trains the decoder's embeddings too
     batch = random_batch(d)
     scores = shared(**batch["net_input"], target=batch["target"])[1]["q_scores"]
-    grad = torch.autograd.grad(scores.masked_fill(~torch.isfinite(scores), 0).sum(),
-                               shared.decoder.embed_tokens.weight)[0]
+    grad = torch.autograd.grad(
+        scores.masked_fill(~torch.isfinite(scores), 0).sum(), shared.decoder.embed_tokens.weight
+    )[0]
     assert grad.abs().sum() > 0
     with pytest.raises(ValueError, match="--inference-embeddings own"):
         shared.load_state_dict(own.state_dict())

@@ -11,8 +11,11 @@ LONG_SOURCE = 200
 SHARP = 50.0
 
 # every variant of varattn_tools.variants, with fewer samples where they cost
-EXTRA = {"hard-reinforce": {"num_samples": 2}, "dirichlet": {"num_samples": 2, "nll_samples": 4},
-         "rws": {"num_samples": 3}}
+EXTRA = {
+    "hard-reinforce": {"num_samples": 2},
+    "dirichlet": {"num_samples": 2, "nll_samples": 4},
+    "rws": {"num_samples": 3},
+}
 
 
 def _sharpen(module, inputs, scores):

@@ -42,23 +42,34 @@ def test_every_registered_option_is_in_the_command_and_the_reference(capsys):
     shown = {line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("    --")}
     with open(DOC, encoding="utf-8") as f:
         doc = f.read()
-    missing = {name: sorted(f for f in flags if f not in shown or f"`{f}`" not in doc)
-               for name, flags in registered_flags().items()}
+    missing = {
+        name: sorted(f for f in flags if f not in shown or f"`{f}`" not in doc)
+        for name, flags in registered_flags().items()
+    }
     assert not any(missing.values()), missing
     # the options the issue found documented nowhere
-    for flag in ("--inference-embed-dim", "--inference-hidden-size", "--inference-layers", "--region-feature-dim",
-                 "--kl-weight", "--output-layer", "--attention"):
+    for flag in (
+        "--inference-embed-dim",
+        "--inference-hidden-size",
+        "--inference-layers",
+        "--region-feature-dim",
+        "--kl-weight",
+        "--output-layer",
+        "--attention",
+    ):
         assert f"`{flag}`" in doc
 
 
 def test_the_reference_is_current():
     with open(DOC, encoding="utf-8") as f:
-        assert f.read() == varattn_options.markdown_reference(), \
+        assert f.read() == varattn_options.markdown_reference(), (
             "docs/options.md is out of date: varattn-options --markdown > docs/options.md"
+        )
 
 
-@pytest.mark.parametrize("arch", ["varattn_lstm", "varattn_lstm_iwslt_de_en", "varattn_transformer",
-                                  "varattn_transformer_tiny"])
+@pytest.mark.parametrize(
+    "arch", ["varattn_lstm", "varattn_lstm_iwslt_de_en", "varattn_transformer", "varattn_transformer_tiny"]
+)
 @pytest.mark.parametrize("attention", ["soft", "categorical"])
 def test_shown_defaults_are_what_fairseq_train_parses(tmp_path, arch, attention):
     """Parse a fairseq-train command line the way fairseq-train does and compare every
@@ -67,8 +78,19 @@ def test_shown_defaults_are_what_fairseq_train_parses(tmp_path, arch, attention)
 
     for lang in ("de", "en"):
         (tmp_path / f"dict.{lang}.txt").write_text("")
-    argv = [str(tmp_path), "--user-dir", os.path.join(REPO, "fairseq_varattn"), "--arch", arch,
-            "--attention", attention, "--criterion", "varattn_marginal", "--max-tokens", "100"]
+    argv = [
+        str(tmp_path),
+        "--user-dir",
+        os.path.join(REPO, "fairseq_varattn"),
+        "--arch",
+        arch,
+        "--attention",
+        attention,
+        "--criterion",
+        "varattn_marginal",
+        "--max-tokens",
+        "100",
+    ]
     args = options.parse_args_and_arch(options.get_training_parser(), argv)
     model = varattn_options.sections(arch=arch)[0]
     checked = 0

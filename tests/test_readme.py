@@ -30,7 +30,7 @@ def common_options():
 def variant_rows():
     """{variant: fairseq-train options} from the README's table ("same with ..." rows reuse the one above)."""
     text = readme()
-    table = text[text.index("| variant | options |"):].split("\n\n")[0]
+    table = text[text.index("| variant | options |") :].split("\n\n")[0]
     rows, previous = {}, None
     for line in table.splitlines()[2:]:
         name, cell = [c.strip() for c in line.strip("|").split("|")]
@@ -39,7 +39,7 @@ def variant_rows():
             flag = options[0].split()[0]
             base = [o for o in shlex.split(previous)]
             i = base.index(flag)
-            rows[name] = base[:i] + shlex.split(options[0]) + base[i + 2:]
+            rows[name] = base[:i] + shlex.split(options[0]) + base[i + 2 :]
         else:
             rows[name] = shlex.split(options[0])
             previous = options[0]
@@ -49,8 +49,14 @@ def variant_rows():
 def test_the_variant_table_covers_every_criterion():
     rows = variant_rows()
     criteria = {o[o.index("--criterion") + 1] for o in rows.values()}
-    assert criteria == {"cross_entropy", "varattn_marginal", "varattn_hard", "varattn_elbo", "varattn_dirichlet",
-                        "varattn_rws"}
+    assert criteria == {
+        "cross_entropy",
+        "varattn_marginal",
+        "varattn_hard",
+        "varattn_elbo",
+        "varattn_dirichlet",
+        "varattn_rws",
+    }
     assert rows["variational, Gumbel-softmax"][-3:] == ["--estimator", "gumbel", "--skip-exact-nll-in-training"]
 
 
@@ -74,12 +80,18 @@ def test_train_and_translate_blocks_run_as_written(data_dir, tmp_path):
     train = bash_block("## Train").replace("DATA=runs/multi30k/bin", f"DATA={shlex.quote(data_dir)}")
     generate = [line for line in bash_block("## Translate").split("\n\n")[0].splitlines()][:2]
     # the commands themselves, bounded: fairseq's options may repeat, the last one wins
-    script = "\n".join([
-        f'fairseq-train() {{ {shlex.quote(PYTHON)} -m fairseq_cli.train "$@" --max-update 2 --num-workers 0; }}',
-        f'fairseq-generate() {{ {shlex.quote(PYTHON)} -m fairseq_cli.generate "$@" --max-sentences 20; }}',
-        "set -e", train, *generate])
-    proc = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=cli_env(), capture_output=True, text=True,
-                          timeout=600)
+    script = "\n".join(
+        [
+            f'fairseq-train() {{ {shlex.quote(PYTHON)} -m fairseq_cli.train "$@" --max-update 2 --num-workers 0; }}',
+            f'fairseq-generate() {{ {shlex.quote(PYTHON)} -m fairseq_cli.generate "$@" --max-sentences 20; }}',
+            "set -e",
+            train,
+            *generate,
+        ]
+    )
+    proc = subprocess.run(
+        ["bash", "-c", script], cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert os.path.isfile(tmp_path / "ckpt" / "elbo-enum" / "checkpoint_best.pt")
     out = proc.stdout + proc.stderr

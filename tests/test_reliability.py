@@ -16,9 +16,29 @@ from varattn_tools.variants import train_options
 USER_DIR = os.path.join(REPO, "fairseq_varattn")
 # dropout 0: ranks and micro-batches draw different dropout masks, and the
 # comparisons below are between different process layouts
-MODEL = ["--arch", "varattn_lstm_tiny", "--dropout", "0", "--optimizer", "adam", "--lr", "0.005",
-         "--clip-norm", "5", "--num-workers", "0", "--log-format", "simple", "--log-interval", "1",
-         "--seed", "7", "--no-epoch-checkpoints", "--required-batch-size-multiple", "1"]
+MODEL = [
+    "--arch",
+    "varattn_lstm_tiny",
+    "--dropout",
+    "0",
+    "--optimizer",
+    "adam",
+    "--lr",
+    "0.005",
+    "--clip-norm",
+    "5",
+    "--num-workers",
+    "0",
+    "--log-format",
+    "simple",
+    "--log-interval",
+    "1",
+    "--seed",
+    "7",
+    "--no-epoch-checkpoints",
+    "--required-batch-size-multiple",
+    "1",
+]
 
 
 def checkpoint(path):
@@ -30,9 +50,24 @@ def num_updates(path):
 
 
 def validate(data_dir, ckpt):
-    proc = run_cli(["fairseq_cli.validate", data_dir, "--user-dir", USER_DIR, "--required-batch-size-multiple", "1",
-                    "--task", "translation",
-                    "--path", ckpt, "--max-tokens", "4000", "--num-workers", "0"])
+    proc = run_cli(
+        [
+            "fairseq_cli.validate",
+            data_dir,
+            "--user-dir",
+            USER_DIR,
+            "--required-batch-size-multiple",
+            "1",
+            "--task",
+            "translation",
+            "--path",
+            ckpt,
+            "--max-tokens",
+            "4000",
+            "--num-workers",
+            "0",
+        ]
+    )
     out = proc.stdout + proc.stderr
     return float(re.findall(r"valid on 'valid' subset \| loss ([0-9.]+)", out)[-1])
 
@@ -41,21 +76,51 @@ def validate(data_dir, ckpt):
 # a sampling estimator (REINFORCE, 2 samples) and a KL weight still annealing
 # when the kill comes: the resumed run must draw the same samples (fairseq
 # reseeds every update from --seed and the update count) and weigh the KL alike
-RESUME_ARGS = ["--attention", "categorical", "--inference-network", "birnn", "--criterion", "varattn_elbo",
-               "--estimator", "reinforce", "--num-samples", "2", "--train-baseline",
-               "--kl-warmup-updates", "8", "--lr-scheduler", "inverse_sqrt",
-               "--warmup-updates", "6", "--max-tokens", "800", "--disable-validation",
-               "--save-interval-updates", "4", "--max-update", "10"]
+RESUME_ARGS = [
+    "--attention",
+    "categorical",
+    "--inference-network",
+    "birnn",
+    "--criterion",
+    "varattn_elbo",
+    "--estimator",
+    "reinforce",
+    "--num-samples",
+    "2",
+    "--train-baseline",
+    "--kl-warmup-updates",
+    "8",
+    "--lr-scheduler",
+    "inverse_sqrt",
+    "--warmup-updates",
+    "6",
+    "--max-tokens",
+    "800",
+    "--disable-validation",
+    "--save-interval-updates",
+    "4",
+    "--max-update",
+    "10",
+]
 
 
 def test_resume_after_a_kill_reaches_the_uninterrupted_result(data_dir, tmp_path):
     straight = str(tmp_path / "straight")
-    run_cli(["fairseq_cli.train", data_dir, "--user-dir", USER_DIR, *MODEL, *RESUME_ARGS,
-             "--save-dir", straight])
+    run_cli(["fairseq_cli.train", data_dir, "--user-dir", USER_DIR, *MODEL, *RESUME_ARGS, "--save-dir", straight])
 
     split = str(tmp_path / "split")
-    cmd = [PYTHON, "-m", "fairseq_cli.train", data_dir, "--user-dir", USER_DIR, *MODEL, *RESUME_ARGS,
-           "--save-dir", split]
+    cmd = [
+        PYTHON,
+        "-m",
+        "fairseq_cli.train",
+        data_dir,
+        "--user-dir",
+        USER_DIR,
+        *MODEL,
+        *RESUME_ARGS,
+        "--save-dir",
+        split,
+    ]
     env = cli_env()  # as run_cli gave the uninterrupted run
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = []
@@ -68,22 +133,24 @@ def test_resume_after_a_kill_reaches_the_uninterrupted_result(data_dir, tmp_path
     assert proc.returncode == -signal.SIGKILL, "".join(seen[-20:])
     last = os.path.join(split, "checkpoint_last.pt")
     assert num_updates(last) in (4, 8)  # 8 if the kill arrived after the next save
-    resumed = run_cli(["fairseq_cli.train", data_dir, "--user-dir", USER_DIR, *MODEL, *RESUME_ARGS,
-                       "--save-dir", split])
-    assert re.search(r"Loaded checkpoint .*checkpoint_last\.pt \(epoch 1 @ [48] updates\)",
-                     resumed.stdout + resumed.stderr)
+    resumed = run_cli(
+        ["fairseq_cli.train", data_dir, "--user-dir", USER_DIR, *MODEL, *RESUME_ARGS, "--save-dir", split]
+    )
+    assert re.search(
+        r"Loaded checkpoint .*checkpoint_last\.pt \(epoch 1 @ [48] updates\)", resumed.stdout + resumed.stderr
+    )
 
     a, b = checkpoint(os.path.join(straight, "checkpoint_last.pt")), checkpoint(last)
     assert a["optimizer_history"][-1]["num_updates"] == b["optimizer_history"][-1]["num_updates"] == 10
     # the learning-rate schedule and Adam's moments continued where they stopped
     assert a["last_optimizer_state"]["param_groups"][0]["lr"] == pytest.approx(
-        b["last_optimizer_state"]["param_groups"][0]["lr"], rel=1e-9)
+        b["last_optimizer_state"]["param_groups"][0]["lr"], rel=1e-9
+    )
     assert a["optimizer_history"][-1]["lr_scheduler_state"] == b["optimizer_history"][-1]["lr_scheduler_state"]
     for key, value in a["model"].items():
         torch.testing.assert_close(b["model"][key], value, rtol=1e-4, atol=1e-5, msg=key)
     # same validation loss: fairseq logs it to 3 decimals, so one unit of rounding either way
-    assert abs(validate(data_dir, os.path.join(straight, "checkpoint_last.pt")) -
-               validate(data_dir, last)) < 2e-3
+    assert abs(validate(data_dir, os.path.join(straight, "checkpoint_last.pt")) - validate(data_dir, last)) < 2e-3
 
 
 def _epoch_batches(task, dataset, built_at, epoch):
@@ -106,8 +173,9 @@ def test_a_resume_at_an_epoch_boundary_regroups_the_batches(data_dir):
     from fairseq import options
     from fairseq.tasks.translation import TranslationTask
 
-    args = options.parse_args_and_arch(options.get_training_parser(), [data_dir, "--task", "translation",
-                                                                       "--arch", "lstm"])
+    args = options.parse_args_and_arch(
+        options.get_training_parser(), [data_dir, "--task", "translation", "--arch", "lstm"]
+    )
     task = TranslationTask.setup_task(args)
     task.load_dataset("train")
     dataset = task.dataset("train")
@@ -145,13 +213,30 @@ cli_main()
 
 def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one_intact(data_dir, tmp_path):
     save = str(tmp_path / "crash")
-    args = [data_dir, "--user-dir", USER_DIR, *MODEL, "--attention", "categorical",
-            "--criterion", "varattn_marginal", "--max-tokens", "800", "--disable-validation",
-            "--save-interval-updates", "2", "--max-update", "6", "--no-last-checkpoints",
-            "--save-dir", save]
+    args = [
+        data_dir,
+        "--user-dir",
+        USER_DIR,
+        *MODEL,
+        "--attention",
+        "categorical",
+        "--criterion",
+        "varattn_marginal",
+        "--max-tokens",
+        "800",
+        "--disable-validation",
+        "--save-interval-updates",
+        "2",
+        "--max-update",
+        "6",
+        "--no-last-checkpoints",
+        "--save-dir",
+        save,
+    ]
     env = cli_env()
-    proc = subprocess.run([PYTHON, "-c", CRASH_ON_SECOND_SAVE, *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [PYTHON, "-c", CRASH_ON_SECOND_SAVE, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 137, proc.stdout[-2000:] + proc.stderr[-2000:]
     previous = os.path.join(save, "checkpoint_1_2.pt")
     partial = os.path.join(save, "checkpoint_1_4.pt.tmp")
@@ -166,37 +251,79 @@ def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one_intact(data_
 
 def test_a_truncated_checkpoint_is_a_clear_error(data_dir, tmp_path):
     save = str(tmp_path / "ok")
-    run_cli(["fairseq_cli.train", data_dir, "--user-dir", USER_DIR, *MODEL, "--max-tokens", "800",
-             "--disable-validation", "--max-update", "1", "--save-dir", save])
+    run_cli(
+        [
+            "fairseq_cli.train",
+            data_dir,
+            "--user-dir",
+            USER_DIR,
+            *MODEL,
+            "--max-tokens",
+            "800",
+            "--disable-validation",
+            "--max-update",
+            "1",
+            "--save-dir",
+            save,
+        ]
+    )
     good = os.path.join(save, "checkpoint_last.pt")
     bad = str(tmp_path / "truncated.pt")
     with open(good, "rb") as f, open(bad, "wb") as g:
         g.write(f.read()[:5000])
-    proc = run_cli(["fairseq_cli.generate", data_dir, "--user-dir", USER_DIR, "--path", bad,
-                    "--gen-subset", "valid", "--beam", "2"], check=False)
+    proc = run_cli(
+        [
+            "fairseq_cli.generate",
+            data_dir,
+            "--user-dir",
+            USER_DIR,
+            "--path",
+            bad,
+            "--gen-subset",
+            "valid",
+            "--beam",
+            "2",
+        ],
+        check=False,
+    )
     assert proc.returncode != 0
     assert re.search(r"zip archive|central directory|truncated|EOF", proc.stderr + proc.stdout), proc.stderr[-1500:]
 
 
 # -- data parallelism on CPUs ----------------------------------------------------------------
 def _train_two_ways(data_dir, tmp_path, name, extra=()):
-    common = [data_dir, "--user-dir", USER_DIR, *MODEL, *train_options(name), *extra, "--max-tokens", "600",
-              "--disable-validation", "--max-update", "3"]
+    common = [
+        data_dir,
+        "--user-dir",
+        USER_DIR,
+        *MODEL,
+        *train_options(name),
+        *extra,
+        "--max-tokens",
+        "600",
+        "--disable-validation",
+        "--max-update",
+        "3",
+    ]
     one = str(tmp_path / f"{name}-one")
     single = run_cli(["fairseq_cli.train", *common, "--update-freq", "2", "--save-dir", one])
     two = str(tmp_path / f"{name}-two")
-    launch = run_cli(["varattn_tools.train_cpu", "--nprocs", "2", "--", *common, "--save-dir", two],
-                     timeout=600)
+    launch = run_cli(["varattn_tools.train_cpu", "--nprocs", "2", "--", *common, "--save-dir", two], timeout=600)
     assert "distributed init (rank 0)" in launch.stdout + launch.stderr
     logs = (_update_logs(single.stdout + single.stderr), _update_logs(launch.stdout + launch.stderr))
-    return (checkpoint(os.path.join(one, "checkpoint_last.pt")), checkpoint(os.path.join(two, "checkpoint_last.pt")),
-            logs)
+    return (
+        checkpoint(os.path.join(one, "checkpoint_last.pt")),
+        checkpoint(os.path.join(two, "checkpoint_last.pt")),
+        logs,
+    )
 
 
 def _update_logs(text):
     """Per update: (loss, target tokens, sentences) as fairseq logs them (--log-interval 1)."""
-    return [(float(loss), float(wpb), float(bsz)) for loss, wpb, bsz in re.findall(
-        r"\| train_inner \|.*? loss=([0-9.]+),.*? wpb=([0-9.]+), bsz=([0-9.]+)", text)]
+    return [
+        (float(loss), float(wpb), float(bsz))
+        for loss, wpb, bsz in re.findall(r"\| train_inner \|.*? loss=([0-9.]+),.*? wpb=([0-9.]+), bsz=([0-9.]+)", text)
+    ]
 
 
 @pytest.mark.parametrize("name", ["soft", "marginal"])

@@ -56,10 +56,7 @@ def test_pieces_become_words_and_rows_stay_distributions():
     src = ["\u2581Ein", "\u2581Hund", "e", "."]
     tgt = ["\u2581A", "\u2581do", "g", "s"]
     assert word_ids(src) == [0, 1, 1, 1]
-    attn = torch.tensor([[0.7, 0.1, 0.1, 0.1],
-                         [0.0, 0.5, 0.5, 0.0],
-                         [0.2, 0.8, 0.0, 0.0],
-                         [0.0, 0.0, 0.0, 1.0]])
+    attn = torch.tensor([[0.7, 0.1, 0.1, 0.1], [0.0, 0.5, 0.5, 0.0], [0.2, 0.8, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
     words = word_matrix(attn, word_ids(tgt), word_ids(src))
     torch.testing.assert_close(words, torch.tensor([[0.7, 0.3], [(0.0 + 0.2 + 0.0) / 3, (1.0 + 0.8 + 1.0) / 3]]))
     assert hard_links(words) == {(0, 0), (1, 1)}
@@ -70,8 +67,13 @@ def test_summary_rows_name_each_panels_role():
     is scored per panel against the gold links."""
     sharp = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
     flat = torch.full((2, 2), 0.5)
-    aligned = {0: {"src": ["\u2581a", "\u2581b"], "tgt": ["\u2581x", "\u2581y"],
-                   "panels": {"categorical prior p(z|x)": flat, Q_PANEL: sharp, EXACT_PANEL: sharp.flip(1)}}}
+    aligned = {
+        0: {
+            "src": ["\u2581a", "\u2581b"],
+            "tgt": ["\u2581x", "\u2581y"],
+            "panels": {"categorical prior p(z|x)": flat, Q_PANEL: sharp, EXACT_PANEL: sharp.flip(1)},
+        }
+    }
     gold = [({(0, 0), (1, 1)}, {(0, 0), (1, 1)})]
     rows = {r["role"]: r for r in summarise("m", aligned, gold)}
     assert set(rows) == {"attention", "q", "exact_posterior"}
@@ -109,14 +111,36 @@ def _converge_module():
 
 def _run_pipeline(data_dir, out, variants, output_layer="joint"):
     proc = subprocess.run(
-        [PYTHON, os.path.join(REPO, "examples", "translation", "reproduce.py"), "--data", data_dir,
-         "--out", str(out), "--variants", ",".join(variants), "--output-layers", output_layer,
-         "--seeds", "1", "--max-update", "2",
-         "--max-tokens", "1500", "--alignments", "--gold", GOLD,
-         # untrained models rarely emit </s>: bound the output length
-         "--generate-args", "--max-len-a 1.2 --max-len-b 10"],
-        cwd=REPO, capture_output=True, text=True, timeout=1800,
-        env=cli_env())
+        [
+            PYTHON,
+            os.path.join(REPO, "examples", "translation", "reproduce.py"),
+            "--data",
+            data_dir,
+            "--out",
+            str(out),
+            "--variants",
+            ",".join(variants),
+            "--output-layers",
+            output_layer,
+            "--seeds",
+            "1",
+            "--max-update",
+            "2",
+            "--max-tokens",
+            "1500",
+            "--alignments",
+            "--gold",
+            GOLD,
+            # untrained models rarely emit </s>: bound the output length
+            "--generate-args",
+            "--max-len-a 1.2 --max-len-b 10",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env=cli_env(),
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run_key = _example_module("reproduce").run_key  # the row names reproduce.py gives
     variants = [run_key(name, output_layer) for name in variants]
@@ -142,8 +166,7 @@ def test_quick_pipeline_on_a_tiny_budget_writes_a_well_formed_table(data_dir, tm
     assert (out / "alignments" / "sentence-0.png").stat().st_size > 1000
     aer = r"[0-9.]+ \[[0-9.]+, [0-9.]+\] \(24\)"  # AER [its 95% bootstrap interval] (sentences)
     assert re.search(r"\| soft/factored \| soft attention \| [0-9.]+ \| [0-9.]+ \| " + aer + r" \|", table)
-    assert re.search(r"\| elbo-enum/factored \| posterior q\(z\|x,y\) \| [0-9.]+ \| [0-9.]+ \| " + aer + r" \|",
-                     table)
+    assert re.search(r"\| elbo-enum/factored \| posterior q\(z\|x,y\) \| [0-9.]+ \| [0-9.]+ \| " + aer + r" \|", table)
 
 
 @pytest.mark.slow
@@ -152,8 +175,10 @@ def test_quick_pipeline_runs_every_variant(data_dir, tmp_path):
 
 
 def test_alignments_command_rejects_a_missing_checkpoint(data_dir, tmp_path):
-    proc = run_cli(["varattn_tools.align", data_dir, "--path", str(tmp_path / "none.pt"),
-                    "--out", str(tmp_path / "a")], check=False)
+    proc = run_cli(
+        ["varattn_tools.align", data_dir, "--path", str(tmp_path / "none.pt"), "--out", str(tmp_path / "a")],
+        check=False,
+    )
     assert proc.returncode != 0 and "does not exist" in proc.stderr + proc.stdout
 
 
@@ -166,17 +191,36 @@ def test_ablation_table_names_its_preset_and_reads_fairseq_validation_lines(tmp_
         "2026-11-29 16:41:54 | INFO | valid | epoch 001 | valid on 'valid' subset | loss 7.02 | "
         "nll_loss 7.02 | entropy_p 4.232 | entropy_post 4.186 | entropy_uniform 4.442 | prior_maxp 0.119 | "
         "score_spread 0.415 | logpy_spread 0.199 | annot_spread 0.538 | ppl 129.75 | wps 73 | "
-        "num_updates 250\n")
+        "num_updates 250\n"
+    )
     results = tmp_path / "ablate-iwslt.md"
-    subprocess.run([PYTHON, os.path.join(REPO, "examples", "translation", "ablate.py"), "--preset", "iwslt",
-                    "--only", "marginal", "--table-only", "--out", str(tmp_path / "ablate"),
-                    "--results", str(results)], check=True, capture_output=True, cwd=REPO)
+    subprocess.run(
+        [
+            PYTHON,
+            os.path.join(REPO, "examples", "translation", "ablate.py"),
+            "--preset",
+            "iwslt",
+            "--only",
+            "marginal",
+            "--table-only",
+            "--out",
+            str(tmp_path / "ablate"),
+            "--results",
+            str(results),
+        ],
+        check=True,
+        capture_output=True,
+        cwd=REPO,
+    )
     table = results.read_text()
-    assert (f"`python examples/translation/ablate.py --preset iwslt --only marginal --out {tmp_path / 'ablate'} "
-            f"--results {results}`") in table
+    assert (
+        f"`python examples/translation/ablate.py --preset iwslt --only marginal --out {tmp_path / 'ablate'} "
+        f"--results {results}`"
+    ) in table
     assert "varattn_lstm_iwslt_de_en" in table
-    assert re.search(r"^\| marginal \| 250 \| 129.75 \| 4.232 \| 4.442 \| 0.119 \| 4.186 \| 0.199 \| - \| - \|$",
-                     table, re.M), table
+    assert re.search(
+        r"^\| marginal \| 250 \| 129.75 \| 4.232 \| 4.442 \| 0.119 \| 4.186 \| 0.199 \| - \| - \|$", table, re.M
+    ), table
     assert "concentration" not in table  # a Dirichlet column only where a Dirichlet row fills it
 
 
@@ -188,12 +232,27 @@ def test_ablation_table_keeps_every_row_trained_in_its_directory_whatever_only_s
     for name, extra in (("dirichlet-factored", "| prior_concentration 76.1 "), ("soft", "")):
         log = tmp_path / "ablate" / name / "train.log"
         log.parent.mkdir(parents=True)
-        log.write_text("2026-11-29 16:41:54 | INFO | valid | epoch 001 | valid on 'valid' subset | loss 7.02 | "
-                       f"prior_maxp 0.086 {extra}| ppl 129.75 | num_updates 250\n")
+        log.write_text(
+            "2026-11-29 16:41:54 | INFO | valid | epoch 001 | valid on 'valid' subset | loss 7.02 | "
+            f"prior_maxp 0.086 {extra}| ppl 129.75 | num_updates 250\n"
+        )
     results = tmp_path / "ablate.md"
-    subprocess.run([PYTHON, os.path.join(REPO, "examples", "translation", "ablate.py"), "--only", "soft",
-                    "--table-only", "--out", str(tmp_path / "ablate"), "--results", str(results)],
-                   check=True, capture_output=True, cwd=REPO)
+    subprocess.run(
+        [
+            PYTHON,
+            os.path.join(REPO, "examples", "translation", "ablate.py"),
+            "--only",
+            "soft",
+            "--table-only",
+            "--out",
+            str(tmp_path / "ablate"),
+            "--results",
+            str(results),
+        ],
+        check=True,
+        capture_output=True,
+        cwd=REPO,
+    )
     table = results.read_text()
     assert re.findall(r"^\| ([a-z-]+) \| 250 \|", table, re.M) == ["soft", "dirichlet-factored"], table
     assert "--only soft,dirichlet-factored " in table
@@ -206,32 +265,52 @@ def test_ablation_table_keeps_the_shared_points_of_a_row_trained_further(tmp_pat
     every 1000th and its own last; the points in between are left out."""
     log = tmp_path / "ablate" / "marginal" / "train.log"
     log.parent.mkdir(parents=True)
-    log.write_text("".join(
-        f"2026-11-29 16:41:54 | INFO | valid | epoch 001 | valid on 'valid' subset | loss 7.02 | "
-        f"entropy_p {4 - u / 1000:.3f} | ppl {100 - u / 100:.2f} | num_updates {u}\n"
-        for u in (250, 500, 750, 1000, 1250, 1500, 1750, 2000, 2250)))
+    log.write_text(
+        "".join(
+            f"2026-11-29 16:41:54 | INFO | valid | epoch 001 | valid on 'valid' subset | loss 7.02 | "
+            f"entropy_p {4 - u / 1000:.3f} | ppl {100 - u / 100:.2f} | num_updates {u}\n"
+            for u in (250, 500, 750, 1000, 1250, 1500, 1750, 2000, 2250)
+        )
+    )
     results = tmp_path / "ablate.md"
-    subprocess.run([PYTHON, os.path.join(REPO, "examples", "translation", "ablate.py"), "--only", "marginal",
-                    "--table-only", "--out", str(tmp_path / "ablate"), "--results", str(results)],
-                   check=True, capture_output=True, cwd=REPO)
+    subprocess.run(
+        [
+            PYTHON,
+            os.path.join(REPO, "examples", "translation", "ablate.py"),
+            "--only",
+            "marginal",
+            "--table-only",
+            "--out",
+            str(tmp_path / "ablate"),
+            "--results",
+            str(results),
+        ],
+        check=True,
+        capture_output=True,
+        cwd=REPO,
+    )
     updates = re.findall(r"^\| marginal \| (\d+) \|", results.read_text(), re.M)
     assert updates == ["250", "500", "1000", "2000", "2250"]
 
 
 DONE_LINE = "2026-11-29 10:43:44 | INFO | fairseq_cli.train | done training in 1861.4 seconds"
-EARLY_STOP_LINE = ("2026-11-29 10:43:44 | INFO | fairseq_cli.train | early stop since valid performance "
-                   "hasn't improved for last 3 runs")
+EARLY_STOP_LINE = (
+    "2026-11-29 10:43:44 | INFO | fairseq_cli.train | early stop since valid performance "
+    "hasn't improved for last 3 runs"
+)
 
 
 def _epoch_lines(first, last, ppl=5.0):
     """A fairseq training log's lines for epochs first..last, as fairseq writes them."""
     lines = []
     for e in range(first, last + 1):
-        lines += [f"2026-11-29 10:41:03 | INFO | fairseq.trainer | begin training epoch {e}",
-                  f"2026-11-29 10:43:44 | INFO | valid | epoch {e:03d} | valid on 'valid' subset | loss 2.36 | "
-                  f"ppl {ppl - 0.01 * e:.2f} | wps 6043.8 | num_updates {182 * e} | best_ppl 5.13",
-                  f"2026-11-29 10:43:44 | INFO | train | epoch {e:03d} | loss 2.02 | ppl 4.06 | wps 2816.9 | "
-                  f"num_updates {182 * e}"]
+        lines += [
+            f"2026-11-29 10:41:03 | INFO | fairseq.trainer | begin training epoch {e}",
+            f"2026-11-29 10:43:44 | INFO | valid | epoch {e:03d} | valid on 'valid' subset | loss 2.36 | "
+            f"ppl {ppl - 0.01 * e:.2f} | wps 6043.8 | num_updates {182 * e} | best_ppl 5.13",
+            f"2026-11-29 10:43:44 | INFO | train | epoch {e:03d} | loss 2.02 | ppl 4.06 | wps 2816.9 | "
+            f"num_updates {182 * e}",
+        ]
     return lines
 
 
@@ -248,8 +327,11 @@ def test_runs_stopped_by_a_lower_epoch_cap_resume_and_runs_stopped_by_patience_d
         "stopped by patience": ("\n".join([*_epoch_lines(1, 17), EARLY_STOP_LINE, DONE_LINE]), "patience", False),
         "stopped by today's cap": ("\n".join([*_epoch_lines(1, converge.MAX_EPOCH), DONE_LINE]), "cap", False),
         "resumed after the cap, cut off": ("\n".join([cap30, *_epoch_lines(31, 33)[:-1]]), "training", True),
-        "resumed after the cap, then patience": ("\n".join([cap30, *_epoch_lines(31, 35), EARLY_STOP_LINE, DONE_LINE]),
-                                                 "patience", False),
+        "resumed after the cap, then patience": (
+            "\n".join([cap30, *_epoch_lines(31, 35), EARLY_STOP_LINE, DONE_LINE]),
+            "patience",
+            False,
+        ),
     }
     assert converge.MAX_EPOCH > 30
     for what, (text, status, train) in cases.items():
@@ -266,23 +348,29 @@ def test_status_says_where_each_run_stands(tmp_path):
     (tmp_path / "soft-seed99" / "train.log").write_text("\n".join(_epoch_lines(1, 7)[:-1]))
     assert converge.progress("soft", 99, opts).startswith(
         "soft seed 99: training or interrupted, epoch 7, valid PPL 4.93, best checkpoint epoch 7 "
-        "(valid PPL 4.93, 0 epochs ago; patience 3)")
+        "(valid PPL 4.93, 0 epochs ago; patience 3)"
+    )
     worse = _epoch_lines(8, 9, ppl=5.6)  # 5.52, 5.51: the best stays epoch 7's
     (tmp_path / "soft-seed99" / "train.log").write_text("\n".join([*_epoch_lines(1, 7), *worse]))
     assert converge.progress("soft", 99, opts).startswith(
         "soft seed 99: training or interrupted, epoch 9, valid PPL 5.51, best checkpoint epoch 7 "
-        "(valid PPL 4.93, 2 epochs ago; patience 3)")
+        "(valid PPL 4.93, 2 epochs ago; patience 3)"
+    )
     (tmp_path / "soft-seed99" / "train.log").write_text("\n".join([*_epoch_lines(1, 30), DONE_LINE]))
     assert "stopped at a lower cap, resumes under the" in converge.progress("soft", 99, opts)
     # a latent run says how sharp its prior is (a Dirichlet's differential entropy is left out)
-    latent = "\n".join(_epoch_lines(1, 2)).replace("| loss 2.36 |", "| loss 2.36 | kl 0.001 | entropy_p 0.051 | "
-                                                   "entropy_uniform 4.109 | prior_maxp 0.991 |")
-    for name, sharpness in (("rws", "prior entropy 0.051 bits (uniform 4.109), largest prior weight 0.991"),
-                            ("dirichlet", "largest prior weight 0.991")):
+    latent = "\n".join(_epoch_lines(1, 2)).replace(
+        "| loss 2.36 |", "| loss 2.36 | kl 0.001 | entropy_p 0.051 | entropy_uniform 4.109 | prior_maxp 0.991 |"
+    )
+    for name, sharpness in (
+        ("rws", "prior entropy 0.051 bits (uniform 4.109), largest prior weight 0.991"),
+        ("dirichlet", "largest prior weight 0.991"),
+    ):
         (tmp_path / f"{name}-seed99").mkdir()
         (tmp_path / f"{name}-seed99" / "train.log").write_text(latent)
         assert converge.progress(name, 99, opts).startswith(
-            f"{name} seed 99: training or interrupted, epoch 2, valid PPL 4.98, {sharpness}, best checkpoint epoch 2")
+            f"{name} seed 99: training or interrupted, epoch 2, valid PPL 4.98, {sharpness}, best checkpoint epoch 2"
+        )
 
 
 def test_every_converge_row_trains_with_options_fairseq_accepts(tmp_path):
@@ -297,9 +385,18 @@ def test_every_converge_row_trains_with_options_fairseq_accepts(tmp_path):
     converge = _converge_module()
     for lang in ("de", "en"):  # parsing reads nothing but that the dictionaries are there
         (tmp_path / f"dict.{lang}.txt").write_text("")
-    parsed = {name: options.parse_args_and_arch(options.get_training_parser(), input_args=[
-        str(tmp_path), "--user-dir", os.path.join(REPO, "fairseq_varattn"),
-        *converge.train_options(name)]) for name in converge.PLAN}
+    parsed = {
+        name: options.parse_args_and_arch(
+            options.get_training_parser(),
+            input_args=[
+                str(tmp_path),
+                "--user-dir",
+                os.path.join(REPO, "fairseq_varattn"),
+                *converge.train_options(name),
+            ],
+        )
+        for name in converge.PLAN
+    }
     for name, args in parsed.items():
         assert args.max_epoch == converge.epoch_cap(name) == converge.MAX_EPOCH, name
         assert args.patience == converge.PATIENCE, name
@@ -327,8 +424,13 @@ def test_scripts_keep_freed_memory_in_the_heap_unless_the_user_says_otherwise(mo
     assert env["MALLOC_TRIM_THRESHOLD_"] == "12345"
     assert env["OMP_NUM_THREADS"] == "1" and env["PYTHONUNBUFFERED"] == "1"
     # and the child sees it: glibc reads these at start-up
-    out = subprocess.run([PYTHON, "-c", "import os; print(os.environ['MALLOC_MMAP_MAX_'])"], env=env,
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [PYTHON, "-c", "import os; print(os.environ['MALLOC_MMAP_MAX_'])"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert out.strip() == "0"
 
 
@@ -355,11 +457,15 @@ def test_best_epoch_is_the_epoch_of_the_last_saved_best_checkpoint():
     converge = _converge_module()
     lines = []
     for e, ppl in [(27, 4.35), (28, 4.34), (29, 4.35), (30, 4.36), (31, 4.34)]:
-        lines.append(f"2026-11-29 10:43:44 | INFO | valid | epoch {e:03d} | valid on 'valid' subset | loss 2.1 | "
-                     f"ppl {ppl} | num_updates {182 * e}")
+        lines.append(
+            f"2026-11-29 10:43:44 | INFO | valid | epoch {e:03d} | valid on 'valid' subset | loss 2.1 | "
+            f"ppl {ppl} | num_updates {182 * e}"
+        )
         name = "checkpoint_best.pt" if ppl == 4.34 else "checkpoint_last.pt"
-        lines.append(f"2026-11-29 10:43:44 | INFO | fairseq.checkpoint_utils | Saved checkpoint runs/x/{name} "
-                     f"(epoch {e} @ {182 * e} updates, score {ppl}) (writing took 0.1 seconds)")
+        lines.append(
+            f"2026-11-29 10:43:44 | INFO | fairseq.checkpoint_utils | Saved checkpoint runs/x/{name} "
+            f"(epoch {e} @ {182 * e} updates, score {ppl}) (writing took 0.1 seconds)"
+        )
     parsed = converge.parse_training("\n".join(lines))
     assert parsed["best_epoch"] == 31 and parsed["valid_ppl_training"] == 4.34 and parsed["epochs_run"] == 31
 
@@ -371,13 +477,15 @@ def test_converged_table_gives_mean_and_std_over_seeds_and_marks_the_dirichlet_r
     converge.RESULTS = str(tmp_path)
     common = {"output_layer": "factored", "bleu_signature": "nrefs:1", "date": "2026-11-29", "machine": "x86_64 x2"}
     for seed, ppl in ((1, 4.0), (2, 5.0), (3, 6.0)):
-        (tmp_path / f"elbo-enum-seed{seed}.json").write_text(json.dumps(
-            {"variant": "elbo-enum", "seed": seed, "test_ppl": ppl, "valid_entropy_p": 1.0, **common}))
+        (tmp_path / f"elbo-enum-seed{seed}.json").write_text(
+            json.dumps({"variant": "elbo-enum", "seed": seed, "test_ppl": ppl, "valid_entropy_p": 1.0, **common})
+        )
     table = converge.table()
     assert re.search(r"^\| elbo-enum \| factored \| 1,2,3 \| - \| 5.00 ± 1.00 \|", table, re.M), table
     assert converge.DIRICHLET_NOTE not in table
-    (tmp_path / "dirichlet-seed1.json").write_text(json.dumps(
-        {"variant": "dirichlet", "seed": 1, "test_ppl": 9.0, "valid_entropy_p": -54.2, **common}))
+    (tmp_path / "dirichlet-seed1.json").write_text(
+        json.dumps({"variant": "dirichlet", "seed": 1, "test_ppl": 9.0, "valid_entropy_p": -54.2, **common})
+    )
     table = converge.table()
     assert re.search(r"^\| dirichlet \(IS ppl\) \| factored \| 1 \| - \| 9.00 \|", table, re.M), table
     assert converge.DIRICHLET_NOTE in table
@@ -388,8 +496,14 @@ def test_converged_table_names_the_runs_that_trained_with_more_than_one_thread(t
     header names the runs that had more than one."""
     converge = _converge_module()
     converge.RESULTS = str(tmp_path)
-    common = {"variant": "marginal", "test_ppl": 4.8, "output_layer": "factored",
-              "bleu_signature": "nrefs:1", "date": "2026-11-30", "machine": "x86_64 x2"}
+    common = {
+        "variant": "marginal",
+        "test_ppl": 4.8,
+        "output_layer": "factored",
+        "bleu_signature": "nrefs:1",
+        "date": "2026-11-30",
+        "machine": "x86_64 x2",
+    }
     (tmp_path / "marginal-seed1.json").write_text(json.dumps({"seed": 1, **common}))
     assert "threads;" not in converge.table()
     (tmp_path / "marginal-seed2.json").write_text(json.dumps({"seed": 2, "threads": 2, **common}))
@@ -413,6 +527,7 @@ def _fake_fairseq(epochs):
     """A stand-in for converge.py's ``run``: fairseq-train appends a training
     log that early-stopped after ``epochs``; fairseq-validate prints one
     validation line; nothing is ever launched."""
+
     def fake_run(cmd, log_path, env, cwd=None, append=False):
         if "varattn_tools.resume_train" in cmd:  # fairseq-train with a patience that survives resumes
             with open(log_path, "a") as f:
@@ -422,6 +537,7 @@ def _fake_fairseq(epochs):
             subset = cmd[cmd.index("--valid-subset") + 1]
             return f"x | valid on '{subset}' subset | loss 2.1 | nll_loss 2.0 | ppl 4.0"
         return ""
+
     return fake_run
 
 
@@ -456,9 +572,11 @@ def _latent_epoch_lines(first, last, epochs_validated_again=()):
     lines = []
     for e in [*range(first, last + 1), *epochs_validated_again]:
         again = 0.001 if e in epochs_validated_again else 0.0
-        lines.append(f"2026-11-30 10:43:44 | INFO | valid | epoch {e:03d} | valid on 'valid' subset | loss 2.3 | "
-                     f"kl {0.1 * e:.3f} | entropy_p {4.13 - 0.5 * e + again:.3f} | entropy_uniform 4.13 | "
-                     f"prior_maxp 0.5 | ppl {9 - e:.2f} | wps 2000 | num_updates {182 * e} | best_ppl {9 - e:.2f}")
+        lines.append(
+            f"2026-11-30 10:43:44 | INFO | valid | epoch {e:03d} | valid on 'valid' subset | loss 2.3 | "
+            f"kl {0.1 * e:.3f} | entropy_p {4.13 - 0.5 * e + again:.3f} | entropy_uniform 4.13 | "
+            f"prior_maxp 0.5 | ppl {9 - e:.2f} | wps 2000 | num_updates {182 * e} | best_ppl {9 - e:.2f}"
+        )
     return lines
 
 
@@ -484,8 +602,9 @@ def test_curves_take_a_results_own_training_log_and_plot_every_run_with_a_curve(
     work = tmp_path / "runs"
     # hard-enum: a log of as many epochs, but not the one its result was made from (another best epoch)
     for name, log_epochs, best in (("marginal", 6, 6), ("elbo-enum", 5, 6), ("soft", None, 6), ("hard-enum", 6, 4)):
-        (tmp_path / "results" / f"{name}-seed1.json").write_text(json.dumps(
-            {"variant": name, "seed": 1, "epochs_run": 6, "best_epoch": best}))
+        (tmp_path / "results" / f"{name}-seed1.json").write_text(
+            json.dumps({"variant": name, "seed": 1, "epochs_run": 6, "best_epoch": best})
+        )
         if log_epochs:
             (work / f"{name}-seed1").mkdir(parents=True)
             (work / f"{name}-seed1" / "train.log").write_text("\n".join(_latent_epoch_lines(1, log_epochs)))
@@ -494,8 +613,10 @@ def test_curves_take_a_results_own_training_log_and_plot_every_run_with_a_curve(
     assert said[0] == f"marginal seed 1: curve added from {work}/marginal-seed1/train.log"
     assert said[1].startswith("elbo-enum seed 1: no curve (") and "5 validated epochs up to 5" in said[1]
     assert said[2].startswith("soft seed 1: no curve (its training log is not in")
-    assert said[3] == (f"hard-enum seed 1: no curve ({work}/hard-enum-seed1/train.log has 6 validated epochs "
-                       "up to 6, best 6; the result: 6, best 4)")
+    assert said[3] == (
+        f"hard-enum seed 1: no curve ({work}/hard-enum-seed1/train.log has 6 validated epochs "
+        "up to 6, best 6; the result: 6, best 4)"
+    )
     assert said[4:] == ["rws seed 1: not finished", f"plotted 1 run -> {tmp_path}/curves.png"]
     marginal = json.loads((tmp_path / "results" / "marginal-seed1.json").read_text())
     assert [p["entropy_p"] for p in marginal["valid_curve"]] == [3.63, 3.13, 2.63, 2.13, 1.63, 1.13]
@@ -523,8 +644,12 @@ def test_status_says_how_long_an_epoch_takes_lately_not_counting_a_resume_gap(tm
     clock = {1: "10:00:00", 2: "10:05:00", 3: "10:10:00", 4: "13:00:00", 5: "13:06:00"}  # resumed before epoch 4
 
     def log(epochs):
-        return "\n".join(f"2026-11-30 {clock[e]} | INFO | valid | epoch {e:03d} | valid on 'valid' subset | "
-                         f"loss 2.3 | ppl {9 - e:.2f} | num_updates {182 * e}" for e in epochs)
+        return "\n".join(
+            f"2026-11-30 {clock[e]} | INFO | valid | epoch {e:03d} | valid on 'valid' subset | "
+            f"loss 2.3 | ppl {9 - e:.2f} | num_updates {182 * e}"
+            for e in epochs
+        )
+
     assert converge.minutes_per_epoch(log([1])) is None
     assert converge.minutes_per_epoch(log([1, 2, 3])) == 5.0
     assert converge.minutes_per_epoch(log([1, 2, 3, 4, 5])) == 6.0  # median of 5, 170 and 6
@@ -533,19 +658,28 @@ def test_status_says_how_long_an_epoch_takes_lately_not_counting_a_resume_gap(tm
     (tmp_path / "soft-seed99" / "train.log").write_text(log([1, 2, 3]))
     assert converge.progress("soft", 99, argparse.Namespace(work=str(tmp_path))).startswith(
         "soft seed 99: training or interrupted, epoch 3, valid PPL 6.0, best checkpoint epoch 3 "
-        "(valid PPL 6.0, 0 epochs ago; patience 3), about 5.0 min an epoch lately (in ")
+        "(valid PPL 6.0, 0 epochs ago; patience 3), about 5.0 min an epoch lately (in "
+    )
 
 
 def test_diagnosis_reads_every_validation_and_where_the_warmup_ended():
     diagnose = _example_module("diagnose")
-    text = "\n".join([
-        "x | train_inner | epoch 001:     50 / 182 loss=7.2, marginal_warmup=1, ppl=9, num_updates=350, lr=1",
-        "x | train_inner | epoch 002:     18 / 182 loss=7.0, ppl=8, num_updates=400, lr=1",
-        "x | valid | epoch 002 | valid on 'valid' subset | loss 5.1 | kl 0.222 | entropy_q 2.824 | entropy_p 2.92 "
-        "| entropy_uniform 4.109 | qgrad_rec 0.16047 | ppl 30.92 | wps 1126 | num_updates 364",
-    ])
+    text = "\n".join(
+        [
+            "x | train_inner | epoch 001:     50 / 182 loss=7.2, marginal_warmup=1, ppl=9, num_updates=350, lr=1",
+            "x | train_inner | epoch 002:     18 / 182 loss=7.0, ppl=8, num_updates=400, lr=1",
+            "x | valid | epoch 002 | valid on 'valid' subset | loss 5.1 | kl 0.222 | entropy_q 2.824 | entropy_p 2.92 "
+            "| entropy_uniform 4.109 | qgrad_rec 0.16047 | ppl 30.92 | wps 1126 | num_updates 364",
+        ]
+    )
     [(updates, values)] = diagnose.validations(text)
     assert updates == 364
-    assert values == {"entropy_uniform": 4.109, "entropy_p": 2.92, "entropy_q": 2.824, "kl": 0.222,
-                      "qgrad_rec": 0.16047, "ppl": 30.92}
+    assert values == {
+        "entropy_uniform": 4.109,
+        "entropy_p": 2.92,
+        "entropy_q": 2.824,
+        "kl": 0.222,
+        "qgrad_rec": 0.16047,
+        "ppl": 30.92,
+    }
     assert diagnose.warmup_updates(text) == 350

@@ -11,8 +11,10 @@ from varattn_tools.resume_train import patience_state, training_seconds
 
 
 def _valid_line(epoch, ppl):
-    return (f"2026-12-01 10:{epoch % 60:02d}:00 | INFO | valid | epoch {epoch:03d} | valid on 'valid' subset | "
-            f"loss 3.1 | nll_loss 2.3 | ppl {ppl} | wps 900 | wpb 2000 | bsz 100 | num_updates {epoch * 10}")
+    return (
+        f"2026-12-01 10:{epoch % 60:02d}:00 | INFO | valid | epoch {epoch:03d} | valid on 'valid' subset | "
+        f"loss 3.1 | nll_loss 2.3 | ppl {ppl} | wps 900 | wpb 2000 | bsz 100 | num_updates {epoch * 10}"
+    )
 
 
 def _fairseq_counter(values, patience=1000):
@@ -35,8 +37,7 @@ def test_patience_state_is_what_fairseqs_counter_holds_after_the_same_validation
     rng = random.Random(0)
     for _ in range(200):
         # rounded like fairseq's ppl, so ties happen (a tie is no improvement)
-        values = [round(rng.choice([5.0, 5.1, 5.2]) + rng.randint(0, 3) * 0.01, 2)
-                  for _ in range(rng.randint(1, 12))]
+        values = [round(rng.choice([5.0, 5.1, 5.2]) + rng.randint(0, 3) * 0.01, 2) for _ in range(rng.randint(1, 12))]
         log = "\n".join(_valid_line(e, v) for e, v in enumerate(values, start=1))
         assert patience_state(log) == _fairseq_counter(values), values
 
@@ -44,21 +45,24 @@ def test_patience_state_is_what_fairseqs_counter_holds_after_the_same_validation
 def test_patience_state_counts_a_revalidated_epoch_once_and_none_before_the_first():
     assert patience_state("no validation yet") is None
     # epoch 3 validated, interrupted, resumed and validated again with another value
-    log = "\n".join([_valid_line(1, 6.0), _valid_line(2, 5.0), _valid_line(3, 5.5), _valid_line(3, 5.4),
-                     _valid_line(4, 5.2)])
+    log = "\n".join(
+        [_valid_line(1, 6.0), _valid_line(2, 5.0), _valid_line(3, 5.5), _valid_line(3, 5.4), _valid_line(4, 5.2)]
+    )
     assert patience_state(log) == (5.0, 2)
 
 
 def test_training_seconds_sums_each_invocation_and_skips_the_gap_between_them():
     start = "{} | INFO | fairseq_cli.train | {{'_name': None, 'common': {{}}}}"
-    log = "\n".join([
-        start.format("2026-12-01 10:00:00"),
-        "2026-12-01 10:05:00 | INFO | train_inner | epoch 001: ...",
-        "2026-12-01 10:10:00 | INFO | valid | epoch 001 | valid on 'valid' subset | ppl 9.0",
-        # killed; resumed two hours later
-        start.format("2026-12-01 12:10:00"),
-        "2026-12-01 12:13:30 | INFO | fairseq_cli.train | done training in 210.0 seconds",
-    ])
+    log = "\n".join(
+        [
+            start.format("2026-12-01 10:00:00"),
+            "2026-12-01 10:05:00 | INFO | train_inner | epoch 001: ...",
+            "2026-12-01 10:10:00 | INFO | valid | epoch 001 | valid on 'valid' subset | ppl 9.0",
+            # killed; resumed two hours later
+            start.format("2026-12-01 12:10:00"),
+            "2026-12-01 12:13:30 | INFO | fairseq_cli.train | done training in 210.0 seconds",
+        ]
+    )
     assert training_seconds(log) == pytest.approx(600 + 210)
     assert training_seconds("") == 0.0
 

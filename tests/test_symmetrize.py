@@ -11,8 +11,12 @@ from varattn_tools.align import alignment_error_rate, alignment_scores
 def test_grow_diag_final_and_by_hand():
     # intersection {0-0, 1-1}; 2-1 neighbours 1-1 and aligns source word 2; then 2-2 (diagonal of 1-1)
     # aligns target word 2: grow-diag reaches the union
-    assert sym.grow_diag_final_and({(0, 0), (1, 1), (2, 1)}, {(0, 0), (1, 1), (2, 2)}) == \
-        {(0, 0), (1, 1), (2, 1), (2, 2)}
+    assert sym.grow_diag_final_and({(0, 0), (1, 1), (2, 1)}, {(0, 0), (1, 1), (2, 2)}) == {
+        (0, 0),
+        (1, 1),
+        (2, 1),
+        (2, 2),
+    }
     # 3-3 and 3-1 are no neighbours of 0-0; final-and adds 3-3 (both words unaligned), then
     # 3-1's source word is aligned
     assert sym.grow_diag_final_and({(0, 0), (3, 3)}, {(0, 0), (3, 1)}) == {(0, 0), (3, 3)}

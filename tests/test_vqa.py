@@ -35,8 +35,12 @@ def write_fixture(root, questions, annotations, images=(1, 2), regions=(4, 2), d
 
 
 def annotation(qid, answers, mc=None, kind="other"):
-    return {"question_id": qid, "answers": [{"answer": a} for a in answers],
-            "multiple_choice_answer": mc or answers[0], "answer_type": kind}
+    return {
+        "question_id": qid,
+        "answers": [{"answer": a} for a in answers],
+        "multiple_choice_answer": mc or answers[0],
+        "answer_type": kind,
+    }
 
 
 QUESTIONS = [
@@ -110,8 +114,9 @@ def test_padded_regions_get_no_attention_and_change_nothing(vqa_fixture, attenti
         alone = model(**data.collater([data[2]])["net_input"])
     assert padded[1]["attn"][2, 0, 2:].abs().max() == 0
     torch.testing.assert_close(padded[1]["attn"][2, :, :2], alone[1]["attn"][0], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(model.get_normalized_probs(padded, True)[2], model.get_normalized_probs(alone, True)[0],
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        model.get_normalized_probs(padded, True)[2], model.get_normalized_probs(alone, True)[0], rtol=1e-5, atol=1e-5
+    )
 
 
 class _FixedModel(torch.nn.Module):
@@ -200,8 +205,9 @@ def test_model_trains_under_every_criterion(vqa_fixture, name):
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
     if inference != "none":
-        assert any(p.grad is not None and p.grad.abs().sum() > 0
-                   for p in model.inference_network.parameters()), "q got no gradient"
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.inference_network.parameters()), (
+            "q got no gradient"
+        )
     if attention == "categorical":
         # nll_loss is the exact marginal: brute force over the K regions
         model.eval()
@@ -213,9 +219,13 @@ def test_model_trains_under_every_criterion(vqa_fixture, name):
             brute = 0.0
             for b in range(2):  # the third question has an unknown answer: no NLL
                 y = int(sample["target"][b, 0])
-                p_y = sum(float(prior[b, k]) * float(torch.softmax(
-                    out.fc_out(torch.tanh(out.hidden_proj(h[b]) + out.context_proj(r[b, k]))), -1)[y])
-                    for k in range(r.size(1)))
+                p_y = sum(
+                    float(prior[b, k])
+                    * float(
+                        torch.softmax(out.fc_out(torch.tanh(out.hidden_proj(h[b]) + out.context_proj(r[b, k]))), -1)[y]
+                    )
+                    for k in range(r.size(1))
+                )
                 brute -= math.log(p_y)
             _, _, log = MarginalCriterion.build(task)(model, sample)
         assert float(log["nll_loss"]) == pytest.approx(brute, rel=1e-4)
@@ -234,8 +244,16 @@ def test_grid_features_find_the_shape_cell():
 
 def test_tsv_features_become_one_array_per_image(tmp_path):
     boxes = np.arange(12, dtype=np.float32).reshape(3, 4)
-    line = "\t".join(["42", "64", "48", "3", base64.b64encode(np.zeros(12, np.float32).tobytes()).decode(),
-                      base64.b64encode(boxes.tobytes()).decode()])
+    line = "\t".join(
+        [
+            "42",
+            "64",
+            "48",
+            "3",
+            base64.b64encode(np.zeros(12, np.float32).tobytes()).decode(),
+            base64.b64encode(boxes.tobytes()).decode(),
+        ]
+    )
     (tmp_path / "f.tsv").write_text(line + "\n")
     run_cli(["varattn_tools.vqa_data", "from-tsv", tmp_path / "f.tsv", "--out", tmp_path / "features"])
     np.testing.assert_array_equal(np.load(tmp_path / "features" / "42.npy"), boxes)
@@ -260,28 +278,81 @@ def test_shipped_easy_vqa_converts_to_the_vqa_v2_layout(easy_vqa_dir):
     assert len([a for a in answers if a]) == 13
 
 
-@pytest.mark.parametrize("variant", [
-    ["--attention", "soft", "--criterion", "cross_entropy"],
-    ["--attention", "categorical", "--inference-network", "answer", "--criterion", "varattn_elbo"],
-])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        ["--attention", "soft", "--criterion", "cross_entropy"],
+        ["--attention", "categorical", "--inference-network", "answer", "--criterion", "varattn_elbo"],
+    ],
+)
 def test_train_validate_round_trip_on_easy_vqa(easy_vqa_dir, tmp_path, variant):
     save = str(tmp_path / "ckpt")
-    proc = run_cli(["fairseq_cli.train", easy_vqa_dir, "--user-dir", USER_DIR, "--task", "varattn_vqa",
-                    "--arch", "varattn_vqa", *variant, "--optimizer", "adam", "--lr", "0.003",
-                    "--batch-size", "128", "--max-update", "300", "--num-workers", "0", "--log-format",
-                    "simple", "--log-interval", "20", "--save-dir", save, "--no-epoch-checkpoints",
-                    "--validate-interval-updates", "300", "--seed", "1"])
+    proc = run_cli(
+        [
+            "fairseq_cli.train",
+            easy_vqa_dir,
+            "--user-dir",
+            USER_DIR,
+            "--task",
+            "varattn_vqa",
+            "--arch",
+            "varattn_vqa",
+            *variant,
+            "--optimizer",
+            "adam",
+            "--lr",
+            "0.003",
+            "--batch-size",
+            "128",
+            "--max-update",
+            "300",
+            "--num-workers",
+            "0",
+            "--log-format",
+            "simple",
+            "--log-interval",
+            "20",
+            "--save-dir",
+            save,
+            "--no-epoch-checkpoints",
+            "--validate-interval-updates",
+            "300",
+            "--seed",
+            "1",
+        ]
+    )
     log = proc.stdout + proc.stderr
     acc = [float(x) for x in re.findall(r"valid on 'valid' subset \|.*? vqa_acc ([0-9.]+)", log)]
     assert acc, log[-2000:]
     assert re.search(r"valid on 'valid' subset \|.*? attn_acc_prior [0-9.]+", log)
-    proc = run_cli(["fairseq_cli.validate", easy_vqa_dir, "--user-dir", USER_DIR, "--task", "varattn_vqa",
-                    "--path", os.path.join(save, "checkpoint_last.pt"), "--valid-subset", "valid",
-                    "--batch-size", "256"])
+    proc = run_cli(
+        [
+            "fairseq_cli.validate",
+            easy_vqa_dir,
+            "--user-dir",
+            USER_DIR,
+            "--task",
+            "varattn_vqa",
+            "--path",
+            os.path.join(save, "checkpoint_last.pt"),
+            "--valid-subset",
+            "valid",
+            "--batch-size",
+            "256",
+        ]
+    )
     reloaded = float(re.findall(r"vqa_acc ([0-9.]+)", proc.stdout + proc.stderr)[-1])
     assert reloaded == pytest.approx(acc[-1], abs=0.01)
-    proc = run_cli(["varattn_tools.vqa_eval", easy_vqa_dir, "--path", os.path.join(save, "checkpoint_last.pt"),
-                    "--subset", "valid"])
+    proc = run_cli(
+        [
+            "varattn_tools.vqa_eval",
+            easy_vqa_dir,
+            "--path",
+            os.path.join(save, "checkpoint_last.pt"),
+            "--subset",
+            "valid",
+        ]
+    )
     per_type = {kind: float(acc) for kind, acc in re.findall(r"^\| (\S+) \| \d+ \| ([0-9.]+) \|", proc.stdout, re.M)}
     # the colour of the shape is in the image, not the question: a model that
     # ignores the regions answers 1 of 6 colours (about 17%; 300 updates give 60-90%)

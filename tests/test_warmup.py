@@ -134,15 +134,17 @@ def test_with_a_linear_activation_the_joint_and_factored_layers_are_one_function
         layer.eval()
     h, enc = torch.randn(2, 4, 6) * 3, torch.randn(2, 3, 5) * 3
     target = torch.randint(0, 11, (2, 4))
-    torch.testing.assert_close(joint.alignment_logprobs(h, enc, target),
-                               factored.alignment_logprobs(h, enc, target), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        joint.alignment_logprobs(h, enc, target), factored.alignment_logprobs(h, enc, target), rtol=1e-4, atol=1e-4
+    )
     tanh = build_output_layer("joint", **dims)
     tanh.load_state_dict(joint.state_dict())
     tanh.eval()
     assert (tanh.alignment_logprobs(h, enc, target) - joint.alignment_logprobs(h, enc, target)).abs().max() > 1.0
     ctx = torch.randn(2, 4, 5)
-    torch.testing.assert_close(joint.context_logprobs(h, ctx, target), factored.context_logprobs(h, ctx, target),
-                               rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        joint.context_logprobs(h, ctx, target), factored.context_logprobs(h, ctx, target), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_architecture_defaults_give_latent_attention_the_layer_that_learns():
@@ -152,9 +154,15 @@ def test_architecture_defaults_give_latent_attention_the_layer_that_learns():
         varattn_lstm_tiny(args)
         assert (args.output_layer, args.output_activation) == (layer, "tanh"), attention
     for attention in ("categorical", "soft"):
-        args = argparse.Namespace(attention=attention, encoder_embed_dim=8, encoder_ffn_embed_dim=16,
-                                  encoder_attention_heads=2, decoder_embed_dim=8, decoder_ffn_embed_dim=16,
-                                  decoder_attention_heads=2)
+        args = argparse.Namespace(
+            attention=attention,
+            encoder_embed_dim=8,
+            encoder_ffn_embed_dim=16,
+            encoder_attention_heads=2,
+            decoder_embed_dim=8,
+            decoder_ffn_embed_dim=16,
+            decoder_attention_heads=2,
+        )
         varattn_transformer_tiny(args)
         assert (args.output_layer, args.output_activation) == ("factored", "linear"), attention
         model = VarAttnTransformerModel.build_model(args, FakeTask(d, d))

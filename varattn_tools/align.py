@@ -96,9 +96,14 @@ def alignment_scores(pairs: Iterable[Tuple[Links, Links, Links]], resamples: int
     rng = random.Random(seed)
     samples = sorted(aer_of_counts([rng.choice(counts) for _ in counts]) for _ in range(resamples))
     a_s, a_p, a, s = (sum(c[k] for c in counts) for k in range(4))
-    return {"aer": aer_of_counts(counts), "aer_low": samples[int(0.025 * resamples)],
-            "aer_high": samples[int(0.975 * resamples) - 1], "precision": a_p / a if a else 0.0,
-            "recall": a_s / s if s else 0.0, "sentences": len(counts)}
+    return {
+        "aer": aer_of_counts(counts),
+        "aer_low": samples[int(0.025 * resamples)],
+        "aer_high": samples[int(0.975 * resamples) - 1],
+        "precision": a_p / a if a else 0.0,
+        "recall": a_s / s if s else 0.0,
+        "sentences": len(counts),
+    }
 
 
 def alignment_error_rate(pairs: Iterable[Tuple[Links, Links, Links]]) -> float:
@@ -141,7 +146,7 @@ def alignments_of(model, task, subset: str, max_sentences: Optional[int], kinds=
     kinds = kinds_of(model) if kinds is None else list(kinds)
     out = {}
     for start in range(0, len(wanted), 32):
-        sample = dataset.collater([dataset[i] for i in wanted[start:start + 32]])
+        sample = dataset.collater([dataset[i] for i in wanted[start : start + 32]])
         target = sample["target"]
         net = sample["net_input"]
         panels = {panel_label(model, k): m for k, m in alignment_matrices(model, net, target, kinds).items()}
@@ -163,8 +168,9 @@ def plot_sentence(sid: int, records: List[Tuple[str, dict]], path: str) -> None:
     matplotlib.use("Agg")  # files only: no display on servers
     import matplotlib.pyplot as plt
 
-    panels = [(f"{name}: {label}", rec["src"], rec["tgt"], m)
-              for name, rec in records for label, m in rec["panels"].items()]
+    panels = [
+        (f"{name}: {label}", rec["src"], rec["tgt"], m) for name, rec in records for label, m in rec["panels"].items()
+    ]
     src, tgt = panels[0][1], panels[0][2]
     width = max(4.0, 0.32 * len(src) + 1.5)
     height = max(3.0, 0.3 * len(tgt) + 1.5)
@@ -192,10 +198,14 @@ def summarise(name: str, aligned: Dict[int, dict], gold) -> List[dict]:
             if gold is not None and sid < len(gold) and gold[sid] is not None:
                 words = word_matrix(m, word_ids(rec["tgt"]), word_ids(rec["src"]))
                 scored.append((hard_links(words), *gold[sid]))
-        row = {"checkpoint": name, "alignment": label, "role": ROLES.get(label, "attention"),
-               "sentences": len(aligned),
-               "entropy_nats": sum(entropies) / len(entropies),
-               "max_prob": sum(maxima) / len(maxima)}
+        row = {
+            "checkpoint": name,
+            "alignment": label,
+            "role": ROLES.get(label, "attention"),
+            "sentences": len(aligned),
+            "entropy_nats": sum(entropies) / len(entropies),
+            "max_prob": sum(maxima) / len(maxima),
+        }
         if scored:
             scores = alignment_scores(scored)
             row["aer"] = scores["aer"]
@@ -206,13 +216,15 @@ def summarise(name: str, aligned: Dict[int, dict], gold) -> List[dict]:
 
 
 def markdown(rows: List[dict]) -> str:
-    lines = ["| checkpoint | alignment | mean entropy (nats) | mean max prob | AER [95% bootstrap interval] "
-             "(sentences) |", "|---|---|---|---|---|"]
+    lines = [
+        "| checkpoint | alignment | mean entropy (nats) | mean max prob | AER [95% bootstrap interval] (sentences) |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
-        aer = (f"{r['aer']:.3f} [{r['aer_low']:.3f}, {r['aer_high']:.3f}] ({r['aer_sentences']})"
-               if "aer" in r else "-")
-        lines.append(f"| {r['checkpoint']} | {r['alignment']} | {r['entropy_nats']:.3f} | "
-                     f"{r['max_prob']:.3f} | {aer} |")
+        aer = f"{r['aer']:.3f} [{r['aer_low']:.3f}, {r['aer_high']:.3f}] ({r['aer_sentences']})" if "aer" in r else "-"
+        lines.append(
+            f"| {r['checkpoint']} | {r['alignment']} | {r['entropy_nats']:.3f} | {r['max_prob']:.3f} | {aer} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -226,8 +238,12 @@ def parse_ids(text: str) -> List[int]:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", help="fairseq binary data dir the checkpoints were trained on")
-    parser.add_argument("--path", action="append", required=True,
-                        help="checkpoint; repeat to compare models (e.g. soft and variational)")
+    parser.add_argument(
+        "--path",
+        action="append",
+        required=True,
+        help="checkpoint; repeat to compare models (e.g. soft and variational)",
+    )
     parser.add_argument("--name", action="append", help="label per --path (default: its folder name)")
     parser.add_argument("--subset", default="test")
     parser.add_argument("--out", required=True)
@@ -235,8 +251,9 @@ def main(argv=None):
     parser.add_argument("--plot", type=parse_ids, default=[], help="sentence ids to draw, e.g. 0,1,2")
     parser.add_argument("--gold", help="Pharaoh gold alignments (i-j sure, i?j possible) for AER")
     args = parser.parse_args(argv)
-    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
-                        level=logging.INFO, stream=sys.stdout, force=True)
+    logging.basicConfig(
+        format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO, stream=sys.stdout, force=True
+    )
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
 
     import fairseq_varattn  # noqa: F401  (registers the plugin, safe globals)
@@ -262,9 +279,20 @@ def main(argv=None):
         for name, aligned in runs:
             for sid in sorted(aligned):
                 rec = aligned[sid]
-                f.write(json.dumps({"checkpoint": name, "id": sid, "src": rec["src"], "tgt": rec["tgt"],
-                                    "alignments": {k: [[round(x, 5) for x in row] for row in v.tolist()]
-                                                   for k, v in rec["panels"].items()}}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "checkpoint": name,
+                            "id": sid,
+                            "src": rec["src"],
+                            "tgt": rec["tgt"],
+                            "alignments": {
+                                k: [[round(x, 5) for x in row] for row in v.tolist()] for k, v in rec["panels"].items()
+                            },
+                        }
+                    )
+                    + "\n"
+                )
     for sid in args.plot:
         png = os.path.join(args.out, f"sentence-{sid}.png")
         plot_sentence(sid, [(name, aligned[sid]) for name, aligned in runs], png)

@@ -41,12 +41,17 @@ def git_commit(repo, mark_changes=False) -> str:
     """The short commit a result was made at ("unknown" outside git); with
     ``mark_changes``, "+changes" when tracked files differ from it."""
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True,
-                             text=True, check=True).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-    if mark_changes and subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                                       capture_output=True, text=True).stdout.strip():
+    if (
+        mark_changes
+        and subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True, text=True
+        ).stdout.strip()
+    ):
         sha += "+changes"
     return sha or "unknown"
 

@@ -63,10 +63,18 @@ def train_sentencepiece(texts, prefix, vocab_size, model_type):
             if line:
                 f.write(line + "\n")
     spm.SentencePieceTrainer.train(
-        input=corpus, model_prefix=prefix, vocab_size=vocab_size, model_type=model_type,
-        character_coverage=1.0, num_threads=2, minloglevel=2,
+        input=corpus,
+        model_prefix=prefix,
+        vocab_size=vocab_size,
+        model_type=model_type,
+        character_coverage=1.0,
+        num_threads=2,
+        minloglevel=2,
         # fairseq's dictionary adds its own <s>, <pad>, </s>, <unk>.
-        bos_id=-1, eos_id=-1, pad_id=-1, unk_id=0,
+        bos_id=-1,
+        eos_id=-1,
+        pad_id=-1,
+        unk_id=0,
     )
     os.remove(corpus)
     return spm.SentencePieceProcessor(model_file=prefix + ".model")
@@ -80,19 +88,26 @@ def main(argv=None):
     parser.add_argument("--tgt", default="en")
     parser.add_argument("--train", default="train")
     parser.add_argument("--valid", default="val")
-    parser.add_argument("--test", default="test_2016_flickr",
-                        help="comma-separated test split names; the first becomes fairseq's 'test'")
-    parser.add_argument("--vocab-size", type=int, default=8000,
-                        help="joint sentencepiece vocabulary (8000 suits Multi30k's 29k pairs)")
+    parser.add_argument(
+        "--test",
+        default="test_2016_flickr",
+        help="comma-separated test split names; the first becomes fairseq's 'test'",
+    )
+    parser.add_argument(
+        "--vocab-size", type=int, default=8000, help="joint sentencepiece vocabulary (8000 suits Multi30k's 29k pairs)"
+    )
     parser.add_argument("--model-type", default="unigram", choices=["unigram", "bpe"])
-    parser.add_argument("--max-len", type=int, default=125,
-                        help="drop training pairs with a side longer than this many pieces")
-    parser.add_argument("--train-limit", type=int, default=0,
-                        help="keep only the first N training pairs (0 = all; for tests)")
+    parser.add_argument(
+        "--max-len", type=int, default=125, help="drop training pairs with a side longer than this many pieces"
+    )
+    parser.add_argument(
+        "--train-limit", type=int, default=0, help="keep only the first N training pairs (0 = all; for tests)"
+    )
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
-    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
-                        level=logging.INFO, stream=sys.stdout)
+    logging.basicConfig(
+        format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO, stream=sys.stdout
+    )
 
     if not os.path.isdir(args.raw_dir):
         parser.error(f"--raw-dir {args.raw_dir!r} is not a directory")
@@ -106,10 +121,15 @@ def main(argv=None):
 
     spm_dir = os.path.join(args.out, "spm")
     os.makedirs(spm_dir, exist_ok=True)
-    sp = train_sentencepiece(data["train"][0] + data["train"][1], os.path.join(args.out, "spm"),
-                             args.vocab_size, args.model_type)
-    logger.info("sentencepiece %s model, %d pieces: %s", args.model_type, sp.get_piece_size(),
-                os.path.join(args.out, "spm.model"))
+    sp = train_sentencepiece(
+        data["train"][0] + data["train"][1], os.path.join(args.out, "spm"), args.vocab_size, args.model_type
+    )
+    logger.info(
+        "sentencepiece %s model, %d pieces: %s",
+        args.model_type,
+        sp.get_piece_size(),
+        os.path.join(args.out, "spm.model"),
+    )
 
     for key, (src_lines, tgt_lines) in data.items():
         src_enc = [" ".join(sp.encode(s, out_type=str)) for s in src_lines]
@@ -117,12 +137,21 @@ def main(argv=None):
         keep = range(len(src_enc))
         if key == "train":
             empty = [i for i in keep if not src_enc[i] or not tgt_enc[i]]
-            long = [i for i in keep if src_enc[i] and tgt_enc[i] and
-                    max(len(src_enc[i].split()), len(tgt_enc[i].split())) > args.max_len]
+            long = [
+                i
+                for i in keep
+                if src_enc[i] and tgt_enc[i] and max(len(src_enc[i].split()), len(tgt_enc[i].split())) > args.max_len
+            ]
             dropped = set(empty) | set(long)
             keep = [i for i in keep if i not in dropped]
-            logger.info("train: kept %d of %d pairs (dropped %d with an empty side, %d longer than %d pieces)",
-                        len(keep), len(src_enc), len(empty), len(long), args.max_len)
+            logger.info(
+                "train: kept %d of %d pairs (dropped %d with an empty side, %d longer than %d pieces)",
+                len(keep),
+                len(src_enc),
+                len(empty),
+                len(long),
+                args.max_len,
+            )
         for lang, lines in ((args.src, src_enc), (args.tgt, tgt_enc)):
             with open(os.path.join(spm_dir, f"{key}.{lang}"), "w", encoding="utf-8") as f:
                 f.writelines(lines[i] + "\n" for i in keep)
@@ -132,13 +161,24 @@ def main(argv=None):
     if os.path.isdir(partial):
         shutil.rmtree(partial)
     cmd = [
-        sys.executable, "-m", "fairseq_cli.preprocess",
-        "--source-lang", args.src, "--target-lang", args.tgt,
-        "--trainpref", os.path.join(spm_dir, "train"),
-        "--validpref", os.path.join(spm_dir, "valid"),
-        "--testpref", ",".join(os.path.join(spm_dir, k) for k in splits if k.startswith("test")),
-        "--destdir", partial,
-        "--joined-dictionary", "--workers", str(args.workers),
+        sys.executable,
+        "-m",
+        "fairseq_cli.preprocess",
+        "--source-lang",
+        args.src,
+        "--target-lang",
+        args.tgt,
+        "--trainpref",
+        os.path.join(spm_dir, "train"),
+        "--validpref",
+        os.path.join(spm_dir, "valid"),
+        "--testpref",
+        ",".join(os.path.join(spm_dir, k) for k in splits if k.startswith("test")),
+        "--destdir",
+        partial,
+        "--joined-dictionary",
+        "--workers",
+        str(args.workers),
     ]
     logger.info("running %s", " ".join(cmd))
     if subprocess.run(cmd).returncode != 0:

@@ -58,8 +58,7 @@ def training_seconds(text: str) -> float:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--log", required=True,
-                        help="the run's training log so far (missing or empty: a fresh run)")
+    parser.add_argument("--log", required=True, help="the run's training log so far (missing or empty: a fresh run)")
     parser.add_argument("--metric", default="ppl", help="fairseq's --best-checkpoint-metric")
     parser.add_argument("--maximize", action="store_true", help="fairseq's --maximize-best-checkpoint-metric")
     parser.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then fairseq-train's arguments")
@@ -75,8 +74,11 @@ def main(argv=None):
     state = patience_state(text, opts.metric, opts.maximize)
     if state is not None:
         train.should_stop_early.best, train.should_stop_early.num_runs = state
-        print(f"resume_train: early stopping resumes at best {opts.metric} {state[0]}, "
-              f"{state[1]} validation(s) without improvement", flush=True)
+        print(
+            f"resume_train: early stopping resumes at best {opts.metric} {state[0]}, "
+            f"{state[1]} validation(s) without improvement",
+            flush=True,
+        )
     sys.argv = ["fairseq-train", *train_args]
     train.cli_main()
 

@@ -25,8 +25,9 @@ def read_lines(path: str) -> List[str]:
         return f.read().splitlines()
 
 
-def paired_bleu(references: Sequence[str], baseline: Sequence[str], systems: Dict[str, Sequence[str]],
-                trials: int = RESAMPLES) -> Dict[str, dict]:
+def paired_bleu(
+    references: Sequence[str], baseline: Sequence[str], systems: Dict[str, Sequence[str]], trials: int = RESAMPLES
+) -> Dict[str, dict]:
     """{name: {"bleu", "baseline_bleu", "delta", "p_value"}} for each system against ``baseline``."""
     from sacrebleu.metrics import BLEU
     from sacrebleu.significance import PairedTest
@@ -35,13 +36,16 @@ def paired_bleu(references: Sequence[str], baseline: Sequence[str], systems: Dic
         if len(hyps) != len(references):
             raise ValueError(f"{name}: {len(hyps)} sentences for {len(references)} references")
     named = [("baseline", list(baseline)), *((n, list(h)) for n, h in systems.items())]
-    test = PairedTest(named, {"BLEU": BLEU(references=[list(references)])}, references=None,
-                      test_type="bs", n_samples=trials)
+    test = PairedTest(
+        named, {"BLEU": BLEU(references=[list(references)])}, references=None, test_type="bs", n_samples=trials
+    )
     _, scores = test()
     results = scores["BLEU"]
     base = results[0].score
-    return {name: {"bleu": r.score, "baseline_bleu": base, "delta": r.score - base, "p_value": r.p_value}
-            for (name, _), r in zip(named[1:], results[1:])}
+    return {
+        name: {"bleu": r.score, "baseline_bleu": base, "delta": r.score - base, "p_value": r.p_value}
+        for (name, _), r in zip(named[1:], results[1:])
+    }
 
 
 def main(argv=None):
@@ -51,8 +55,12 @@ def main(argv=None):
     parser.add_argument("systems", nargs="+")
     parser.add_argument("--trials", type=int, default=RESAMPLES)
     opts = parser.parse_args(argv)
-    out = paired_bleu(read_lines(opts.references), read_lines(opts.baseline),
-                      {path: read_lines(path) for path in opts.systems}, opts.trials)
+    out = paired_bleu(
+        read_lines(opts.references),
+        read_lines(opts.baseline),
+        {path: read_lines(path) for path in opts.systems},
+        opts.trials,
+    )
     print(f"baseline {opts.baseline}: BLEU {next(iter(out.values()))['baseline_bleu']:.2f}")
     for path, r in out.items():
         print(f"{path}: BLEU {r['bleu']:.2f} ({r['delta']:+.2f}), p = {r['p_value']:.4f}")

@@ -45,8 +45,11 @@ def grow_diag_final_and(forward: Links, reverse: Links) -> Links:
         for i, j in sorted(alignment):
             for di, dj in NEIGHBOURS:
                 link = (i + di, j + dj)
-                if link in union and link not in alignment and (
-                        link[0] not in aligned_src or link[1] not in aligned_tgt):
+                if (
+                    link in union
+                    and link not in alignment
+                    and (link[0] not in aligned_src or link[1] not in aligned_tgt)
+                ):
                     add(link)
                     grew = True
     for direction in (forward, reverse):  # final-and: both words still unaligned

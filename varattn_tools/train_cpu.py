@@ -37,11 +37,24 @@ def free_port() -> int:
 
 
 def rank_command(train_args, rank, nprocs, port):
-    return [sys.executable, "-m", "fairseq_cli.train", *train_args,
-            "--distributed-world-size", str(nprocs), "--distributed-rank", str(rank),
-            "--distributed-init-method", f"tcp://127.0.0.1:{port}",
-            "--distributed-backend", "gloo", "--distributed-no-spawn",
-            "--ddp-backend", "legacy_ddp", "--cpu"]
+    return [
+        sys.executable,
+        "-m",
+        "fairseq_cli.train",
+        *train_args,
+        "--distributed-world-size",
+        str(nprocs),
+        "--distributed-rank",
+        str(rank),
+        "--distributed-init-method",
+        f"tcp://127.0.0.1:{port}",
+        "--distributed-backend",
+        "gloo",
+        "--distributed-no-spawn",
+        "--ddp-backend",
+        "legacy_ddp",
+        "--cpu",
+    ]
 
 
 def save_dir_of(train_args):
@@ -57,17 +70,26 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nprocs", type=int, default=2, help="number of ranks (processes)")
     parser.add_argument("--port", type=int, help="rendezvous port (default: a free one)")
-    parser.add_argument("train_args", nargs=argparse.REMAINDER,
-                        help="-- then fairseq-train's arguments")
+    parser.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then fairseq-train's arguments")
     opts = parser.parse_args(argv)
     train_args = opts.train_args[1:] if opts.train_args[:1] == ["--"] else opts.train_args
     if opts.nprocs < 1:
         parser.error("--nprocs must be >= 1")
     if not train_args:
         parser.error("give fairseq-train's arguments after --")
-    clashing = [a for a in train_args if a.split("=")[0] in (
-        "--distributed-world-size", "--distributed-rank", "--distributed-init-method",
-        "--distributed-backend", "--distributed-no-spawn", "--ddp-backend")]
+    clashing = [
+        a
+        for a in train_args
+        if a.split("=")[0]
+        in (
+            "--distributed-world-size",
+            "--distributed-rank",
+            "--distributed-init-method",
+            "--distributed-backend",
+            "--distributed-no-spawn",
+            "--ddp-backend",
+        )
+    ]
     if clashing:
         parser.error(f"the launcher sets {clashing} itself; remove them")
     port = opts.port or free_port()
@@ -84,8 +106,14 @@ def main(argv=None):
         else:
             out = open(os.path.join(save_dir, f"rank-{rank}.log"), "w")
             logs.append(out)
-        procs.append(subprocess.Popen(rank_command(train_args, rank, opts.nprocs, port), env=env,
-                                      stdout=out, stderr=subprocess.STDOUT if out else None))
+        procs.append(
+            subprocess.Popen(
+                rank_command(train_args, rank, opts.nprocs, port),
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT if out else None,
+            )
+        )
     status = 0
     try:
         while procs:
@@ -96,8 +124,11 @@ def main(argv=None):
                 procs.remove(p)
                 if code != 0 and status == 0:
                     status = code
-                    print(f"launch_cpu: a rank exited with status {code}; stopping the others "
-                          f"(see {save_dir}/rank-*.log)", file=sys.stderr)
+                    print(
+                        f"launch_cpu: a rank exited with status {code}; stopping the others "
+                        f"(see {save_dir}/rank-*.log)",
+                        file=sys.stderr,
+                    )
                     for other in procs:
                         other.send_signal(signal.SIGTERM)
             time.sleep(0.2)

@@ -72,9 +72,15 @@ def write_split(out, split, rows, offset):
     for i, (question, answer, image_id) in enumerate(rows):
         qid = offset + i
         questions.append({"image_id": image_id, "question": question, "question_id": qid})
-        annotations.append({"question_id": qid, "image_id": image_id,
-                            "answers": [{"answer": answer, "answer_id": k + 1} for k in range(10)],
-                            "multiple_choice_answer": answer, "answer_type": answer_type(answer)})
+        annotations.append(
+            {
+                "question_id": qid,
+                "image_id": image_id,
+                "answers": [{"answer": answer, "answer_id": k + 1} for k in range(10)],
+                "multiple_choice_answer": answer,
+                "answer_type": answer_type(answer),
+            }
+        )
     with open(os.path.join(out, f"{split}_questions.json"), "w") as f:
         json.dump({"questions": questions}, f)
     with open(os.path.join(out, f"{split}_annotations.json"), "w") as f:
@@ -91,13 +97,15 @@ def easy_vqa(args):
 
     os.makedirs(os.path.join(args.out, "features"), exist_ok=True)
     gold = {}
-    for name, paths, offset in (("train", ev.get_train_image_paths(), 0),
-                                ("test", ev.get_test_image_paths(), TEST_IMAGE_OFFSET)):
+    for name, paths, offset in (
+        ("train", ev.get_train_image_paths(), 0),
+        ("test", ev.get_test_image_paths(), TEST_IMAGE_OFFSET),
+    ):
         for image_id, path in sorted(paths.items()):
             features, cell = grid_features(np.array(Image.open(path).convert("RGB")), args.grid)
             np.save(os.path.join(args.out, "features", f"{image_id + offset}.npy"), features)
             gold[str(image_id + offset)] = cell
-        logger.info("%s: %d images -> %d regions each", name, len(paths), args.grid ** 2)
+        logger.info("%s: %d images -> %d regions each", name, len(paths), args.grid**2)
     with open(os.path.join(args.out, "gold_regions.json"), "w") as f:
         json.dump(gold, f)
 
@@ -138,14 +146,19 @@ def main(argv=None):
     p = sub.add_parser("vocab", help="write dict.txt and answers.txt from a split")
     p.add_argument("data")
     p.add_argument("--split", default="train")
-    p.add_argument("--min-answer-count", type=int, default=1,
-                   help="keep answers given at least this often (counting every annotator)")
+    p.add_argument(
+        "--min-answer-count",
+        type=int,
+        default=1,
+        help="keep answers given at least this often (counting every annotator)",
+    )
     p = sub.add_parser("from-tsv", help="bottom-up-attention tsv -> IMAGE_ID.npy files")
     p.add_argument("tsv")
     p.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
-                        level=logging.INFO, stream=sys.stdout, force=True)
+    logging.basicConfig(
+        format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO, stream=sys.stdout, force=True
+    )
     if args.command == "easy-vqa":
         easy_vqa(args)
     elif args.command == "vocab":

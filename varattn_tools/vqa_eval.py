@@ -64,8 +64,10 @@ def main(argv=None):
     print("| answer type | questions | VQA accuracy | prior attention acc. | q attention acc. |")
     print("|---|---|---|---|---|")
     for kind in kinds:
-        cells = [f"{scores[f'{key}/{kind}']:.2f}" if f"{key}/{kind}" in scores else "-"
-                 for key in ("vqa_acc", "attn_acc_prior", "attn_acc_q")]
+        cells = [
+            f"{scores[f'{key}/{kind}']:.2f}" if f"{key}/{kind}" in scores else "-"
+            for key in ("vqa_acc", "attn_acc_prior", "attn_acc_q")
+        ]
         print(f"| {kind} | {counts[kind]} | " + " | ".join(cells) + " |")
     if args.json:
         with open(args.json, "w") as f:

@@ -37,12 +37,17 @@ def read_lines(path):
 
 def soft_line(weights, min_weight: float) -> str:
     """``i-j:w`` for every weight w >= min_weight of a (target words, source words) matrix."""
-    return " ".join(f"{i}-{j}:{float(weights[j, i]):.3f}"
-                    for j in range(weights.size(0)) for i in range(weights.size(1)) if weights[j, i] >= min_weight)
+    return " ".join(
+        f"{i}-{j}:{float(weights[j, i]):.3f}"
+        for j in range(weights.size(0))
+        for i in range(weights.size(1))
+        if weights[j, i] >= min_weight
+    )
 
 
-def align_corpus(model, sources, targets, kind=None, soft=False, min_weight=0.1, batch_size=32, chunk=1000,
-                 progress=None):
+def align_corpus(
+    model, sources, targets, kind=None, soft=False, min_weight=0.1, batch_size=32, chunk=1000, progress=None
+):
     """One output line per pair, in order (empty for pairs with an empty side)."""
     if len(sources) != len(targets):
         raise ValueError(f"{len(sources)} source lines but {len(targets)} target lines")
@@ -50,9 +55,10 @@ def align_corpus(model, sources, targets, kind=None, soft=False, min_weight=0.1,
     todo = [k for k, (s, t) in enumerate(zip(sources, targets)) if s.strip() and t.strip()]
     start = time.time()
     for first in range(0, len(todo), chunk):
-        ids = todo[first:first + chunk]
-        for k, alignment in zip(ids, model.align([sources[k] for k in ids], [targets[k] for k in ids], kind=kind,
-                                                 batch_size=batch_size)):
+        ids = todo[first : first + chunk]
+        for k, alignment in zip(
+            ids, model.align([sources[k] for k in ids], [targets[k] for k in ids], kind=kind, batch_size=batch_size)
+        ):
             lines[k] = soft_line(alignment.weights, min_weight) if soft else alignment.pharaoh()
         if progress is not None:
             done = first + len(ids)
@@ -84,8 +90,10 @@ def align_split(opts):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model_dir", help="folder of the checkpoint (and, as fairseq's released models, "
-                                          "dict.*.txt and sentencepiece.bpe.model)")
+    parser.add_argument(
+        "model_dir",
+        help="folder of the checkpoint (and, as fairseq's released models, dict.*.txt and sentencepiece.bpe.model)",
+    )
     parser.add_argument("--checkpoint-file", default="checkpoint_best.pt")
     parser.add_argument("--data", default=".", help="folder of the dictionaries (default: the model directory)")
     parser.add_argument("--sentencepiece-model", help="default: MODEL_DIR/sentencepiece.bpe.model")
@@ -93,14 +101,18 @@ def main(argv=None):
     parser.add_argument("--target", help="target text, as many lines")
     parser.add_argument("--subset", help="align a binarised split of --data (e.g. test) instead of text")
     parser.add_argument("--out", required=True, help="Pharaoh output, one line per pair")
-    parser.add_argument("--kind", choices=["posterior", "q", "attention"],
-                        help="default: posterior for categorical attention, else attention")
+    parser.add_argument(
+        "--kind",
+        choices=["posterior", "q", "attention"],
+        help="default: posterior for categorical attention, else attention",
+    )
     parser.add_argument("--soft", action="store_true", help="write i-j:weight for every weight >= --min-weight")
     parser.add_argument("--min-weight", type=float, default=0.1)
     parser.add_argument("--batch-size", type=int, default=32)
     opts = parser.parse_args(argv)
-    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO,
-                        stream=sys.stderr, force=True)
+    logging.basicConfig(
+        format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO, stream=sys.stderr, force=True
+    )
     if opts.subset:
         if opts.source or opts.target or opts.data == ".":
             parser.error("--subset aligns a split of --data DIR: give --data, not --source/--target")
@@ -119,28 +131,42 @@ def main(argv=None):
 
     spm = opts.sentencepiece_model or os.path.join(opts.model_dir, "sentencepiece.bpe.model")
     if not os.path.isfile(spm):
-        parser.error(f"no sentencepiece model {spm!r}: pass --sentencepiece-model "
-                     "(varattn-prepare wrote OUT/spm.model)")
+        parser.error(
+            f"no sentencepiece model {spm!r}: pass --sentencepiece-model (varattn-prepare wrote OUT/spm.model)"
+        )
     try:
-        model = hub.from_pretrained(opts.model_dir, opts.checkpoint_file, opts.data, bpe="sentencepiece",
-                                    sentencepiece_model=spm)
+        model = hub.from_pretrained(
+            opts.model_dir, opts.checkpoint_file, opts.data, bpe="sentencepiece", sentencepiece_model=spm
+        )
         kinds = model.alignment_kinds()
         if opts.kind is not None and opts.kind not in kinds:
-            raise ValueError(f"--kind {opts.kind}: this checkpoint has {', '.join(kinds)} "
-                             "(q needs --inference-network, posterior --attention categorical)")
-        logger.info("%s: %d pairs, alignment %s", opts.model_dir, len(sources),
-                    opts.kind or ("posterior" if "posterior" in kinds else "attention"))
+            raise ValueError(
+                f"--kind {opts.kind}: this checkpoint has {', '.join(kinds)} "
+                "(q needs --inference-network, posterior --attention categorical)"
+            )
+        logger.info(
+            "%s: %d pairs, alignment %s",
+            opts.model_dir,
+            len(sources),
+            opts.kind or ("posterior" if "posterior" in kinds else "attention"),
+        )
         start = time.time()
-        lines = align_corpus(model, sources, targets, opts.kind, opts.soft, opts.min_weight, opts.batch_size,
-                             progress=logger.info)
+        lines = align_corpus(
+            model, sources, targets, opts.kind, opts.soft, opts.min_weight, opts.batch_size, progress=logger.info
+        )
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         sys.exit(f"error: {e}")
     assert len(lines) == len(sources)
     with open(opts.out, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
     elapsed = time.time() - start
-    logger.info("wrote %d lines to %s in %.1f s (%.1f s per 1000 pairs)", len(lines), opts.out, elapsed,
-                1000 * elapsed / max(len(lines), 1))
+    logger.info(
+        "wrote %d lines to %s in %.1f s (%.1f s per 1000 pairs)",
+        len(lines),
+        opts.out,
+        elapsed,
+        1000 * elapsed / max(len(lines), 1),
+    )
 
 
 if __name__ == "__main__":

@@ -32,22 +32,78 @@ from varattn_tools.variants import train_options
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 USER_DIR = os.path.join(REPO, "fairseq_varattn")
 
-QUICK = ["--arch", "varattn_lstm", "--encoder-embed-dim", "64", "--encoder-hidden-size", "64",
-         "--decoder-embed-dim", "64", "--decoder-hidden-size", "128",
-         "--decoder-out-embed-dim", "64", "--dropout", "0.2",
-         "--optimizer", "adam", "--lr", "0.005", "--clip-norm", "5", "--max-tokens", "1000"]
+QUICK = [
+    "--arch",
+    "varattn_lstm",
+    "--encoder-embed-dim",
+    "64",
+    "--encoder-hidden-size",
+    "64",
+    "--decoder-embed-dim",
+    "64",
+    "--decoder-hidden-size",
+    "128",
+    "--decoder-out-embed-dim",
+    "64",
+    "--dropout",
+    "0.2",
+    "--optimizer",
+    "adam",
+    "--lr",
+    "0.005",
+    "--clip-norm",
+    "5",
+    "--max-tokens",
+    "1000",
+]
 # the paper's model and optimiser (the README's IWSLT14 recipe), for --preset iwslt
-IWSLT = ["--arch", "varattn_lstm_iwslt_de_en", "--optimizer", "adam", "--adam-eps", "1e-8", "--lr", "3e-4",
-         "--batch-size", "6", "--clip-norm", "5", "--required-batch-size-multiple", "1"]
-PRESETS = {"quick": (QUICK, "quick preset (64-d, lr 0.005, 1000-token batches)"),
-           "iwslt": (IWSLT, "IWSLT preset (varattn_lstm_iwslt_de_en: 512-d, 2 layers, 1024-d annotations; "
-                            "Adam 3e-4, 6-sentence batches)")}
+IWSLT = [
+    "--arch",
+    "varattn_lstm_iwslt_de_en",
+    "--optimizer",
+    "adam",
+    "--adam-eps",
+    "1e-8",
+    "--lr",
+    "3e-4",
+    "--batch-size",
+    "6",
+    "--clip-norm",
+    "5",
+    "--required-batch-size-multiple",
+    "1",
+]
+PRESETS = {
+    "quick": (QUICK, "quick preset (64-d, lr 0.005, 1000-token batches)"),
+    "iwslt": (
+        IWSLT,
+        "IWSLT preset (varattn_lstm_iwslt_de_en: 512-d, 2 layers, 1024-d annotations; Adam 3e-4, 6-sentence batches)",
+    ),
+}
 MARGINAL = ["--attention", "categorical", "--criterion", "varattn_marginal"]
 FACTORED = ["--output-layer", "factored"]
-ELBO_ENUM = ["--attention", "categorical", "--inference-network", "birnn", "--criterion", "varattn_elbo",
-             "--estimator", "enum"]
-ELBO_RF = ["--attention", "categorical", "--inference-network", "birnn", "--criterion", "varattn_elbo",
-           "--estimator", "reinforce", "--train-baseline", "--skip-exact-nll-in-training"]
+ELBO_ENUM = [
+    "--attention",
+    "categorical",
+    "--inference-network",
+    "birnn",
+    "--criterion",
+    "varattn_elbo",
+    "--estimator",
+    "enum",
+]
+ELBO_RF = [
+    "--attention",
+    "categorical",
+    "--inference-network",
+    "birnn",
+    "--criterion",
+    "varattn_elbo",
+    "--estimator",
+    "reinforce",
+    "--train-baseline",
+    "--skip-exact-nll-in-training",
+]
 DIRICHLET = train_options("dirichlet", factored=True)
 RWS = train_options("rws", factored=True)
 
@@ -55,47 +111,82 @@ RWS = train_options("rws", factored=True)
 ABLATIONS = {
     "soft": ("soft attention, the baseline every row is compared with", ["--criterion", "cross_entropy"]),
     "soft-factored": ("soft attention with the factored output layer", ["--criterion", "cross_entropy", *FACTORED]),
-    "marginal-independent": ("exact marginal, a dropout mask per (j, i) pair (the paper's code, and "
-                             "this plugin's default before the fix)",
-                             [*MARGINAL, "--alignment-dropout", "independent"]),
+    "marginal-independent": (
+        "exact marginal, a dropout mask per (j, i) pair (the paper's code, and this plugin's default before the fix)",
+        [*MARGINAL, "--alignment-dropout", "independent"],
+    ),
     "marginal": ("exact marginal, defaults (one mask per target token)", MARGINAL),
     "marginal-no-dropout": ("exact marginal without any dropout", [*MARGINAL, "--dropout", "0"]),
-    "marginal-context-feed": ("input feeding of the raw context c_j (the paper's code)",
-                              [*MARGINAL, "--input-feed", "context"]),
-    "marginal-attention-512": ("512-d MLP attention (the paper's size: larger scores at initialisation)",
-                               [*MARGINAL, "--attention-dim", "512"]),
-    "marginal-paper-batches": ("the paper's optimiser: 6 sentences, Adam 3e-4",
-                               [*MARGINAL, "--lr", "3e-4", "--batch-size", "6", "--max-tokens", "100000"]),
+    "marginal-context-feed": (
+        "input feeding of the raw context c_j (the paper's code)",
+        [*MARGINAL, "--input-feed", "context"],
+    ),
+    "marginal-attention-512": (
+        "512-d MLP attention (the paper's size: larger scores at initialisation)",
+        [*MARGINAL, "--attention-dim", "512"],
+    ),
+    "marginal-paper-batches": (
+        "the paper's optimiser: 6 sentences, Adam 3e-4",
+        [*MARGINAL, "--lr", "3e-4", "--batch-size", "6", "--max-tokens", "100000"],
+    ),
     "marginal-soft-warmup": ("500 updates as soft attention first", [*MARGINAL, "--soft-warmup-updates", "500"]),
     "marginal-factored": ("the factored output layer", [*MARGINAL, *FACTORED]),
-    "elbo-reinforce-independent": ("the issue's run: ELBO by REINFORCE, a mask per (j, i) pair",
-                                   [*ELBO_RF, "--alignment-dropout", "independent"]),
+    "elbo-reinforce-independent": (
+        "the issue's run: ELBO by REINFORCE, a mask per (j, i) pair",
+        [*ELBO_RF, "--alignment-dropout", "independent"],
+    ),
     "elbo-reinforce": ("ELBO by REINFORCE, defaults", ELBO_RF),
-    "elbo-reinforce-kl-warmup": ("ELBO by REINFORCE, KL weight annealed over 1000 updates",
-                                 [*ELBO_RF, "--kl-warmup-updates", "1000"]),
-    "elbo-reinforce-soft-warmup": ("ELBO by REINFORCE, 500 updates as soft attention first",
-                                   [*ELBO_RF, "--soft-warmup-updates", "500"]),
+    "elbo-reinforce-kl-warmup": (
+        "ELBO by REINFORCE, KL weight annealed over 1000 updates",
+        [*ELBO_RF, "--kl-warmup-updates", "1000"],
+    ),
+    "elbo-reinforce-soft-warmup": (
+        "ELBO by REINFORCE, 500 updates as soft attention first",
+        [*ELBO_RF, "--soft-warmup-updates", "500"],
+    ),
     "elbo-reinforce-factored": ("ELBO by REINFORCE, the factored output layer", [*ELBO_RF, *FACTORED]),
     "elbo-enum": ("ELBO by enumeration, defaults", ELBO_ENUM),
     "elbo-enum-factored": ("ELBO by enumeration, the factored output layer", [*ELBO_ENUM, *FACTORED]),
     # the converged comparison's Dirichlet row kept a near-uniform mean; is it the link?
-    "dirichlet-factored": ("Dirichlet attention as in the converged comparison: alpha = softplus(score), "
-                           "the factored output layer", DIRICHLET),
-    "dirichlet-exp-factored": ("the same with alpha = exp(score), whose mean is softmax(score) at any "
-                               "total concentration", [*DIRICHLET, "--dirichlet-concentration", "exp"]),
-    "dirichlet-kl0.1-factored": ("Dirichlet attention with KL(q || p) weighted 0.1: q may leave the prior "
-                                 "before the prior follows", [*DIRICHLET, "--kl-weight", "0.1"]),
+    "dirichlet-factored": (
+        "Dirichlet attention as in the converged comparison: alpha = softplus(score), the factored output layer",
+        DIRICHLET,
+    ),
+    "dirichlet-exp-factored": (
+        "the same with alpha = exp(score), whose mean is softmax(score) at any total concentration",
+        [*DIRICHLET, "--dirichlet-concentration", "exp"],
+    ),
+    "dirichlet-kl0.1-factored": (
+        "Dirichlet attention with KL(q || p) weighted 0.1: q may leave the prior before the prior follows",
+        [*DIRICHLET, "--kl-weight", "0.1"],
+    ),
     # the converged comparison's rws row put every target word on the first source piece within an epoch
     "rws-factored": ("reweighted wake-sleep (5 samples of q) as in the converged comparison", RWS),
-    "rws-marginal-warmup-factored": ("the same after 500 updates of the exact marginal (q copies its posterior)",
-                                     [*RWS, "--marginal-warmup-updates", "500"]),
-    "rws-centred-factored": ("the same with centred wake-phase weights (no update where y does not depend "
-                             "on the alignment)", [*RWS, "--centred-weights"]),
+    "rws-marginal-warmup-factored": (
+        "the same after 500 updates of the exact marginal (q copies its posterior)",
+        [*RWS, "--marginal-warmup-updates", "500"],
+    ),
+    "rws-centred-factored": (
+        "the same with centred wake-phase weights (no update where y does not depend on the alignment)",
+        [*RWS, "--centred-weights"],
+    ),
 }
 
 MAX_UPDATE = 1000
-KEYS = ("ppl", "entropy_p", "entropy_uniform", "prior_maxp", "entropy_post", "logpy_spread",
-        "score_spread", "annot_spread", "entropy_q", "q_maxp", "kl", "prior_concentration")
+KEYS = (
+    "ppl",
+    "entropy_p",
+    "entropy_uniform",
+    "prior_maxp",
+    "entropy_post",
+    "logpy_spread",
+    "score_spread",
+    "annot_spread",
+    "entropy_q",
+    "q_maxp",
+    "kl",
+    "prior_concentration",
+)
 
 
 def parse_valid(text):
@@ -114,11 +205,35 @@ def run_one(name, args, opts, data, env):
     save = os.path.join(opts.out, name)
     os.makedirs(save, exist_ok=True)
     cached = os.path.join(save, "row.json")
-    cmd = [sys.executable, "-m", "fairseq_cli.train", data, "--user-dir", USER_DIR, *PRESETS[opts.preset][0], *args,
-           "--max-update", str(opts.max_update), "--validate-interval-updates", str(opts.every),
-           "--save-interval-updates", str(opts.every), "--keep-interval-updates", "1",
-           "--no-epoch-checkpoints", "--seed", str(opts.seed), "--num-workers", "0",
-           "--log-format", "simple", "--log-interval", "100", "--save-dir", save]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fairseq_cli.train",
+        data,
+        "--user-dir",
+        USER_DIR,
+        *PRESETS[opts.preset][0],
+        *args,
+        "--max-update",
+        str(opts.max_update),
+        "--validate-interval-updates",
+        str(opts.every),
+        "--save-interval-updates",
+        str(opts.every),
+        "--keep-interval-updates",
+        "1",
+        "--no-epoch-checkpoints",
+        "--seed",
+        str(opts.seed),
+        "--num-workers",
+        "0",
+        "--log-format",
+        "simple",
+        "--log-interval",
+        "100",
+        "--save-dir",
+        save,
+    ]
     if os.path.isfile(cached):
         with open(cached) as f:
             done = json.load(f)
@@ -140,13 +255,20 @@ def table_rows(rows, opts):
     last = {}
     for r in rows:
         last[r["ablation"]] = max(last.get(r["ablation"], 0), r["updates"])
-    return [r for r in rows if r["updates"] in (opts.every, 2 * opts.every) or r["updates"] % MAX_UPDATE == 0
-            or r["updates"] == last[r["ablation"]]]
+    return [
+        r
+        for r in rows
+        if r["updates"] in (opts.every, 2 * opts.every)
+        or r["updates"] % MAX_UPDATE == 0
+        or r["updates"] == last[r["ablation"]]
+    ]
 
 
-DIRICHLET_NOTE = ("Dirichlet rows: valid PPL is importance-sampled (an upper bound in expectation), and "
-                  "H prior and H q are the differential entropies of densities on the simplex, not "
-                  "comparable with H uniform; prior max p is the largest weight of the prior's mean.")
+DIRICHLET_NOTE = (
+    "Dirichlet rows: valid PPL is importance-sampled (an upper bound in expectation), and "
+    "H prior and H q are the differential entropies of densities on the simplex, not "
+    "comparable with H uniform; prior max p is the largest weight of the prior's mean."
+)
 
 
 def command_line(opts, names):
@@ -178,22 +300,38 @@ def default_results(preset):
 
 
 # (key, column) of the table; the concentration column only where a row logs it (Dirichlet)
-COLUMNS = (("ablation", "ablation"), ("updates", "updates"), ("ppl", "valid PPL"), ("entropy_p", "H prior"),
-           ("entropy_uniform", "H uniform"), ("prior_maxp", "prior max p"), ("entropy_post", "H posterior"),
-           ("logpy_spread", "spread of log p(y given z=i)"), ("entropy_q", "H q"), ("kl", "KL"),
-           ("prior_concentration", "prior's total concentration"))
+COLUMNS = (
+    ("ablation", "ablation"),
+    ("updates", "updates"),
+    ("ppl", "valid PPL"),
+    ("entropy_p", "H prior"),
+    ("entropy_uniform", "H uniform"),
+    ("prior_maxp", "prior max p"),
+    ("entropy_post", "H posterior"),
+    ("logpy_spread", "spread of log p(y given z=i)"),
+    ("entropy_q", "H q"),
+    ("kl", "KL"),
+    ("prior_concentration", "prior's total concentration"),
+)
 
 
 def markdown(rows, opts):
-    columns = [(k, c) for k, c in COLUMNS if k != "prior_concentration"
-               or any(r.get("prior_concentration", "") != "" for r in rows)]
+    columns = [
+        (k, c)
+        for k, c in COLUMNS
+        if k != "prior_concentration" or any(r.get("prior_concentration", "") != "" for r in rows)
+    ]
     names = list(dict.fromkeys(r["ablation"] for r in rows))
     command = command_line(opts, names)
-    lines = [f"`{command}` on {datetime.date.today()}: {PRESETS[opts.preset][1]}, "
-             f"Multi30k with a 2k sentencepiece vocabulary, seed {opts.seed}, "
-             "validation set (fairseq's default batches, which leave out the last, longest batch: the same "
-             "for every row); entropies in bits per target token, spread in nats.", "",
-             "| " + " | ".join(c for _, c in columns) + " |", "|" + "---|" * len(columns)]
+    lines = [
+        f"`{command}` on {datetime.date.today()}: {PRESETS[opts.preset][1]}, "
+        f"Multi30k with a 2k sentencepiece vocabulary, seed {opts.seed}, "
+        "validation set (fairseq's default batches, which leave out the last, longest batch: the same "
+        "for every row); entropies in bits per target token, spread in nats.",
+        "",
+        "| " + " | ".join(c for _, c in columns) + " |",
+        "|" + "---|" * len(columns),
+    ]
     for r in rows:
         lines.append("| " + " | ".join(str(r.get(k, "")) if r.get(k, "") != "" else "-" for k, _ in columns) + " |")
     if any(r["ablation"].startswith("dirichlet") for r in rows):
@@ -203,20 +341,37 @@ def markdown(rows, opts):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=list(PRESETS), default="quick",
-                        help="model and optimiser every row starts from (default: quick)")
+    parser.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        default="quick",
+        help="model and optimiser every row starts from (default: quick)",
+    )
     parser.add_argument("--out", help="default: runs/ablate (runs/ablate-PRESET for other presets)")
-    parser.add_argument("--only", default="", help="comma-separated ablation names to train (default: all); "
-                                                   "the table shows every ablation trained in --out")
-    parser.add_argument("--max-update", type=int, default=MAX_UPDATE,
-                        help="a larger value resumes finished rows from their checkpoint_last.pt")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated ablation names to train (default: all); the table shows every ablation trained in --out",
+    )
+    parser.add_argument(
+        "--max-update",
+        type=int,
+        default=MAX_UPDATE,
+        help="a larger value resumes finished rows from their checkpoint_last.pt",
+    )
     parser.add_argument("--every", type=int, default=250, help="validate every N updates")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one CPU thread each)")
-    parser.add_argument("--table-only", action="store_true",
-                        help="tabulate the training logs already in --out (finished or not); train nothing")
-    parser.add_argument("--results", help="the table, for scripts/readme_results.py (default: examples/"
-                                           "translation/results/ablate.md, ablate-PRESET.md for other presets)")
+    parser.add_argument(
+        "--table-only",
+        action="store_true",
+        help="tabulate the training logs already in --out (finished or not); train nothing",
+    )
+    parser.add_argument(
+        "--results",
+        help="the table, for scripts/readme_results.py (default: examples/"
+        "translation/results/ablate.md, ablate-PRESET.md for other presets)",
+    )
     opts = parser.parse_args()
     opts.out = opts.out or default_out(opts.preset)
     opts.results = opts.results or default_results(opts.preset)
@@ -229,9 +384,21 @@ def main():
     data = os.path.join("runs", "multi30k_2k", "bin")
     if not opts.table_only and not os.path.isfile(os.path.join(data, "dict.en.txt")):
         print(f"== preparing data/multi30k -> {data} (sentencepiece 2k joint vocabulary)", flush=True)
-        run([sys.executable, "-m", "varattn_tools.prepare", "--raw-dir",
-             os.path.join(REPO, "data", "multi30k"), "--out", os.path.dirname(data),
-             "--vocab-size", "2000"], os.path.join(opts.out, "prepare.log"), env)
+        run(
+            [
+                sys.executable,
+                "-m",
+                "varattn_tools.prepare",
+                "--raw-dir",
+                os.path.join(REPO, "data", "multi30k"),
+                "--out",
+                os.path.dirname(data),
+                "--vocab-size",
+                "2000",
+            ],
+            os.path.join(opts.out, "prepare.log"),
+            env,
+        )
     if not opts.table_only:
         with concurrent.futures.ThreadPoolExecutor(max_workers=opts.jobs) as pool:
             list(pool.map(lambda n: run_one(n, ABLATIONS[n][1], opts, data, env), names))

@@ -65,43 +65,119 @@ USER_DIR = os.path.join(REPO, "fairseq_varattn")
 GOLD = os.path.join(HERE, "gold", "test_2016_flickr.de-en.pharaoh")
 RESULTS = os.path.join(HERE, "results", "converge")
 RAW_TEST_REF = os.path.join(REPO, "data", "multi30k", "test_2016_flickr.en.gz")
-TABLES = {"lstm": os.path.join(HERE, "results", "converge.md"),
-          "transformer": os.path.join(HERE, "results", "converge-transformer.md")}
+TABLES = {
+    "lstm": os.path.join(HERE, "results", "converge.md"),
+    "transformer": os.path.join(HERE, "results", "converge-transformer.md"),
+}
 # per-run provenance (commits, resumes, pauses): beside the results, not in the READMEs
-NOTES = {"lstm": os.path.join(HERE, "results", "converge-notes.md"),
-         "transformer": os.path.join(HERE, "results", "converge-transformer-notes.md")}
+NOTES = {
+    "lstm": os.path.join(HERE, "results", "converge-notes.md"),
+    "transformer": os.path.join(HERE, "results", "converge-transformer-notes.md"),
+}
 # the compact table of the top-level README
 HEADLINE = os.path.join(HERE, "results", "converge-headline.md")
 HEADLINE_ROWS = ("soft", "soft-factored", "marginal", "elbo-enum", "elbo-reinforce", "elbo-gumbel", "hard-enum")
-CURVES = {"lstm": os.path.join(HERE, "results", "converge-curves.png"),
-          "transformer": os.path.join(HERE, "results", "converge-transformer-curves.png")}
+CURVES = {
+    "lstm": os.path.join(HERE, "results", "converge-curves.png"),
+    "transformer": os.path.join(HERE, "results", "converge-transformer-curves.png"),
+}
 
 PATIENCE = 3
 # Raised from 30, where soft attention was still improving (1% an epoch):
 # runs that stopped at the old cap resume from checkpoint_last.pt (see run_one).
 MAX_EPOCH = 50
-DIAGNOSTICS = ("kl", "entropy_p", "entropy_q", "entropy_post", "entropy_uniform", "prior_maxp", "q_maxp",
-               "prior_concentration", "q_concentration")
+DIAGNOSTICS = (
+    "kl",
+    "entropy_p",
+    "entropy_q",
+    "entropy_post",
+    "entropy_uniform",
+    "prior_maxp",
+    "q_maxp",
+    "prior_concentration",
+    "q_concentration",
+)
 PRESET = [
-    "--arch", "varattn_lstm", "--encoder-embed-dim", "128", "--encoder-hidden-size", "128",
-    "--decoder-embed-dim", "128", "--decoder-hidden-size", "256", "--decoder-out-embed-dim", "128",
-    "--dropout", "0.3", "--optimizer", "adam", "--lr", "0.002", "--clip-norm", "5",
-    "--max-tokens", "3000", "--lr-scheduler", "reduce_lr_on_plateau", "--lr-shrink", "0.5",
-    "--lr-patience", "0", "--max-epoch", str(MAX_EPOCH), "--patience", str(PATIENCE),
-    "--best-checkpoint-metric", "ppl", "--no-epoch-checkpoints",
+    "--arch",
+    "varattn_lstm",
+    "--encoder-embed-dim",
+    "128",
+    "--encoder-hidden-size",
+    "128",
+    "--decoder-embed-dim",
+    "128",
+    "--decoder-hidden-size",
+    "256",
+    "--decoder-out-embed-dim",
+    "128",
+    "--dropout",
+    "0.3",
+    "--optimizer",
+    "adam",
+    "--lr",
+    "0.002",
+    "--clip-norm",
+    "5",
+    "--max-tokens",
+    "3000",
+    "--lr-scheduler",
+    "reduce_lr_on_plateau",
+    "--lr-shrink",
+    "0.5",
+    "--lr-patience",
+    "0",
+    "--max-epoch",
+    str(MAX_EPOCH),
+    "--patience",
+    str(PATIENCE),
+    "--best-checkpoint-metric",
+    "ppl",
+    "--no-epoch-checkpoints",
 ]
 # a small Transformer for 2 CPU cores; "transformer" is fairseq's own, the
 # others varattn_transformer of the same size with the architecture's defaults
 # (the factored output layer with a linear activation; latent criterions warm
 # up on the exact marginal until q has caught up).  Early stopping as the LSTM's.
 TRANSFORMER_PRESET = [
-    "--encoder-embed-dim", "256", "--decoder-embed-dim", "256", "--encoder-ffn-embed-dim", "512",
-    "--decoder-ffn-embed-dim", "512", "--encoder-layers", "3", "--decoder-layers", "3",
-    "--encoder-attention-heads", "4", "--decoder-attention-heads", "4", "--dropout", "0.3",
-    "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--lr", "0.0007", "--clip-norm", "1",
-    "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "400", "--max-tokens", "3000",
-    "--max-epoch", str(MAX_EPOCH), "--patience", str(PATIENCE),
-    "--best-checkpoint-metric", "ppl", "--no-epoch-checkpoints",
+    "--encoder-embed-dim",
+    "256",
+    "--decoder-embed-dim",
+    "256",
+    "--encoder-ffn-embed-dim",
+    "512",
+    "--decoder-ffn-embed-dim",
+    "512",
+    "--encoder-layers",
+    "3",
+    "--decoder-layers",
+    "3",
+    "--encoder-attention-heads",
+    "4",
+    "--decoder-attention-heads",
+    "4",
+    "--dropout",
+    "0.3",
+    "--optimizer",
+    "adam",
+    "--adam-betas",
+    "(0.9,0.98)",
+    "--lr",
+    "0.0007",
+    "--clip-norm",
+    "1",
+    "--lr-scheduler",
+    "inverse_sqrt",
+    "--warmup-updates",
+    "400",
+    "--max-tokens",
+    "3000",
+    "--max-epoch",
+    str(MAX_EPOCH),
+    "--patience",
+    str(PATIENCE),
+    "--best-checkpoint-metric",
+    "ppl",
+    "--no-epoch-checkpoints",
 ]
 # The LSTM rows were trained before the automatic warm-up and before q read
 # detached annotations: they keep those options, so their commands still
@@ -110,8 +186,15 @@ LSTM_Q_OPTIONS = ["--latent-warmup", "off", "--inference-annotations", "trained"
 # variant -> seeds, in the order they run (first seeds of everything first)
 PLANS = {
     "lstm": {
-        "soft": [1, 2, 3], "marginal": [1, 2, 3], "elbo-enum": [1, 2, 3], "elbo-reinforce": [1, 2, 3],
-        "hard-enum": [1, 2], "hard-reinforce": [1], "elbo-gumbel": [1], "dirichlet": [1], "rws": [1],
+        "soft": [1, 2, 3],
+        "marginal": [1, 2, 3],
+        "elbo-enum": [1, 2, 3],
+        "elbo-reinforce": [1, 2, 3],
+        "hard-enum": [1, 2],
+        "hard-reinforce": [1],
+        "elbo-gumbel": [1],
+        "dirichlet": [1],
+        "rws": [1],
         # soft attention with the latent variants' output layer: the like-for-like baseline
         "soft-factored": [1, 2, 3],
         # rws after three epochs of the exact marginal: plain rws puts every target
@@ -122,8 +205,11 @@ PLANS = {
         "rws-centred": [1],
     },
     "transformer": {
-        "transformer": [1, 2, 3], "transformer-soft": [1], "transformer-marginal": [1, 2, 3],
-        "transformer-elbo-enum": [1, 2, 3], "transformer-elbo-reinforce": [1],
+        "transformer": [1, 2, 3],
+        "transformer-soft": [1],
+        "transformer-marginal": [1, 2, 3],
+        "transformer-elbo-enum": [1, 2, 3],
+        "transformer-elbo-reinforce": [1],
     },
 }
 PLAN = {name: seeds for plan in PLANS.values() for name, seeds in plan.items()}
@@ -134,8 +220,7 @@ PLAN = {name: seeds for plan in PLANS.values() for name, seeds in plan.items()}
 # (examples/translation/README.md, "Why reweighted wake-sleep collapses").
 # Centred wake-phase weights also stop the collapse there, with a worse valid
 # PPL after 3000 updates; rws-centred says whether that holds at convergence.
-ROW_OPTIONS = {"rws-warmup": ["--marginal-warmup-updates", "546"],
-               "rws-centred": ["--centred-weights"]}
+ROW_OPTIONS = {"rws-warmup": ["--marginal-warmup-updates", "546"], "rws-centred": ["--centred-weights"]}
 # name suffixes that select a variant's options, not another variant
 SUFFIXES = ("-factored", "-warmup", "-centred")
 
@@ -163,14 +248,14 @@ def is_latent(name):
     """Whether the plan name trains a latent alignment (not soft attention, not fairseq's model)."""
     if name == "transformer":
         return False
-    return variant_name(name[len("transformer-"):] if name.startswith("transformer-") else name) != "soft"
+    return variant_name(name[len("transformer-") :] if name.startswith("transformer-") else name) != "soft"
 
 
 def variant_name(name):
     """The row of varattn_tools.variants a plan name trains."""
     for suffix in SUFFIXES:
         if name.endswith(suffix):
-            return name[:-len(suffix)]
+            return name[: -len(suffix)]
     return name
 
 
@@ -187,13 +272,22 @@ def train_options(name):
         return ["--arch", "transformer", *TRANSFORMER_PRESET, "--criterion", "cross_entropy"]
     if name.startswith("transformer-"):
         # the architecture's own output layer and the criterions' own warm-up
-        variant = variant_name(name[len("transformer-"):])
-        return ["--arch", "varattn_transformer", *TRANSFORMER_PRESET, *variant_options(variant),
-                *ROW_OPTIONS.get(name, [])]
+        variant = variant_name(name[len("transformer-") :])
+        return [
+            "--arch",
+            "varattn_transformer",
+            *TRANSFORMER_PRESET,
+            *variant_options(variant),
+            *ROW_OPTIONS.get(name, []),
+        ]
     variant = variant_name(name)
     pinned = LSTM_Q_OPTIONS if get_variant(variant).needs_q else []
-    return [*PRESET, *variant_options(variant, factored=output_layer(name) == "factored"), *pinned,
-            *ROW_OPTIONS.get(name, [])]
+    return [
+        *PRESET,
+        *variant_options(variant, factored=output_layer(name) == "factored"),
+        *pinned,
+        *ROW_OPTIONS.get(name, []),
+    ]
 
 
 def result_path(name, seed):
@@ -309,15 +403,35 @@ def alignment_scores(data, ckpt, work, env, latent):
     attention (the prior if ``latent``, else soft attention), q's posterior
     and the exact posterior."""
     out = os.path.join(work, "alignments")
-    run([sys.executable, "-m", "varattn_tools.align", data, "--subset", "test", "--path", ckpt,
-         "--name", "model", "--out", out, "--gold", GOLD, "--max-sentences", "30", "--plot", "0,1,3"],
-        os.path.join(work, "alignments.log"), env)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "varattn_tools.align",
+            data,
+            "--subset",
+            "test",
+            "--path",
+            ckpt,
+            "--name",
+            "model",
+            "--out",
+            out,
+            "--gold",
+            GOLD,
+            "--max-sentences",
+            "30",
+            "--plot",
+            "0,1,3",
+        ],
+        os.path.join(work, "alignments.log"),
+        env,
+    )
     with open(os.path.join(out, "summary.json")) as f:
         rows = json.load(f)
     scores = {}
     for row in rows:
-        key = {"q": "posterior", "exact_posterior": "posterior_exact"}.get(
-            row["role"], "prior" if latent else "soft")
+        key = {"q": "posterior", "exact_posterior": "posterior_exact"}.get(row["role"], "prior" if latent else "soft")
         scores[f"aer_{key}"] = row.get("aer")
         scores[f"test_entropy_{key}_nats"] = row["entropy_nats"]
     return scores
@@ -337,15 +451,55 @@ def evaluate(row, ckpt, work, opts, env, latent, hypotheses=None):
     every = ["--required-batch-size-multiple", "1"]
     for subset in ("valid", "test"):
         log = os.path.join(work, f"{subset}.log")
-        text = run([sys.executable, "-m", "fairseq_cli.validate", *common, *every, "--task", "translation",
-                    "--path", ckpt, "--valid-subset", subset, "--max-tokens", "3000", "--num-workers", "0",
-                    "--seed", "1"], log, env)
+        text = run(
+            [
+                sys.executable,
+                "-m",
+                "fairseq_cli.validate",
+                *common,
+                *every,
+                "--task",
+                "translation",
+                "--path",
+                ckpt,
+                "--valid-subset",
+                subset,
+                "--max-tokens",
+                "3000",
+                "--num-workers",
+                "0",
+                "--seed",
+                "1",
+            ],
+            log,
+            env,
+        )
         row[f"{subset}_ppl"] = 2 ** read_nll(subset, text, log)
         if subset == "valid":
             row.update(validation_diagnostics(text))
-    gen = run([sys.executable, "-m", "fairseq_cli.generate", *common, *every, "--path", ckpt, "--gen-subset", "test",
-               "--beam", "5", "--batch-size", "64", "--post-process", "sentencepiece", "--num-workers", "0"],
-              os.path.join(work, "generate.log"), env)
+    gen = run(
+        [
+            sys.executable,
+            "-m",
+            "fairseq_cli.generate",
+            *common,
+            *every,
+            "--path",
+            ckpt,
+            "--gen-subset",
+            "test",
+            "--beam",
+            "5",
+            "--batch-size",
+            "64",
+            "--post-process",
+            "sentencepiece",
+            "--num-workers",
+            "0",
+        ],
+        os.path.join(work, "generate.log"),
+        env,
+    )
     row["test_bleu"], row["bleu_signature"] = sacrebleu_score(gen, work)
     if hypotheses is not None:
         os.makedirs(os.path.dirname(hypotheses), exist_ok=True)
@@ -382,15 +536,35 @@ def train_and_evaluate(name, seed, opts, env):
     cap = epoch_cap(name)
     if not pending:
         if previous.get("stopped_by", "cap") == "cap" and previous["epochs_run"] < cap:
-            print(f"== {name} seed {seed}: stopped at a {previous['epochs_run']}-epoch cap; kept as is "
-                  f"(no checkpoint_last.pt in {work} to resume under the {cap}-epoch cap)", flush=True)
+            print(
+                f"== {name} seed {seed}: stopped at a {previous['epochs_run']}-epoch cap; kept as is "
+                f"(no checkpoint_last.pt in {work} to resume under the {cap}-epoch cap)",
+                flush=True,
+            )
         return previous
     os.makedirs(work, exist_ok=True)
     common = [opts.data, "--user-dir", USER_DIR]
     # resume_train is fairseq-train whose --patience counter survives a resume (it reads it from the log)
-    cmd = [sys.executable, "-m", "varattn_tools.resume_train", "--log", log, "--", *common, *train_options(name),
-           "--seed", str(seed), "--num-workers", "0", "--log-format", "simple", "--log-interval", "100",
-           "--save-dir", work]
+    cmd = [
+        sys.executable,
+        "-m",
+        "varattn_tools.resume_train",
+        "--log",
+        log,
+        "--",
+        *common,
+        *train_options(name),
+        "--seed",
+        str(seed),
+        "--num-workers",
+        "0",
+        "--log-format",
+        "simple",
+        "--log-interval",
+        "100",
+        "--save-dir",
+        work,
+    ]
     start = time.time()
     # early stopping is not saved in checkpoints: a run stopped by patience is not resumed
     resumed_from = max(validations(text), default=0)
@@ -401,18 +575,33 @@ def train_and_evaluate(name, seed, opts, env):
         print(f"== {name} seed {seed}: training in {work} (resumes from checkpoint_last.pt)", flush=True)
         text = run(cmd, log, env, append=True)
         threads = opts.threads
-    row = {"variant": name, "seed": seed, "output_layer": output_layer(name),
-           "train_cmd": " ".join(["fairseq-train", *cmd[cmd.index("--") + 1:]]), **parse_training(text),
-           "stopped_by": training_status(text), "max_epoch": cap,
-           # summed over the log's invocations: a resume's gap does not count
-           "train_seconds": training_seconds(text)}
+    row = {
+        "variant": name,
+        "seed": seed,
+        "output_layer": output_layer(name),
+        "train_cmd": " ".join(["fairseq-train", *cmd[cmd.index("--") + 1 :]]),
+        **parse_training(text),
+        "stopped_by": training_status(text),
+        "max_epoch": cap,
+        # summed over the log's invocations: a resume's gap does not count
+        "train_seconds": training_seconds(text),
+    }
     row["commit"] = commit()
     if previous is not None:  # an extended run keeps what was said of its first part
-        extension = (f"epochs {resumed_from + 1}-{row['epochs_run']} resumed under the {cap}-epoch cap "
-                     f"with commit {row['commit']}")
+        extension = (
+            f"epochs {resumed_from + 1}-{row['epochs_run']} resumed under the {cap}-epoch cap "
+            f"with commit {row['commit']}"
+        )
         row["note"] = "; ".join(x for x in (previous.get("note"), extension) if x)
-    evaluate(row, os.path.join(work, "checkpoint_best.pt"), work, opts, env, is_latent(name),
-             hypotheses=os.path.join(RESULTS, "hyps", f"{name}-seed{seed}.txt"))
+    evaluate(
+        row,
+        os.path.join(work, "checkpoint_best.pt"),
+        work,
+        opts,
+        env,
+        is_latent(name),
+        hypotheses=os.path.join(RESULTS, "hyps", f"{name}-seed{seed}.txt"),
+    )
     row["wall_s"] = time.time() - start
     row["date"] = str(datetime.date.today())
     row["machine"] = f"{platform.machine()} x{os.cpu_count()} CPU cores"
@@ -421,8 +610,11 @@ def train_and_evaluate(name, seed, opts, env):
     os.makedirs(RESULTS, exist_ok=True)
     with open(done, "w") as f:
         json.dump(row, f, indent=1)
-    print(f"== {name} seed {seed}: test ppl {row['test_ppl']:.2f}, BLEU {row['test_bleu']:.2f} "
-          f"({row['wall_s'] / 60:.0f} min)", flush=True)
+    print(
+        f"== {name} seed {seed}: test ppl {row['test_ppl']:.2f}, BLEU {row['test_bleu']:.2f} "
+        f"({row['wall_s'] / 60:.0f} min)",
+        flush=True,
+    )
     return row
 
 
@@ -430,10 +622,13 @@ def minutes_per_epoch(text, last=3):
     """The median time between the last ``last`` + 1 epochs' validations, in
     minutes, or None: what an epoch takes lately (a median, so one gap where a
     run was interrupted and resumed does not count)."""
-    times = {int(e): datetime.datetime.strptime(t, "%Y-%m-%d %H:%M:%S") for t, e in re.findall(
-        r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) \| INFO \| valid \| epoch (\d+) \| valid on 'valid' subset",
-        text, re.M)}
-    epochs = sorted(times)[-(last + 1):]
+    times = {
+        int(e): datetime.datetime.strptime(t, "%Y-%m-%d %H:%M:%S")
+        for t, e in re.findall(
+            r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) \| INFO \| valid \| epoch (\d+) \| valid on 'valid' subset", text, re.M
+        )
+    }
+    epochs = sorted(times)[-(last + 1) :]
     gaps = [(times[b] - times[a]).total_seconds() / 60 / (b - a) for a, b in zip(epochs, epochs[1:])]
     return statistics.median(gaps) if gaps else None
 
@@ -464,20 +659,28 @@ def progress(name, seed, opts):
         # the best checkpoint but counts it as no improvement
         since = max(valid) - best["best_epoch"]
         latest = valid[max(valid)]
-        last = (f"epoch {max(valid)}, valid PPL {metric(latest, 'ppl')}{prior_sharpness(name, latest)}, "
-                f"best checkpoint epoch {best['best_epoch']} (valid PPL {best['valid_ppl_training']}, {since} epoch"
-                f"{'' if since == 1 else 's'} ago; patience {PATIENCE})")
+        last = (
+            f"epoch {max(valid)}, valid PPL {metric(latest, 'ppl')}{prior_sharpness(name, latest)}, "
+            f"best checkpoint epoch {best['best_epoch']} (valid PPL {best['valid_ppl_training']}, {since} epoch"
+            f"{'' if since == 1 else 's'} ago; patience {PATIENCE})"
+        )
         pace = minutes_per_epoch(text)
         if pace is not None:
             last += f", about {pace:.1f} min an epoch lately"
     if not pending:
-        return (f"{name} seed {seed}: finished ({row.get('stopped_by', 'cap')} at epoch {row['epochs_run']}, "
-                f"best {row['best_epoch']}): test PPL {row['test_ppl']:.2f}, BLEU {row['test_bleu']:.2f}")
+        return (
+            f"{name} seed {seed}: finished ({row.get('stopped_by', 'cap')} at epoch {row['epochs_run']}, "
+            f"best {row['best_epoch']}): test PPL {row['test_ppl']:.2f}, BLEU {row['test_bleu']:.2f}"
+        )
     if text:
         cap = epoch_cap(name)
-        state = ("trained, not yet evaluated" if not needs_training(text, cap)
-                 else f"stopped at a lower cap, resumes under the {cap}-epoch cap"
-                 if training_status(text) == "cap" else "training or interrupted")
+        state = (
+            "trained, not yet evaluated"
+            if not needs_training(text, cap)
+            else f"stopped at a lower cap, resumes under the {cap}-epoch cap"
+            if training_status(text) == "cap"
+            else "training or interrupted"
+        )
         return f"{name} seed {seed}: {state}, {last} (in {work_dir(opts, name, seed)})"
     return f"{name} seed {seed}: not started"
 
@@ -514,8 +717,10 @@ def attach_curve(name, seed, opts):
     parsed = parse_training(text) if validations(text) else {}
     seen = (parsed.get("epochs_run"), parsed.get("best_epoch"))
     if seen != (row["epochs_run"], row["best_epoch"]) or len(parsed["valid_curve"]) != row["epochs_run"]:
-        return (f"{name} seed {seed}: no curve ({log} has {len(parsed.get('valid_curve', []))} validated epochs "
-                f"up to {seen[0]}, best {seen[1]}; the result: {row['epochs_run']}, best {row['best_epoch']})")
+        return (
+            f"{name} seed {seed}: no curve ({log} has {len(parsed.get('valid_curve', []))} validated epochs "
+            f"up to {seen[0]}, best {seen[1]}; the result: {row['epochs_run']}, best {row['best_epoch']})"
+        )
     row["valid_curve"] = parsed["valid_curve"]
     with open(done, "w") as f:
         json.dump(row, f, indent=1)
@@ -559,8 +764,7 @@ def plot_curves(rows, path):
             ent_ax.plot([p["epoch"] for p in points], [p["entropy_p"] for p in points], **style)
             uniform += [p["entropy_uniform"] for p in points if "entropy_uniform" in p]
     if uniform:
-        ent_ax.axhline(statistics.mean(uniform), color="grey", linewidth=0.8, linestyle="--",
-                       label="uniform alignment")
+        ent_ax.axhline(statistics.mean(uniform), color="grey", linewidth=0.8, linestyle="--", label="uniform alignment")
     ppl_ax.set(yscale="log", xlabel="epoch", ylabel="valid PPL (log scale)", title="validation perplexity")
     ppl_ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())  # 5, 10, 20 rather than 5x10^0
     ppl_ax.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
@@ -594,35 +798,58 @@ def prepare(data_root, env):
     if not os.path.isfile(os.path.join(data, "dict.en.txt")):
         print(f"== preparing data/multi30k -> {data_root} (prepare_data defaults)", flush=True)
         os.makedirs(data_root, exist_ok=True)
-        run([sys.executable, "-m", "varattn_tools.prepare", "--raw-dir",
-             os.path.join(REPO, "data", "multi30k"), "--out", data_root],
-            os.path.join(data_root, "prepare.log"), env)
+        run(
+            [
+                sys.executable,
+                "-m",
+                "varattn_tools.prepare",
+                "--raw-dir",
+                os.path.join(REPO, "data", "multi30k"),
+                "--out",
+                data_root,
+            ],
+            os.path.join(data_root, "prepare.log"),
+            env,
+        )
     return data
 
 
 # -- the table -------------------------------------------------------------------------------
 COLUMNS = [
-    ("valid PPL", "valid_ppl", ".2f"), ("test PPL", "test_ppl", ".2f"), ("BLEU", "test_bleu", ".2f"),
-    ("valid KL (bits)", "valid_kl", ".3f"), ("H uniform (bits)", "valid_entropy_uniform", ".2f"),
-    ("H prior (bits)", "valid_entropy_p", ".2f"), ("H q (bits)", "valid_entropy_q", ".2f"),
-    ("H posterior (bits)", "valid_entropy_post", ".2f"), ("AER soft", "aer_soft", ".3f"),
-    ("AER prior", "aer_prior", ".3f"), ("AER q", "aer_posterior", ".3f"),
+    ("valid PPL", "valid_ppl", ".2f"),
+    ("test PPL", "test_ppl", ".2f"),
+    ("BLEU", "test_bleu", ".2f"),
+    ("valid KL (bits)", "valid_kl", ".3f"),
+    ("H uniform (bits)", "valid_entropy_uniform", ".2f"),
+    ("H prior (bits)", "valid_entropy_p", ".2f"),
+    ("H q (bits)", "valid_entropy_q", ".2f"),
+    ("H posterior (bits)", "valid_entropy_post", ".2f"),
+    ("AER soft", "aer_soft", ".3f"),
+    ("AER prior", "aer_prior", ".3f"),
+    ("AER q", "aer_posterior", ".3f"),
     ("AER exact posterior", "aer_posterior_exact", ".3f"),
-    ("train tok/s", "train_wps", ".0f"), ("best epoch", "best_epoch", ".1f"), ("epochs run", "epochs_run", ".1f"),
+    ("train tok/s", "train_wps", ".0f"),
+    ("best epoch", "best_epoch", ".1f"),
+    ("epochs run", "epochs_run", ".1f"),
 ]
 
 
 # the Dirichlet row's numbers do not mean what the categorical rows' do
-DIRICHLET_NOTE = ("- dirichlet: its PPLs are importance-sampled (16 draws from (q + p) / 2 per token, an "
-                  "upper bound on the exact PPL in expectation), and its H prior and H q are the differential "
-                  "entropies of the Dirichlet densities over the simplex (negative when they are "
-                  "concentrated), not entropies of a categorical alignment: they do not compare with the "
-                  "other rows'; its AERs read the argmax of the Dirichlets' means")
+DIRICHLET_NOTE = (
+    "- dirichlet: its PPLs are importance-sampled (16 draws from (q + p) / 2 per token, an "
+    "upper bound on the exact PPL in expectation), and its H prior and H q are the differential "
+    "entropies of the Dirichlet densities over the simplex (negative when they are "
+    "concentrated), not entropies of a categorical alignment: they do not compare with the "
+    "other rows'; its AERs read the argmax of the Dirichlets' means"
+)
 
 
 def finished(family):
-    rows = [json.load(open(os.path.join(RESULTS, f))) for f in sorted(os.listdir(RESULTS))
-            if f.endswith(".json")] if os.path.isdir(RESULTS) else []
+    rows = (
+        [json.load(open(os.path.join(RESULTS, f))) for f in sorted(os.listdir(RESULTS)) if f.endswith(".json")]
+        if os.path.isdir(RESULTS)
+        else []
+    )
     return [r for r in rows if r["variant"] in PLANS[family]]
 
 
@@ -630,19 +857,23 @@ def table(family="lstm"):
     rows = finished(family)
     if not rows:
         return "No finished runs yet.\n"
-    lines = ["| variant | output layer | seeds | " + " | ".join(c[0] for c in COLUMNS) + " |",
-             "|---|---|---|" + "---|" * len(COLUMNS)]
+    lines = [
+        "| variant | output layer | seeds | " + " | ".join(c[0] for c in COLUMNS) + " |",
+        "|---|---|---|" + "---|" * len(COLUMNS),
+    ]
     for name in PLANS[family]:
         runs = [r for r in rows if r["variant"] == name]
         if not runs:
             continue
         label = name + (" (IS ppl)" if name == "dirichlet" else "")
         seeds = ",".join(str(r["seed"]) for r in sorted(runs, key=lambda r: r["seed"]))
-        lines.append(f"| {label} | {runs[0]['output_layer']} | {seeds} | "
-                     + " | ".join(mean_spread([r.get(key) for r in runs], fmt) for _, key, fmt in COLUMNS) + " |")
+        lines.append(
+            f"| {label} | {runs[0]['output_layer']} | {seeds} | "
+            + " | ".join(mean_spread([r.get(key) for r in runs], fmt) for _, key, fmt in COLUMNS)
+            + " |"
+        )
     notes = []
-    capped = [f"{r['variant']} seed {r['seed']} ({r['epochs_run']})" for r in rows
-              if r.get("stopped_by") == "cap"]
+    capped = [f"{r['variant']} seed {r['seed']} ({r['epochs_run']})" for r in rows if r.get("stopped_by") == "cap"]
     if capped:
         notes.append("- stopped by the epoch cap, not by patience: " + ", ".join(capped))
     if any(r["variant"] == "dirichlet" for r in rows):
@@ -654,26 +885,36 @@ def table(family="lstm"):
     # rows without "threads" predate --threads: one thread each, two or three runs at a time
     threaded = [f"{r['variant']} seed {r['seed']}: {r['threads']} threads" for r in rows if r.get("threads", 1) > 1]
     sharing = "with other runs sharing the 2 cores" + (
-        f" ({'; '.join(threaded)}; see {'its note' if len(threaded) == 1 else 'their notes'})" if threaded else "")
+        f" ({'; '.join(threaded)}; see {'its note' if len(threaded) == 1 else 'their notes'})" if threaded else ""
+    )
     budget = f"early stopping on valid PPL with patience {PATIENCE} (at most {MAX_EPOCH} epochs)"
     notes_file = os.path.relpath(NOTES[family], HERE)
-    head = (f"`python examples/translation/converge.py run{'' if family == 'lstm' else ' --family ' + family}`, "
-            f"{dates[0]} to {dates[-1]}, {rows[0]['machine']}, no GPU; {budget}; "
-            f"mean ± std over seeds; PPLs, KL and entropies measured on every sentence of the best checkpoint; "
-            f"sacreBLEU `{signature}`, beam 5, test_2016_flickr.  Entropies and KL are per target token "
-            f"on the validation set (uniform: the entropy of a uniform alignment).  Training tok/s is "
-            f"fairseq's wps averaged over epochs, {sharing}: compare speeds "
-            f"with benchmarks/, not here.  How each run went (commits, resumes, pauses): `{notes_file}`.\n\n")
+    head = (
+        f"`python examples/translation/converge.py run{'' if family == 'lstm' else ' --family ' + family}`, "
+        f"{dates[0]} to {dates[-1]}, {rows[0]['machine']}, no GPU; {budget}; "
+        f"mean ± std over seeds; PPLs, KL and entropies measured on every sentence of the best checkpoint; "
+        f"sacreBLEU `{signature}`, beam 5, test_2016_flickr.  Entropies and KL are per target token "
+        f"on the validation set (uniform: the entropy of a uniform alignment).  Training tok/s is "
+        f"fairseq's wps averaged over epochs, {sharing}: compare speeds "
+        f"with benchmarks/, not here.  How each run went (commits, resumes, pauses): `{notes_file}`.\n\n"
+    )
     return head + "\n".join(lines) + "\n"
 
 
 def run_notes(family="lstm"):
     """Each run's provenance: its JSON's "note" (what sets it apart, e.g. a code change mid-run)."""
     rows = finished(family)
-    lines = [f"# How each run of `converge.py --family {family}` went", "",
-             "Generated by `converge.py table` from the result JSONs in `results/converge/`.", ""]
-    lines += [f"- **{r['variant']} seed {r['seed']}** ({r.get('commit', '?')}, {r.get('date', '?')}): "
-              f"{r.get('note') or 'trained in one go.'}" for r in rows]
+    lines = [
+        f"# How each run of `converge.py --family {family}` went",
+        "",
+        "Generated by `converge.py table` from the result JSONs in `results/converge/`.",
+        "",
+    ]
+    lines += [
+        f"- **{r['variant']} seed {r['seed']}** ({r.get('commit', '?')}, {r.get('date', '?')}): "
+        f"{r.get('note') or 'trained in one go.'}"
+        for r in rows
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -691,8 +932,10 @@ def headline():
     Welch t-test p-values over seeds for test PPL and BLEU."""
     rows = finished("lstm")
     soft = [r for r in rows if r["variant"] == "soft"]
-    lines = ["| `varattn_lstm` | seeds | test PPL | p | sacreBLEU | p | AER of its alignment |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| `varattn_lstm` | seeds | test PPL | p | sacreBLEU | p | AER of its alignment |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name in HEADLINE_ROWS:
         runs = [r for r in rows if r["variant"] == name]
         if not runs:
@@ -706,27 +949,39 @@ def headline():
         what = "soft attention" if name.startswith("soft") else "exact posterior"
         cells.append(f"{mean_spread([r.get(aer_key) for r in runs], '.3f')} ({what})")
         lines.append("| " + " | ".join(cells) + " |")
-    return ("Multi30k De-En, trained to convergence (early stopping on valid PPL), mean ± std over seeds; "
-            "p: Welch's t-test over seeds against soft attention; AER on the 24 hand-aligned "
-            "test sentences.  All rows and columns: `examples/translation/README.md`.\n\n"
-            + "\n".join(lines) + "\n")
+    return (
+        "Multi30k De-En, trained to convergence (early stopping on valid PPL), mean ± std over seeds; "
+        "p: Welch's t-test over seeds against soft attention; AER on the 24 hand-aligned "
+        "test sentences.  All rows and columns: `examples/translation/README.md`.\n\n" + "\n".join(lines) + "\n"
+    )
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["run", "table", "align", "status", "curves"],
-                        help="run: train and evaluate; table: results/converge*.md; status: where each "
-                             "run of the plan stands; curves: results/converge*-curves.png, valid PPL "
-                             "and prior entropy by epoch (adding a result's curve from its training "
-                             "log when the result lacks one); align: score the "
-                             "alignments of finished runs again (after the alignment tool changed)")
-    parser.add_argument("--family", choices=list(PLANS), default="lstm",
-                        help="varattn_lstm variants, or fairseq's transformer against varattn_transformer")
+    parser.add_argument(
+        "command",
+        choices=["run", "table", "align", "status", "curves"],
+        help="run: train and evaluate; table: results/converge*.md; status: where each "
+        "run of the plan stands; curves: results/converge*-curves.png, valid PPL "
+        "and prior entropy by epoch (adding a result's curve from its training "
+        "log when the result lacks one); align: score the "
+        "alignments of finished runs again (after the alignment tool changed)",
+    )
+    parser.add_argument(
+        "--family",
+        choices=list(PLANS),
+        default="lstm",
+        help="varattn_lstm variants, or fairseq's transformer against varattn_transformer",
+    )
     parser.add_argument("--only", default="", help="NAME:SEED,... (default: the family's whole plan)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="CPU threads per run: 1 with --jobs 2 on 2 cores; a run alone on 2 cores "
-                             "trains about 1.5 times faster with 2")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads per run: 1 with --jobs 2 on 2 cores; a run alone on 2 cores "
+        "trains about 1.5 times faster with 2",
+    )
     parser.add_argument("--work", default=os.path.join("runs", "converge"), help="checkpoints and logs")
     parser.add_argument("--data-root", default=os.path.join("runs", "multi30k"))
     opts = parser.parse_args(argv)

@@ -44,14 +44,47 @@ GOLD = os.path.join(HERE, "gold", "test_2016_flickr.de-en.pharaoh")
 
 PRESETS = {
     # small enough for 2 CPU cores
-    "quick": ["--arch", "varattn_lstm", "--encoder-embed-dim", "64", "--encoder-hidden-size", "64",
-              "--decoder-embed-dim", "64", "--decoder-hidden-size", "128",
-              "--decoder-out-embed-dim", "64", "--dropout", "0.2",
-              "--optimizer", "adam", "--lr", "0.005", "--clip-norm", "5"],
+    "quick": [
+        "--arch",
+        "varattn_lstm",
+        "--encoder-embed-dim",
+        "64",
+        "--encoder-hidden-size",
+        "64",
+        "--decoder-embed-dim",
+        "64",
+        "--decoder-hidden-size",
+        "128",
+        "--decoder-out-embed-dim",
+        "64",
+        "--dropout",
+        "0.2",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "0.005",
+        "--clip-norm",
+        "5",
+    ],
     # the paper's IWSLT14 settings (docs/design.md, "Reference settings"); max-tokens replaces batch 6 sentences
-    "full": ["--arch", "varattn_lstm_iwslt_de_en", "--optimizer", "adam", "--lr", "3e-4",
-             "--adam-eps", "1e-8", "--clip-norm", "5", "--lr-scheduler", "fixed",
-             "--force-anneal", "2", "--lr-shrink", "0.5"],
+    "full": [
+        "--arch",
+        "varattn_lstm_iwslt_de_en",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "3e-4",
+        "--adam-eps",
+        "1e-8",
+        "--clip-norm",
+        "5",
+        "--lr-scheduler",
+        "fixed",
+        "--force-anneal",
+        "2",
+        "--lr-shrink",
+        "0.5",
+    ],
 }
 
 # Runs in the training subprocess: fairseq-train, then report peak memory.
@@ -79,12 +112,32 @@ def run_one(key, seed, opts, env):
     os.makedirs(save, exist_ok=True)
     # fairseq drops a last batch whose size is not a multiple of 8 (fairseq issue #5036): score every sentence
     common = [opts.data, "--user-dir", USER_DIR, "--required-batch-size-multiple", "1"]
-    train_cmd = [sys.executable, "-c", MEASURED_TRAIN, *common, *PRESETS[opts.preset],
-                 *train_options(name, factored=output_layer == "factored"),
-                 "--max-tokens", str(opts.max_tokens), "--max-update", str(opts.max_update),
-                 "--seed", str(seed), "--num-workers", "0", "--log-interval", "50",
-                 "--log-format", "simple", "--validate-interval-updates", str(opts.max_update),
-                 "--save-dir", save, "--no-epoch-checkpoints", *opts.train_args]
+    train_cmd = [
+        sys.executable,
+        "-c",
+        MEASURED_TRAIN,
+        *common,
+        *PRESETS[opts.preset],
+        *train_options(name, factored=output_layer == "factored"),
+        "--max-tokens",
+        str(opts.max_tokens),
+        "--max-update",
+        str(opts.max_update),
+        "--seed",
+        str(seed),
+        "--num-workers",
+        "0",
+        "--log-interval",
+        "50",
+        "--log-format",
+        "simple",
+        "--validate-interval-updates",
+        str(opts.max_update),
+        "--save-dir",
+        save,
+        "--no-epoch-checkpoints",
+        *opts.train_args,
+    ]
     eval_args = [opts.test_subset, *opts.generate_args]
     cached = os.path.join(save, "row.json")
     if os.path.isfile(cached):
@@ -99,27 +152,68 @@ def run_one(key, seed, opts, env):
     text = run(train_cmd, log, env)
     train_s = time.time() - start
     ckpt = os.path.join(save, "checkpoint_last.pt")  # the model after the budget
-    row = {"variant": key, "seed": seed,
-           "valid_nll_bits": read_nll("valid", text, log),
-           "train_wps": last_float(r"\| train \|.*? wps ([0-9.]+)", text, "wps", log),
-           "peak_rss_mb": last_float(r"VARATTN_PEAK_MB rss=([0-9.]+)", text, "peak memory", log),
-           "peak_cuda_mb": last_float(r"VARATTN_PEAK_MB rss=[0-9.]+ cuda=([0-9.]+)", text, "peak memory", log),
-           "train_s": train_s}
+    row = {
+        "variant": key,
+        "seed": seed,
+        "valid_nll_bits": read_nll("valid", text, log),
+        "train_wps": last_float(r"\| train \|.*? wps ([0-9.]+)", text, "wps", log),
+        "peak_rss_mb": last_float(r"VARATTN_PEAK_MB rss=([0-9.]+)", text, "peak memory", log),
+        "peak_cuda_mb": last_float(r"VARATTN_PEAK_MB rss=[0-9.]+ cuda=([0-9.]+)", text, "peak memory", log),
+        "train_s": train_s,
+    }
     kl = re.findall(r"on 'valid' subset \|.*? kl ([0-9.]+)", text)
     row["valid_kl_bits"] = float(kl[-1]) if kl else ""
 
     log = os.path.join(save, "test.log")
     # fairseq-validate's parser defaults --task to language_modeling; name it
-    text = run([sys.executable, "-m", "fairseq_cli.validate", *common, "--task", "translation", "--path", ckpt,
-                "--valid-subset", opts.test_subset, "--max-tokens", str(opts.max_tokens),
-                "--num-workers", "0", "--seed", str(seed)], log, env)
+    text = run(
+        [
+            sys.executable,
+            "-m",
+            "fairseq_cli.validate",
+            *common,
+            "--task",
+            "translation",
+            "--path",
+            ckpt,
+            "--valid-subset",
+            opts.test_subset,
+            "--max-tokens",
+            str(opts.max_tokens),
+            "--num-workers",
+            "0",
+            "--seed",
+            str(seed),
+        ],
+        log,
+        env,
+    )
     row["test_nll_bits"] = read_nll(opts.test_subset, text, log)
 
     log = os.path.join(save, "generate.log")
-    text = run([sys.executable, "-m", "fairseq_cli.generate", *common, "--path", ckpt,
-                "--gen-subset", opts.test_subset, "--beam", "5", "--batch-size", "128",
-                "--post-process", "sentencepiece", "--scoring", "sacrebleu", *opts.generate_args],
-               log, env)
+    text = run(
+        [
+            sys.executable,
+            "-m",
+            "fairseq_cli.generate",
+            *common,
+            "--path",
+            ckpt,
+            "--gen-subset",
+            opts.test_subset,
+            "--beam",
+            "5",
+            "--batch-size",
+            "128",
+            "--post-process",
+            "sentencepiece",
+            "--scoring",
+            "sacrebleu",
+            *opts.generate_args,
+        ],
+        log,
+        env,
+    )
     row["test_bleu"] = last_float(r"BLEU = ([0-9.]+)", text, "BLEU", log)
     row["valid_ppl"] = 2 ** row["valid_nll_bits"]
     row["test_ppl"] = 2 ** row["test_nll_bits"]
@@ -137,23 +231,27 @@ def aggregate(rows, variants):
         if not runs:
             continue
         speed = [r["train_wps"] / statistics.mean(soft_wps) for r in runs] if soft_wps else []
-        table.append({
-            "variant": name + (" (IS ppl)" if name.startswith("dirichlet") else ""),
-            "seeds": len(runs),
-            "valid_ppl": mean_spread([r["valid_ppl"] for r in runs], ".2f"),
-            "test_ppl": mean_spread([r["test_ppl"] for r in runs], ".2f"),
-            "test_bleu": mean_spread([r["test_bleu"] for r in runs], ".2f"),
-            "valid_kl_bits": mean_spread([r["valid_kl_bits"] for r in runs], ".3f"),
-            "train_wps": mean_spread([r["train_wps"] for r in runs], ".0f"),
-            "speed_vs_soft": mean_spread(speed, ".2f"),
-            "peak_rss_mb": mean_spread([r["peak_rss_mb"] for r in runs], ".0f"),
-        })
+        table.append(
+            {
+                "variant": name + (" (IS ppl)" if name.startswith("dirichlet") else ""),
+                "seeds": len(runs),
+                "valid_ppl": mean_spread([r["valid_ppl"] for r in runs], ".2f"),
+                "test_ppl": mean_spread([r["test_ppl"] for r in runs], ".2f"),
+                "test_bleu": mean_spread([r["test_bleu"] for r in runs], ".2f"),
+                "valid_kl_bits": mean_spread([r["valid_kl_bits"] for r in runs], ".3f"),
+                "train_wps": mean_spread([r["train_wps"] for r in runs], ".0f"),
+                "speed_vs_soft": mean_spread(speed, ".2f"),
+                "peak_rss_mb": mean_spread([r["peak_rss_mb"] for r in runs], ".0f"),
+            }
+        )
     return table
 
 
 def markdown(table, opts, seeds, wall):
-    header = ("| variant | seeds | valid PPL | test PPL | test BLEU | valid KL (bits/tok) | "
-              "train tok/s | speed vs soft | peak RSS MB |")
+    header = (
+        "| variant | seeds | valid PPL | test PPL | test BLEU | valid KL (bits/tok) | "
+        "train tok/s | speed vs soft | peak RSS MB |"
+    )
     lines = [
         f"`{opts.command}` on {datetime.date.today()}, {platform.machine()} x{os.cpu_count()} CPU cores"
         f"{', GPU' if opts.gpu else ', no GPU'}; preset `{opts.preset}`, {opts.max_update} updates of "
@@ -164,9 +262,24 @@ def markdown(table, opts, seeds, wall):
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in table:
-        lines.append("| " + " | ".join(str(r[k]) for k in (
-            "variant", "seeds", "valid_ppl", "test_ppl", "test_bleu", "valid_kl_bits",
-            "train_wps", "speed_vs_soft", "peak_rss_mb")) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                str(r[k])
+                for k in (
+                    "variant",
+                    "seeds",
+                    "valid_ppl",
+                    "test_ppl",
+                    "test_bleu",
+                    "valid_kl_bits",
+                    "train_wps",
+                    "speed_vs_soft",
+                    "peak_rss_mb",
+                )
+            )
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -174,9 +287,21 @@ def prepare_quick_data(out, env):
     data = os.path.join(out, "data")
     if not os.path.isfile(os.path.join(data, "bin", "dict.en.txt")):
         print(f"== preparing data/multi30k -> {data} (sentencepiece 2k joint vocabulary)", flush=True)
-        run([sys.executable, "-m", "varattn_tools.prepare", "--raw-dir",
-             os.path.join(REPO, "data", "multi30k"), "--out", data, "--vocab-size", "2000"],
-            os.path.join(out, "prepare.log"), env)
+        run(
+            [
+                sys.executable,
+                "-m",
+                "varattn_tools.prepare",
+                "--raw-dir",
+                os.path.join(REPO, "data", "multi30k"),
+                "--out",
+                data,
+                "--vocab-size",
+                "2000",
+            ],
+            os.path.join(out, "prepare.log"),
+            env,
+        )
     return os.path.join(data, "bin")
 
 
@@ -185,8 +310,18 @@ def run_alignments(rows, opts, env):
     seed = rows[0]["seed"]
     wanted = ("soft", "marginal", "elbo-enum", "elbo-reinforce")
     names = [r["variant"] for r in rows if r["seed"] == seed and r["variant"].partition("/")[0] in wanted]
-    cmd = [sys.executable, "-m", "varattn_tools.align", opts.data, "--subset", opts.test_subset,
-           "--out", os.path.join(opts.out, "alignments"), "--plot", "0,1,3"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "varattn_tools.align",
+        opts.data,
+        "--subset",
+        opts.test_subset,
+        "--out",
+        os.path.join(opts.out, "alignments"),
+        "--plot",
+        "0,1,3",
+    ]
     for n in names:
         save = os.path.join(opts.out, f"{n.replace('/', '-')}-seed{seed}")
         cmd += ["--path", os.path.join(save, "checkpoint_last.pt"), "--name", n]
@@ -200,30 +335,39 @@ def run_alignments(rows, opts, env):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true",
-                      help="shipped Multi30k (prepared here, 2k pieces), small model, seed 1")
+    mode.add_argument(
+        "--quick", action="store_true", help="shipped Multi30k (prepared here, 2k pieces), small model, seed 1"
+    )
     mode.add_argument("--full", action="store_true", help="the paper's IWSLT preset (a GPU job)")
     parser.add_argument("--data", help="fairseq binary data dir (prepared by varattn_tools.prepare)")
     parser.add_argument("--out", help="default runs/reproduce-quick or runs/reproduce")
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--output-layers", default="joint",
-                        help="joint, factored or joint,factored (each variant with each; rows of "
-                             "the factored layer are named VARIANT/factored)")
+    parser.add_argument(
+        "--output-layers",
+        default="joint",
+        help="joint, factored or joint,factored (each variant with each; rows of "
+        "the factored layer are named VARIANT/factored)",
+    )
     parser.add_argument("--seeds", help="comma-separated (quick: 1,2; full: 1,2,3)")
     parser.add_argument("--max-update", type=int)
     parser.add_argument("--max-tokens", type=int)
     parser.add_argument("--test-subset", default="test")
-    parser.add_argument("--gold", help="Pharaoh gold alignments of the test subset, for AER "
-                                       "(quick mode: the shipped hand-aligned sentences)")
-    parser.add_argument("--alignments", action="store_true",
-                        help="plot alignments and compute AER (always on with --quick)")
+    parser.add_argument(
+        "--gold",
+        help="Pharaoh gold alignments of the test subset, for AER (quick mode: the shipped hand-aligned sentences)",
+    )
+    parser.add_argument(
+        "--alignments", action="store_true", help="plot alignments and compute AER (always on with --quick)"
+    )
     parser.add_argument("--train-args", default="", help="extra fairseq-train options, quoted")
     parser.add_argument("--generate-args", default="", help="extra fairseq-generate options, quoted")
-    parser.add_argument("--results-md", help="also write the table here (e.g. examples/translation/results/"
-                                             "output-layers.md, for scripts/readme_results.py)")
+    parser.add_argument(
+        "--results-md",
+        help="also write the table here (e.g. examples/translation/results/"
+        "output-layers.md, for scripts/readme_results.py)",
+    )
     opts = parser.parse_args(argv)
-    opts.command = "python examples/translation/reproduce.py " + " ".join(
-        sys.argv[1:] if argv is None else argv)
+    opts.command = "python examples/translation/reproduce.py " + " ".join(sys.argv[1:] if argv is None else argv)
     opts.preset = "full" if opts.full else "quick"
     quick_defaults = {"seeds": "1", "max_update": 200, "max_tokens": 1000}
     full_defaults = {"seeds": "1,2,3", "max_update": 30_000, "max_tokens": 4000}
@@ -275,13 +419,29 @@ def main(argv=None):
             print(f"== [{len(rows) + 1}/{total}] {name}, seed {seed}", flush=True)
             row = run_one(name, seed, opts, env)
             rows.append(row)
-            print(f"   valid ppl {row['valid_ppl']:.2f}  test ppl {row['test_ppl']:.2f}  "
-                  f"BLEU {row['test_bleu']:.2f}  {row['train_wps']:.0f} tok/s  "
-                  f"{row['peak_rss_mb']:.0f} MB  ({row['wall_s']:.0f} s; "
-                  f"{(time.time() - start) / 60:.1f} min so far)", flush=True)
+            print(
+                f"   valid ppl {row['valid_ppl']:.2f}  test ppl {row['test_ppl']:.2f}  "
+                f"BLEU {row['test_bleu']:.2f}  {row['train_wps']:.0f} tok/s  "
+                f"{row['peak_rss_mb']:.0f} MB  ({row['wall_s']:.0f} s; "
+                f"{(time.time() - start) / 60:.1f} min so far)",
+                flush=True,
+            )
 
-    fields = ["variant", "seed", "valid_ppl", "test_ppl", "test_bleu", "valid_kl_bits", "train_wps",
-              "peak_rss_mb", "peak_cuda_mb", "valid_nll_bits", "test_nll_bits", "train_s", "wall_s"]
+    fields = [
+        "variant",
+        "seed",
+        "valid_ppl",
+        "test_ppl",
+        "test_bleu",
+        "valid_kl_bits",
+        "train_wps",
+        "peak_rss_mb",
+        "peak_cuda_mb",
+        "valid_nll_bits",
+        "test_nll_bits",
+        "train_s",
+        "wall_s",
+    ]
     with open(os.path.join(opts.out, "runs.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()

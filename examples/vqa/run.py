@@ -29,9 +29,27 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 # the variants of varattn_tools.variants that apply to one-token answers
 VARIANTS = ["soft", "marginal", "hard-enum", "elbo-enum", "elbo-reinforce", "elbo-gumbel", "dirichlet", "rws"]
-TRAIN = ["--task", "varattn_vqa", "--arch", "varattn_vqa", "--optimizer", "adam", "--lr", "0.003",
-         "--clip-norm", "5", "--batch-size", "128", "--num-workers", "0", "--log-format", "simple",
-         "--log-interval", "100", "--no-epoch-checkpoints"]
+TRAIN = [
+    "--task",
+    "varattn_vqa",
+    "--arch",
+    "varattn_vqa",
+    "--optimizer",
+    "adam",
+    "--lr",
+    "0.003",
+    "--clip-norm",
+    "5",
+    "--batch-size",
+    "128",
+    "--num-workers",
+    "0",
+    "--log-format",
+    "simple",
+    "--log-interval",
+    "100",
+    "--no-epoch-checkpoints",
+]
 
 
 def main(argv=None):
@@ -50,8 +68,11 @@ def main(argv=None):
     os.makedirs(opts.out, exist_ok=True)
     if not os.path.isfile(os.path.join(opts.data, "answers.txt")):
         print(f"== building easy-VQA in {opts.data}", flush=True)
-        run([sys.executable, "-m", "varattn_tools.vqa_data", "easy-vqa", "--out", opts.data],
-            os.path.join(opts.out, "build.log"), env)
+        run(
+            [sys.executable, "-m", "varattn_tools.vqa_data", "easy-vqa", "--out", opts.data],
+            os.path.join(opts.out, "build.log"),
+            env,
+        )
 
     start = time.time()
     rows = []
@@ -64,32 +85,86 @@ def main(argv=None):
         log = os.path.join(save, "train.log")
         t0 = time.time()
         train = train_options(name, inference_network="answer")
-        text = run([sys.executable, "-m", "fairseq_cli.train", *common, *TRAIN, *train,
-                    "--max-epoch", str(opts.epochs), "--seed", str(opts.seed), "--save-dir", save], log, env)
+        text = run(
+            [
+                sys.executable,
+                "-m",
+                "fairseq_cli.train",
+                *common,
+                *TRAIN,
+                *train,
+                "--max-epoch",
+                str(opts.epochs),
+                "--seed",
+                str(opts.seed),
+                "--save-dir",
+                save,
+            ],
+            log,
+            env,
+        )
         wps = last_float(r"\| train \|.*? wps ([0-9.]+)", text, "wps", log)
         train_s = time.time() - t0
         ckpt = os.path.join(save, "checkpoint_last.pt")
         log = os.path.join(save, "test.log")
-        text = run([sys.executable, "-m", "fairseq_cli.validate", *common, "--task", "varattn_vqa",
-                    "--path", ckpt, "--valid-subset", "test", "--batch-size", "256", "--seed", str(opts.seed)],
-                   log, env)
+        text = run(
+            [
+                sys.executable,
+                "-m",
+                "fairseq_cli.validate",
+                *common,
+                "--task",
+                "varattn_vqa",
+                "--path",
+                ckpt,
+                "--valid-subset",
+                "test",
+                "--batch-size",
+                "256",
+                "--seed",
+                str(opts.seed),
+            ],
+            log,
+            env,
+        )
         nll_bits = read_nll("test", text, log)
         scores_path = os.path.join(save, "test_scores.json")
-        run([sys.executable, "-m", "varattn_tools.vqa_eval", opts.data, "--path", ckpt, "--subset", "test",
-             "--json", scores_path], os.path.join(save, "eval.log"), env)
+        run(
+            [
+                sys.executable,
+                "-m",
+                "varattn_tools.vqa_eval",
+                opts.data,
+                "--path",
+                ckpt,
+                "--subset",
+                "test",
+                "--json",
+                scores_path,
+            ],
+            os.path.join(save, "eval.log"),
+            env,
+        )
         with open(scores_path) as f:
             scores = json.load(f)["scores"]
-        row = {"variant": name, "test_nll_nats": nll_bits * 0.6931471805599453,
-               "vqa_acc": scores["vqa_acc/all"],
-               "attn_acc_prior": scores.get("attn_acc_prior/all", ""),
-               "attn_acc_q": scores.get("attn_acc_q/all", ""),
-               "train_questions_per_s": wps, "train_s": train_s}
+        row = {
+            "variant": name,
+            "test_nll_nats": nll_bits * 0.6931471805599453,
+            "vqa_acc": scores["vqa_acc/all"],
+            "attn_acc_prior": scores.get("attn_acc_prior/all", ""),
+            "attn_acc_q": scores.get("attn_acc_q/all", ""),
+            "train_questions_per_s": wps,
+            "train_s": train_s,
+        }
         for kind in ("yes/no", "color", "shape"):
             row[f"vqa_acc_{kind}"] = scores.get(f"vqa_acc/{kind}", "")
         rows.append(row)
         prior = row["attn_acc_prior"]
-        print(f"   NLL {row['test_nll_nats']:.3f}  accuracy {row['vqa_acc']:.2f}  "
-              f"attention prior {prior if prior == '' else round(prior, 2)}  ({train_s:.0f} s)", flush=True)
+        print(
+            f"   NLL {row['test_nll_nats']:.3f}  accuracy {row['vqa_acc']:.2f}  "
+            f"attention prior {prior if prior == '' else round(prior, 2)}  ({train_s:.0f} s)",
+            flush=True,
+        )
 
     with open(os.path.join(opts.out, "results.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -109,10 +184,12 @@ def main(argv=None):
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['variant']}{' (IS NLL)' if r['variant'] == 'dirichlet' else ''} | "
-                     f"{r['test_nll_nats']:.3f} | {cell(r['vqa_acc'])} | {cell(r['vqa_acc_yes/no'])} | "
-                     f"{cell(r['vqa_acc_color'])} | {cell(r['vqa_acc_shape'])} | {cell(r['attn_acc_prior'])} | "
-                     f"{cell(r['attn_acc_q'])} | {r['train_questions_per_s']:.0f} |")
+        lines.append(
+            f"| {r['variant']}{' (IS NLL)' if r['variant'] == 'dirichlet' else ''} | "
+            f"{r['test_nll_nats']:.3f} | {cell(r['vqa_acc'])} | {cell(r['vqa_acc_yes/no'])} | "
+            f"{cell(r['vqa_acc_color'])} | {cell(r['vqa_acc_shape'])} | {cell(r['attn_acc_prior'])} | "
+            f"{cell(r['attn_acc_q'])} | {r['train_questions_per_s']:.0f} |"
+        )
     table = "\n".join(lines) + "\n"
     with open(os.path.join(opts.out, "results.md"), "w") as f:
         f.write(table)

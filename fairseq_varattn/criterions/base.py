@@ -35,9 +35,21 @@ from .batch import LatentBatch
 # Summed logging keys that are per-token quantities in nats; reported in bits.
 PER_TOKEN_KEYS = ("kl", "kl_post", "entropy_q", "entropy_p", "baseline_nll", "entropy_post", "entropy_uniform")
 # Summed logging keys that are per-token averages already in their own units.
-PER_TOKEN_RAW_KEYS = ("ess", "nll_samples", "prior_maxp", "q_maxp", "score_spread", "logpy_spread",
-                      "annot_spread", "prior_concentration", "q_concentration", "soft_warmup",
-                      "marginal_warmup", "qgrad_rec", "qgrad_kl")
+PER_TOKEN_RAW_KEYS = (
+    "ess",
+    "nll_samples",
+    "prior_maxp",
+    "q_maxp",
+    "score_spread",
+    "logpy_spread",
+    "annot_spread",
+    "prior_concentration",
+    "q_concentration",
+    "soft_warmup",
+    "marginal_warmup",
+    "qgrad_rec",
+    "qgrad_kl",
+)
 # Mean-squared score-function weights without / with the baseline, per sample.
 ESTIMATOR_KEYS = ("sf_reward_sq", "sf_advantage_sq")
 
@@ -51,53 +63,69 @@ class LatentCriterionConfig(FairseqDataclass):
     # option, so a field defaulting to True could never be disabled.
     skip_exact_nll_in_training: bool = field(
         default=False,
-        metadata={"help": "do not compute the exact marginal nll_loss on training batches "
-                          "(validation always does); sampling estimators then skip an "
-                          "enumeration forward"},
+        metadata={
+            "help": "do not compute the exact marginal nll_loss on training batches "
+            "(validation always does); sampling estimators then skip an "
+            "enumeration forward"
+        },
     )
     soft_warmup_updates: int = field(
         default=0,
-        metadata={"help": "train the model as soft attention (the same parameters, output at "
-                          "the prior's expected context) for this many updates before the "
-                          "latent objective; q learns to copy the prior meanwhile"},
+        metadata={
+            "help": "train the model as soft attention (the same parameters, output at "
+            "the prior's expected context) for this many updates before the "
+            "latent objective; q learns to copy the prior meanwhile"
+        },
     )
     marginal_warmup_updates: int = field(
         default=0,
-        metadata={"help": "train by the exact marginal likelihood (categorical attention) for "
-                          "this many updates before the latent objective; q learns to copy the "
-                          "exact posterior meanwhile"},
+        metadata={
+            "help": "train by the exact marginal likelihood (categorical attention) for "
+            "this many updates before the latent objective; q learns to copy the "
+            "exact posterior meanwhile"
+        },
     )
     latent_warmup: ChoiceEnum(["auto", "off"]) = field(
         default="auto",
-        metadata={"help": "auto: with an inference network and categorical attention (and no "
-                          "--*-warmup-updates), train by the exact marginal until q has caught up "
-                          "with the exact posterior, then by the criterion's objective; without it "
-                          "a lagging q can keep the alignment uniform (docs/design.md, \"The "
-                          "automatic warm-up\"); off: the objective from the first update"},
+        metadata={
+            "help": "auto: with an inference network and categorical attention (and no "
+            "--*-warmup-updates), train by the exact marginal until q has caught up "
+            "with the exact posterior, then by the criterion's objective; without it "
+            'a lagging q can keep the alignment uniform (docs/design.md, "The '
+            'automatic warm-up"); off: the objective from the first update'
+        },
     )
     latent_warmup_max_updates: int = field(
-        default=3000, metadata={"help": "--latent-warmup auto ends here at the latest"})
+        default=3000, metadata={"help": "--latent-warmup auto ends here at the latest"}
+    )
 
 
 @dataclass
 class KLOptions:
     kl_weight: float = field(default=1.0, metadata={"help": "weight of KL(q || p)"})
     kl_warmup_updates: int = field(
-        default=0, metadata={"help": "anneal the KL weight linearly from 0 over this many updates"})
+        default=0, metadata={"help": "anneal the KL weight linearly from 0 over this many updates"}
+    )
 
 
 @dataclass
 class BaselineOptions:
     train_baseline: bool = field(
         default=False,
-        metadata={"help": "REINFORCE: also train the soft baseline by adding its NLL to the "
-                          "gradient (logged as baseline_nll, not in loss)"})
+        metadata={
+            "help": "REINFORCE: also train the soft baseline by adding its NLL to the "
+            "gradient (logged as baseline_nll, not in loss)"
+        },
+    )
     baseline_attention: ChoiceEnum(["sampled", "prior"]) = field(
         default="sampled",
-        metadata={"help": "REINFORCE: the soft baseline's context is the expectation under the "
-                          "distribution sampled from (q for the ELBO, the prior for hard attention) "
-                          "or under the prior, as the paper's code; with --train-baseline, 'prior' "
-                          "trains the prior as soft attention (docs/design.md, Criterions)"})
+        metadata={
+            "help": "REINFORCE: the soft baseline's context is the expectation under the "
+            "distribution sampled from (q for the ELBO, the prior for hard attention) "
+            "or under the prior, as the paper's code; with --train-baseline, 'prior' "
+            "trains the prior as soft attention (docs/design.md, Criterions)"
+        },
+    )
 
 
 # Invalid values, checked once for whichever of these fields a config has.
@@ -118,11 +146,14 @@ def check_options(cfg, criterion: str, distribution_class) -> None:
         if hasattr(cfg, name) and not ok(getattr(cfg, name)):
             raise ValueError(f"--{name.replace('_', '-')} must be {rule}, got {getattr(cfg, name)}")
     if getattr(cfg, "soft_warmup_updates", 0) > 0 and getattr(cfg, "marginal_warmup_updates", 0) > 0:
-        raise ValueError("--soft-warmup-updates and --marginal-warmup-updates are two warm-ups of "
-                         "the same updates: choose one")
+        raise ValueError(
+            "--soft-warmup-updates and --marginal-warmup-updates are two warm-ups of the same updates: choose one"
+        )
     if getattr(cfg, "marginal_warmup_updates", 0) > 0 and distribution_class is not CategoricalAlignment:
-        raise ValueError(f"--marginal-warmup-updates needs the exact marginal, which {criterion} "
-                         "(a continuous alignment) does not have: use --soft-warmup-updates")
+        raise ValueError(
+            f"--marginal-warmup-updates needs the exact marginal, which {criterion} "
+            "(a continuous alignment) does not have: use --soft-warmup-updates"
+        )
 
 
 # -- the criterion -------------------------------------------------------------------
@@ -157,16 +188,19 @@ class VarAttnCriterion(FairseqCriterion):
             from fairseq.models import ARCH_MODEL_REGISTRY
 
             archs = ", ".join(sorted(a for a in ARCH_MODEL_REGISTRY if a.startswith("varattn_")))
-            raise ValueError(f"--criterion {self._registry_name()} trains the plugin's models (--arch {archs}); "
-                             f"this model ({type(model).__name__}) has no alignment head")
+            raise ValueError(
+                f"--criterion {self._registry_name()} trains the plugin's models (--arch {archs}); "
+                f"this model ({type(model).__name__}) has no alignment head"
+            )
         if head.kind.distribution_class is not self.distribution_class:
-            fitting = [n for n, k in attention_kinds.KINDS.items()
-                       if k.distribution_class is self.distribution_class]
-            raise ValueError(f"{name} needs --attention {' or '.join(fitting)}, "
-                             f"but the model has --attention {head.kind.name}")
+            fitting = [n for n, k in attention_kinds.KINDS.items() if k.distribution_class is self.distribution_class]
+            raise ValueError(
+                f"{name} needs --attention {' or '.join(fitting)}, but the model has --attention {head.kind.name}"
+            )
         if self.needs_inference_network and getattr(model, "inference_network", None) is None:
-            raise ValueError(f"{name} needs an inference network q(z | x, y): "
-                             "add --inference-network birnn to the model")
+            raise ValueError(
+                f"{name} needs an inference network q(z | x, y): add --inference-network birnn to the model"
+            )
 
     def _registry_name(self) -> str:
         from fairseq.criterions import CRITERION_REGISTRY
@@ -183,8 +217,7 @@ class VarAttnCriterion(FairseqCriterion):
             return self.soft_warmup_terms
         if updates < self.cfg.marginal_warmup_updates:
             return self.marginal_warmup_terms
-        if auto_warmup.applies(self.cfg, model, self) and auto_warmup.active(
-                model, self.cfg.latent_warmup_max_updates):
+        if auto_warmup.applies(self.cfg, model, self) and auto_warmup.active(model, self.cfg.latent_warmup_max_updates):
             return self.automatic_warmup_terms
         return None
 
@@ -215,9 +248,10 @@ class VarAttnCriterion(FairseqCriterion):
             info = ((terms["entropy_uniform"] - terms["entropy_post"]) * mask).sum() / count
             lead = ((terms["entropy_p"] - terms["entropy_q"]) * mask).sum() / count
             auto_warmup.update(model, info, lead)
-        sums = {k: torch.where(mask.unsqueeze(-1) if v.dim() > mask.dim() else mask, v,
-                               torch.zeros_like(v)).sum()
-                for k, v in terms.items()}
+        sums = {
+            k: torch.where(mask.unsqueeze(-1) if v.dim() > mask.dim() else mask, v, torch.zeros_like(v)).sum()
+            for k, v in terms.items()
+        }
         loss = sums.pop("loss")
         ntokens = sample["ntokens"]
         nsentences = target.size(0)
@@ -271,8 +305,9 @@ class VarAttnCriterion(FairseqCriterion):
             posterior = batch.prior.detached().posterior(batch.logp_y_all().detach())
             kl_post = batch.q.kl(posterior)
             terms["loss"] = nll + kl_post
-            terms.update(kl_post=kl_post.detach(), entropy_q=batch.q.entropy().detach(),
-                         entropy_p=batch.prior.entropy().detach())
+            terms.update(
+                kl_post=kl_post.detach(), entropy_q=batch.q.entropy().detach(), entropy_p=batch.prior.entropy().detach()
+            )
         return terms
 
     def automatic_warmup_terms(self, batch: LatentBatch) -> dict:
@@ -318,8 +353,7 @@ class KLWeightMixin:
     """``--kl-weight`` annealed over ``--kl-warmup-updates`` (needs ``KLOptions``)."""
 
     def current_kl_weight(self, model) -> float:
-        return kl_weight_at(getattr(model, "num_updates", 0), self.cfg.kl_weight,
-                            self.cfg.kl_warmup_updates)
+        return kl_weight_at(getattr(model, "num_updates", 0), self.cfg.kl_weight, self.cfg.kl_warmup_updates)
 
 
 class EstimatorMixin:

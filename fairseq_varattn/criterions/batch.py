@@ -46,16 +46,14 @@ class LatentBatch:
     def logp_y_all(self) -> torch.Tensor:
         """log p(y_j | z_j = i) for every i: (B, N, T); computed once per batch."""
         if self._logp_all is None:
-            self._logp_all = self.output.alignment_logprobs(self.hidden, self.enc, self.target,
-                                                            masks=self.masks)
+            self._logp_all = self.output.alignment_logprobs(self.hidden, self.enc, self.target, masks=self.masks)
         return self._logp_all
 
     def logp_y_at(self, positions) -> torch.Tensor:
         """log p(y_j | z_j = i) at ``positions`` (B, N, K): samples or a top-k set."""
         if self.output.enumeration_is_cheap:
             return self.logp_y_all().gather(-1, positions)
-        return self.output.alignment_logprobs(self.hidden, self.enc, self.target, positions,
-                                              masks=self.masks)
+        return self.output.alignment_logprobs(self.hidden, self.enc, self.target, positions, masks=self.masks)
 
     def enumerate(self, dist: CategoricalAlignment, topk: int):
         """(log weights, log p(y | z)) over every alignment or dist's top-k."""
@@ -66,8 +64,7 @@ class LatentBatch:
 
     def soft_logp_y(self, dist: CategoricalAlignment) -> torch.Tensor:
         """log p(y_j | soft context E_dist[x~]): the REINFORCE baseline."""
-        return self.output.context_logprobs(self.hidden, dist.expectation(self.enc), self.target,
-                                            masks=self.masks)
+        return self.output.context_logprobs(self.hidden, dist.expectation(self.enc), self.target, masks=self.masks)
 
     def soft_nll(self) -> torch.Tensor:
         """-log p_soft(y_j): the same parameters read as soft attention (the
@@ -78,8 +75,9 @@ class LatentBatch:
     def simplex_logp_y(self, weights: torch.Tensor) -> torch.Tensor:
         """log p(y_j | context sum_i w_i x~_i) for K weight vectors per token,
         weights (B, N, K, T) -> (B, N, K): relaxed one-hots and Dirichlet samples."""
-        return self.output.context_logprobs(self.hidden, weighted_context(weights, self.enc), self.target,
-                                            masks=self.masks)
+        return self.output.context_logprobs(
+            self.hidden, weighted_context(weights, self.enc), self.target, masks=self.masks
+        )
 
     @torch.no_grad()
     def diagnostics(self) -> dict:
@@ -110,8 +108,7 @@ class LatentBatch:
         """
         valid = torch.isfinite(self.scores)  # B, N, T: False at source padding
         count = valid.sum(-1).clamp_min(1).to(torch.float32)
-        out = {"entropy_uniform": count.log(),
-               "prior_maxp": self.prior.mean().max(-1).values}
+        out = {"entropy_uniform": count.log(), "prior_maxp": self.prior.mean().max(-1).values}
         if self.q_scores is not None:
             out["q_maxp"] = self.q.mean().max(-1).values
         if isinstance(self.prior, DirichletAlignment):
@@ -121,8 +118,7 @@ class LatentBatch:
         out["score_spread"] = _masked_std(self.scores.float(), valid, count)
         enc = self.enc.float().masked_fill(self.enc_mask.unsqueeze(-1), 0.0)  # B, T, C
         length = (~self.enc_mask).sum(-1, keepdim=True).clamp_min(1)
-        centred = (enc - enc.sum(1, keepdim=True) / length.unsqueeze(-1)).masked_fill(
-            self.enc_mask.unsqueeze(-1), 0.0)
+        centred = (enc - enc.sum(1, keepdim=True) / length.unsqueeze(-1)).masked_fill(self.enc_mask.unsqueeze(-1), 0.0)
         spread = (centred.pow(2).sum((1, 2)) / enc.pow(2).sum((1, 2)).clamp_min(1e-12)).sqrt()
         out["annot_spread"] = spread.unsqueeze(1).expand_as(count)
         if self._logp_all is not None and isinstance(self.prior, CategoricalAlignment):

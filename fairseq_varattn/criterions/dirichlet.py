@@ -27,8 +27,9 @@ logger = logging.getLogger(__name__)
 @dataclass
 class DirichletConfig(KLOptions, LatentCriterionConfig):
     nll_samples: int = field(
-        default=16, metadata={"help": "samples for the importance-sampled nll_loss "
-                                            "(proposal: the mixture of q and the prior)"})
+        default=16,
+        metadata={"help": "samples for the importance-sampled nll_loss (proposal: the mixture of q and the prior)"},
+    )
 
 
 @register_criterion("varattn_dirichlet", dataclass=DirichletConfig)
@@ -40,8 +41,11 @@ class DirichletCriterion(KLWeightMixin, VarAttnCriterion):
     def __init__(self, cfg, task):
         super().__init__(cfg, task)
         self.nll_samples = cfg.nll_samples
-        logger.info("varattn_dirichlet: nll_loss and ppl are importance-sampled estimates "
-                    "(%d samples from (q + p) / 2 per token), not exact", self.nll_samples)
+        logger.info(
+            "varattn_dirichlet: nll_loss and ppl are importance-sampled estimates "
+            "(%d samples from (q + p) / 2 per token), not exact",
+            self.nll_samples,
+        )
 
     def token_terms(self, model, batch):
         prior, q = batch.prior, batch.q

@@ -22,9 +22,11 @@ from .base import (
 @dataclass
 class ElboConfig(KLOptions, BaselineOptions, LatentCriterionConfig):
     estimator: ChoiceEnum(["enum", "reinforce", "gumbel"]) = field(
-        default="enum", metadata={"help": "how E_q[log p(y | z)] and its gradient are computed"})
+        default="enum", metadata={"help": "how E_q[log p(y | z)] and its gradient are computed"}
+    )
     gumbel_temperature: float = field(
-        default=0.1, metadata={"help": "Gumbel-softmax temperature (the paper's code uses 0.1)"})
+        default=0.1, metadata={"help": "Gumbel-softmax temperature (the paper's code uses 0.1)"}
+    )
 
 
 @register_criterion("varattn_elbo", dataclass=ElboConfig)

@@ -17,7 +17,8 @@ from .base import BaselineOptions, EstimatorMixin, LatentCriterionConfig, VarAtt
 @dataclass
 class HardAttentionConfig(BaselineOptions, LatentCriterionConfig):
     estimator: ChoiceEnum(["enum", "reinforce"]) = field(
-        default="enum", metadata={"help": "exact expectation, or REINFORCE with a baseline"})
+        default="enum", metadata={"help": "exact expectation, or REINFORCE with a baseline"}
+    )
 
 
 @register_criterion("varattn_hard", dataclass=HardAttentionConfig)

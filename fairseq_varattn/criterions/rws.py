@@ -28,9 +28,12 @@ class RwsConfig(LatentCriterionConfig):
     num_samples: int = field(default=5, metadata={"help": "samples from q per target token"})
     centred_weights: bool = field(
         default=False,
-        metadata={"help": "subtract control variates from the wake-phase weights of the prior's and q's "
-                          "updates (1/K for q, the self-normalised p/q ratios for the prior): no update "
-                          "where y does not depend on the alignment (docs/design.md, \"Wake-sleep's collapse\")"})
+        metadata={
+            "help": "subtract control variates from the wake-phase weights of the prior's and q's "
+            "updates (1/K for q, the self-normalised p/q ratios for the prior): no update "
+            'where y does not depend on the alignment (docs/design.md, "Wake-sleep\'s collapse")'
+        },
+    )
 
 
 @register_criterion("varattn_rws", dataclass=RwsConfig)
@@ -42,7 +45,8 @@ class RwsCriterion(VarAttnCriterion):
         prior, q = batch.prior, batch.q
         z = q.sample(self.num_samples)
         wake_p, wake_q, log_marginal, ess = reweighted_wake_sleep(
-            batch.logp_y_at(z), prior.log_prob(z), q.log_prob(z), centred=self.cfg.centred_weights)
+            batch.logp_y_at(z), prior.log_prob(z), q.log_prob(z), centred=self.cfg.centred_weights
+        )
         return {
             "loss": value_with_gradient_of(-log_marginal, wake_p + wake_q),
             "ess": ess,

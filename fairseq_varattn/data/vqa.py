@@ -49,7 +49,7 @@ def read_json(path: str, key: str) -> list:
     with open(path, encoding="utf-8") as f:
         data = json.load(f)
     if key not in data:
-        raise ValueError(f"{path} has no {key!r} list (VQA v2 layout: {{\"{key}\": [...]}})")
+        raise ValueError(f'{path} has no {key!r} list (VQA v2 layout: {{"{key}": [...]}})')
     return data[key]
 
 
@@ -60,20 +60,24 @@ def load_examples(data_dir: str, split: str) -> List[dict]:
     by_id = {a["question_id"]: a for a in annotations}
     missing = [q["question_id"] for q in questions if q["question_id"] not in by_id]
     if missing:
-        raise ValueError(f"{split}: {len(missing)} question(s) have no annotation, e.g. question_id "
-                         f"{missing[0]}; {split}_annotations.json must cover {split}_questions.json")
+        raise ValueError(
+            f"{split}: {len(missing)} question(s) have no annotation, e.g. question_id "
+            f"{missing[0]}; {split}_annotations.json must cover {split}_questions.json"
+        )
     examples = []
     for q in questions:
         a = by_id[q["question_id"]]
         answers = [normalize_answer(x["answer"]) for x in a["answers"]]
-        examples.append({
-            "question_id": q["question_id"],
-            "image_id": q["image_id"],
-            "question": q["question"],
-            "answers": answers,
-            "answer": normalize_answer(a.get("multiple_choice_answer") or Counter(answers).most_common(1)[0][0]),
-            "answer_type": a.get("answer_type", "other"),
-        })
+        examples.append(
+            {
+                "question_id": q["question_id"],
+                "image_id": q["image_id"],
+                "question": q["question"],
+                "answers": answers,
+                "answer": normalize_answer(a.get("multiple_choice_answer") or Counter(answers).most_common(1)[0][0]),
+                "answer_type": a.get("answer_type", "other"),
+            }
+        )
     return examples
 
 
@@ -108,36 +112,53 @@ def build_vocabularies(data_dir: str, split: str = "train", min_answer_count: in
     kept = [(a, n) for a, n in counts.most_common() if n >= min_answer_count]
     with open(os.path.join(data_dir, "answers.txt"), "w", encoding="utf-8") as f:
         f.writelines(f"{a} {n}\n" for a, n in kept)
-    logger.info("vocabularies from %s: %d question words, %d of %d answers (count >= %d)",
-                split, len(words), len(kept), len(counts), min_answer_count)
+    logger.info(
+        "vocabularies from %s: %d question words, %d of %d answers (count >= %d)",
+        split,
+        len(words),
+        len(kept),
+        len(counts),
+        min_answer_count,
+    )
     return words, kept
 
 
 class VQADataset(FairseqDataset):
     """One item per question: tokens, region features, answer target and scores."""
 
-    def __init__(self, data_dir: str, split: str, words: Dictionary, answers: Dictionary,
-                 gold_regions: Optional[Dict[str, int]] = None):
+    def __init__(
+        self,
+        data_dir: str,
+        split: str,
+        words: Dictionary,
+        answers: Dictionary,
+        gold_regions: Optional[Dict[str, int]] = None,
+    ):
         self.words, self.answers = words, answers
         self.examples = load_examples(data_dir, split)
         self.features = {}
         for ex in self.examples:  # fail now, not at batch 10,000
             if ex["image_id"] not in self.features:
-                self.features[ex["image_id"]] = torch.from_numpy(
-                    load_features(feature_path(data_dir, ex["image_id"])))
+                self.features[ex["image_id"]] = torch.from_numpy(load_features(feature_path(data_dir, ex["image_id"])))
         dims = {f.size(1) for f in self.features.values()}
         if len(dims) != 1:
             raise ValueError(f"{split}: region features of different widths {sorted(dims)}")
         self.feature_dim = dims.pop()
         self.questions = [
-            words.encode_line(" ".join(tokenize_question(ex["question"])), add_if_not_exist=False,
-                              append_eos=True).long()
+            words.encode_line(
+                " ".join(tokenize_question(ex["question"])), add_if_not_exist=False, append_eos=True
+            ).long()
             for ex in self.examples
         ]
         unknown = sum(1 for ex in self.examples if answers.index(ex["answer"]) == answers.unk())
         if unknown:
-            logger.info("%s: %d of %d questions have an answer outside answers.txt: they count in "
-                        "accuracy (as wrong) but not in the NLL", split, unknown, len(self.examples))
+            logger.info(
+                "%s: %d of %d questions have an answer outside answers.txt: they count in "
+                "accuracy (as wrong) but not in the NLL",
+                split,
+                unknown,
+                len(self.examples),
+            )
         self.gold_regions = gold_regions
         self.sizes = np.array([len(q) for q in self.questions])
 
@@ -202,4 +223,3 @@ class VQADataset(FairseqDataset):
 
     def answer_type(self, index) -> str:
         return self.examples[index]["answer_type"]
-

@@ -21,9 +21,13 @@ def add_inference_embedding_args(parser):
     # The parser's default is "decoder"; base architectures fall back to "own",
     # which is what a checkpoint from before the option holds (docs/design.md,
     # "The inference network").
-    parser.add_argument('--inference-embeddings', choices=INFERENCE_EMBEDDINGS, default="decoder",
-                        help="decoder: q reads the decoder's target embeddings (the paper's code; "
-                             "no second V x d table to train and store); own: a table of its own")
+    parser.add_argument(
+        "--inference-embeddings",
+        choices=INFERENCE_EMBEDDINGS,
+        default="decoder",
+        help="decoder: q reads the decoder's target embeddings (the paper's code; "
+        "no second V x d table to train and store); own: a table of its own",
+    )
 
 
 def shared_target_embeddings(args, decoder_embed_tokens):
@@ -34,7 +38,8 @@ def shared_target_embeddings(args, decoder_embed_tokens):
         raise ValueError(
             f"--inference-embeddings decoder reads the decoder's {decoder_embed_tokens.embedding_dim}-d "
             f"target embeddings, but --inference-embed-dim is {args.inference_embed_dim}: drop "
-            "--inference-embed-dim or use --inference-embeddings own")
+            "--inference-embed-dim or use --inference-embeddings own"
+        )
     return decoder_embed_tokens
 
 
@@ -46,19 +51,37 @@ def check_shared_embeddings(model, state_dict):
         return
     mine, theirs = "decoder.embed_tokens.weight", "inference_network.embed_tokens.weight"
     if mine in state_dict and theirs in state_dict and not torch.equal(state_dict[mine], state_dict[theirs]):
-        raise ValueError("this checkpoint's inference network has target embeddings of its own; load it "
-                         "with --inference-embeddings own (or --model-overrides "
-                         "\"{'inference_embeddings': 'own'}\")")
+        raise ValueError(
+            "this checkpoint's inference network has target embeddings of its own; load it "
+            "with --inference-embeddings own (or --model-overrides "
+            "\"{'inference_embeddings': 'own'}\")"
+        )
 
 
 class InferenceNetwork(nn.Module):
-    def __init__(self, dictionary, embed_dim, hidden_size, context_dim, num_layers=1,
-                 dropout=0.0, score="general", attention_dim=None, embed_tokens=None):
+    def __init__(
+        self,
+        dictionary,
+        embed_dim,
+        hidden_size,
+        context_dim,
+        num_layers=1,
+        dropout=0.0,
+        score="general",
+        attention_dim=None,
+        embed_tokens=None,
+    ):
         super().__init__()
         self.padding_idx = dictionary.pad()
         self.embed_tokens = embed_tokens or Embedding(len(dictionary), embed_dim, self.padding_idx)
-        self.lstm = LSTM(embed_dim, hidden_size, num_layers=num_layers, bidirectional=True,
-                         batch_first=True, dropout=dropout if num_layers > 1 else 0.0)
+        self.lstm = LSTM(
+            embed_dim,
+            hidden_size,
+            num_layers=num_layers,
+            bidirectional=True,
+            batch_first=True,
+            dropout=dropout if num_layers > 1 else 0.0,
+        )
         self.dropout = nn.Dropout(dropout)
         self.scorer = AttentionScorer(2 * hidden_size, context_dim, attention_dim, kind=score)
 
@@ -66,8 +89,7 @@ class InferenceNetwork(nn.Module):
         """target (B, N), right-padded -> g (B, N, 2H)."""
         lengths = target.ne(self.padding_idx).sum(1).clamp_min(1)
         emb = self.dropout(self.embed_tokens(target))
-        packed = nn.utils.rnn.pack_padded_sequence(emb, lengths.cpu(), batch_first=True,
-                                                   enforce_sorted=False)
+        packed = nn.utils.rnn.pack_padded_sequence(emb, lengths.cpu(), batch_first=True, enforce_sorted=False)
         out, _ = self.lstm(packed)
         out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=target.size(1))
         return self.dropout(out)
@@ -86,15 +108,25 @@ class TransformerInferenceNetwork(nn.Module):
     other, which on a CPU made ELBO training 10% slower than the exact
     marginal; a self-attention layer over the target is one parallel pass."""
 
-    def __init__(self, dictionary, embed_dim, context_dim, heads=4, ffn_dim=None, dropout=0.0,
-                 score="dot", attention_dim=None, max_positions=1024, embed_tokens=None):
+    def __init__(
+        self,
+        dictionary,
+        embed_dim,
+        context_dim,
+        heads=4,
+        ffn_dim=None,
+        dropout=0.0,
+        score="dot",
+        attention_dim=None,
+        max_positions=1024,
+        embed_tokens=None,
+    ):
         super().__init__()
         self.padding_idx = dictionary.pad()
         self.embed_tokens = embed_tokens or Embedding(len(dictionary), embed_dim, self.padding_idx)
-        self.embed_scale = embed_dim ** 0.5
+        self.embed_scale = embed_dim**0.5
         self.embed_positions = PositionalEmbedding(max_positions, embed_dim, self.padding_idx, learned=False)
-        self.layer = nn.TransformerEncoderLayer(embed_dim, heads, ffn_dim or 2 * embed_dim, dropout,
-                                                batch_first=True)
+        self.layer = nn.TransformerEncoderLayer(embed_dim, heads, ffn_dim or 2 * embed_dim, dropout, batch_first=True)
         self.dropout = nn.Dropout(dropout)
         self.scorer = AttentionScorer(embed_dim, context_dim, attention_dim, kind=score)
 

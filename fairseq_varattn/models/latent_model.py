@@ -40,18 +40,19 @@ class LatentModelMixin:
         # tells them apart (checkpoints from before the option are joint)
         self.register_buffer("output_layer_id", torch.tensor(OUTPUT_LAYERS.index(self.output_layer_kind)))
         # Dirichlet links share every parameter too (from before the option: softplus)
-        self.register_buffer("dirichlet_link_id",
-                             torch.tensor(DIRICHLET_LINK_IDS.index(self.decoder.dirichlet_concentration)))
+        self.register_buffer(
+            "dirichlet_link_id", torch.tensor(DIRICHLET_LINK_IDS.index(self.decoder.dirichlet_concentration))
+        )
         # the output activation has no parameters either (from before the option: tanh)
-        self.register_buffer("output_activation_id",
-                             torch.tensor(OUTPUT_ACTIVATIONS.index(self.decoder.output.activation)))
+        self.register_buffer(
+            "output_activation_id", torch.tensor(OUTPUT_ACTIVATIONS.index(self.decoder.output.activation))
+        )
         # where the automatic warm-up of latent criterions stands: saved, so a
         # resumed run continues (or stays out of) it (modules/latent_warmup.py)
         self.register_buffer("latent_warmup_state", latent_warmup.initial_state())
 
     @classmethod
-    def from_pretrained(cls, model_name_or_path, checkpoint_file="checkpoint_best.pt", data_name_or_path=".",
-                        **kwargs):
+    def from_pretrained(cls, model_name_or_path, checkpoint_file="checkpoint_best.pt", data_name_or_path=".", **kwargs):
         """fairseq's hub convention: an interface with ``translate`` and ``align`` (fairseq_varattn/hub.py)."""
         from ..hub import from_pretrained
 
@@ -79,7 +80,8 @@ class LatentModelMixin:
             raise ValueError(
                 f"this checkpoint holds a --attention {saved_kind} model, but the model being "
                 f"loaded has --attention {self.attention_kind}: train with the checkpoint's "
-                "attention kind, or start a new run without --restore-file")
+                "attention kind, or start a new run without --restore-file"
+            )
         if "output_layer_id" not in state_dict:  # from before --output-layer: joint
             state_dict["output_layer_id"] = torch.tensor(OUTPUT_LAYERS.index("joint"))
         saved_layer = OUTPUT_LAYERS[int(state_dict["output_layer_id"])]
@@ -87,7 +89,8 @@ class LatentModelMixin:
             raise ValueError(
                 f"this checkpoint holds a --output-layer {saved_layer} model, but the model being loaded "
                 f"has --output-layer {self.output_layer_kind}: load it with --model-overrides "
-                f"\"{{'output_layer': '{saved_layer}'}}\" or train with the checkpoint's output layer")
+                f"\"{{'output_layer': '{saved_layer}'}}\" or train with the checkpoint's output layer"
+            )
         if "dirichlet_link_id" not in state_dict:
             state_dict["dirichlet_link_id"] = torch.tensor(DIRICHLET_LINK_IDS.index("softplus"))
         saved_link = DIRICHLET_LINK_IDS[int(state_dict["dirichlet_link_id"])]
@@ -95,7 +98,8 @@ class LatentModelMixin:
             raise ValueError(
                 f"this checkpoint holds a --dirichlet-concentration {saved_link} model, but the model "
                 f"being loaded has --dirichlet-concentration {self.decoder.dirichlet_concentration}: load "
-                f"it with --model-overrides \"{{'dirichlet_concentration': '{saved_link}'}}\"")
+                f"it with --model-overrides \"{{'dirichlet_concentration': '{saved_link}'}}\""
+            )
         state_dict["dirichlet_link_id"] = self.dirichlet_link_id.clone()  # no link outside Dirichlet
         for side in ("source", "target"):
             key = f"{side}_dictionary_crc"
@@ -106,7 +110,8 @@ class LatentModelMixin:
                 raise ValueError(
                     f"this checkpoint was trained with a different {side} dictionary than the "
                     f"one loaded now ({len(dictionary)} symbols): use the data directory (and "
-                    "dict.*.txt) the checkpoint was trained on")
+                    "dict.*.txt) the checkpoint was trained on"
+                )
         # parameter-free, so the checkpoint's activation is the one the model runs with:
         # a checkpoint from before the option (tanh) loads as trained whatever today's default
         saved = OUTPUT_ACTIVATIONS[int(state_dict.get("output_activation_id", OUTPUT_ACTIVATIONS.index("tanh")))]
@@ -160,8 +165,7 @@ class SourceCacheMixin:
         return cached["keys"]
 
     def cached_output_layer(self, x, extra, incremental_state):
-        if incremental_state is not None and self.kind.supports_topk and isinstance(self.output,
-                                                                                   FactoredOutputLayer):
+        if incremental_state is not None and self.kind.supports_topk and isinstance(self.output, FactoredOutputLayer):
             cache = self.get_incremental_state(incremental_state, "source_cache")
             if cache is None:
                 cache = SourceLogitsCache.build(self.output, extra["encoder_states"])
@@ -172,9 +176,9 @@ class SourceCacheMixin:
     def reorder_source_cache(self, incremental_state, new_order):
         keys = self.get_incremental_state(incremental_state, "prepared_keys")
         if keys is not None:
-            self.set_incremental_state(incremental_state, "prepared_keys",
-                                       {"keys": keys["keys"].index_select(0, new_order)})
+            self.set_incremental_state(
+                incremental_state, "prepared_keys", {"keys": keys["keys"].index_select(0, new_order)}
+            )
         source = self.get_incremental_state(incremental_state, "source_cache")
         if source is not None:
-            self.set_incremental_state(incremental_state, "source_cache",
-                                       SourceLogitsCache.reorder(source, new_order))
+            self.set_incremental_state(incremental_state, "source_cache", SourceLogitsCache.reorder(source, new_order))

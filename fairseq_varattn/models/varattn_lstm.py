@@ -54,13 +54,30 @@ INPUT_FEEDS = ("attentional", "context")
 
 
 class VarAttnLSTMDecoder(SourceCacheMixin, AlignmentHeadMixin, FairseqIncrementalDecoder):
-    def __init__(self, dictionary, embed_dim, hidden_size, out_embed_dim, num_layers,
-                 dropout_in, dropout_out, encoder_output_units, encoder_layers,
-                 attention="soft", attention_score="general", attention_dim=None,
-                 alignment_topk=0, alignment_chunk_size=0, input_feed="attentional",
-                 output_layer="joint", alignment_dropout="shared", factored_source_rank=0,
-                 output_activation="tanh",
-                 dirichlet_concentration="softplus", max_target_positions=DEFAULT_MAX_POSITIONS):
+    def __init__(
+        self,
+        dictionary,
+        embed_dim,
+        hidden_size,
+        out_embed_dim,
+        num_layers,
+        dropout_in,
+        dropout_out,
+        encoder_output_units,
+        encoder_layers,
+        attention="soft",
+        attention_score="general",
+        attention_dim=None,
+        alignment_topk=0,
+        alignment_chunk_size=0,
+        input_feed="attentional",
+        output_layer="joint",
+        alignment_dropout="shared",
+        factored_source_rank=0,
+        output_activation="tanh",
+        dirichlet_concentration="softplus",
+        max_target_positions=DEFAULT_MAX_POSITIONS,
+    ):
         super().__init__(dictionary)
         self.input_feed = input_feed
         self.attention_kind = attention
@@ -82,21 +99,31 @@ class VarAttnLSTMDecoder(SourceCacheMixin, AlignmentHeadMixin, FairseqIncrementa
             self.encoder_hidden_proj = self.encoder_cell_proj = None
         self.input_feed_dim = out_embed_dim if input_feed == "attentional" else encoder_output_units
         self.layers = nn.ModuleList(
-            LSTMCell(embed_dim + self.input_feed_dim if i == 0 else hidden_size, hidden_size)
-            for i in range(num_layers)
+            LSTMCell(embed_dim + self.input_feed_dim if i == 0 else hidden_size, hidden_size) for i in range(num_layers)
         )
-        self.scorer = AttentionScorer(hidden_size, encoder_output_units, attention_dim,
-                                      kind=attention_score)
-        self.output = build_output_layer(output_layer, hidden_size, encoder_output_units,
-                                         out_embed_dim, len(dictionary), dropout=dropout_out,
-                                         chunk_size=alignment_chunk_size,
-                                         shared_dropout=alignment_dropout == "shared",
-                                         source_rank=factored_source_rank, activation=output_activation)
+        self.scorer = AttentionScorer(hidden_size, encoder_output_units, attention_dim, kind=attention_score)
+        self.output = build_output_layer(
+            output_layer,
+            hidden_size,
+            encoder_output_units,
+            out_embed_dim,
+            len(dictionary),
+            dropout=dropout_out,
+            chunk_size=alignment_chunk_size,
+            shared_dropout=alignment_dropout == "shared",
+            source_rank=factored_source_rank,
+            activation=output_activation,
+        )
 
     # -- recurrence -------------------------------------------------------
-    def forward(self, prev_output_tokens, encoder_out=None,
-                incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None,
-                features_only: bool = False, **kwargs):
+    def forward(
+        self,
+        prev_output_tokens,
+        encoder_out=None,
+        incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None,
+        features_only: bool = False,
+        **kwargs,
+    ):
         x, extra = self.extract_features(prev_output_tokens, encoder_out, incremental_state)
         if features_only:
             return x, extra
@@ -115,8 +142,12 @@ class VarAttnLSTMDecoder(SourceCacheMixin, AlignmentHeadMixin, FairseqIncrementa
             cells.append(c)
         return hiddens, cells, like.new_zeros(bsz, self.input_feed_dim)
 
-    def extract_features(self, prev_output_tokens, encoder_out,
-                         incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None):
+    def extract_features(
+        self,
+        prev_output_tokens,
+        encoder_out,
+        incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None,
+    ):
         if encoder_out is None:
             raise ValueError("varattn_lstm's decoder needs encoder outputs (it is not a language model)")
         enc = encoder_out[0].transpose(0, 1)  # B x T x C
@@ -151,11 +182,15 @@ class VarAttnLSTMDecoder(SourceCacheMixin, AlignmentHeadMixin, FairseqIncrementa
             weights_all.append(weights)
             contexts.append(context)
 
-        self.set_incremental_state(incremental_state, "cached_state", {
-            "prev_hiddens": torch.stack(hiddens),
-            "prev_cells": torch.stack(cells),
-            "input_feed": input_feed,
-        })
+        self.set_incremental_state(
+            incremental_state,
+            "cached_state",
+            {
+                "prev_hiddens": torch.stack(hiddens),
+                "prev_cells": torch.stack(cells),
+                "input_feed": input_feed,
+            },
+        )
         extra = {
             "attn": torch.stack(weights_all, dim=1),  # B x N x T expected alignment
             "scores": torch.stack(scores_all, dim=1),  # B x N x T prior scores
@@ -183,11 +218,15 @@ class VarAttnLSTMDecoder(SourceCacheMixin, AlignmentHeadMixin, FairseqIncrementa
         cached = self.get_incremental_state(incremental_state, "cached_state")
         if cached is None:
             return
-        self.set_incremental_state(incremental_state, "cached_state", {
-            "prev_hiddens": cached["prev_hiddens"].index_select(1, new_order),
-            "prev_cells": cached["prev_cells"].index_select(1, new_order),
-            "input_feed": cached["input_feed"].index_select(0, new_order),
-        })
+        self.set_incremental_state(
+            incremental_state,
+            "cached_state",
+            {
+                "prev_hiddens": cached["prev_hiddens"].index_select(1, new_order),
+                "prev_cells": cached["prev_cells"].index_select(1, new_order),
+                "input_feed": cached["input_feed"].index_select(0, new_order),
+            },
+        )
         self.reorder_source_cache(incremental_state, new_order)
 
     def max_positions(self):
@@ -294,12 +333,10 @@ class VarAttnLSTMModel(LatentModelMixin, FairseqEncoderDecoderModel):
             )
         return cls(encoder, decoder, inference_network, args.inference_annotations)
 
-    def forward(self, src_tokens, src_lengths, prev_output_tokens, target=None,
-                features_only: bool = False, **kwargs):
+    def forward(self, src_tokens, src_lengths, prev_output_tokens, target=None, features_only: bool = False, **kwargs):
         """With ``target``, also returns q's scores in ``extra["q_scores"]``."""
         encoder_out = self.encoder(src_tokens, src_lengths=src_lengths)
-        x, extra = self.decoder(prev_output_tokens, encoder_out=encoder_out,
-                                features_only=features_only)
+        x, extra = self.decoder(prev_output_tokens, encoder_out=encoder_out, features_only=features_only)
         return x, self.add_q_scores(extra, target)
 
 
@@ -310,8 +347,10 @@ def check_args(args):
         raise ValueError(f"--alignment-chunk-size must be >= 0, got {args.alignment_chunk_size}")
     max_source = getattr(args, "max_source_positions", DEFAULT_MAX_POSITIONS)
     if args.alignment_topk > max_source:
-        raise ValueError(f"--alignment-topk {args.alignment_topk} is larger than the longest allowed "
-                         f"source ({max_source} positions): use 0 for exact enumeration")
+        raise ValueError(
+            f"--alignment-topk {args.alignment_topk} is larger than the longest allowed "
+            f"source ({max_source} positions): use 0 for exact enumeration"
+        )
 
 
 @register_model_architecture("varattn_lstm", "varattn_lstm")
@@ -333,8 +372,9 @@ def base_architecture(args):
     # output barely depends on the alignment early on, and the prior and q can
     # stay uniform (docs/design.md, "Is the latent attention learning?"); soft and
     # Dirichlet attention keep the paper's joint layer
-    args.output_layer = getattr(args, "output_layer",
-                                "factored" if getattr(args, "attention", "soft") == "categorical" else "joint")
+    args.output_layer = getattr(
+        args, "output_layer", "factored" if getattr(args, "attention", "soft") == "categorical" else "joint"
+    )
     alignment_defaults(args)
     args.inference_embed_dim = getattr(args, "inference_embed_dim", args.decoder_embed_dim)
     args.inference_hidden_size = getattr(args, "inference_hidden_size", args.encoder_hidden_size)

@@ -59,15 +59,23 @@ class VarAttnTransformerDecoder(SourceCacheMixin, AlignmentHeadMixin, Transforme
         self.dirichlet_concentration = args.dirichlet_concentration
         dim = self.output_embed_dim
         self.scorer = AttentionScorer(dim, args.encoder_embed_dim, args.attention_dim, kind=args.attention_score)
-        self.output = build_output_layer(args.output_layer, dim, args.encoder_embed_dim, args.decoder_output_dim,
-                                         len(self.dictionary), dropout=args.dropout,
-                                         shared_dropout=args.alignment_dropout == "shared",
-                                         source_rank=args.factored_source_rank,
-                                         activation=args.output_activation)
+        self.output = build_output_layer(
+            args.output_layer,
+            dim,
+            args.encoder_embed_dim,
+            args.decoder_output_dim,
+            len(self.dictionary),
+            dropout=args.dropout,
+            shared_dropout=args.alignment_dropout == "shared",
+            source_rank=args.factored_source_rank,
+            activation=args.output_activation,
+        )
         if args.share_decoder_input_output_embed:
             if self.embed_tokens.embedding_dim != args.decoder_output_dim:
-                raise ValueError("--share-decoder-input-output-embed needs --decoder-output-dim equal to "
-                                 f"--decoder-embed-dim ({self.embed_tokens.embedding_dim})")
+                raise ValueError(
+                    "--share-decoder-input-output-embed needs --decoder-output-dim equal to "
+                    f"--decoder-embed-dim ({self.embed_tokens.embedding_dim})"
+                )
             self.output.fc_out.weight = self.embed_tokens.weight
 
     def build_output_projection(self, args, dictionary, embed_tokens):
@@ -79,10 +87,10 @@ class VarAttnTransformerDecoder(SourceCacheMixin, AlignmentHeadMixin, Transforme
         state_dict.pop(f"{name}.output_projection.weight", None)
         return state_dict
 
-    def forward(self, prev_output_tokens, encoder_out=None, incremental_state=None, features_only=False,
-                **kwargs):
-        h, inner = self.extract_features(prev_output_tokens, encoder_out=encoder_out,
-                                         incremental_state=incremental_state)
+    def forward(self, prev_output_tokens, encoder_out=None, incremental_state=None, features_only=False, **kwargs):
+        h, inner = self.extract_features(
+            prev_output_tokens, encoder_out=encoder_out, incremental_state=incremental_state
+        )
         enc = encoder_out["encoder_out"][0].transpose(0, 1)  # B x T x C
         masks = encoder_out["encoder_padding_mask"]
         enc_mask = masks[0] if len(masks) > 0 else torch.zeros(enc.shape[:2], dtype=torch.bool, device=enc.device)
@@ -136,25 +144,40 @@ class VarAttnTransformerModel(LatentModelMixin, TransformerModel):
         if getattr(args, "adaptive_softmax_cutoff", None):
             # fairseq would build an adaptive softmax that no path reads: the
             # alignment head's output layer replaces fairseq's projection
-            raise ValueError("varattn_transformer's output layer is the alignment head's (--output-layer "
-                             "joint|factored); fairseq's --adaptive-softmax-cutoff does not apply: drop it")
+            raise ValueError(
+                "varattn_transformer's output layer is the alignment head's (--output-layer "
+                "joint|factored); fairseq's --adaptive-softmax-cutoff does not apply: drop it"
+            )
         warn_if_sentences_dropped(args)
         model = super().build_model(args, task)  # fairseq's encoder and our decoder
         model.decoder.init_alignment_head(args)
         inference_network = None
-        shared = (None if args.inference_network == "none"
-                  else shared_target_embeddings(args, model.decoder.embed_tokens))
+        shared = (
+            None if args.inference_network == "none" else shared_target_embeddings(args, model.decoder.embed_tokens)
+        )
         if args.inference_network == "birnn":
             inference_network = InferenceNetwork(
-                task.target_dictionary, embed_dim=args.inference_embed_dim,
-                hidden_size=args.inference_hidden_size, context_dim=args.encoder_embed_dim,
-                dropout=args.dropout, score=args.attention_score, attention_dim=args.attention_dim,
-                embed_tokens=shared)
+                task.target_dictionary,
+                embed_dim=args.inference_embed_dim,
+                hidden_size=args.inference_hidden_size,
+                context_dim=args.encoder_embed_dim,
+                dropout=args.dropout,
+                score=args.attention_score,
+                attention_dim=args.attention_dim,
+                embed_tokens=shared,
+            )
         elif args.inference_network == "transformer":
             inference_network = TransformerInferenceNetwork(
-                task.target_dictionary, embed_dim=args.inference_embed_dim, context_dim=args.encoder_embed_dim,
-                heads=args.decoder_attention_heads, dropout=args.dropout, score=args.attention_score,
-                attention_dim=args.attention_dim, max_positions=args.max_target_positions, embed_tokens=shared)
+                task.target_dictionary,
+                embed_dim=args.inference_embed_dim,
+                context_dim=args.encoder_embed_dim,
+                heads=args.decoder_attention_heads,
+                dropout=args.dropout,
+                score=args.attention_score,
+                attention_dim=args.attention_dim,
+                max_positions=args.max_target_positions,
+                embed_tokens=shared,
+            )
         model.init_latent(inference_network, args.inference_annotations)
         return model
 
@@ -162,8 +185,9 @@ class VarAttnTransformerModel(LatentModelMixin, TransformerModel):
     def build_decoder(cls, cfg, tgt_dict, embed_tokens):
         # fairseq's own build_decoder passes --no-cross-attention on; an
         # override that drops it would keep cross-attention without a word
-        return VarAttnTransformerDecoder(cfg, tgt_dict, embed_tokens,
-                                         no_encoder_attn=getattr(cfg, "no_cross_attention", False))
+        return VarAttnTransformerDecoder(
+            cfg, tgt_dict, embed_tokens, no_encoder_attn=getattr(cfg, "no_cross_attention", False)
+        )
 
     def forward(self, src_tokens, src_lengths, prev_output_tokens, target=None, features_only=False, **kwargs):
         """With ``target``, also returns q's scores in ``extra["q_scores"]``."""

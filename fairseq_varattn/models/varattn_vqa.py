@@ -34,9 +34,20 @@ INFERENCE_NETWORKS = ("none", "answer")
 
 
 class VQAAnswerHead(AlignmentHeadMixin, nn.Module):
-    def __init__(self, question_dim, region_dim, mlp_dim, num_answers, attention="soft",
-                 attention_score="mlp", attention_dim=None, dropout=0.0, alignment_topk=0,
-                 alignment_dropout="shared", dirichlet_concentration="softplus"):
+    def __init__(
+        self,
+        question_dim,
+        region_dim,
+        mlp_dim,
+        num_answers,
+        attention="soft",
+        attention_score="mlp",
+        attention_dim=None,
+        dropout=0.0,
+        alignment_topk=0,
+        alignment_dropout="shared",
+        dirichlet_concentration="softplus",
+    ):
         super().__init__()
         self.attention_kind = attention
         self.dirichlet_concentration = dirichlet_concentration
@@ -44,8 +55,14 @@ class VQAAnswerHead(AlignmentHeadMixin, nn.Module):
         self.scorer = AttentionScorer(question_dim, region_dim, attention_dim, kind=attention_score)
         # the joint MLP on [question; region]: with 13 to 3k answers the
         # vocabulary is not the bottleneck, so no factored layer here
-        self.output = AlignmentOutputLayer(question_dim, region_dim, mlp_dim, num_answers, dropout=dropout,
-                                           shared_dropout=alignment_dropout == "shared")
+        self.output = AlignmentOutputLayer(
+            question_dim,
+            region_dim,
+            mlp_dim,
+            num_answers,
+            dropout=dropout,
+            shared_dropout=alignment_dropout == "shared",
+        )
 
 
 class VQAInferenceNetwork(nn.Module):
@@ -67,23 +84,29 @@ class VarAttnVQAModel(BaseFairseqModel):
         super().__init__()
         self.embed_words = Embedding(len(words), args.embed_dim, words.pad())
         self.padding_idx = words.pad()
-        self.question_lstm = LSTM(args.embed_dim, args.question_hidden_size, bidirectional=True,
-                                  batch_first=True)
+        self.question_lstm = LSTM(args.embed_dim, args.question_hidden_size, bidirectional=True, batch_first=True)
         question_dim = 2 * args.question_hidden_size
         self.region_proj = Linear(args.region_feature_dim, args.region_dim)
         self.dropout = nn.Dropout(args.dropout)
-        self.head = VQAAnswerHead(question_dim, args.region_dim, args.mlp_dim, len(answers),
-                                  attention=args.attention, attention_score=args.attention_score,
-                                  attention_dim=args.attention_dim, dropout=args.dropout,
-                                  alignment_topk=args.alignment_topk,
-                                  alignment_dropout=args.alignment_dropout,
-                                  dirichlet_concentration=args.dirichlet_concentration)
+        self.head = VQAAnswerHead(
+            question_dim,
+            args.region_dim,
+            args.mlp_dim,
+            len(answers),
+            attention=args.attention,
+            attention_score=args.attention_score,
+            attention_dim=args.attention_dim,
+            dropout=args.dropout,
+            alignment_topk=args.alignment_topk,
+            alignment_dropout=args.alignment_dropout,
+            dirichlet_concentration=args.dirichlet_concentration,
+        )
         self.inference_network = None
         self.inference_annotations = args.inference_annotations
         if args.inference_network == "answer":
-            self.inference_network = VQAInferenceNetwork(answers, args.embed_dim, question_dim,
-                                                         args.region_dim, args.attention_score,
-                                                         args.attention_dim)
+            self.inference_network = VQAInferenceNetwork(
+                answers, args.embed_dim, question_dim, args.region_dim, args.attention_score, args.attention_dim
+            )
 
     @staticmethod
     def add_args(parser):
@@ -118,21 +141,27 @@ class VarAttnVQAModel(BaseFairseqModel):
 
     def encode_question(self, question, question_lengths):
         emb = self.dropout(self.embed_words(question))
-        packed = nn.utils.rnn.pack_padded_sequence(emb, question_lengths.cpu(), batch_first=True,
-                                                   enforce_sorted=False)
+        packed = nn.utils.rnn.pack_padded_sequence(emb, question_lengths.cpu(), batch_first=True, enforce_sorted=False)
         _, (h, _) = self.question_lstm(packed)
         return self.dropout(torch.cat([h[-2], h[-1]], dim=-1))  # B x 2H
 
-    def forward(self, question, question_lengths, regions, region_mask, target=None,
-                features_only: bool = False, **kwargs):
+    def forward(
+        self, question, question_lengths, regions, region_mask, target=None, features_only: bool = False, **kwargs
+    ):
         h = self.encode_question(question, question_lengths)
         r = self.dropout(torch.tanh(self.region_proj(regions)))
         scores = self.head.scorer(h.unsqueeze(1), self.head.scorer.prepare(r), region_mask)  # B x 1 x K
         weights = self.head.expected_weights(scores, region_mask)
         context = torch.bmm(weights, r)
         features = self.dropout(self.head.output.attentional(h.unsqueeze(1), context))
-        extra = {"attn": weights, "scores": scores, "hidden": h.unsqueeze(1), "context": context,
-                 "encoder_states": r, "encoder_padding_mask": region_mask}
+        extra = {
+            "attn": weights,
+            "scores": scores,
+            "hidden": h.unsqueeze(1),
+            "context": context,
+            "encoder_states": r,
+            "encoder_padding_mask": region_mask,
+        }
         if target is not None and self.inference_network is not None:
             regions = r.detach() if self.inference_annotations == "detached" else r
             extra["q_scores"] = self.inference_network(h, target, regions, region_mask)

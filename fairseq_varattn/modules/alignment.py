@@ -104,9 +104,7 @@ class CategoricalAlignment:
         Reparameterised: gradients flow into ``log_probs``. Padding keeps
         weight exactly zero because its log-prob is -inf.
         """
-        logits = self.log_probs.unsqueeze(-2).expand(
-            *self.log_probs.shape[:-1], num_samples, self.support_size
-        )
+        logits = self.log_probs.unsqueeze(-2).expand(*self.log_probs.shape[:-1], num_samples, self.support_size)
         uniform = torch.rand_like(logits).clamp_(1e-10, 1.0 - 1e-7)
         gumbels = -torch.log(-torch.log(uniform))
         return F.softmax((logits + gumbels) / temperature, dim=-1)
@@ -164,7 +162,8 @@ class DirichletAlignment:
         pathwise estimator like ``Dirichlet.rsample``.
         """
         alpha = self.concentration.unsqueeze(-2).expand(
-            *self.concentration.shape[:-1], num_samples, self.concentration.size(-1))
+            *self.concentration.shape[:-1], num_samples, self.concentration.size(-1)
+        )
         boosted = torch.distributions.Gamma(alpha + 1.0, torch.ones_like(alpha)).rsample()
         uniform = torch.rand_like(alpha).clamp_(min=torch.finfo(alpha.dtype).tiny)
         log_gamma = torch.log(boosted) + torch.log(uniform) / alpha
@@ -191,8 +190,7 @@ class DirichletAlignment:
         """KL(Dir(a) || Dir(b)) in closed form."""
         a, b, valid = self.concentration, other.concentration, self.valid
         a0, b0 = self.total, other.total
-        log_norms = torch.lgamma(a0) - torch.lgamma(b0) - (
-            (torch.lgamma(a) - torch.lgamma(b)) * valid).sum(-1)
+        log_norms = torch.lgamma(a0) - torch.lgamma(b0) - ((torch.lgamma(a) - torch.lgamma(b)) * valid).sum(-1)
         digamma_gap = torch.digamma(a) - torch.digamma(a0).unsqueeze(-1)
         return log_norms + ((a - b) * digamma_gap * valid).sum(-1)
 
@@ -200,5 +198,4 @@ class DirichletAlignment:
         a, valid = self.concentration, self.valid
         a0 = self.total
         log_beta = (torch.lgamma(a) * valid).sum(-1) - torch.lgamma(a0)
-        return (log_beta + (a0 - valid.sum(-1)) * torch.digamma(a0)
-                - ((a - 1.0) * torch.digamma(a) * valid).sum(-1))
+        return log_beta + (a0 - valid.sum(-1)) * torch.digamma(a0) - ((a - 1.0) * torch.digamma(a) * valid).sum(-1)

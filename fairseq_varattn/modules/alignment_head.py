@@ -90,21 +90,30 @@ def check_alignment_args(args) -> None:
     if args.alignment_topk < 0:
         raise ValueError(f"--alignment-topk must be >= 0 (0 = exact), got {args.alignment_topk}")
     if args.alignment_topk > 0 and not kind.supports_topk:
-        raise ValueError(f"--alignment-topk does not apply to --attention {args.attention} "
-                         f"(it does to: {', '.join(n for n, k in attention_kinds.KINDS.items() if k.supports_topk)})")
+        raise ValueError(
+            f"--alignment-topk does not apply to --attention {args.attention} "
+            f"(it does to: {', '.join(n for n, k in attention_kinds.KINDS.items() if k.supports_topk)})"
+        )
     if not kind.latent and args.inference_network != "none":
-        raise ValueError("--inference-network needs a latent attention (--attention "
-                         f"{' or '.join(n for n, k in attention_kinds.KINDS.items() if k.latent)}); "
-                         f"--attention {args.attention} has no z to infer")
+        raise ValueError(
+            "--inference-network needs a latent attention (--attention "
+            f"{' or '.join(n for n, k in attention_kinds.KINDS.items() if k.latent)}); "
+            f"--attention {args.attention} has no z to infer"
+        )
     if args.factored_source_rank < 0 or (args.factored_source_rank > 0 and args.output_layer != "factored"):
-        raise ValueError("--factored-source-rank takes a rank >= 1 for --output-layer factored "
-                         f"(got {args.factored_source_rank} with --output-layer {args.output_layer})")
+        raise ValueError(
+            "--factored-source-rank takes a rank >= 1 for --output-layer factored "
+            f"(got {args.factored_source_rank} with --output-layer {args.output_layer})"
+        )
     if args.dirichlet_concentration != "softplus" and "dirichlet_concentration" not in kind.options:
-        raise ValueError(f"--dirichlet-concentration applies to --attention dirichlet, "
-                         f"not --attention {args.attention}")
+        raise ValueError(
+            f"--dirichlet-concentration applies to --attention dirichlet, not --attention {args.attention}"
+        )
     if args.alignment_dropout == "independent" and args.output_layer == "factored":
-        raise ValueError("--alignment-dropout independent applies to the joint output layer; the "
-                         "factored layer has no per-alignment features to drop (use shared)")
+        raise ValueError(
+            "--alignment-dropout independent applies to the joint output layer; the "
+            "factored layer has no per-alignment features to drop (use shared)"
+        )
 
 
 class AlignmentHeadMixin:

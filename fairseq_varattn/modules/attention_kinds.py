@@ -109,8 +109,9 @@ class CategoricalAttention(AttentionKind):
     def output(self, head, features, extra):
         prior = CategoricalAlignment(extra["scores"])
         cached = {"cache": extra["source_cache"]} if "source_cache" in extra else {}
-        return head.output.mixture_logprobs(extra["hidden"], extra["encoder_states"], prior,
-                                            topk=head.alignment_topk, **cached)
+        return head.output.mixture_logprobs(
+            extra["hidden"], extra["encoder_states"], prior, topk=head.alignment_topk, **cached
+        )
 
 
 class DirichletAttention(AttentionKind):

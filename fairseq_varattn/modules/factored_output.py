@@ -74,8 +74,7 @@ def _float32(fn):
     def wrapper(*args, **kwargs):
         device_type = next((a.device.type for a in args if torch.is_tensor(a)), "cpu")
         with torch.autocast(device_type=device_type, enabled=False):
-            return fn(*(a.float() if torch.is_tensor(a) and a.is_floating_point() else a
-                        for a in args), **kwargs)
+            return fn(*(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args), **kwargs)
 
     return wrapper
 
@@ -241,8 +240,7 @@ class FactoredOutputLayer(OutputLayerBase):
     #: every log p(y | z = i) costs about what a few do: gather samples from them
     enumeration_is_cheap = True
 
-    def __init__(self, hidden_dim, context_dim, embed_dim, vocab_size, dropout=0.0, source_rank=0,
-                 activation="tanh"):
+    def __init__(self, hidden_dim, context_dim, embed_dim, vocab_size, dropout=0.0, source_rank=0, activation="tanh"):
         super().__init__(hidden_dim, context_dim, embed_dim, vocab_size, dropout, activation)
         # --factored-source-rank r: b_i = E d(tanh(S x~_i)) with E (V x r), S (r x C)
         # of its own, T r V instead of T D V per sentence (see the module docstring)

@@ -50,11 +50,14 @@ def applies(cfg, model, criterion) -> bool:
     with neither fixed warm-up, a categorical alignment and an inference network."""
     from .alignment import CategoricalAlignment
 
-    return (getattr(cfg, "latent_warmup", "off") == "auto"
-            and cfg.soft_warmup_updates == 0 and cfg.marginal_warmup_updates == 0
-            and criterion.distribution_class is CategoricalAlignment
-            and criterion.needs_inference_network
-            and hasattr(model, "latent_warmup_state"))
+    return (
+        getattr(cfg, "latent_warmup", "off") == "auto"
+        and cfg.soft_warmup_updates == 0
+        and cfg.marginal_warmup_updates == 0
+        and criterion.distribution_class is CategoricalAlignment
+        and criterion.needs_inference_network
+        and hasattr(model, "latent_warmup_state")
+    )
 
 
 def active(model, max_updates: int) -> bool:

@@ -89,7 +89,8 @@ def reweighted_wake_sleep(logp_y_samples, log_prior_samples, log_q_samples, cent
         q_weights = weights
     wake_q = -(q_weights * log_q_samples).sum(-1)
     log_marginal_estimate = importance_log_marginal(
-        logp_y_samples.detach(), log_prior_samples.detach(), log_q_samples.detach())
+        logp_y_samples.detach(), log_prior_samples.detach(), log_q_samples.detach()
+    )
     ess = 1.0 / (weights**2).sum(-1)
     return wake_p, wake_q, log_marginal_estimate, ess
 

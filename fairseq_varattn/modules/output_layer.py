@@ -31,8 +31,17 @@ def gather_positions(values: torch.Tensor, positions: torch.Tensor) -> torch.Ten
 class AlignmentOutputLayer(OutputLayerBase):
     """The joint layer, ``--output-layer joint`` (the paper's)."""
 
-    def __init__(self, hidden_dim, context_dim, embed_dim, vocab_size, dropout=0.0, chunk_size=0,
-                 shared_dropout=True, activation="tanh"):
+    def __init__(
+        self,
+        hidden_dim,
+        context_dim,
+        embed_dim,
+        vocab_size,
+        dropout=0.0,
+        chunk_size=0,
+        shared_dropout=True,
+        activation="tanh",
+    ):
         super().__init__(hidden_dim, context_dim, embed_dim, vocab_size, dropout, activation)
         self.chunk_size = chunk_size
         self.shared_dropout = shared_dropout
@@ -101,8 +110,7 @@ class AlignmentOutputLayer(OutputLayerBase):
         hidden_part = self.hidden_proj(h).unsqueeze(2)
         context_part = self.context_proj(enc)
         if positions is not None:
-            return self._target_logprobs(hidden_part, gather_positions(context_part, positions), target,
-                                         mask)
+            return self._target_logprobs(hidden_part, gather_positions(context_part, positions), target, mask)
         return torch.cat(
             [
                 self._run_chunk(self._target_logprobs, hidden_part, chunk.unsqueeze(1), target, mask)
@@ -123,8 +131,7 @@ class AlignmentOutputLayer(OutputLayerBase):
         context_part = self.context_proj(enc)
         if 0 < topk < prior.support_size:
             idx, log_w = prior.topk(topk)
-            log_py = F.log_softmax(self._logits(hidden_part, gather_positions(context_part, idx), mask),
-                                   dim=-1)
+            log_py = F.log_softmax(self._logits(hidden_part, gather_positions(context_part, idx), mask), dim=-1)
             return torch.logsumexp(log_py + log_w.unsqueeze(-1), dim=2)
         total = None
         start = 0
@@ -155,14 +162,24 @@ class AlignmentOutputLayer(OutputLayerBase):
         return fn(*args)
 
 
-def build_output_layer(kind, hidden_dim, context_dim, embed_dim, vocab_size, dropout=0.0, chunk_size=0,
-                       shared_dropout=True, source_rank=0, activation="tanh"):
+def build_output_layer(
+    kind,
+    hidden_dim,
+    context_dim,
+    embed_dim,
+    vocab_size,
+    dropout=0.0,
+    chunk_size=0,
+    shared_dropout=True,
+    source_rank=0,
+    activation="tanh",
+):
     """``--output-layer joint|factored``: both have the same parameters (but for
     the factored layer's optional low-rank source side)."""
     if kind == "joint":
-        return AlignmentOutputLayer(hidden_dim, context_dim, embed_dim, vocab_size, dropout, chunk_size,
-                                    shared_dropout, activation)
+        return AlignmentOutputLayer(
+            hidden_dim, context_dim, embed_dim, vocab_size, dropout, chunk_size, shared_dropout, activation
+        )
     if kind == "factored":
-        return FactoredOutputLayer(hidden_dim, context_dim, embed_dim, vocab_size, dropout, source_rank,
-                                   activation)
+        return FactoredOutputLayer(hidden_dim, context_dim, embed_dim, vocab_size, dropout, source_rank, activation)
     raise ValueError(f"unknown output layer {kind!r}; choose joint or factored")

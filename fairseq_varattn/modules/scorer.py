@@ -28,7 +28,7 @@ class AttentionScorer(nn.Module):
             attn_dim = attn_dim or key_dim
             self.query_proj = Linear(query_dim, attn_dim, bias=False)
             self.key_proj = Linear(key_dim, attn_dim, bias=False)
-            self.scale = attn_dim ** -0.5
+            self.scale = attn_dim**-0.5
         else:
             attn_dim = attn_dim or key_dim
             self.query_proj = Linear(query_dim, attn_dim, bias=True)
