@@ -3,6 +3,7 @@ system about as good as the baseline is not significantly different; one
 that is far better is."""
 
 import gzip
+import importlib.util
 import os
 
 import pytest
@@ -37,3 +38,40 @@ def test_sentence_counts_must_match():
     refs = _references(10)
     with pytest.raises(ValueError, match="9 sentences for 10 references"):
         paired_bleu(refs, refs, {"short": refs[:9]}, trials=10)
+
+
+def test_converge_tables_test_each_seed_against_the_baselines_same_seed(tmp_path):
+    """converge.py's p column: seed 2 of a row is tested against seed 2 of the
+    baseline, and a seed whose baseline run kept no translations gets none."""
+    spec = importlib.util.spec_from_file_location(
+        "converge", os.path.join(REPO, "examples", "translation", "converge.py")
+    )
+    converge = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(converge)
+    refs = _references(200)
+    systems = {
+        ("transformer", 1): [_degrade(s, 0.5) for s in refs],
+        ("transformer", 2): [_degrade(s, 0.9) for s in refs],
+        ("transformer-elbo-enum", 1): [_degrade(s, 0.9) for s in refs],
+        ("transformer-elbo-enum", 2): [_degrade(s, 0.5) for s in refs],
+        ("transformer-elbo-enum", 3): [_degrade(s, 0.9) for s in refs],
+    }
+    rows = []
+    for (variant, seed), hyps in systems.items():
+        path = tmp_path / f"{variant}-{seed}.txt"
+        path.write_text("\n".join(hyps) + "\n", encoding="utf-8")
+        rows.append({"variant": variant, "seed": seed, "test_hypotheses": str(path)})
+    rows.append({"variant": "transformer", "seed": 3})  # translations not kept
+    converge.RAW_TEST_REF = str(tmp_path / "refs.txt")
+    (tmp_path / "refs.txt").write_text("\n".join(refs) + "\n", encoding="utf-8")
+    p = converge.bleu_p_values(rows, "transformer")
+    assert set(p) == {("transformer-elbo-enum", 1), ("transformer-elbo-enum", 2)}
+    # seed 1 is far better than its baseline, seed 2 far worse: both significant,
+    # which they would not be against the other seed's baseline (equal outputs)
+    direct = paired_bleu(refs, systems[("transformer", 1)], {"s": systems[("transformer-elbo-enum", 1)]})
+    assert p[("transformer-elbo-enum", 1)] == direct["s"]["p_value"] < 0.01
+    assert p[("transformer-elbo-enum", 2)] < 0.01
+    runs = [r for r in rows if r["variant"] == "transformer-elbo-enum"]
+    assert converge.p_cell(p, "transformer-elbo-enum", runs) == ", ".join(
+        f"{p[('transformer-elbo-enum', s)]:.3f}" for s in (1, 2)
+    )

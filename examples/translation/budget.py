@@ -58,21 +58,8 @@ def add(opts, env):
 
 def significance(rows, baseline="transformer"):
     """{variant: paired-bootstrap p-value of its BLEU difference from ``baseline``
-    seed 1} for the rows whose translations are kept (varattn_tools.significance)."""
-    from varattn_tools.significance import paired_bleu, read_lines
-
-    kept = {
-        r["variant"]: os.path.join(HERE, r["test_hypotheses"])
-        for r in rows
-        if r.get("test_hypotheses") and r["seed"] == 1
-    }
-    if baseline not in kept:
-        return {}
-    others = {name: read_lines(path) for name, path in kept.items() if name != baseline}
-    if not others:
-        return {}
-    out = paired_bleu(read_lines(converge.RAW_TEST_REF), read_lines(kept[baseline]), others)
-    return {name: r["p_value"] for name, r in out.items()}
+    seed 1} for the rows whose translations are kept."""
+    return {v: p for (v, seed), p in converge.bleu_p_values(rows, baseline).items() if seed == 1}
 
 
 def table():

@@ -844,6 +844,40 @@ DIRICHLET_NOTE = (
 )
 
 
+# the row every other row's BLEU is tested against (paired bootstrap, seed by seed)
+BASELINE = {"lstm": "soft", "transformer": "transformer"}
+
+
+def bleu_p_values(rows, baseline):
+    """{(variant, seed): p} -- sacreBLEU's paired bootstrap p-value of each row's
+    BLEU difference from ``baseline`` trained with the same seed, for the rows
+    whose test translations are kept (``test_hypotheses``) on both sides."""
+    from varattn_tools.significance import paired_bleu, read_lines
+
+    kept = {
+        (r["variant"], r["seed"]): os.path.join(HERE, r["test_hypotheses"]) for r in rows if r.get("test_hypotheses")
+    }
+    references = None
+    out = {}
+    for seed in sorted({s for _, s in kept}):
+        base = kept.get((baseline, seed))
+        others = {v: path for (v, s), path in kept.items() if s == seed and v != baseline}
+        if base is None or not others:
+            continue
+        references = references or read_lines(RAW_TEST_REF)
+        tested = paired_bleu(references, read_lines(base), {v: read_lines(path) for v, path in others.items()})
+        out.update({(v, seed): r["p_value"] for v, r in tested.items()})
+    return out
+
+
+def p_cell(p_values, name, runs):
+    """One table cell: the p-values of a row's seeds, in seed order ("-" where none)."""
+    found = [
+        p_values[(name, r["seed"])] for r in sorted(runs, key=lambda r: r["seed"]) if (name, r["seed"]) in p_values
+    ]
+    return ", ".join(f"{p:.3f}" for p in found) or "-"
+
+
 def finished(family):
     rows = (
         [json.load(open(os.path.join(RESULTS, f))) for f in sorted(os.listdir(RESULTS)) if f.endswith(".json")]
@@ -857,9 +891,15 @@ def table(family="lstm"):
     rows = finished(family)
     if not rows:
         return "No finished runs yet.\n"
+    baseline = BASELINE[family]
+    p_values = bleu_p_values(rows, baseline)
+    # the p column follows BLEU
+    at = next(i for i, c in enumerate(COLUMNS) if c[1] == "test_bleu") + 1
+    header = [c[0] for c in COLUMNS]
+    header.insert(at, f"p (BLEU vs {baseline})")
     lines = [
-        "| variant | output layer | seeds | " + " | ".join(c[0] for c in COLUMNS) + " |",
-        "|---|---|---|" + "---|" * len(COLUMNS),
+        "| variant | output layer | seeds | " + " | ".join(header) + " |",
+        "|---|---|---|" + "---|" * len(header),
     ]
     for name in PLANS[family]:
         runs = [r for r in rows if r["variant"] == name]
@@ -867,11 +907,9 @@ def table(family="lstm"):
             continue
         label = name + (" (IS ppl)" if name == "dirichlet" else "")
         seeds = ",".join(str(r["seed"]) for r in sorted(runs, key=lambda r: r["seed"]))
-        lines.append(
-            f"| {label} | {runs[0]['output_layer']} | {seeds} | "
-            + " | ".join(mean_spread([r.get(key) for r in runs], fmt) for _, key, fmt in COLUMNS)
-            + " |"
-        )
+        cells = [mean_spread([r.get(key) for r in runs], fmt) for _, key, fmt in COLUMNS]
+        cells.insert(at, p_cell(p_values, name, runs))
+        lines.append(f"| {label} | {runs[0]['output_layer']} | {seeds} | " + " | ".join(cells) + " |")
     notes = []
     capped = [f"{r['variant']} seed {r['seed']} ({r['epochs_run']})" for r in rows if r.get("stopped_by") == "cap"]
     if capped:
@@ -893,7 +931,10 @@ def table(family="lstm"):
         f"`python examples/translation/converge.py run{'' if family == 'lstm' else ' --family ' + family}`, "
         f"{dates[0]} to {dates[-1]}, {rows[0]['machine']}, no GPU; {budget}; "
         f"mean ± std over seeds; PPLs, KL and entropies measured on every sentence of the best checkpoint; "
-        f"sacreBLEU `{signature}`, beam 5, test_2016_flickr.  Entropies and KL are per target token "
+        f"sacreBLEU `{signature}`, beam 5, test_2016_flickr; p: sacreBLEU's paired bootstrap "
+        f"(1000 resamples of the test sentences) of each seed's BLEU against {baseline} with the same seed, "
+        f'one value per seed, where both runs kept their translations ("-": not kept).  '
+        f"Entropies and KL are per target token "
         f"on the validation set (uniform: the entropy of a uniform alignment).  Training tok/s is "
         f"fairseq's wps averaged over epochs, {sharing}: compare speeds "
         f"with benchmarks/, not here.  How each run went (commits, resumes, pauses): `{notes_file}`.\n\n"
