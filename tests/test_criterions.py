@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from helpers import ARCHS, FakeTask, build_model, make_dictionary, random_batch
 
-from fairseq_varattn.criterions.base import EstimatorMixin
 from fairseq_varattn.criterions.dirichlet import DirichletCriterion
 from fairseq_varattn.criterions.elbo import ElboCriterion
+from fairseq_varattn.criterions.estimators import ESTIMATORS
 from fairseq_varattn.criterions.hard import HardAttentionCriterion
 from fairseq_varattn.criterions.marginal import MarginalCriterion
 from fairseq_varattn.criterions.rws import RwsCriterion
@@ -189,15 +189,9 @@ def test_topk_elbo_hand_example_is_a_bound():
         def logp_y_at(idx):
             return torch.tensor([-10.0, 0.0, 0.0]).gather(-1, idx)
 
-    class Crit(EstimatorMixin):
-        num_samples = 1
-
-        class cfg:
-            estimator = "enum"
-
     p = CategoricalAlignment.from_log_probs(torch.tensor([0.98, 0.01, 0.01]).log())
     q = CategoricalAlignment.from_log_probs(torch.tensor([0.02, 0.49, 0.49]).log())
-    reconstruction, used = Crit().reconstruction(OneToken, q, {})
+    reconstruction, used, _ = ESTIMATORS["enum"](None).reconstruction(OneToken, q)
     elbo = -(reconstruction + used.kl(p))
     log_py = math.log(0.98 * math.exp(-10) + 0.02)
     assert float(elbo) <= log_py
@@ -599,3 +593,72 @@ def test_a_model_without_an_alignment_head_is_refused_with_the_options_that_fit(
         r"\(--arch varattn_lstm, .*varattn_transformer, .*varattn_vqa\)",
     ):
         ElboCriterion.build(task(d)).check_model(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize(
+    "criterion,options",
+    [
+        (ElboCriterion, {"estimator": "enum"}),
+        (ElboCriterion, {"estimator": "reinforce"}),
+        (ElboCriterion, {"estimator": "gumbel"}),
+        (HardAttentionCriterion, {"estimator": "reinforce"}),
+        (RwsCriterion, {}),
+        (DirichletCriterion, {}),
+    ],
+)
+def test_every_logged_key_reaches_the_metrics(criterion, options):
+    """Each key a criterion (or its estimator) puts in the logging output is
+    reported by reduce_metrics, in bits or as is, or feeds a derived metric
+    (REINFORCE's sf_var_ratio): none is dropped silently."""
+    from fairseq.logging import metrics
+
+    from fairseq_varattn.criterions.logged import DERIVED
+
+    attention = "dirichlet" if criterion is DirichletCriterion else "categorical"
+    model, d = sharpened(attention=attention)
+    model.train()
+    crit = criterion.build(task(d), **options)
+    _, _, log = crit(model, random_batch(d))
+    with metrics.aggregate() as agg:
+        criterion.reduce_metrics([log, log])
+    reported = set(agg.get_smoothed_values())
+    fairseq_keys = {"ntokens", "nsentences", "sample_size"}
+    derived = {k for k, unit in crit.logged.items() if unit == DERIVED}
+    assert set(log) - fairseq_keys - derived - {"nll_loss"} <= reported, set(log) - reported
+    assert ("sf_var_ratio" in reported) == bool(derived & set(log))
+    # a value in bits is the per-token sum in nats over log 2
+    assert agg.get_smoothed_values()["entropy_p"] == pytest.approx(
+        float(log["entropy_p"]) / log["ntokens"] / math.log(2), abs=1e-3
+    )
+
+
+def test_an_undeclared_logged_key_is_refused():
+    """A term nobody declared would vanish in reduce_metrics: forward raises."""
+    model, d = sharpened()
+
+    class Leaky(ElboCriterion):
+        def token_terms(self, model, batch):
+            terms = super().token_terms(model, batch)
+            terms["new_diagnostic"] = terms["kl"].detach()
+            return terms
+
+    with pytest.raises(KeyError, match="new_diagnostic"):
+        Leaky.build(task(d))(model, random_batch(d))
+
+
+def test_estimators_are_registered_objects_with_their_own_options():
+    """--estimator's choices come from the registry; each criterion's config
+    holds its estimators' options and each estimator checks its own."""
+    from fairseq_varattn.criterions.elbo import ElboConfig
+    from fairseq_varattn.criterions.hard import HardAttentionConfig
+
+    assert [e.name for e in ElboCriterion.estimators] == ["enum", "reinforce", "gumbel"]
+    assert [e.name for e in HardAttentionCriterion.estimators] == ["enum", "reinforce"]
+    assert hasattr(ElboConfig, "gumbel_temperature") and not hasattr(HardAttentionConfig, "gumbel_temperature")
+    assert hasattr(HardAttentionConfig, "baseline_attention")
+    _, d = sharpened()
+    with pytest.raises(ValueError, match="--gumbel-temperature must be > 0"):
+        ElboCriterion.build(task(d), estimator="enum", gumbel_temperature=0.0)
+    with pytest.raises(ValueError, match="--estimator must be one of \\['enum', 'reinforce'\\]"):
+        HardAttentionCriterion.build(task(d), estimator="gumbel")
+    assert type(ElboCriterion.build(task(d), estimator="gumbel").estimator).__name__ == "Gumbel"

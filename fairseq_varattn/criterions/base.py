@@ -23,35 +23,10 @@ from omegaconf import II
 from ..modules import attention_kinds
 from ..modules import latent_warmup as auto_warmup
 from ..modules.alignment import CategoricalAlignment
-from ..modules.losses import (
-    expected_nll,
-    kl_weight_at,
-    reinforce_nll,
-    relaxed_nll,
-    value_with_gradient_of,
-)
+from ..modules.losses import kl_weight_at
 from .batch import LatentBatch
-
-# Summed logging keys that are per-token quantities in nats; reported in bits.
-PER_TOKEN_KEYS = ("kl", "kl_post", "entropy_q", "entropy_p", "baseline_nll", "entropy_post", "entropy_uniform")
-# Summed logging keys that are per-token averages already in their own units.
-PER_TOKEN_RAW_KEYS = (
-    "ess",
-    "nll_samples",
-    "prior_maxp",
-    "q_maxp",
-    "score_spread",
-    "logpy_spread",
-    "annot_spread",
-    "prior_concentration",
-    "q_concentration",
-    "soft_warmup",
-    "marginal_warmup",
-    "qgrad_rec",
-    "qgrad_kl",
-)
-# Mean-squared score-function weights without / with the baseline, per sample.
-ESTIMATOR_KEYS = ("sf_reward_sq", "sf_advantage_sq")
+from .estimators import ESTIMATORS
+from .logged import BITS, COMMON, RAW
 
 
 # -- option groups ---------------------------------------------------------------
@@ -108,26 +83,6 @@ class KLOptions:
     )
 
 
-@dataclass
-class BaselineOptions:
-    train_baseline: bool = field(
-        default=False,
-        metadata={
-            "help": "REINFORCE: also train the soft baseline by adding its NLL to the "
-            "gradient (logged as baseline_nll, not in loss)"
-        },
-    )
-    baseline_attention: ChoiceEnum(["sampled", "prior"]) = field(
-        default="sampled",
-        metadata={
-            "help": "REINFORCE: the soft baseline's context is the expectation under the "
-            "distribution sampled from (q for the ELBO, the prior for hard attention) "
-            "or under the prior, as the paper's code; with --train-baseline, 'prior' "
-            "trains the prior as soft attention (docs/design.md, Criterions)"
-        },
-    )
-
-
 # Invalid values, checked once for whichever of these fields a config has.
 OPTION_CHECKS = {
     "num_samples": (lambda v: v >= 1, ">= 1"),
@@ -136,7 +91,6 @@ OPTION_CHECKS = {
     "latent_warmup_max_updates": (lambda v: v >= 0, ">= 0"),
     "kl_weight": (lambda v: v >= 0, ">= 0"),
     "kl_warmup_updates": (lambda v: v >= 0, ">= 0"),
-    "gumbel_temperature": (lambda v: v > 0, "> 0"),
     "nll_samples": (lambda v: v >= 1, ">= 1"),
 }
 
@@ -164,6 +118,10 @@ class VarAttnCriterion(FairseqCriterion):
     #: "Adding an attention kind"): any --attention whose kind has it will do
     distribution_class = CategoricalAlignment
     needs_inference_network = False
+    #: every key its token_terms may return besides ``loss`` and ``nll``, with its unit
+    logged = COMMON
+    #: the estimator classes its --estimator may name (criterions/estimators/)
+    estimators = ()
 
     def __init__(self, cfg, task):
         super().__init__(task)
@@ -240,6 +198,9 @@ class VarAttnCriterion(FairseqCriterion):
                 with torch.no_grad():
                     terms["nll"] = self.marginal_nll(batch)
         terms.update(batch.diagnostics())
+        undeclared = set(terms) - set(self.logged) - {"loss", "nll"}
+        if undeclared:
+            raise KeyError(f"{type(self).__name__} logs {sorted(undeclared)} without declaring them in its `logged`")
 
         mask = batch.token_mask
         if warmup == self.automatic_warmup_terms:
@@ -266,8 +227,6 @@ class VarAttnCriterion(FairseqCriterion):
             logging_output["nll_loss"] = sums.pop("nll").data
         for key, value in sums.items():
             logging_output[key] = value.data
-        if any(k in sums for k in ESTIMATOR_KEYS):
-            logging_output["sf_count"] = float(mask.sum() * self.num_samples)
         return loss, sample_size, logging_output
 
     def token_terms(self, model, batch: LatentBatch):
@@ -331,17 +290,14 @@ class VarAttnCriterion(FairseqCriterion):
         if any("nll_loss" in log for log in logging_outputs):
             metrics.log_scalar("nll_loss", total("nll_loss") / ntokens / math.log(2), ntokens, round=3)
             metrics.log_derived("ppl", lambda meters: utils.get_perplexity(meters["nll_loss"].avg))
-        for key in PER_TOKEN_KEYS + PER_TOKEN_RAW_KEYS:
-            if any(key in log for log in logging_outputs):
-                scale = 1.0 if key in PER_TOKEN_RAW_KEYS else math.log(2)
+        for key, unit in cls.logged.items():
+            if unit in (BITS, RAW) and any(key in log for log in logging_outputs):
+                scale = math.log(2) if unit == BITS else 1.0
                 # q's gradients are small numbers: 3 decimals would round them away
                 digits = 6 if key.startswith("qgrad") else 3
                 metrics.log_scalar(key, total(key) / ntokens / scale, ntokens, round=digits)
-        count = total("sf_count")
-        if count > 0:
-            reward_sq = total("sf_reward_sq") / count
-            advantage_sq = total("sf_advantage_sq") / count
-            metrics.log_scalar("sf_var_ratio", advantage_sq / max(reward_sq, 1e-12), count, round=4)
+        for estimator in cls.estimators:
+            estimator.reduce_metrics(logging_outputs)
 
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:
@@ -357,50 +313,16 @@ class KLWeightMixin:
 
 
 class EstimatorMixin:
-    """-E_dist[log p(y | z)] by ``--estimator`` (enum, reinforce, gumbel),
-    shared by hard attention (dist = prior) and the ELBO (dist = q)."""
+    """``--estimator``: one of the criterion's ``estimators`` (criterions/estimators/),
+    built once; every one of them checks its options, chosen or not."""
 
-    def reconstruction(self, batch: LatentBatch, dist: CategoricalAlignment, terms: dict):
-        """Returns (per-token loss, the distribution it is an expectation under).
-
-        With ``--alignment-topk k`` the expectation is under dist truncated to
-        its k most probable positions and renormalised, and that truncated
-        distribution is returned, so that the caller's KL uses the same one
-        and the objective stays a bound (docs/design.md, "Criterions")."""
-        estimator = self.cfg.estimator
-        if estimator == "enum":
-            topk = batch.head.alignment_topk
-            if 0 < topk < dist.support_size:
-                idx, log_w = dist.topk(topk)
-                truncated = CategoricalAlignment.from_log_probs(log_w, index=idx)
-                return expected_nll(log_w, batch.logp_y_at(idx)), truncated
-            return expected_nll(dist.log_probs, batch.logp_y_all()), dist
-        if estimator == "reinforce":
-            # Baseline: the soft-attention likelihood under dist's expected
-            # context (docs/design.md; the paper's Sec. 4 control variate).
-            z = dist.sample(self.num_samples)
-            logp_y = batch.logp_y_at(z)
-            # without --train-baseline the baseline is a constant: no graph, so
-            # its (B, N, V) softmax is not kept alive until backward
-            # any context that does not depend on the sample keeps the estimator unbiased
-            context_dist = batch.prior if self.cfg.baseline_attention == "prior" else dist
-            with torch.set_grad_enabled(torch.is_grad_enabled() and self.cfg.train_baseline):
-                baseline = batch.soft_logp_y(context_dist)
-            loss, advantage = reinforce_nll(logp_y, dist.log_prob(z), baseline)
-            terms.update(score_function_stats(advantage, logp_y))
-            terms["baseline_nll"] = -baseline.detach()
-            if self.cfg.train_baseline:  # its gradient, not its value: loss stays the objective
-                loss = value_with_gradient_of(loss, -baseline)
-            return loss, dist
-        if estimator == "gumbel":
-            relaxed = dist.gumbel_softmax(self.num_samples, self.cfg.gumbel_temperature)
-            return relaxed_nll(batch.simplex_logp_y(relaxed)), dist
-        raise ValueError(f"unknown estimator {estimator!r}")
-
-
-def score_function_stats(advantage, reward) -> dict:
-    """Sums over samples of squared score-function weights with/without baseline."""
-    return {
-        "sf_reward_sq": (reward.detach() ** 2).sum(-1),
-        "sf_advantage_sq": (advantage**2).sum(-1),
-    }
+    def __init__(self, cfg, task):
+        super().__init__(cfg, task)
+        for estimator in self.estimators:
+            estimator.check(cfg)
+        if cfg.estimator not in {e.name for e in self.estimators}:
+            raise ValueError(
+                f"--estimator must be one of {[e.name for e in self.estimators]} for "
+                f"{type(self).__name__}, got {cfg.estimator!r}"
+            )
+        self.estimator = ESTIMATORS[cfg.estimator](cfg)

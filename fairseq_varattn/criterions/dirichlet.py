@@ -20,6 +20,7 @@ from fairseq.criterions import register_criterion
 from ..modules.alignment import DirichletAlignment
 from ..modules.losses import relaxed_nll
 from .base import KLOptions, KLWeightMixin, LatentCriterionConfig, VarAttnCriterion
+from .logged import COMMON, RAW
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,8 @@ class DirichletCriterion(KLWeightMixin, VarAttnCriterion):
     config_class = DirichletConfig
     distribution_class = DirichletAlignment
     needs_inference_network = True
+    # nll_samples: added to the logging output in forward, not a token term
+    logged = {**COMMON, "nll_samples": RAW}
 
     def __init__(self, cfg, task):
         super().__init__(cfg, task)

@@ -9,23 +9,17 @@ import torch
 from fairseq.criterions import register_criterion
 from fairseq.dataclass import ChoiceEnum
 
-from .base import (
-    BaselineOptions,
-    EstimatorMixin,
-    KLOptions,
-    KLWeightMixin,
-    LatentCriterionConfig,
-    VarAttnCriterion,
-)
+from .base import EstimatorMixin, KLOptions, KLWeightMixin, LatentCriterionConfig, VarAttnCriterion
+from .estimators import estimators_for, logged_by, option_classes
+from .logged import COMMON, RAW
+
+ESTIMATORS = estimators_for("varattn_elbo")
 
 
 @dataclass
-class ElboConfig(KLOptions, BaselineOptions, LatentCriterionConfig):
-    estimator: ChoiceEnum(["enum", "reinforce", "gumbel"]) = field(
+class ElboConfig(KLOptions, *option_classes("varattn_elbo"), LatentCriterionConfig):
+    estimator: ChoiceEnum([e.name for e in ESTIMATORS]) = field(
         default="enum", metadata={"help": "how E_q[log p(y | z)] and its gradient are computed"}
-    )
-    gumbel_temperature: float = field(
-        default=0.1, metadata={"help": "Gumbel-softmax temperature (the paper's code uses 0.1)"}
     )
 
 
@@ -33,15 +27,16 @@ class ElboConfig(KLOptions, BaselineOptions, LatentCriterionConfig):
 class ElboCriterion(EstimatorMixin, KLWeightMixin, VarAttnCriterion):
     config_class = ElboConfig
     needs_inference_network = True
+    estimators = ESTIMATORS
+    logged = {**COMMON, "qgrad_rec": RAW, "qgrad_kl": RAW, **logged_by("varattn_elbo")}
 
     def token_terms(self, model, batch):
         prior, q = batch.prior, batch.q
-        terms = {"entropy_q": q.entropy(), "entropy_p": prior.entropy()}
-        reconstruction, used = self.reconstruction(batch, q, terms)
+        reconstruction, used, terms = self.estimator.reconstruction(batch, q)
         kl = used.kl(prior)
-        terms["kl"] = kl
+        terms.update(entropy_q=q.entropy(), entropy_p=prior.entropy(), kl=kl)
         terms["loss"] = reconstruction + self.current_kl_weight(model) * kl
-        if self.cfg.estimator == "enum" and used is q:
+        if self.estimator.name == "enum" and used is q:
             terms.update(q_gradient_norms(q, prior, batch.logp_y_all()))
         return terms
 

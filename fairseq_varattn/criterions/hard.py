@@ -11,12 +11,16 @@ from dataclasses import dataclass, field
 from fairseq.criterions import register_criterion
 from fairseq.dataclass import ChoiceEnum
 
-from .base import BaselineOptions, EstimatorMixin, LatentCriterionConfig, VarAttnCriterion
+from .base import EstimatorMixin, LatentCriterionConfig, VarAttnCriterion
+from .estimators import estimators_for, logged_by, option_classes
+from .logged import COMMON
+
+ESTIMATORS = estimators_for("varattn_hard")
 
 
 @dataclass
-class HardAttentionConfig(BaselineOptions, LatentCriterionConfig):
-    estimator: ChoiceEnum(["enum", "reinforce"]) = field(
+class HardAttentionConfig(*option_classes("varattn_hard"), LatentCriterionConfig):
+    estimator: ChoiceEnum([e.name for e in ESTIMATORS]) = field(
         default="enum", metadata={"help": "exact expectation, or REINFORCE with a baseline"}
     )
 
@@ -24,10 +28,12 @@ class HardAttentionConfig(BaselineOptions, LatentCriterionConfig):
 @register_criterion("varattn_hard", dataclass=HardAttentionConfig)
 class HardAttentionCriterion(EstimatorMixin, VarAttnCriterion):
     config_class = HardAttentionConfig
+    estimators = ESTIMATORS
+    logged = {**COMMON, **logged_by("varattn_hard")}
 
     def token_terms(self, model, batch):
         prior = batch.prior
-        terms = {"entropy_p": prior.entropy()}
-        loss, used = self.reconstruction(batch, prior, terms)
+        loss, used, terms = self.estimator.reconstruction(batch, prior)
+        terms["entropy_p"] = prior.entropy()
         terms["loss"] = loss if used is prior else loss + used.kl(prior)
         return terms

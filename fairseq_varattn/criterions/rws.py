@@ -20,6 +20,7 @@ from fairseq.criterions import register_criterion
 
 from ..modules.losses import reweighted_wake_sleep, value_with_gradient_of
 from .base import LatentCriterionConfig, VarAttnCriterion
+from .logged import COMMON, RAW
 
 
 @dataclass
@@ -40,6 +41,7 @@ class RwsConfig(LatentCriterionConfig):
 class RwsCriterion(VarAttnCriterion):
     config_class = RwsConfig
     needs_inference_network = True
+    logged = {**COMMON, "ess": RAW}
 
     def token_terms(self, model, batch):
         prior, q = batch.prior, batch.q
