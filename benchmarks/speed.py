@@ -120,7 +120,7 @@ def build(name, d, opts):
         encoder_hidden_size=opts.hidden // 2,
         decoder_embed_dim=opts.embed,
         decoder_hidden_size=opts.hidden,
-        decoder_out_embed_dim=opts.hidden,
+        decoder_out_embed_dim=opts.out_embed or opts.hidden,
     )
     task = Task(d)
     torch.manual_seed(0)
@@ -323,6 +323,13 @@ def main():
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--embed", type=int, default=256)
     parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument(
+        "--out-embed",
+        type=int,
+        default=0,
+        help="the LSTM decoder's output embedding (the output projection's width; default: --hidden); "
+        "the converged comparison trains with 128",
+    )
     parser.add_argument("--chunk", type=int, default=0, help="--alignment-chunk-size for latent variants")
     parser.add_argument(
         "--preset",
@@ -399,7 +406,11 @@ def main():
     report(
         f"\ndevice={opts.device} vocab={opts.vocab} T={opts.src_len} N={opts.tgt_len} "
         f"batch={opts.batch} "
-        + ("model=varattn_lstm_iwslt_de_en " if opts.preset == "iwslt" else f"embed={opts.embed} hidden={opts.hidden} ")
+        + (
+            "model=varattn_lstm_iwslt_de_en "
+            if opts.preset == "iwslt"
+            else f"embed={opts.embed} hidden={opts.hidden} out-embed={opts.out_embed or opts.hidden} "
+        )
         + f"chunk={opts.chunk} "
         f"steps={opts.steps} (median step time)"
     )
