@@ -186,8 +186,8 @@ def test_topk_elbo_hand_example_is_a_bound():
             alignment_topk = 1
 
         @staticmethod
-        def logp_y_at(idx):
-            return torch.tensor([-10.0, 0.0, 0.0]).gather(-1, idx)
+        def logp_y_on(dist):
+            return torch.tensor([-10.0, 0.0, 0.0]).gather(-1, dist.index)
 
     p = CategoricalAlignment.from_log_probs(torch.tensor([0.98, 0.01, 0.01]).log())
     q = CategoricalAlignment.from_log_probs(torch.tensor([0.02, 0.49, 0.49]).log())

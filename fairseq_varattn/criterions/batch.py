@@ -55,12 +55,9 @@ class LatentBatch:
             return self.logp_y_all().gather(-1, positions)
         return self.output.alignment_logprobs(self.hidden, self.enc, self.target, positions, masks=self.masks)
 
-    def enumerate(self, dist: CategoricalAlignment, topk: int):
-        """(log weights, log p(y | z)) over every alignment or dist's top-k."""
-        if 0 < topk < dist.support_size:
-            idx, log_w = dist.topk(topk)
-            return log_w, self.logp_y_at(idx)
-        return dist.log_probs, self.logp_y_all()
+    def logp_y_on(self, dist: CategoricalAlignment) -> torch.Tensor:
+        """log p(y | z) on dist's support: every position, or a truncation's ``index``."""
+        return self.logp_y_all() if dist.index is None else self.logp_y_at(dist.index)
 
     def soft_logp_y(self, dist: CategoricalAlignment) -> torch.Tensor:
         """log p(y_j | soft context E_dist[x~]): the REINFORCE baseline."""

@@ -17,9 +17,9 @@ class MarginalCriterion(VarAttnCriterion):
 
     def token_terms(self, model, batch):
         prior = batch.prior
-        log_w, logp_y = batch.enumerate(prior, batch.head.alignment_topk)
-        loss = marginal_nll(log_w, logp_y)
+        used = prior.truncated(batch.head.alignment_topk)
+        loss = marginal_nll(used.log_probs, batch.logp_y_on(used))
         terms = {"loss": loss, "entropy_p": prior.entropy()}
-        if log_w is prior.log_probs:
+        if used is prior:
             terms["nll"] = loss.detach()
         return terms

@@ -116,6 +116,15 @@ class CategoricalAlignment:
         top_lp, top_idx = self.log_probs.topk(k, dim=-1)
         return top_idx, top_lp - torch.logsumexp(top_lp, dim=-1, keepdim=True)
 
+    def truncated(self, k: int) -> "CategoricalAlignment":
+        """``--alignment-topk k``: the distribution on its k most probable
+        positions, renormalised (its ``index`` says which), or itself when k
+        is 0 or keeps every position."""
+        if not 0 < k < self.support_size:
+            return self
+        index, log_probs = self.topk(k)
+        return CategoricalAlignment.from_log_probs(log_probs, index=index)
+
     def argmax(self) -> torch.Tensor:
         return self.log_probs.argmax(-1)
 

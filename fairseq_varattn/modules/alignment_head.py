@@ -70,10 +70,9 @@ def alignment_defaults(args) -> None:
     args.attention = getattr(args, "attention", "soft")
     args.inference_network = getattr(args, "inference_network", "none")
     args.inference_annotations = getattr(args, "inference_annotations", "detached")
-    # MLP scores, as the paper's code: with bilinear ("general") scores and
-    # this initialisation the softmax saturates early on Multi30k and
-    # attention collapses onto one source position (demo valid PPL 19.0 and
-    # BLEU 11.7 with general, 10.3 and 27.4 with mlp).
+    # MLP scores, as the paper's code: bilinear ("general") scores with this
+    # initialisation saturate the softmax early and attention collapses onto
+    # one source position (docs/design.md, "The model").
     args.attention_score = getattr(args, "attention_score", "mlp")
     args.attention_dim = getattr(args, "attention_dim", None)
     args.alignment_topk = getattr(args, "alignment_topk", 0)

@@ -34,9 +34,7 @@ from .alignment import CategoricalAlignment, DirichletAlignment
 # and exp, under which the mean is softmax(score) whatever the total
 # concentration.  Under softplus, once the scores are large, alpha_i ~ s_i
 # and the mean's sensitivity to the scores falls as 1 / sum_i alpha_i:
-# the total that makes samples less noisy also freezes the mean.  (That is
-# not what kept the converged comparison's mean flat: the exp link stayed as
-# flat, and the Dirichlet KL's growth with the total is the lock; see there.)
+# the total that makes samples less noisy also freezes the mean.
 DIRICHLET_FLOOR = 1e-3
 # exp's scores are capped here (alpha <= e^12 ~ 1.6e5, samples at the mean
 # to 3 digits already): beyond it lgamma of the total loses float32 precision

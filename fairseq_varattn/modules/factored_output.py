@@ -325,9 +325,9 @@ class FactoredOutputLayer(OutputLayerBase):
             source, k = SourceFactors(self.source_logits(enc, source_mask)), 1
         else:
             source, k = SourceLogitsCache.grouped(cache)
-        if 0 < topk < prior.support_size:
-            idx, top_w = prior.topk(topk)
-            log_w = torch.full_like(log_w, float("-inf")).scatter(-1, idx, top_w)
+        used = prior.truncated(topk)
+        if used is not prior:
+            log_w = torch.full_like(log_w, float("-inf")).scatter(-1, used.index, used.log_probs.float())
         return log_marginal(a, source, log_w, k)
 
 

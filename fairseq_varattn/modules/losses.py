@@ -84,7 +84,7 @@ def reweighted_wake_sleep(logp_y_samples, log_prior_samples, log_q_samples, cent
         prior_weights = weights - torch.softmax((log_prior_samples - log_q_samples).detach(), dim=-1)
         wake_p = -(weights * logp_y_samples + prior_weights * log_prior_samples).sum(-1)
         q_weights = weights - 1.0 / weights.size(-1)
-    else:  # the form from before the option: runs resumed across it compute the same floats
+    else:  # the paper code's weights, in its own order of operations (same floats as its runs)
         wake_p = -(weights * (logp_y_samples + log_prior_samples)).sum(-1)
         q_weights = weights
     wake_q = -(q_weights * log_q_samples).sum(-1)

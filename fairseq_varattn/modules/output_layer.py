@@ -129,10 +129,11 @@ class AlignmentOutputLayer(OutputLayerBase):
         mask = self.dropout_masks(h)
         hidden_part = self.hidden_proj(h).unsqueeze(2)
         context_part = self.context_proj(enc)
-        if 0 < topk < prior.support_size:
-            idx, log_w = prior.topk(topk)
-            log_py = F.log_softmax(self._logits(hidden_part, gather_positions(context_part, idx), mask), dim=-1)
-            return torch.logsumexp(log_py + log_w.unsqueeze(-1), dim=2)
+        used = prior.truncated(topk)
+        if used is not prior:
+            positions = gather_positions(context_part, used.index)
+            log_py = F.log_softmax(self._logits(hidden_part, positions, mask), dim=-1)
+            return torch.logsumexp(log_py + used.log_probs.unsqueeze(-1), dim=2)
         total = None
         start = 0
         for chunk in self._chunks(context_part):
