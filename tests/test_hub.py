@@ -318,7 +318,7 @@ def test_word_alignment_benchmark_runs_eflomal_and_a_model(variational, tmp_path
         "elbo, q, de→en",
         "elbo, posterior, de→en",
     }
-    assert result["gold_sentences"] == 24
+    assert result["gold_sentences"] == 102
     for r in rows.values():
         assert 0 <= r["aer_low"] <= r["aer"] <= r["aer_high"] <= 1
     # the intersection is the most precise, the union has the best recall

@@ -88,7 +88,7 @@ def test_shipped_gold_alignments_fit_the_raw_test_sentences():
     with gzip.open(os.path.join(REPO, "data", "multi30k", "test_2016_flickr.en.gz"), "rt") as f:
         en = f.read().splitlines()
     scored = [i for i, g in enumerate(gold) if g is not None]
-    assert len(scored) >= 20
+    assert len(scored) >= 100  # the issue asked for at least 100 (GUIDELINES.md)
     for i in scored:
         _, possible = gold[i]
         assert all(s < len(de[i].split()) and t < len(en[i].split()) for s, t in possible), i

@@ -398,6 +398,32 @@ def sacrebleu_score(generate_text, work):
     return score.score, str(bleu.get_signature())
 
 
+# results scored before the gold grew past its first 24 sentences do not say so
+OLD_GOLD_SENTENCES = 24
+
+
+def gold_lines():
+    """Lines of the gold file: the test sentences to align (empty ones are unscored)."""
+    with open(GOLD, encoding="utf-8") as f:
+        return len(f.read().splitlines())
+
+
+def gold_sizes(rows):
+    """The numbers of hand-aligned sentences the rows' AERs were scored on."""
+    return sorted({r.get("aer_sentences") or OLD_GOLD_SENTENCES for r in rows})
+
+
+def gold_phrase(rows):
+    sizes = gold_sizes(rows)
+    if len(sizes) == 1:
+        return f"AER on the {sizes[0]} hand-aligned test sentences"
+    return (
+        "AER on the hand-aligned test sentences (rows scored on "
+        + " or ".join(str(n) for n in sizes)
+        + " of them: see the notes; `converge.py align` rescores a run whose checkpoint is kept)"
+    )
+
+
 def alignment_scores(data, ckpt, work, env, latent):
     """AER and entropy of each panel of the alignment tool: the model's own
     attention (the prior if ``latent``, else soft attention), q's posterior
@@ -420,7 +446,7 @@ def alignment_scores(data, ckpt, work, env, latent):
             "--gold",
             GOLD,
             "--max-sentences",
-            "30",
+            str(gold_lines()),
             "--plot",
             "0,1,3",
         ],
@@ -433,6 +459,7 @@ def alignment_scores(data, ckpt, work, env, latent):
     for row in rows:
         key = {"q": "posterior", "exact_posterior": "posterior_exact"}.get(row["role"], "prior" if latent else "soft")
         scores[f"aer_{key}"] = row.get("aer")
+        scores["aer_sentences"] = row.get("aer_sentences")
         scores[f"test_entropy_{key}_nats"] = row["entropy_nats"]
     return scores
 
@@ -934,7 +961,7 @@ def table(family="lstm"):
         f"sacreBLEU `{signature}`, beam 5, test_2016_flickr; p: sacreBLEU's paired bootstrap "
         f"(1000 resamples of the test sentences) of each seed's BLEU against {baseline} with the same seed, "
         f'one value per seed, where both runs kept their translations ("-": not kept).  '
-        f"Entropies and KL are per target token "
+        f"{gold_phrase(rows)}.  Entropies and KL are per target token "
         f"on the validation set (uniform: the entropy of a uniform alignment).  Training tok/s is "
         f"fairseq's wps averaged over epochs, {sharing}: compare speeds "
         f"with benchmarks/, not here.  How each run went (commits, resumes, pauses): `{notes_file}`.\n\n"
@@ -954,6 +981,7 @@ def run_notes(family="lstm"):
     lines += [
         f"- **{r['variant']} seed {r['seed']}** ({r.get('commit', '?')}, {r.get('date', '?')}): "
         f"{r.get('note') or 'trained in one go.'}"
+        f" AER scored on {r.get('aer_sentences') or OLD_GOLD_SENTENCES} hand-aligned sentences."
         for r in rows
     ]
     return "\n".join(lines) + "\n"
@@ -992,8 +1020,8 @@ def headline():
         lines.append("| " + " | ".join(cells) + " |")
     return (
         "Multi30k De-En, trained to convergence (early stopping on valid PPL), mean ± std over seeds; "
-        "p: Welch's t-test over seeds against soft attention; AER on the 24 hand-aligned "
-        "test sentences.  All rows and columns: `examples/translation/README.md`.\n\n" + "\n".join(lines) + "\n"
+        f"p: Welch's t-test over seeds against soft attention; {gold_phrase(rows)}.  "
+        "All rows and columns: `examples/translation/README.md`.\n\n" + "\n".join(lines) + "\n"
     )
 
 
