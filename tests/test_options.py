@@ -119,3 +119,32 @@ def test_one_section_and_unknown_names(capsys):
         varattn_options.main(["--arch", "lstm"])
     err = capsys.readouterr().err
     assert "varattn_lstm" in err and "varattn_transformer_tiny" in err
+
+
+def test_variant_and_row_print_options_fairseq_parses(capsys, tmp_path):
+    """--variant prints a variant's options; --row a results table's row with its
+    preset, shell-quoted (the Transformer's "--adam-betas (0.9,0.98)" needs it),
+    and refuses a suffix that selects nothing instead of training the plain variant."""
+    import shlex
+
+    from fairseq import options as fairseq_options
+
+    from varattn_tools import rows, variants
+
+    for lang in ("de", "en"):  # parsing reads nothing but that the dictionaries are there
+        (tmp_path / f"dict.{lang}.txt").write_text("")
+    varattn_options.main(["--variant", "elbo-enum"])
+    assert capsys.readouterr().out.split() == variants.train_options("elbo-enum")
+    for name in ("transformer-elbo-enum", "rws-warmup", "soft-factored", "transformer"):
+        varattn_options.main(["--row", name])
+        printed = shlex.split(capsys.readouterr().out)
+        assert printed == rows.train_options(name)
+        parser = fairseq_options.get_training_parser()
+        args = fairseq_options.parse_args_and_arch(parser, [str(tmp_path), *printed])
+        assert args.max_epoch == rows.MAX_EPOCH and args.patience == rows.PATIENCE, name
+    assert "--marginal-warmup-updates" in rows.train_options("rws-warmup")
+    assert rows.output_layer("soft-factored") == "factored" and rows.output_layer("soft") == "joint"
+    for bad in ("elbo-enum-warmup", "marginal-factored", "transformer-soft-factored", "nonsense"):
+        with pytest.raises(SystemExit):
+            varattn_options.main(["--row", bad])
+        assert "unknown row" in capsys.readouterr().err, bad

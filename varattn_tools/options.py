@@ -4,6 +4,7 @@
     varattn-options --arch varattn_transformer # one architecture (its defaults)
     varattn-options --criterion varattn_elbo   # one criterion
     varattn-options --variant elbo-enum        # fairseq-train options of a named variant
+    varattn-options --row transformer-elbo-enum # ... of a results table's row, preset included
     varattn-options --markdown > docs/options.md
 
 ``fairseq-train --arch A --criterion C --help`` cannot show these: fairseq
@@ -262,8 +263,23 @@ def main(argv=None):
         help="print the fairseq-train options of a named variant of the paper's "
         "comparison (varattn_tools/variants.py), e.g. elbo-enum",
     )
+    parser.add_argument(
+        "--row",
+        help="print the fairseq-train options of a results table's row (varattn_tools/rows.py: "
+        "[transformer-]VARIANT[-factored|-warmup|-centred]), preset included, e.g. transformer-elbo-enum",
+    )
     parser.add_argument("--markdown", action="store_true", help="the reference in docs/options.md")
     opts = parser.parse_args(argv)
+    if opts.row:
+        import shlex
+
+        from .rows import train_options as row_options
+
+        try:
+            print(shlex.join(row_options(opts.row)))
+        except KeyError as e:
+            parser.error(f"unknown row: {e.args[0]}")
+        return
     if opts.variant:
         from .variants import VARIANTS, train_options
 

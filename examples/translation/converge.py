@@ -56,8 +56,17 @@ import time
 
 from varattn_tools.experiments import cpu_env, git_commit, mean_spread, metric, read_nll, run, validations
 from varattn_tools.resume_train import training_seconds
-from varattn_tools.variants import get as get_variant
-from varattn_tools.variants import train_options as variant_options
+from varattn_tools.rows import (  # noqa: F401  (PRESET, TRANSFORMER_PRESET: read by tests and scripts)
+    MAX_EPOCH,
+    PATIENCE,
+    PRESET,
+    TRANSFORMER_PRESET,
+    epoch_cap,
+    is_latent,
+    output_layer,
+    train_options,
+    variant_name,
+)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -82,10 +91,6 @@ CURVES = {
     "transformer": os.path.join(HERE, "results", "converge-transformer-curves.png"),
 }
 
-PATIENCE = 3
-# Raised from 30, where soft attention was still improving (1% an epoch):
-# runs that stopped at the old cap resume from checkpoint_last.pt (see run_one).
-MAX_EPOCH = 50
 DIAGNOSTICS = (
     "kl",
     "entropy_p",
@@ -97,92 +102,6 @@ DIAGNOSTICS = (
     "prior_concentration",
     "q_concentration",
 )
-PRESET = [
-    "--arch",
-    "varattn_lstm",
-    "--encoder-embed-dim",
-    "128",
-    "--encoder-hidden-size",
-    "128",
-    "--decoder-embed-dim",
-    "128",
-    "--decoder-hidden-size",
-    "256",
-    "--decoder-out-embed-dim",
-    "128",
-    "--dropout",
-    "0.3",
-    "--optimizer",
-    "adam",
-    "--lr",
-    "0.002",
-    "--clip-norm",
-    "5",
-    "--max-tokens",
-    "3000",
-    "--lr-scheduler",
-    "reduce_lr_on_plateau",
-    "--lr-shrink",
-    "0.5",
-    "--lr-patience",
-    "0",
-    "--max-epoch",
-    str(MAX_EPOCH),
-    "--patience",
-    str(PATIENCE),
-    "--best-checkpoint-metric",
-    "ppl",
-    "--no-epoch-checkpoints",
-]
-# a small Transformer for 2 CPU cores; "transformer" is fairseq's own, the
-# others varattn_transformer of the same size with the architecture's defaults
-# (the factored output layer with a linear activation; latent criterions warm
-# up on the exact marginal until q has caught up).  Early stopping as the LSTM's.
-TRANSFORMER_PRESET = [
-    "--encoder-embed-dim",
-    "256",
-    "--decoder-embed-dim",
-    "256",
-    "--encoder-ffn-embed-dim",
-    "512",
-    "--decoder-ffn-embed-dim",
-    "512",
-    "--encoder-layers",
-    "3",
-    "--decoder-layers",
-    "3",
-    "--encoder-attention-heads",
-    "4",
-    "--decoder-attention-heads",
-    "4",
-    "--dropout",
-    "0.3",
-    "--optimizer",
-    "adam",
-    "--adam-betas",
-    "(0.9,0.98)",
-    "--lr",
-    "0.0007",
-    "--clip-norm",
-    "1",
-    "--lr-scheduler",
-    "inverse_sqrt",
-    "--warmup-updates",
-    "400",
-    "--max-tokens",
-    "3000",
-    "--max-epoch",
-    str(MAX_EPOCH),
-    "--patience",
-    str(PATIENCE),
-    "--best-checkpoint-metric",
-    "ppl",
-    "--no-epoch-checkpoints",
-]
-# The LSTM rows were trained before the automatic warm-up and before q read
-# detached annotations: they keep those options, so their commands still
-# reproduce them (docs/design.md, "The automatic warm-up").
-LSTM_Q_OPTIONS = ["--latent-warmup", "off", "--inference-annotations", "trained"]
 # variant -> seeds, in the order they run (first seeds of everything first)
 PLANS = {
     "lstm": {
@@ -213,81 +132,12 @@ PLANS = {
     },
 }
 PLAN = {name: seeds for plan in PLANS.values() for name, seeds in plan.items()}
-# Rows that add options to their variant's.  Plain rws (the paper's recipe)
-# collapses: its prior and q put every target word on the first source piece
-# within the first epoch and stay there; after 500 quick-preset updates of the
-# exact marginal, rws keeps the alignment and beats soft attention in valid PPL
-# (examples/translation/README.md, "Why reweighted wake-sleep collapses").
-# Centred wake-phase weights also stop the collapse there, with a worse valid
-# PPL after 3000 updates; rws-centred says whether that holds at convergence.
-ROW_OPTIONS = {"rws-warmup": ["--marginal-warmup-updates", "546"], "rws-centred": ["--centred-weights"]}
-# name suffixes that select a variant's options, not another variant
-SUFFIXES = ("-factored", "-warmup", "-centred")
 
 
 def ordered_plan(family):
     plan = PLANS[family]
     width = max(len(s) for s in plan.values())
     return [(name, seeds[k]) for k in range(width) for name, seeds in plan.items() if k < len(seeds)]
-
-
-def output_layer(name):
-    """The LSTM's soft attention keeps the joint layer unless the name ends in
-    -factored; its latent variants and every varattn_transformer row use the
-    factored one (varattn_transformer's default, with a linear activation)."""
-    if name == "transformer":
-        return "fairseq's softmax"
-    if name.startswith("transformer-"):
-        return "factored (linear)"
-    if name.endswith("-factored"):
-        return "factored"
-    return "joint" if name.endswith("soft") else "factored"
-
-
-def is_latent(name):
-    """Whether the plan name trains a latent alignment (not soft attention, not fairseq's model)."""
-    if name == "transformer":
-        return False
-    return variant_name(name[len("transformer-") :] if name.startswith("transformer-") else name) != "soft"
-
-
-def variant_name(name):
-    """The row of varattn_tools.variants a plan name trains."""
-    for suffix in SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-def epoch_cap(name):
-    """The --max-epoch a plan name trains under (its family's preset): the
-    Transformer family's fixed budget, or the LSTM family's cap on early
-    stopping."""
-    options = train_options(name)
-    return int(options[options.index("--max-epoch") + 1])
-
-
-def train_options(name):
-    if name == "transformer":
-        return ["--arch", "transformer", *TRANSFORMER_PRESET, "--criterion", "cross_entropy"]
-    if name.startswith("transformer-"):
-        # the architecture's own output layer and the criterions' own warm-up
-        variant = variant_name(name[len("transformer-") :])
-        return [
-            "--arch",
-            "varattn_transformer",
-            *TRANSFORMER_PRESET,
-            *variant_options(variant),
-            *ROW_OPTIONS.get(name, []),
-        ]
-    variant = variant_name(name)
-    pinned = LSTM_Q_OPTIONS if get_variant(variant).needs_q else []
-    return [
-        *PRESET,
-        *variant_options(variant, factored=output_layer(name) == "factored"),
-        *pinned,
-        *ROW_OPTIONS.get(name, []),
-    ]
 
 
 def result_path(name, seed):
