@@ -33,7 +33,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from varattn_tools.align import alignment_scores, read_gold  # noqa: E402
+from varattn_tools.align import alignment_scores, error_breakdown, read_gold  # noqa: E402
 from varattn_tools.experiments import git_commit  # noqa: E402
 from varattn_tools.symmetrize import METHODS, flip, parse, symmetrize  # noqa: E402
 
@@ -89,7 +89,7 @@ def model_alignments(model_dir, data, spm, sources, targets):
 
 def score(name, links, gold, per_1000):
     pairs = [(links[sid], *gold[sid]) for sid in range(min(len(gold), len(links))) if gold[sid] is not None]
-    return {"row": name, **alignment_scores(pairs), "seconds_per_1000": per_1000}
+    return {"row": name, **alignment_scores(pairs), **error_breakdown(pairs), "seconds_per_1000": per_1000}
 
 
 def markdown(result):
@@ -107,6 +107,19 @@ def markdown(result):
             f"| {r['row']} | {r['aer']:.3f} [{r['aer_low']:.3f}, {r['aer_high']:.3f}] | "
             f"{r['precision']:.3f} | {r['recall']:.3f} | {r['seconds_per_1000']:.1f} |"
         )
+    if all("wrong_other" in r for r in result["rows"]):
+        lines += [
+            "",
+            "Where the errors are (links; `varattn_tools.align.error_breakdown`): wrong links of target "
+            "words the gold leaves unaligned, wrong links one source word from a gold link, other wrong "
+            "links; missed sure links of target words with several sure links, other missed sure links.",
+            "",
+            "| alignment | wrong: gold-unaligned | wrong: adjacent | wrong: other | missed: multi-link | "
+            "missed: other |",
+            "|---|---|---|---|---|---|",
+        ]
+        keys = ("wrong_unaligned", "wrong_adjacent", "wrong_other", "missed_multi", "missed_other")
+        lines += [f"| {r['row']} | " + " | ".join(str(r[k]) for k in keys) + " |" for r in result["rows"]]
     lines += ["", *[f"- {n}" for n in result.get("notes", [])]]
     return "\n".join(lines).rstrip() + "\n"
 

@@ -5,7 +5,7 @@ import random
 import pytest
 
 from varattn_tools import symmetrize as sym
-from varattn_tools.align import alignment_error_rate, alignment_scores
+from varattn_tools.align import alignment_error_rate, alignment_scores, error_breakdown
 
 
 def test_grow_diag_final_and_by_hand():
@@ -66,3 +66,18 @@ def test_alignment_scores_by_hand_and_their_interval():
     assert scores["aer_high"] - scores["aer_low"] < 0.2
     identical = alignment_scores([(g, g, g) for _, g, _ in pairs])
     assert identical["aer"] == identical["aer_low"] == identical["aer_high"] == 0.0
+
+
+def test_error_breakdown_by_hand():
+    """Gold: target 0 <- source 0 (sure), target 1 <- sources 1 and 2 (sure), target 2
+    unaligned, target 3 <- source 5 (possible).  The hypothesis links target 0 to
+    source 1 (adjacent to the gold's 0), target 1 to source 1 (right), target 2 to
+    source 3 (gold-unaligned), target 3 to source 0 (elsewhere)."""
+    sure = {(0, 0), (1, 1), (2, 1)}
+    possible = sure | {(5, 3)}
+    hyp = {(1, 0), (1, 1), (3, 2), (0, 3)}
+    out = error_breakdown([(hyp, sure, possible)])
+    assert out == {"wrong_unaligned": 1, "wrong_adjacent": 1, "wrong_other": 1, "missed_multi": 1, "missed_other": 1}
+    # the counts add up to what AER counts: |A - P| wrong links and |S - A| missed ones
+    assert out["wrong_unaligned"] + out["wrong_adjacent"] + out["wrong_other"] == len(hyp - possible)
+    assert out["missed_multi"] + out["missed_other"] == len(sure - hyp)

@@ -106,6 +106,35 @@ def alignment_scores(pairs: Iterable[Tuple[Links, Links, Links]], resamples: int
     }
 
 
+def error_breakdown(pairs: Iterable[Tuple[Links, Links, Links]]) -> dict:
+    """Where (hyp, sure, possible) triples disagree, in counts of links:
+
+    - ``wrong_unaligned``: a link of a target word the gold leaves unaligned;
+    - ``wrong_adjacent``: a wrong link one source word away from a gold link of its target word;
+    - ``wrong_other``: any other link outside the possible ones;
+    - ``missed_multi``: a missed sure link of a target word with several sure links
+      (one link per target word, as the models give, cannot have them all);
+    - ``missed_other``: any other missed sure link."""
+    out = dict.fromkeys(("wrong_unaligned", "wrong_adjacent", "wrong_other", "missed_multi", "missed_other"), 0)
+    for hyp, sure, possible in pairs:
+        gold_sources = {}
+        for i, j in possible:
+            gold_sources.setdefault(j, set()).add(i)
+        sure_count = {}
+        for _, j in sure:
+            sure_count[j] = sure_count.get(j, 0) + 1
+        for i, j in hyp - possible:
+            if j not in gold_sources:
+                out["wrong_unaligned"] += 1
+            elif any(abs(i - g) == 1 for g in gold_sources[j]):
+                out["wrong_adjacent"] += 1
+            else:
+                out["wrong_other"] += 1
+        for i, j in sure - hyp:
+            out["missed_multi" if sure_count[j] > 1 else "missed_other"] += 1
+    return out
+
+
 def alignment_error_rate(pairs: Iterable[Tuple[Links, Links, Links]]) -> float:
     """Corpus AER = 1 - (|A & S| + |A & P|) / (|A| + |S|) over (hyp, sure, possible) triples."""
     return aer_of_counts([alignment_counts(*p) for p in pairs])
