@@ -156,13 +156,9 @@ def load(path: str, data: str):
     return model, task
 
 
-def label_of(model) -> str:
-    return attention_label(model)
-
-
 def panel_label(model, kind: str) -> str:
     """The display label of one alignment kind (fairseq_varattn.alignments.KINDS)."""
-    return {"attention": label_of(model), "q": Q_PANEL, "posterior": EXACT_PANEL}[kind]
+    return {"attention": attention_label(model), "q": Q_PANEL, "posterior": EXACT_PANEL}[kind]
 
 
 @torch.no_grad()
@@ -296,7 +292,7 @@ def main(argv=None):
     runs, rows = [], []
     for name, path in zip(names, args.path):
         model, task = load(path, args.data)
-        logger.info("%s: %s, %s", name, path, label_of(model))
+        logger.info("%s: %s, %s", name, path, attention_label(model))
         aligned = alignments_of(model, task, args.subset, args.max_sentences)
         missing = [sid for sid in args.plot if sid not in aligned]
         if missing:
