@@ -80,30 +80,11 @@ PRESETS = {
         "IWSLT preset (varattn_lstm_iwslt_de_en: 512-d, 2 layers, 1024-d annotations; Adam 3e-4, 6-sentence batches)",
     ),
 }
-MARGINAL = ["--attention", "categorical", "--criterion", "varattn_marginal"]
+# the variants' options (varattn_tools/variants.py); the ablation's REINFORCE rows train the baseline
+MARGINAL = train_options("marginal")
 FACTORED = ["--output-layer", "factored"]
-ELBO_ENUM = [
-    "--attention",
-    "categorical",
-    "--inference-network",
-    "birnn",
-    "--criterion",
-    "varattn_elbo",
-    "--estimator",
-    "enum",
-]
-ELBO_RF = [
-    "--attention",
-    "categorical",
-    "--inference-network",
-    "birnn",
-    "--criterion",
-    "varattn_elbo",
-    "--estimator",
-    "reinforce",
-    "--train-baseline",
-    "--skip-exact-nll-in-training",
-]
+ELBO_ENUM = train_options("elbo-enum")
+ELBO_RF = [*train_options("elbo-reinforce"), "--train-baseline"]
 DIRICHLET = train_options("dirichlet", factored=True)
 RWS = train_options("rws", factored=True)
 
