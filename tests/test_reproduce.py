@@ -686,3 +686,13 @@ def test_diagnosis_reads_every_validation_and_where_the_warmup_ended():
         "ppl": 30.92,
     }
     assert diagnose.warmup_updates(text) == 350
+
+
+def test_aer_cells_show_one_seeds_interval_and_several_seeds_spread():
+    converge = _converge_module()
+    one = [{"aer_posterior_exact": 0.3141, "aer_posterior_exact_interval": [0.2861, 0.3422]}]
+    assert converge.aer_cell(one, "aer_posterior_exact", ".3f") == "0.314 [0.286, 0.342]"
+    several = [{"aer_soft": 0.1, "aer_soft_interval": [0.05, 0.15]}, {"aer_soft": 0.2}]
+    assert converge.aer_cell(several, "aer_soft", ".3f") == "0.150 ± 0.071"
+    assert converge.aer_cell([{"aer_soft": 0.1}], "aer_soft", ".3f") == "0.100"  # no interval recorded
+    assert converge.aer_cell([{"aer_prior": None}], "aer_prior", ".3f") == "-"

@@ -309,6 +309,8 @@ def alignment_scores(data, ckpt, work, env, latent):
     for row in rows:
         key = {"q": "posterior", "exact_posterior": "posterior_exact"}.get(row["role"], "prior" if latent else "soft")
         scores[f"aer_{key}"] = row.get("aer")
+        if "aer_low" in row:  # its 95% bootstrap interval over sentences
+            scores[f"aer_{key}_interval"] = [row["aer_low"], row["aer_high"]]
         scores["aer_sentences"] = row.get("aer_sentences")
         scores[f"test_entropy_{key}_nats"] = row["entropy_nats"]
     return scores
@@ -755,6 +757,16 @@ def p_cell(p_values, name, runs):
     return ", ".join(f"{p:.3f}" for p in found) or "-"
 
 
+def aer_cell(runs, key, fmt):
+    """An AER: with one seed and a recorded interval, "AER [95% bootstrap interval over
+    sentences]"; over seeds, mean ± std."""
+    interval = runs[0].get(f"{key}_interval") if len(runs) == 1 else None
+    if interval is None or runs[0].get(key) is None:
+        return mean_spread([r.get(key) for r in runs], fmt)
+    low, high = interval
+    return f"{format(runs[0][key], fmt)} [{format(low, fmt)}, {format(high, fmt)}]"
+
+
 def finished(family):
     rows = (
         [json.load(open(os.path.join(RESULTS, f))) for f in sorted(os.listdir(RESULTS)) if f.endswith(".json")]
@@ -784,7 +796,10 @@ def table(family="lstm"):
             continue
         label = name + (" (IS ppl)" if name == "dirichlet" else "")
         seeds = ",".join(str(r["seed"]) for r in sorted(runs, key=lambda r: r["seed"]))
-        cells = [mean_spread([r.get(key) for r in runs], fmt) for _, key, fmt in COLUMNS]
+        cells = [
+            aer_cell(runs, key, fmt) if key.startswith("aer_") else mean_spread([r.get(key) for r in runs], fmt)
+            for _, key, fmt in COLUMNS
+        ]
         cells.insert(at, p_cell(p_values, name, runs))
         lines.append(f"| {label} | {runs[0]['output_layer']} | {seeds} | " + " | ".join(cells) + " |")
     notes = []
@@ -811,7 +826,8 @@ def table(family="lstm"):
         f"sacreBLEU `{signature}`, beam 5, test_2016_flickr; p: sacreBLEU's paired bootstrap "
         f"(1000 resamples of the test sentences) of each seed's BLEU against {baseline} with the same seed, "
         f'one value per seed, where both runs kept their translations ("-": not kept).  '
-        f"{gold_phrase(rows)}.  Entropies and KL are per target token "
+        f"{gold_phrase(rows)} (a row of one seed: with its 95% bootstrap interval over sentences, "
+        f"where recorded).  Entropies and KL are per target token "
         f"on the validation set (uniform: the entropy of a uniform alignment).  Training tok/s is "
         f"fairseq's wps averaged over epochs, {sharing}: compare speeds "
         f"with benchmarks/, not here.  How each run went (commits, resumes, pauses): `{notes_file}`.\n\n"
