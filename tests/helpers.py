@@ -14,6 +14,18 @@ from fairseq_varattn.models.varattn_lstm import VarAttnLSTMModel, varattn_lstm_t
 from fairseq_varattn.models.varattn_transformer import VarAttnTransformerModel, varattn_transformer_tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def example_module(name):
+    """examples/translation/NAME.py, a script rather than a package module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "examples", "translation", name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 PYTHON = sys.executable
 
 

@@ -3,7 +3,6 @@
 import argparse
 import csv
 import gzip
-import importlib.util
 import json
 import math
 import os
@@ -13,7 +12,7 @@ import subprocess
 
 import pytest
 import torch
-from helpers import PYTHON, REPO, cli_env, run_cli
+from helpers import PYTHON, REPO, cli_env, example_module, run_cli
 
 from varattn_tools.align import (
     EXACT_PANEL,
@@ -97,16 +96,8 @@ def test_shipped_gold_alignments_fit_the_raw_test_sentences():
 ALL_VARIANTS = list(VARIANTS)
 
 
-def _example_module(name):
-    """examples/translation/NAME.py, a script rather than a package module."""
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "examples", "translation", name + ".py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _converge_module():
-    return _example_module("converge")
+    return example_module("converge")
 
 
 def _run_pipeline(data_dir, out, variants, output_layer="joint"):
@@ -142,7 +133,7 @@ def _run_pipeline(data_dir, out, variants, output_layer="joint"):
         env=cli_env(),
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    run_key = _example_module("reproduce").run_key  # the row names reproduce.py gives
+    run_key = example_module("reproduce").run_key  # the row names reproduce.py gives
     variants = [run_key(name, output_layer) for name in variants]
     with open(out / "runs.csv") as f:
         rows = list(csv.DictReader(f))
@@ -666,7 +657,7 @@ def test_status_says_how_long_an_epoch_takes_lately_not_counting_a_resume_gap(tm
 
 
 def test_diagnosis_reads_every_validation_and_where_the_warmup_ended():
-    diagnose = _example_module("diagnose")
+    diagnose = example_module("diagnose")
     text = "\n".join(
         [
             "x | train_inner | epoch 001:     50 / 182 loss=7.2, marginal_warmup=1, ppl=9, num_updates=350, lr=1",

@@ -3,11 +3,10 @@ system about as good as the baseline is not significantly different; one
 that is far better is."""
 
 import gzip
-import importlib.util
 import os
 
 import pytest
-from helpers import REPO
+from helpers import REPO, example_module
 
 from varattn_tools.significance import paired_bleu
 
@@ -43,11 +42,7 @@ def test_sentence_counts_must_match():
 def test_converge_tables_test_each_seed_against_the_baselines_same_seed(tmp_path):
     """converge.py's p column: seed 2 of a row is tested against seed 2 of the
     baseline, and a seed whose baseline run kept no translations gets none."""
-    spec = importlib.util.spec_from_file_location(
-        "converge", os.path.join(REPO, "examples", "translation", "converge.py")
-    )
-    converge = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(converge)
+    converge = example_module("converge")
     refs = _references(200)
     systems = {
         ("transformer", 1): [_degrade(s, 0.5) for s in refs],

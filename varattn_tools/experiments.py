@@ -5,6 +5,7 @@ import os
 import re
 import statistics
 import subprocess
+import sys
 
 # glibc serves every allocation over 32 MB (its largest mmap threshold) with
 # a fresh mmap and unmaps it on free, so each large temporary -- a (B, N, V)
@@ -35,6 +36,21 @@ def run(cmd, log_path, env, cwd=None, append=False):
     if proc.returncode != 0:
         raise RuntimeError(f"failed ({proc.returncode}): {' '.join(cmd)}\nsee {log_path}:\n{text[-3000:]}")
     return text
+
+
+def prepare_multi30k(out, log_path, env, vocab_size=None):
+    """The shipped Multi30k prepared into ``out`` (``varattn_tools.prepare``)
+    unless ``out/bin`` already has its dictionaries; returns ``out/bin``."""
+    data = os.path.join(out, "bin")
+    if os.path.isfile(os.path.join(data, "dict.en.txt")):
+        return data
+    what = f"sentencepiece {vocab_size} joint vocabulary" if vocab_size else "varattn-prepare's defaults"
+    print(f"== preparing data/multi30k -> {out} ({what})", flush=True)
+    os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
+    raw = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "multi30k")
+    cmd = [sys.executable, "-m", "varattn_tools.prepare", "--raw-dir", raw, "--out", out]
+    run(cmd + (["--vocab-size", str(vocab_size)] if vocab_size else []), log_path, env)
+    return data
 
 
 def git_commit(repo, mark_changes=False) -> str:

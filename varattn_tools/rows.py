@@ -38,6 +38,11 @@ TRANSFORMER_PRESET = (
     "--dropout 0.3 --optimizer adam --adam-betas (0.9,0.98) --lr 0.0007 --clip-norm 1 "
     "--lr-scheduler inverse_sqrt --warmup-updates 400 --max-tokens 3000 " + _STOPPING
 ).split()
+# the small varattn_lstm of ablate.py and reproduce.py --quick (2 CPU cores, minutes a run)
+QUICK_PRESET = (
+    "--arch varattn_lstm --encoder-embed-dim 64 --encoder-hidden-size 64 --decoder-embed-dim 64 "
+    "--decoder-hidden-size 128 --decoder-out-embed-dim 64 --dropout 0.2 --optimizer adam --lr 0.005 --clip-norm 5"
+).split()
 # The LSTM rows with q keep the options they were trained with, so that their
 # commands reproduce them (docs/design.md, "The automatic warm-up").
 LSTM_Q_OPTIONS = ["--latent-warmup", "off", "--inference-annotations", "trained"]
@@ -58,8 +63,10 @@ def variant_name(name: str) -> str:
     return name
 
 
-def _transformer_variant(name: str) -> str:
-    return variant_name(name[len(TRANSFORMER) + 1 :])
+def _split(name: str):
+    """(whether it is a varattn_transformer row, the name without ``transformer-``)."""
+    transformer = name.startswith(TRANSFORMER + "-")
+    return transformer, name[len(TRANSFORMER) + 1 :] if transformer else name
 
 
 def output_layer(name: str) -> str:
@@ -77,9 +84,7 @@ def output_layer(name: str) -> str:
 
 def is_latent(name: str) -> bool:
     """Whether the row trains a latent alignment (not soft attention, not fairseq's model)."""
-    if name == TRANSFORMER:
-        return False
-    return variant_name(name[len(TRANSFORMER) + 1 :] if name.startswith(TRANSFORMER + "-") else name) != "soft"
+    return name != TRANSFORMER and variant_name(_split(name)[1]) != "soft"
 
 
 def check(name: str) -> None:
@@ -87,8 +92,7 @@ def check(name: str) -> None:
     where it selects something (no silent fallback to the plain variant)."""
     if name == TRANSFORMER:
         return
-    transformer = name.startswith(TRANSFORMER + "-")
-    base = name[len(TRANSFORMER) + 1 :] if transformer else name
+    transformer, base = _split(name)
     variant = variant_name(base)
     get_variant(variant)
     suffix = base[len(variant) :]
@@ -110,7 +114,7 @@ def train_options(name: str) -> List[str]:
             "--arch",
             "varattn_transformer",
             *TRANSFORMER_PRESET,
-            *variant_options(_transformer_variant(name)),
+            *variant_options(variant_name(_split(name)[1])),
             *ROW_OPTIONS.get(name, []),
         ]
     variant = variant_name(name)

@@ -26,36 +26,14 @@ import re
 import sys
 import time
 
-from varattn_tools.experiments import cpu_env, run
+from varattn_tools.experiments import cpu_env, prepare_multi30k, run
+from varattn_tools.rows import QUICK_PRESET
 from varattn_tools.variants import train_options
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 USER_DIR = os.path.join(REPO, "fairseq_varattn")
 
-QUICK = [
-    "--arch",
-    "varattn_lstm",
-    "--encoder-embed-dim",
-    "64",
-    "--encoder-hidden-size",
-    "64",
-    "--decoder-embed-dim",
-    "64",
-    "--decoder-hidden-size",
-    "128",
-    "--decoder-out-embed-dim",
-    "64",
-    "--dropout",
-    "0.2",
-    "--optimizer",
-    "adam",
-    "--lr",
-    "0.005",
-    "--clip-norm",
-    "5",
-    "--max-tokens",
-    "1000",
-]
+QUICK = [*QUICK_PRESET, "--max-tokens", "1000"]
 # the paper's model and optimiser (the README's IWSLT14 recipe), for --preset iwslt
 IWSLT = [
     "--arch",
@@ -363,23 +341,8 @@ def main():
     os.makedirs(opts.out, exist_ok=True)
     env = cpu_env(threads=1)
     data = os.path.join("runs", "multi30k_2k", "bin")
-    if not opts.table_only and not os.path.isfile(os.path.join(data, "dict.en.txt")):
-        print(f"== preparing data/multi30k -> {data} (sentencepiece 2k joint vocabulary)", flush=True)
-        run(
-            [
-                sys.executable,
-                "-m",
-                "varattn_tools.prepare",
-                "--raw-dir",
-                os.path.join(REPO, "data", "multi30k"),
-                "--out",
-                os.path.dirname(data),
-                "--vocab-size",
-                "2000",
-            ],
-            os.path.join(opts.out, "prepare.log"),
-            env,
-        )
+    if not opts.table_only:
+        data = prepare_multi30k(os.path.dirname(data), os.path.join(opts.out, "prepare.log"), env, vocab_size=2000)
     if not opts.table_only:
         with concurrent.futures.ThreadPoolExecutor(max_workers=opts.jobs) as pool:
             list(pool.map(lambda n: run_one(n, ABLATIONS[n][1], opts, data, env), names))

@@ -54,7 +54,16 @@ import statistics
 import sys
 import time
 
-from varattn_tools.experiments import cpu_env, git_commit, mean_spread, metric, read_nll, run, validations
+from varattn_tools.experiments import (
+    cpu_env,
+    git_commit,
+    mean_spread,
+    metric,
+    prepare_multi30k,
+    read_nll,
+    run,
+    validations,
+)
 from varattn_tools.resume_train import training_seconds
 from varattn_tools.rows import (  # noqa: F401  (PRESET, TRANSFORMER_PRESET: read by tests and scripts)
     MAX_EPOCH,
@@ -673,24 +682,7 @@ def curves(plan, opts):
 
 
 def prepare(data_root, env):
-    data = os.path.join(data_root, "bin")
-    if not os.path.isfile(os.path.join(data, "dict.en.txt")):
-        print(f"== preparing data/multi30k -> {data_root} (prepare_data defaults)", flush=True)
-        os.makedirs(data_root, exist_ok=True)
-        run(
-            [
-                sys.executable,
-                "-m",
-                "varattn_tools.prepare",
-                "--raw-dir",
-                os.path.join(REPO, "data", "multi30k"),
-                "--out",
-                data_root,
-            ],
-            os.path.join(data_root, "prepare.log"),
-            env,
-        )
-    return data
+    return prepare_multi30k(data_root, os.path.join(data_root, "prepare.log"), env)
 
 
 # -- the table -------------------------------------------------------------------------------

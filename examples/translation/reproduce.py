@@ -34,7 +34,8 @@ import statistics
 import sys
 import time
 
-from varattn_tools.experiments import cpu_env, last_float, mean_spread, read_nll, run
+from varattn_tools.experiments import cpu_env, last_float, mean_spread, prepare_multi30k, read_nll, run
+from varattn_tools.rows import QUICK_PRESET
 from varattn_tools.variants import VARIANTS, train_options
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -43,29 +44,7 @@ USER_DIR = os.path.join(REPO, "fairseq_varattn")
 GOLD = os.path.join(HERE, "gold", "test_2016_flickr.de-en.pharaoh")
 
 PRESETS = {
-    # small enough for 2 CPU cores
-    "quick": [
-        "--arch",
-        "varattn_lstm",
-        "--encoder-embed-dim",
-        "64",
-        "--encoder-hidden-size",
-        "64",
-        "--decoder-embed-dim",
-        "64",
-        "--decoder-hidden-size",
-        "128",
-        "--decoder-out-embed-dim",
-        "64",
-        "--dropout",
-        "0.2",
-        "--optimizer",
-        "adam",
-        "--lr",
-        "0.005",
-        "--clip-norm",
-        "5",
-    ],
+    "quick": QUICK_PRESET,
     # the paper's IWSLT14 settings (docs/design.md, "Reference settings"); max-tokens replaces batch 6 sentences
     "full": [
         "--arch",
@@ -284,25 +263,7 @@ def markdown(table, opts, seeds, wall):
 
 
 def prepare_quick_data(out, env):
-    data = os.path.join(out, "data")
-    if not os.path.isfile(os.path.join(data, "bin", "dict.en.txt")):
-        print(f"== preparing data/multi30k -> {data} (sentencepiece 2k joint vocabulary)", flush=True)
-        run(
-            [
-                sys.executable,
-                "-m",
-                "varattn_tools.prepare",
-                "--raw-dir",
-                os.path.join(REPO, "data", "multi30k"),
-                "--out",
-                data,
-                "--vocab-size",
-                "2000",
-            ],
-            os.path.join(out, "prepare.log"),
-            env,
-        )
-    return os.path.join(data, "bin")
+    return prepare_multi30k(os.path.join(out, "data"), os.path.join(out, "prepare.log"), env, vocab_size=2000)
 
 
 def run_alignments(rows, opts, env):

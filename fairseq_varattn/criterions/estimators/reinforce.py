@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 from fairseq.dataclass import ChoiceEnum
+from fairseq.logging import metrics
 
 from ...modules.losses import reinforce_nll, value_with_gradient_of
 from ..logged import BITS, DERIVED
@@ -68,8 +69,6 @@ class Reinforce(Estimator):
 
     @staticmethod
     def reduce_metrics(logging_outputs) -> None:
-        from fairseq.logging import metrics
-
         count = sum(log.get("sf_count", 0) for log in logging_outputs)
         if count > 0:
             reward_sq = sum(log.get("sf_reward_sq", 0) for log in logging_outputs) / count
