@@ -45,6 +45,7 @@ from fairseq_varattn.models.varattn_transformer import base_architecture as vara
 from fairseq_varattn.modules.factored_output import FactoredOutputLayer
 from fairseq_varattn.modules.output_layer import AlignmentOutputLayer
 from varattn_tools import variants
+from varattn_tools.experiments import HEAP_MALLOC
 
 # benchmark row -> (variant of varattn_tools.variants, factored output layer, extra model args,
 # architecture); "lstm" and "transformer" are fairseq's own models of the same size
@@ -298,6 +299,21 @@ def measure_memory(name, opts):
     return (_proc_status_kb("VmHWM") - base) / 1024
 
 
+def training_malloc():
+    """Re-run this process under the malloc settings the training scripts use
+    (``varattn_tools.experiments.HEAP_MALLOC``: freed memory stays in the heap),
+    so that speeds are those of training; values the user exported win.  glibc
+    reads them at start-up only, hence the re-exec."""
+    if os.environ.get("VARATTN_BENCHMARK_MALLOC") == "set":
+        return
+    env = {**HEAP_MALLOC, **os.environ, "VARATTN_BENCHMARK_MALLOC": "set"}
+    os.execve(sys.executable, [sys.executable] + sys.argv, env)
+
+
+def malloc_note():
+    return ", ".join(f"{k}={os.environ[k]}" for k in HEAP_MALLOC if k in os.environ) or "glibc's default malloc"
+
+
 def _proc_status_kb(field):
     with open("/proc/self/status") as f:
         for line in f:
@@ -357,6 +373,7 @@ def main():
         print(json.dumps({"peak_mb": measure_memory(opts.memory_only, opts)}))
         return
 
+    training_malloc()
     names = [n for n in opts.variants.split(",") if n]
     if names == ["transformer-set"]:
         names = TRANSFORMER_ROWS
@@ -390,14 +407,16 @@ def main():
             cmd = [sys.executable, __file__, "--memory-only", n] + [
                 f"--{k.replace('_', '-')}={v}"
                 for k, v in vars(opts).items()
-                if k in ("vocab", "src_len", "tgt_len", "batch", "embed", "hidden", "chunk", "device", "preset")
+                if k
+                in ("vocab", "src_len", "tgt_len", "batch", "embed", "hidden", "out_embed", "chunk", "device", "preset")
             ]
             # glibc's default mmap threshold adapts to past frees, so freed
             # tensors may or may not return to the kernel and the peak RSS
             # varied by 10% between identical runs; a fixed threshold
             # serves every tensor over 64 KiB by mmap, and the peak RSS is
             # the peak of live tensors (reproducible to 0.1 MB)
-            env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+            env = {k: v for k, v in os.environ.items() if k not in HEAP_MALLOC}
+            env["MALLOC_MMAP_THRESHOLD_"] = "65536"
             out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
             results[n]["peak_mb"] = json.loads(out.strip().splitlines()[-1])["peak_mb"]
 
@@ -412,7 +431,7 @@ def main():
             else f"embed={opts.embed} hidden={opts.hidden} out-embed={opts.out_embed or opts.hidden} "
         )
         + f"chunk={opts.chunk} "
-        f"steps={opts.steps} (median step time)"
+        f"steps={opts.steps} (median step time; {malloc_note()})"
     )
     report(f"| variant | tokens/s | speed vs {ref_name} | peak MB | memory vs {ref_name} |")
     report("|---|---|---|---|---|")

@@ -72,3 +72,54 @@ def test_timing_parts_puts_the_methods_back_even_after_an_error():
             assert all(owner.__dict__[name] is not fn for (owner, name), fn in originals.items())
             raise RuntimeError("a step failed")
     assert all(owner.__dict__[name] is fn for (owner, name), fn in originals.items())
+
+
+def test_profile_puts_the_latent_work_where_it_runs(tmp_path):
+    """benchmarks/profile_step.py: soft attention runs no T-way log p and no q;
+    the exact marginal spends forward time in log p(y | z = i) and more GEMM
+    FLOPs than soft (b's projection); elbo-reinforce also its baseline's
+    output at a context and q's network, and autograd saves more for it."""
+    out = tmp_path / "profile.json"
+    subprocess.run(
+        [
+            PYTHON,
+            os.path.join(REPO, "benchmarks", "profile_step.py"),
+            "--variants",
+            "soft,factored-marginal,factored-elbo-reinforce",
+            "--steps",
+            "1",
+            "--json",
+            str(out),
+            *TINY,
+            "--out-embed",
+            "16",
+        ],
+        check=True,
+        capture_output=True,
+        cwd=REPO,
+        env=cli_env(),
+        timeout=600,
+    )
+    rows = json.loads(out.read_text())["rows"]
+    logp, context, q = "log p(y given z = i)", "output at a context", "q network"
+    ran = {
+        n: {p for p, ms in r["forward_parts_ms"].items() if p != "rest of the forward" and ms > 0}
+        for n, r in rows.items()
+    }
+    assert ran["soft"] <= {context}  # soft's output is the output at its expected context
+    assert ran["factored-marginal"] == {logp}
+    assert ran["factored-elbo-reinforce"] == {logp, context, q}
+    for phase in ("forward", "backward"):
+        assert rows["factored-marginal"]["gemm_gflop"][phase] > rows["soft"]["gemm_gflop"][phase]
+    assert rows["factored-elbo-reinforce"]["saved_mb"] > rows["soft"]["saved_mb"]
+    for r in rows.values():
+        assert r["wall_ms"]["forward"] > 0 and r["wall_ms"]["backward"] > 0
+
+
+def test_readme_tables_are_the_committed_results():
+    """benchmarks/README.md's speed tables are benchmarks/results.md, rendered by
+    benchmarks/readme_tables.py (no hand-copied number)."""
+    proc = subprocess.run(
+        [PYTHON, os.path.join(REPO, "benchmarks", "readme_tables.py"), "--check"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr

@@ -90,7 +90,7 @@ class SourceFactors:
 
     @cached_property
     def row_exp(self):
-        return (self.b - self.row_max).exp()
+        return (self.b - self.row_max).exp_()
 
     def index_select(self, index: torch.Tensor) -> "SourceFactors":
         out = SourceFactors.__new__(SourceFactors)
@@ -159,13 +159,13 @@ class _GoldLogLikelihood(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g, _bad):
         a_exp, b_exp, prod, target = ctx.saved_tensors
-        w = g / prod  # B, N, T
+        w = -g / prod  # B, N, T; negated here rather than the (B, N, V) results
         grad_a = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_a = torch.bmm(w, b_exp).mul_(a_exp).neg_()
+            grad_a = torch.bmm(w, b_exp).mul_(a_exp)
             grad_a.scatter_add_(-1, target.unsqueeze(-1), g.sum(-1, keepdim=True))
         if ctx.needs_input_grad[1]:
-            grad_b = torch.bmm(w.transpose(1, 2), a_exp).mul_(b_exp).neg_()
+            grad_b = torch.bmm(w.transpose(1, 2), a_exp).mul_(b_exp)
             grad_b.scatter_add_(-1, _source_index(target, b_exp.size(1)), g.transpose(1, 2))
         return grad_a, grad_b, None, None, None
 
