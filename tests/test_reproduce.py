@@ -464,11 +464,11 @@ def test_best_epoch_is_the_epoch_of_the_last_saved_best_checkpoint():
     assert parsed["best_epoch"] == 31 and parsed["valid_ppl_training"] == 4.34 and parsed["epochs_run"] == 31
 
 
-def test_converged_table_gives_mean_and_std_over_seeds_and_marks_the_dirichlet_row(tmp_path):
+def test_converged_table_gives_mean_and_std_over_seeds_and_marks_the_dirichlet_row(tmp_path, monkeypatch):
     """The table's cells are the mean ± sample std over a variant's seeds, and
     a Dirichlet row (importance-sampled PPL, differential entropies) says so."""
     converge = _converge_module()
-    converge.RESULTS = str(tmp_path)
+    monkeypatch.setattr(converge.plan, "RESULTS", str(tmp_path))
     common = {"output_layer": "factored", "bleu_signature": "nrefs:1", "date": "2026-11-29", "machine": "x86_64 x2"}
     for seed, ppl in ((1, 4.0), (2, 5.0), (3, 6.0)):
         (tmp_path / f"elbo-enum-seed{seed}.json").write_text(
@@ -485,11 +485,11 @@ def test_converged_table_gives_mean_and_std_over_seeds_and_marks_the_dirichlet_r
     assert converge.DIRICHLET_NOTE in table
 
 
-def test_converged_table_names_the_runs_that_trained_with_more_than_one_thread(tmp_path):
+def test_converged_table_names_the_runs_that_trained_with_more_than_one_thread(tmp_path, monkeypatch):
     """Training tok/s depends on how many threads a run had: the table's
     header names the runs that had more than one."""
     converge = _converge_module()
-    converge.RESULTS = str(tmp_path)
+    monkeypatch.setattr(converge.plan, "RESULTS", str(tmp_path))
     common = {
         "variant": "marginal",
         "test_ppl": 4.8,
@@ -541,10 +541,11 @@ def test_a_result_records_threads_only_when_its_training_ran_in_that_invocation(
     finished, its result is being re-made) records none, whatever this
     process's --threads is."""
     converge = _converge_module()
-    converge.RESULTS = str(tmp_path / "results")
+    monkeypatch.setattr(converge.plan, "RESULTS", str(tmp_path / "results"))
     monkeypatch.setattr(converge, "run", _fake_fairseq(epochs=4))
-    monkeypatch.setattr(converge, "sacrebleu_score", _fake_sacrebleu)
-    monkeypatch.setattr(converge, "alignment_scores", lambda *args: {})
+    monkeypatch.setattr(converge.evaluation, "run", _fake_fairseq(epochs=4))
+    monkeypatch.setattr(converge.evaluation, "sacrebleu_score", _fake_sacrebleu)
+    monkeypatch.setattr(converge.evaluation, "alignment_scores", lambda *args: {})
     opts = argparse.Namespace(work=str(tmp_path / "runs"), data=str(tmp_path / "bin"), threads=2)
     trained = converge.train_and_evaluate("soft", 99, opts, env={})
     assert trained["threads"] == 2 and trained["epochs_run"] == 4 and trained["stopped_by"] == "patience"
@@ -585,14 +586,14 @@ def test_the_learning_curve_is_every_epochs_last_validation_in_order():
     assert curve[4]["entropy_p"] == 1.63 and "prior_maxp" not in curve[4]
 
 
-def test_curves_take_a_results_own_training_log_and_plot_every_run_with_a_curve(tmp_path, capsys):
+def test_curves_take_a_results_own_training_log_and_plot_every_run_with_a_curve(tmp_path, capsys, monkeypatch):
     """`converge.py curves` adds a curve to a result that lacks one only from
     the log that result was made from (same epochs, same best epoch), and
     plots the results that have one."""
     converge = _converge_module()
-    converge.RESULTS = str(tmp_path / "results")
-    converge.CURVES = {"lstm": str(tmp_path / "curves.png")}
-    os.makedirs(converge.RESULTS)
+    monkeypatch.setattr(converge.plan, "RESULTS", str(tmp_path / "results"))
+    monkeypatch.setattr(converge.plan, "CURVES", {"lstm": str(tmp_path / "curves.png")})
+    os.makedirs(converge.plan.RESULTS)
     work = tmp_path / "runs"
     # hard-enum: a log of as many epochs, but not the one its result was made from (another best epoch)
     for name, log_epochs, best in (("marginal", 6, 6), ("elbo-enum", 5, 6), ("soft", None, 6), ("hard-enum", 6, 4)):

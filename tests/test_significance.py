@@ -39,7 +39,7 @@ def test_sentence_counts_must_match():
         paired_bleu(refs, refs, {"short": refs[:9]}, trials=10)
 
 
-def test_converge_tables_test_each_seed_against_the_baselines_same_seed(tmp_path):
+def test_converge_tables_test_each_seed_against_the_baselines_same_seed(tmp_path, monkeypatch):
     """converge.py's p column: seed 2 of a row is tested against seed 2 of the
     baseline, and a seed whose baseline run kept no translations gets none."""
     converge = example_module("converge")
@@ -57,7 +57,7 @@ def test_converge_tables_test_each_seed_against_the_baselines_same_seed(tmp_path
         path.write_text("\n".join(hyps) + "\n", encoding="utf-8")
         rows.append({"variant": variant, "seed": seed, "test_hypotheses": str(path)})
     rows.append({"variant": "transformer", "seed": 3})  # translations not kept
-    converge.RAW_TEST_REF = str(tmp_path / "refs.txt")
+    monkeypatch.setattr(converge.plan, "RAW_TEST_REF", str(tmp_path / "refs.txt"))
     (tmp_path / "refs.txt").write_text("\n".join(refs) + "\n", encoding="utf-8")
     p = converge.bleu_p_values(rows, "transformer")
     assert set(p) == {("transformer-elbo-enum", 1), ("transformer-elbo-enum", 2)}

@@ -1,0 +1,111 @@
+"""What converge.py reads from fairseq's training and validation logs: the
+learning curve, the best epoch, how a (resumed) run ended, its pace, and the
+latent criterions' diagnostics."""
+
+import datetime
+import re
+import statistics
+
+from varattn_tools.experiments import metric, validations
+from varattn_tools.rows import variant_name
+
+DIAGNOSTICS = (
+    "kl",
+    "entropy_p",
+    "entropy_q",
+    "entropy_post",
+    "entropy_uniform",
+    "prior_maxp",
+    "q_maxp",
+    "prior_concentration",
+    "q_concentration",
+)
+# what each epoch's validation line contributes to a run's learning curve
+CURVE_KEYS = ("ppl", "kl", "entropy_p", "entropy_q", "entropy_post", "entropy_uniform")
+
+
+def validation_curve(text):
+    """Every epoch's validation numbers, in epoch order (the last line of an
+    epoch that a resume validated twice): [{"epoch": 1, "ppl": ..., "kl": ...}, ...]
+    with the CURVE_KEYS the criterion logs (soft attention logs ppl alone)."""
+    curve = []
+    for epoch, line in sorted(validations(text).items()):
+        point = {"epoch": epoch}
+        point.update({k: v for k in CURVE_KEYS if (v := metric(line, k)) is not None})
+        curve.append(point)
+    return curve
+
+
+def parse_training(text):
+    """What the training log says: per-epoch train wps, the best validation
+    line, the learning curve."""
+    wps = [float(x) for x in re.findall(r"\| train \|.*? wps ([0-9.]+)", text)]
+    valid = validations(text)
+    if not valid:
+        raise RuntimeError("no validation in the training log")
+
+    # fairseq rounds ppl to 2 decimals and saves checkpoint_best.pt on ties
+    # too, so the best checkpoint is the last one saved under that name, not
+    # the first epoch with the lowest logged ppl
+    saved = re.findall(r"checkpoint_best\.pt \(epoch (\d+) @", text)
+    best = int(saved[-1]) if saved else min(valid, key=lambda e: metric(valid[e], "ppl"))
+    best_line = valid[best]
+    return {
+        "train_wps": statistics.mean(wps) if wps else None,
+        "epochs_run": max(valid),
+        "best_epoch": best,
+        "valid_ppl_training": metric(best_line, "ppl"),  # on fairseq's default batches (see run_one)
+        "valid_curve": validation_curve(text),
+    }
+
+
+def training_status(text):
+    """How a (possibly resumed, appended-to) training log ends: "training"
+    (not finished, or resumed after finishing), "patience" (early stopping)
+    or "cap" (stopped by --max-epoch)."""
+    parts = text.split("done training in")
+    if len(parts) == 1 or "begin training epoch" in parts[-1]:
+        return "training"
+    return "patience" if "early stop since" in parts[-2] else "cap"
+
+
+def needs_training(text, cap):
+    """Whether the run must (resume and) train: it has not finished, or it
+    stopped at a lower epoch cap than today's ``cap`` (its ``epoch_cap``)."""
+    status = training_status(text)
+    return status == "training" or (status == "cap" and parse_training(text)["epochs_run"] < cap)
+
+
+def validation_diagnostics(text):
+    """KL and entropies fairseq-validate logs for the best checkpoint (latent criterions only)."""
+    line = re.findall(r"on 'valid' subset \|(.*)", text)[-1]
+    return {f"valid_{k}": metric(line, k) for k in DIAGNOSTICS}
+
+
+def minutes_per_epoch(text, last=3):
+    """The median time between the last ``last`` + 1 epochs' validations, in
+    minutes, or None: what an epoch takes lately (a median, so one gap where a
+    run was interrupted and resumed does not count)."""
+    times = {
+        int(e): datetime.datetime.strptime(t, "%Y-%m-%d %H:%M:%S")
+        for t, e in re.findall(
+            r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) \| INFO \| valid \| epoch (\d+) \| valid on 'valid' subset", text, re.M
+        )
+    }
+    epochs = sorted(times)[-(last + 1) :]
+    gaps = [(times[b] - times[a]).total_seconds() / 60 / (b - a) for a, b in zip(epochs, epochs[1:])]
+    return statistics.median(gaps) if gaps else None
+
+
+def prior_sharpness(name, line):
+    """How sharp the prior is at a validation line, for the status of a run
+    in training: a prior at the uniform entropy has learnt nothing, one near
+    0 bits from the first epochs may have collapsed ("" for soft attention;
+    a Dirichlet's entropy is differential, so only its mean's largest weight)."""
+    parts = []
+    entropy, uniform = metric(line, "entropy_p"), metric(line, "entropy_uniform")
+    if entropy is not None and uniform is not None and not variant_name(name).endswith("dirichlet"):
+        parts.append(f"prior entropy {entropy} bits (uniform {uniform})")
+    if (maxp := metric(line, "prior_maxp")) is not None:
+        parts.append(f"largest prior weight {maxp}")
+    return "".join(", " + p for p in parts)

@@ -1,0 +1,77 @@
+"""converge.py's plan: which rows train with which seeds, and where their
+checkpoints, results, tables and figures live."""
+
+import os
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+USER_DIR = os.path.join(REPO, "fairseq_varattn")
+GOLD = os.path.join(HERE, "gold", "test_2016_flickr.de-en.pharaoh")
+RESULTS = os.path.join(HERE, "results", "converge")
+RAW_TEST_REF = os.path.join(REPO, "data", "multi30k", "test_2016_flickr.en.gz")
+TABLES = {
+    "lstm": os.path.join(HERE, "results", "converge.md"),
+    "transformer": os.path.join(HERE, "results", "converge-transformer.md"),
+}
+# per-run provenance (commits, resumes, pauses): beside the results, not in the READMEs
+NOTES = {
+    "lstm": os.path.join(HERE, "results", "converge-notes.md"),
+    "transformer": os.path.join(HERE, "results", "converge-transformer-notes.md"),
+}
+# the compact table of the top-level README
+HEADLINE = os.path.join(HERE, "results", "converge-headline.md")
+HEADLINE_ROWS = ("soft", "soft-factored", "marginal", "elbo-enum", "elbo-reinforce", "elbo-gumbel", "hard-enum")
+CURVES = {
+    "lstm": os.path.join(HERE, "results", "converge-curves.png"),
+    "transformer": os.path.join(HERE, "results", "converge-transformer-curves.png"),
+}
+
+# variant -> seeds, in the order they run (first seeds of everything first)
+PLANS = {
+    "lstm": {
+        "soft": [1, 2, 3],
+        "marginal": [1, 2, 3],
+        "elbo-enum": [1, 2, 3],
+        "elbo-reinforce": [1, 2, 3],
+        "hard-enum": [1, 2],
+        "hard-reinforce": [1],
+        "elbo-gumbel": [1],
+        "dirichlet": [1],
+        "rws": [1],
+        # soft attention with the latent variants' output layer: the like-for-like baseline
+        "soft-factored": [1, 2, 3],
+        # rws after three epochs of the exact marginal: plain rws puts every target
+        # word on the first source piece within an epoch (ROW_OPTIONS)
+        "rws-warmup": [1],
+        # rws with control variates on the wake-phase weights (--centred-weights),
+        # the other fix of the collapse at the quick preset
+        "rws-centred": [1],
+    },
+    "transformer": {
+        "transformer": [1, 2, 3],
+        "transformer-soft": [1],
+        "transformer-marginal": [1, 2, 3],
+        "transformer-elbo-enum": [1, 2, 3],
+        "transformer-elbo-reinforce": [1],
+    },
+}
+
+PLAN = {name: seeds for plan in PLANS.values() for name, seeds in plan.items()}
+
+# the row every other row's BLEU is tested against (paired bootstrap, seed by seed)
+BASELINE = {"lstm": "soft", "transformer": "transformer"}
+
+
+def ordered_plan(family):
+    plan = PLANS[family]
+    width = max(len(s) for s in plan.values())
+    return [(name, seeds[k]) for k in range(width) for name, seeds in plan.items() if k < len(seeds)]
+
+
+def result_path(name, seed):
+    return os.path.join(RESULTS, f"{name}-seed{seed}.json")
+
+
+def work_dir(opts, name, seed):
+    """The run's checkpoints and logs."""
+    return os.path.join(opts.work, f"{name}-seed{seed}")

@@ -1,0 +1,280 @@
+"""converge.py's tables, notes and figures from the finished results: the
+family's table with paired-bootstrap p-values, the top-level README's
+headline, each run's provenance, and the learning curves."""
+
+import json
+import os
+import statistics
+
+import converge_plan as plan
+from converge_plan import BASELINE, HEADLINE_ROWS, NOTES, PLANS
+
+from varattn_tools.experiments import mean_spread
+from varattn_tools.rows import MAX_EPOCH, PATIENCE
+
+# -- the table -------------------------------------------------------------------------------
+COLUMNS = [
+    ("valid PPL", "valid_ppl", ".2f"),
+    ("test PPL", "test_ppl", ".2f"),
+    ("BLEU", "test_bleu", ".2f"),
+    ("valid KL (bits)", "valid_kl", ".3f"),
+    ("H uniform (bits)", "valid_entropy_uniform", ".2f"),
+    ("H prior (bits)", "valid_entropy_p", ".2f"),
+    ("H q (bits)", "valid_entropy_q", ".2f"),
+    ("H posterior (bits)", "valid_entropy_post", ".2f"),
+    ("AER soft", "aer_soft", ".3f"),
+    ("AER prior", "aer_prior", ".3f"),
+    ("AER q", "aer_posterior", ".3f"),
+    ("AER exact posterior", "aer_posterior_exact", ".3f"),
+    ("train tok/s", "train_wps", ".0f"),
+    ("best epoch", "best_epoch", ".1f"),
+    ("epochs run", "epochs_run", ".1f"),
+]
+
+
+# the Dirichlet row's numbers do not mean what the categorical rows' do
+DIRICHLET_NOTE = (
+    "- dirichlet: its PPLs are importance-sampled (16 draws from (q + p) / 2 per token, an "
+    "upper bound on the exact PPL in expectation), and its H prior and H q are the differential "
+    "entropies of the Dirichlet densities over the simplex (negative when they are "
+    "concentrated), not entropies of a categorical alignment: they do not compare with the "
+    "other rows'; its AERs read the argmax of the Dirichlets' means"
+)
+
+# results scored before the gold grew past its first 24 sentences do not say so
+OLD_GOLD_SENTENCES = 24
+
+
+def gold_sizes(rows):
+    """The numbers of hand-aligned sentences the rows' AERs were scored on."""
+    return sorted({r.get("aer_sentences") or OLD_GOLD_SENTENCES for r in rows})
+
+
+def gold_phrase(rows):
+    sizes = gold_sizes(rows)
+    if len(sizes) == 1:
+        return f"AER on the {sizes[0]} hand-aligned test sentences"
+    return (
+        "AER on the hand-aligned test sentences (rows scored on "
+        + " or ".join(str(n) for n in sizes)
+        + " of them: see the notes; `converge.py align` rescores a run whose checkpoint is kept)"
+    )
+
+
+def bleu_p_values(rows, baseline):
+    """{(variant, seed): p} -- sacreBLEU's paired bootstrap p-value of each row's
+    BLEU difference from ``baseline`` trained with the same seed, for the rows
+    whose test translations are kept (``test_hypotheses``) on both sides."""
+    from varattn_tools.significance import paired_bleu, read_lines
+
+    kept = {
+        (r["variant"], r["seed"]): os.path.join(plan.HERE, r["test_hypotheses"])
+        for r in rows
+        if r.get("test_hypotheses")
+    }
+    references = None
+    out = {}
+    for seed in sorted({s for _, s in kept}):
+        base = kept.get((baseline, seed))
+        others = {v: path for (v, s), path in kept.items() if s == seed and v != baseline}
+        if base is None or not others:
+            continue
+        references = references or read_lines(plan.RAW_TEST_REF)
+        tested = paired_bleu(references, read_lines(base), {v: read_lines(path) for v, path in others.items()})
+        out.update({(v, seed): r["p_value"] for v, r in tested.items()})
+    return out
+
+
+def p_cell(p_values, name, runs):
+    """One table cell: the p-values of a row's seeds, in seed order ("-" where none)."""
+    found = [
+        p_values[(name, r["seed"])] for r in sorted(runs, key=lambda r: r["seed"]) if (name, r["seed"]) in p_values
+    ]
+    return ", ".join(f"{p:.3f}" for p in found) or "-"
+
+
+def aer_cell(runs, key, fmt):
+    """An AER: with one seed and a recorded interval, "AER [95% bootstrap interval over
+    sentences]"; over seeds, mean ± std."""
+    interval = runs[0].get(f"{key}_interval") if len(runs) == 1 else None
+    if interval is None or runs[0].get(key) is None:
+        return mean_spread([r.get(key) for r in runs], fmt)
+    low, high = interval
+    return f"{format(runs[0][key], fmt)} [{format(low, fmt)}, {format(high, fmt)}]"
+
+
+def finished(family):
+    rows = (
+        [
+            json.load(open(os.path.join(plan.RESULTS, f)))
+            for f in sorted(os.listdir(plan.RESULTS))
+            if f.endswith(".json")
+        ]
+        if os.path.isdir(plan.RESULTS)
+        else []
+    )
+    return [r for r in rows if r["variant"] in PLANS[family]]
+
+
+def table(family="lstm"):
+    rows = finished(family)
+    if not rows:
+        return "No finished runs yet.\n"
+    baseline = BASELINE[family]
+    p_values = bleu_p_values(rows, baseline)
+    # the p column follows BLEU
+    at = next(i for i, c in enumerate(COLUMNS) if c[1] == "test_bleu") + 1
+    header = [c[0] for c in COLUMNS]
+    header.insert(at, f"p (BLEU vs {baseline})")
+    lines = [
+        "| variant | output layer | seeds | " + " | ".join(header) + " |",
+        "|---|---|---|" + "---|" * len(header),
+    ]
+    for name in PLANS[family]:
+        runs = [r for r in rows if r["variant"] == name]
+        if not runs:
+            continue
+        label = name + (" (IS ppl)" if name == "dirichlet" else "")
+        seeds = ",".join(str(r["seed"]) for r in sorted(runs, key=lambda r: r["seed"]))
+        cells = [
+            aer_cell(runs, key, fmt) if key.startswith("aer_") else mean_spread([r.get(key) for r in runs], fmt)
+            for _, key, fmt in COLUMNS
+        ]
+        cells.insert(at, p_cell(p_values, name, runs))
+        lines.append(f"| {label} | {runs[0]['output_layer']} | {seeds} | " + " | ".join(cells) + " |")
+    notes = []
+    capped = [f"{r['variant']} seed {r['seed']} ({r['epochs_run']})" for r in rows if r.get("stopped_by") == "cap"]
+    if capped:
+        notes.append("- stopped by the epoch cap, not by patience: " + ", ".join(capped))
+    if any(r["variant"] == "dirichlet" for r in rows):
+        notes.append(DIRICHLET_NOTE)
+    if notes:
+        lines += ["", *notes]
+    signature = rows[0]["bleu_signature"]
+    dates = sorted({r["date"] for r in rows})
+    # rows without "threads" predate --threads: one thread each, two or three runs at a time
+    threaded = [f"{r['variant']} seed {r['seed']}: {r['threads']} threads" for r in rows if r.get("threads", 1) > 1]
+    sharing = "with other runs sharing the 2 cores" + (
+        f" ({'; '.join(threaded)}; see {'its note' if len(threaded) == 1 else 'their notes'})" if threaded else ""
+    )
+    budget = f"early stopping on valid PPL with patience {PATIENCE} (at most {MAX_EPOCH} epochs)"
+    notes_file = os.path.relpath(NOTES[family], plan.HERE)
+    head = (
+        f"`python examples/translation/converge.py run{'' if family == 'lstm' else ' --family ' + family}`, "
+        f"{dates[0]} to {dates[-1]}, {rows[0]['machine']}, no GPU; {budget}; "
+        f"mean ± std over seeds; PPLs, KL and entropies measured on every sentence of the best checkpoint; "
+        f"sacreBLEU `{signature}`, beam 5, test_2016_flickr; p: sacreBLEU's paired bootstrap "
+        f"(1000 resamples of the test sentences) of each seed's BLEU against {baseline} with the same seed, "
+        f'one value per seed, where both runs kept their translations ("-": not kept).  '
+        f"{gold_phrase(rows)} (a row of one seed: with its 95% bootstrap interval over sentences, "
+        f"where recorded).  Entropies and KL are per target token "
+        f"on the validation set (uniform: the entropy of a uniform alignment).  Training tok/s is "
+        f"fairseq's wps averaged over epochs, {sharing}: compare speeds "
+        f"with benchmarks/, not here.  How each run went (commits, resumes, pauses): `{notes_file}`.\n\n"
+    )
+    return head + "\n".join(lines) + "\n"
+
+
+def run_notes(family="lstm"):
+    """Each run's provenance: its JSON's "note" (what sets it apart, e.g. a code change mid-run)."""
+    rows = finished(family)
+    lines = [
+        f"# How each run of `converge.py --family {family}` went",
+        "",
+        "Generated by `converge.py table` from the result JSONs in `results/converge/`.",
+        "",
+    ]
+    lines += [
+        f"- **{r['variant']} seed {r['seed']}** ({r.get('commit', '?')}, {r.get('date', '?')}): "
+        f"{r.get('note') or 'trained in one go.'}"
+        f" AER scored on {r.get('aer_sentences') or OLD_GOLD_SENTENCES} hand-aligned sentences."
+        for r in rows
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def welch_p(a, b):
+    """Two-sided Welch t-test p-value over seeds (None with fewer than 2 seeds a side)."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    from scipy import stats
+
+    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def headline():
+    """The top-level README's table: the main rows against soft attention, with
+    Welch t-test p-values over seeds for test PPL and BLEU."""
+    rows = finished("lstm")
+    soft = [r for r in rows if r["variant"] == "soft"]
+    lines = [
+        "| `varattn_lstm` | seeds | test PPL | p | sacreBLEU | p | AER of its alignment |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in HEADLINE_ROWS:
+        runs = [r for r in rows if r["variant"] == name]
+        if not runs:
+            continue
+        cells = [name, str(len(runs))]
+        for key, fmt in (("test_ppl", ".2f"), ("test_bleu", ".2f")):
+            cells.append(mean_spread([r[key] for r in runs], fmt))
+            p = None if name == "soft" else welch_p([r[key] for r in runs], [r[key] for r in soft])
+            cells.append("-" if p is None else f"{p:.3f}")
+        aer_key = "aer_soft" if name.startswith("soft") else "aer_posterior_exact"
+        what = "soft attention" if name.startswith("soft") else "exact posterior"
+        cells.append(f"{mean_spread([r.get(aer_key) for r in runs], '.3f')} ({what})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return (
+        "Multi30k De-En, trained to convergence (early stopping on valid PPL), mean ± std over seeds; "
+        f"p: Welch's t-test over seeds against soft attention; {gold_phrase(rows)}.  "
+        "All rows and columns: `examples/translation/README.md`.\n\n" + "\n".join(lines) + "\n"
+    )
+
+
+def curve_colours(variants):
+    """{variant: an RGBA colour}, distinct for up to 20 variants, in the order
+    given.  Only the plotted variants get one: indexing the whole plan would
+    wrap tab10 and give two plotted variants one colour."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers
+    import matplotlib.pyplot as plt
+
+    plotted = list(dict.fromkeys(variants))
+    palette = plt.cm.tab10 if len(plotted) <= 10 else plt.cm.tab20
+    return {name: palette(k % palette.N) for k, name in enumerate(plotted)}
+
+
+def plot_curves(rows, path):
+    """Valid PPL and the prior's entropy (bits) against the epoch, a line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    fig, (ppl_ax, ent_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    colours = curve_colours([row["variant"] for row in rows])
+    styles = {1: "-", 2: "--", 3: ":"}
+    uniform = []
+    for row in rows:
+        curve, label = row["valid_curve"], f"{row['variant']} seed {row['seed']}"
+        style = dict(color=colours[row["variant"]], linestyle=styles.get(row["seed"], "-."), label=label)
+        ppl_ax.plot([p["epoch"] for p in curve], [p["ppl"] for p in curve], **style)
+        # a Dirichlet's entropy_p is a differential entropy: not on the same axis
+        points = [p for p in curve if "entropy_p" in p]
+        if points and row["variant"] != "dirichlet":
+            ent_ax.plot([p["epoch"] for p in points], [p["entropy_p"] for p in points], **style)
+            uniform += [p["entropy_uniform"] for p in points if "entropy_uniform" in p]
+    if uniform:
+        ent_ax.axhline(statistics.mean(uniform), color="grey", linewidth=0.8, linestyle="--", label="uniform alignment")
+    ppl_ax.set(yscale="log", xlabel="epoch", ylabel="valid PPL (log scale)", title="validation perplexity")
+    ppl_ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())  # 5, 10, 20 rather than 5x10^0
+    ppl_ax.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
+    ent_ax.set(xlabel="epoch", ylabel="bits per target token", title="entropy of the prior p(z_j | x, y_<j)")
+    for ax in (ppl_ax, ent_ax):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
