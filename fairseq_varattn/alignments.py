@@ -20,6 +20,8 @@ from typing import Dict, List, Set, Tuple
 
 import torch
 
+from .modules.alignment_head import AlignmentStep
+
 WORD_START = "\u2581"  # sentencepiece's word-boundary marker
 KINDS = ("attention", "q", "posterior")
 
@@ -60,9 +62,9 @@ def attention_of(model, net_input, target):
 
 def exact_posterior(model, extra, target):
     """p(z_j = i | x, y_<=j) of a categorical model, (B, T, N)."""
-    head = model.alignment_head
-    prior = head.alignment_distribution(extra["scores"], extra["encoder_padding_mask"])
-    logp = head.output.alignment_logprobs(extra["hidden"], extra["encoder_states"], target).float()
+    head, step = model.alignment_head, AlignmentStep.of(extra)
+    prior = head.alignment_distribution(step.scores, step.encoder_padding_mask)
+    logp = head.output.alignment_logprobs(step.hidden, step.encoder_states, target).float()
     return prior.posterior(logp).mean()
 
 
@@ -82,8 +84,8 @@ def alignment_matrices(model, net_input, target, kinds=None) -> Dict[str, torch.
     attn, extra = attention_of(model, net_input, target if has_q else None)
     out = {"attention": attn}
     if "q" in kinds:
-        head = model.alignment_head
-        out["q"] = head.alignment_distribution(extra["q_scores"], extra["encoder_padding_mask"]).mean().float()
+        step = AlignmentStep.of(extra)
+        out["q"] = model.alignment_head.alignment_distribution(step.q_scores, step.encoder_padding_mask).mean().float()
     if "posterior" in kinds:
         out["posterior"] = exact_posterior(model, extra, target).float()
     return {k: out[k] for k in kinds}

@@ -611,7 +611,7 @@ def test_transformer_with_shared_embeddings_trains_and_reloads(share, data_dir, 
     nll = float(re.findall(r"\| valid on 'valid' subset \|.*? nll_loss ([0-9.]+)", log)[-1])
     ckpt = os.path.join(save, "checkpoint_last.pt")
     state = torch.load(ckpt)["model"]
-    torch.testing.assert_close(state["decoder.output.fc_out.weight"], state["decoder.embed_tokens.weight"])
+    torch.testing.assert_close(state["decoder.head.output.fc_out.weight"], state["decoder.embed_tokens.weight"])
     if share == "--share-all-embeddings":
         torch.testing.assert_close(state["encoder.embed_tokens.weight"], state["decoder.embed_tokens.weight"])
     assert "decoder.output_projection.weight" not in state

@@ -56,13 +56,13 @@ def sharpened(
     model, d = build_model(
         attention, inference_network=inference_network, seed=seed, output_layer=output_layer, arch=arch
     )
-    model.decoder.scorer.register_forward_hook(_sharp_scores(0.0))
+    model.alignment_head.scorer.register_forward_hook(_sharp_scores(0.0))
     if model.inference_network is not None:
         model.inference_network.scorer.register_forward_hook(_sharp_scores(2.0, q_amplitude))
-    model.decoder.output.context_proj.register_forward_hook(_amplify_context)
+    model.alignment_head.output.context_proj.register_forward_hook(_amplify_context)
     with torch.no_grad():
         model.encoder.embed_tokens.weight.mul_(10.0)  # annotations that differ by position
-        model.decoder.output.fc_out.weight.mul_(10.0)
+        model.alignment_head.output.fc_out.weight.mul_(10.0)
     return model, d
 
 
@@ -72,7 +72,7 @@ def explicit(model, batch):
     net = batch["net_input"]
     target = batch["target"]
     _, extra = model(**net, target=target if model.inference_network is not None else None, features_only=True)
-    head = model.decoder
+    head = model.alignment_head
     enc = extra["encoder_states"]
     columns = [
         head.output.context_logprobs(extra["hidden"], enc[:, i : i + 1].expand(-1, target.size(1), -1), target)
@@ -81,7 +81,7 @@ def explicit(model, batch):
     logp = torch.stack(columns, dim=-1).double()  # B, N, T
     prior = head.alignment_distribution(extra["scores"], extra["encoder_padding_mask"])
     q = head.alignment_distribution(extra["q_scores"], extra["encoder_padding_mask"]) if "q_scores" in extra else None
-    mask = target.ne(head.dictionary.pad())
+    mask = target.ne(model.decoder.dictionary.pad())
     return prior, q, logp, mask
 
 
@@ -162,7 +162,7 @@ def test_topk_training_objectives(output_layer, k, arch):
     lower bound on log p(y) for every token, with the truncated q (or p) in
     both terms."""
     model, d = sharpened(output_layer=output_layer, arch=arch)
-    model.decoder.alignment_topk = k
+    model.alignment_head.alignment_topk = k
     batch = random_batch(d, bsz=4, src_len=7, tgt_len=6)
     prior, q, logp, mask = explicit(model, batch)
     log_marginal = torch.logsumexp(prior.log_probs.double() + logp, -1)
@@ -228,7 +228,7 @@ class GradientProbe:
         self.model.zero_grad()
         loss.backward()
         q = torch.nan_to_num(self.q_scores.grad.double(), nan=0.0, posinf=0.0, neginf=0.0).flatten()
-        out = torch.cat([p.grad.reshape(-1).double() for p in self.model.decoder.output.parameters()])
+        out = torch.cat([p.grad.reshape(-1).double() for p in self.model.alignment_head.output.parameters()])
         return torch.cat([q, out]), q.numel()
 
 
@@ -236,8 +236,8 @@ def _soft_baseline_loss(model, batch):
     """-sum_j log p(y_j | E_q[x~]): the loss whose gradient --train-baseline adds."""
     target = batch["target"]
     _, extra = model(**batch["net_input"], target=target, features_only=True)
-    q = model.decoder.alignment_distribution(extra["q_scores"], extra["encoder_padding_mask"])
-    logp = model.decoder.output.context_logprobs(extra["hidden"], q.expectation(extra["encoder_states"]), target)
+    q = model.alignment_head.alignment_distribution(extra["q_scores"], extra["encoder_padding_mask"])
+    logp = model.alignment_head.output.context_logprobs(extra["hidden"], q.expectation(extra["encoder_states"]), target)
     return -logp[target.ne(model.decoder.dictionary.pad())].sum()
 
 
@@ -307,7 +307,7 @@ def test_gumbel_objective_follows_the_temperature():
     valid = (~extra["encoder_padding_mask"]).float()
     mean_annotation = (extra["encoder_states"] * valid.unsqueeze(-1)).sum(1) / valid.sum(1, keepdim=True)
     mask = batch["target"].ne(d.pad())
-    uniform = model.decoder.output.context_logprobs(
+    uniform = model.alignment_head.output.context_logprobs(
         extra["hidden"], mean_annotation.unsqueeze(1).expand(-1, mask.size(1), -1), batch["target"]
     )
     uniform = float(-uniform[mask].sum().detach())
@@ -393,9 +393,9 @@ def test_centred_rws_changes_the_alignment_updates_alone():
         loss.backward()
         grads[centred] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     torch.testing.assert_close(
-        grads[True]["decoder.output.fc_out.weight"], grads[False]["decoder.output.fc_out.weight"]
+        grads[True]["decoder.head.output.fc_out.weight"], grads[False]["decoder.head.output.fc_out.weight"]
     )
-    for name in ("decoder.scorer.v.weight", "inference_network.scorer.v.weight"):
+    for name in ("decoder.head.scorer.v.weight", "inference_network.scorer.v.weight"):
         assert (grads[True][name] - grads[False][name]).abs().amax() > 1e-4 * grads[False][name].abs().amax(), name
 
 
@@ -405,18 +405,18 @@ def test_dirichlet_importance_nll_where_the_alignment_matters():
     Monte Carlo estimate under the prior alone."""
     model, d = sharpened("dirichlet")
     with torch.no_grad():
-        model.decoder.scorer.v.weight.div_(40.0 / 3.0)  # moderate concentrations
+        model.alignment_head.scorer.v.weight.div_(40.0 / 3.0)  # moderate concentrations
     batch = random_batch(d, bsz=3, src_len=6, tgt_len=5)
     _, extra = model(**batch["net_input"], target=batch["target"], features_only=True)
-    prior = model.decoder.alignment_distribution(extra["scores"], extra["encoder_padding_mask"])
-    q = model.decoder.alignment_distribution(extra["q_scores"], extra["encoder_padding_mask"])
+    prior = model.alignment_head.alignment_distribution(extra["scores"], extra["encoder_padding_mask"])
+    q = model.alignment_head.alignment_distribution(extra["q_scores"], extra["encoder_padding_mask"])
     mask = batch["target"].ne(d.pad())
     assert q.kl(prior)[mask].mean() > 1.0, "q must differ from the prior"
     with torch.no_grad():
         contexts = torch.bmm(prior.rsample(20000).flatten(1, 2), extra["encoder_states"]).view(
             *prior.concentration.shape[:2], 20000, -1
         )
-        logp = model.decoder.output.context_logprobs(extra["hidden"], contexts, batch["target"])
+        logp = model.alignment_head.output.context_logprobs(extra["hidden"], contexts, batch["target"])
         assert logp.std(-1)[mask].mean() > 0.3, "the output must depend on z"
         reference = -(torch.logsumexp(logp, -1) - math.log(20000))[mask].sum()
     torch.manual_seed(0)
@@ -430,7 +430,7 @@ def test_dirichlet_logs_the_total_concentrations_of_the_prior_and_q():
     (not through DirichletAlignment), on a model whose prior and q differ."""
     model, d = sharpened("dirichlet")
     with torch.no_grad():
-        model.decoder.scorer.v.weight.div_(40.0 / 3.0)
+        model.alignment_head.scorer.v.weight.div_(40.0 / 3.0)
     batch = random_batch(d, bsz=3, src_len=6, tgt_len=5)
     _, extra = model(**batch["net_input"], target=batch["target"], features_only=True)
     pad = extra["encoder_padding_mask"].unsqueeze(1)
@@ -454,13 +454,14 @@ def test_generation_output_is_the_explicit_mixture(output_layer, topk, arch):
     over the vocabulary, against T explicit softmaxes, with a sharp prior (a
     uniform prior would fail) and with top-k renormalised weights."""
     model, d = sharpened(inference_network="none", output_layer=output_layer, arch=arch)
-    model.decoder.alignment_topk = topk
+    model.alignment_head.alignment_topk = topk
     batch = random_batch(d, bsz=4, src_len=7, tgt_len=6)
     _, extra = model(**batch["net_input"], features_only=True)
     enc, hidden = extra["encoder_states"], extra["hidden"]
     n = hidden.size(1)
     columns = [
-        model.decoder.output.context_logprobs(hidden, enc[:, i : i + 1].expand(-1, n, -1)) for i in range(enc.size(1))
+        model.alignment_head.output.context_logprobs(hidden, enc[:, i : i + 1].expand(-1, n, -1))
+        for i in range(enc.size(1))
     ]
     joint = torch.stack(columns, dim=2).double()  # B, N, T, V
     prior = CategoricalAlignment(extra["scores"])
@@ -490,8 +491,10 @@ def test_baseline_attention_picks_the_baselines_context(attention):
     def soft_loss(name):
         _, extra = model(**batch["net_input"], target=target, features_only=True)
         scores = extra["q_scores"] if name == "sampled" else extra["scores"]
-        dist = model.decoder.alignment_distribution(scores, extra["encoder_padding_mask"])
-        logp = model.decoder.output.context_logprobs(extra["hidden"], dist.expectation(extra["encoder_states"]), target)
+        dist = model.alignment_head.alignment_distribution(scores, extra["encoder_padding_mask"])
+        logp = model.alignment_head.output.context_logprobs(
+            extra["hidden"], dist.expectation(extra["encoder_states"]), target
+        )
         return -logp[tokens].sum()
 
     soft = {name: _gradient(model, soft_loss(name)) for name in ("sampled", "prior")}
@@ -534,8 +537,10 @@ def test_warmups_train_their_objective_then_the_elbo(warmup):
             p, _, lp, _ = explicit(model, batch)
             return torch.logsumexp(p.log_probs + lp.float(), -1).neg()
         _, extra = model(**batch["net_input"], features_only=True)
-        p = model.decoder.alignment_distribution(extra["scores"], extra["encoder_padding_mask"])
-        return -model.decoder.output.context_logprobs(extra["hidden"], p.expectation(extra["encoder_states"]), target)
+        p = model.alignment_head.alignment_distribution(extra["scores"], extra["encoder_padding_mask"])
+        return -model.alignment_head.output.context_logprobs(
+            extra["hidden"], p.expectation(extra["encoder_states"]), target
+        )
 
     nll = warmup_nll().double()
     copied = posterior if warmup == "marginal" else prior
@@ -550,7 +555,7 @@ def test_warmups_train_their_objective_then_the_elbo(warmup):
     assert log[f"{warmup}_warmup"] == mask.sum()
     # the prior's scorer and the output layer learn from the NLL alone (q's
     # KL reaches only q and the annotations it reads)
-    shared = [*model.decoder.scorer.parameters(), *model.decoder.output.parameters()]
+    shared = [*model.alignment_head.scorer.parameters(), *model.alignment_head.output.parameters()]
 
     def grad_of(value):
         model.zero_grad()

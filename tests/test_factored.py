@@ -292,4 +292,4 @@ def test_factored_model_moves_between_dtypes_and_devices():
     batch = random_batch(d)
     out = model.get_normalized_probs(model(**batch["net_input"]), log_probs=True)
     assert out.dtype == torch.float32 and torch.isfinite(out).all()  # the products run in float32
-    assert model.decoder.output.fc_out.weight.dtype == torch.float64
+    assert model.alignment_head.output.fc_out.weight.dtype == torch.float64

@@ -69,10 +69,10 @@ def test_beam_search_projects_the_source_keys_once(arch, monkeypatch):
     beam search's time when it was recomputed every step)."""
     model, d = sharpened(inference_network="none", output_layer="factored", arch=arch)
     model.eval()
-    assert model.decoder.scorer.kind != "general", "general scores have no key projection"
+    assert model.alignment_head.scorer.kind != "general", "general scores have no key projection"
     calls = []
-    prepare = model.decoder.scorer.prepare
-    monkeypatch.setattr(model.decoder.scorer, "prepare", lambda keys: calls.append(keys.shape) or prepare(keys))
+    prepare = model.alignment_head.scorer.prepare
+    monkeypatch.setattr(model.alignment_head.scorer, "prepare", lambda keys: calls.append(keys.shape) or prepare(keys))
     batch = random_batch(d, bsz=3, src_len=7, tgt_len=5)
     net = {k: batch["net_input"][k] for k in ("src_tokens", "src_lengths")}
     generator = SequenceGenerator([model], d, beam_size=3, max_len_a=0, max_len_b=6, min_len=6)

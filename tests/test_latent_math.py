@@ -23,7 +23,7 @@ def features(model, batch, with_q=False):
 
 def explicit_output_probs(model, extra):
     """p(y | z = i) for every (b, j, i, v) from the raw weights, one alignment at a time."""
-    out = model.decoder.output
+    out = model.alignment_head.output
     h, enc = extra["hidden"], extra["encoder_states"]
     bsz, n, _ = h.shape
     t = enc.size(1)
@@ -46,7 +46,7 @@ def test_mixture_equals_explicit_sum_over_alignments():
     lprobs = model.get_normalized_probs(model(**batch["net_input"]), log_probs=True)
     torch.testing.assert_close(lprobs.exp(), explicit, rtol=1e-5, atol=1e-6)
     # and the training path (gold-token log-likelihoods + logsumexp) agrees
-    logp_y = model.decoder.output.alignment_logprobs(extra["hidden"], extra["encoder_states"], batch["target"])
+    logp_y = model.alignment_head.output.alignment_logprobs(extra["hidden"], extra["encoder_states"], batch["target"])
     nll = marginal_nll(CategoricalAlignment(extra["scores"]).log_probs, logp_y)
     gold = explicit.gather(-1, batch["target"].unsqueeze(-1)).squeeze(-1)
     torch.testing.assert_close(nll, -gold.log(), rtol=1e-5, atol=1e-5)
@@ -69,7 +69,7 @@ def test_padding_positions_get_no_alignment_mass():
 def test_chunked_equals_unchunked_values_and_gradients(chunk):
     model, d = build_model("categorical")
     batch = random_batch(d, src_len=7)
-    out = model.decoder.output
+    out = model.alignment_head.output
 
     def run(chunk_size):
         model.zero_grad()
@@ -82,7 +82,7 @@ def test_chunked_equals_unchunked_values_and_gradients(chunk):
             logp.detach(),
             mix.detach(),
             out.fc_out.weight.grad.clone(),
-            model.decoder.scorer.query_proj.weight.grad.clone(),
+            model.alignment_head.scorer.query_proj.weight.grad.clone(),
         )
 
     full = run(0)
@@ -96,9 +96,9 @@ def test_topk_with_k_equal_T_is_exact_and_small_k_is_a_proper_distribution():
     batch = random_batch(d)
     exact = model.get_normalized_probs(model(**batch["net_input"]), log_probs=True)
     t = batch["net_input"]["src_tokens"].size(1)
-    model.decoder.alignment_topk = t
+    model.alignment_head.alignment_topk = t
     torch.testing.assert_close(model.get_normalized_probs(model(**batch["net_input"]), log_probs=True), exact)
-    model.decoder.alignment_topk = 2
+    model.alignment_head.alignment_topk = 2
     approx = model.get_normalized_probs(model(**batch["net_input"]), log_probs=True)
     torch.testing.assert_close(approx.exp().sum(-1), torch.ones(approx.shape[:-1]))
     assert not torch.allclose(approx, exact)
@@ -131,7 +131,7 @@ def test_elbo_bounds_marginal_and_is_tight_at_the_exact_posterior():
             param.mul_(15)
     batch = random_batch(d)
     extra = features(model, batch, with_q=True)
-    out = model.decoder.output
+    out = model.alignment_head.output
     logp_y = out.alignment_logprobs(extra["hidden"], extra["encoder_states"], batch["target"])
     prior = CategoricalAlignment(extra["scores"])
     q = CategoricalAlignment(extra["q_scores"])

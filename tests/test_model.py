@@ -1,5 +1,7 @@
 """Model-level behaviour: incremental decoding, criterion values, clear errors."""
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -46,7 +48,7 @@ def test_reorder_incremental_state_follows_beams():
     prev = net["prev_output_tokens"]
     model.decoder(prev[:, :1], encoder_out=encoder_out, incremental_state=state)
     order = torch.tensor([2, 0, 1])
-    model.decoder.reorder_incremental_state(state, order)
+    model.decoder.reorder_incremental_state_scripting(state, order)
     encoder_out = model.encoder.reorder_encoder_out(encoder_out, order)
     step = model.decoder(prev[order, :2], encoder_out=encoder_out, incremental_state=state)
     full = model.get_normalized_probs(model(**net), True)
@@ -111,7 +113,7 @@ def test_hard_criterion_is_a_lower_bound(estimator):
     else:
         assert "sf_reward_sq" in log and "sf_advantage_sq" in log
     loss.backward()
-    assert torch.isfinite(model.decoder.scorer.query_proj.weight.grad).all()
+    assert torch.isfinite(model.alignment_head.scorer.query_proj.weight.grad).all()
 
 
 def test_elbo_without_inference_network_is_a_clear_error():
@@ -183,9 +185,9 @@ def _q_gradients(model):
 def _prior_monte_carlo_nll(model, batch, num_samples):
     """-sum_j log (1/S) sum_s p(y_j | z_s), z_s ~ the Dirichlet prior: no q involved."""
     _, extra = model(**batch["net_input"], features_only=True)
-    prior = model.decoder.alignment_distribution(extra["scores"], extra["encoder_padding_mask"])
+    prior = model.alignment_head.alignment_distribution(extra["scores"], extra["encoder_padding_mask"])
     contexts = weighted_context(prior.rsample(num_samples), extra["encoder_states"])
-    logp = model.decoder.output.context_logprobs(extra["hidden"], contexts, batch["target"])
+    logp = model.alignment_head.output.context_logprobs(extra["hidden"], contexts, batch["target"])
     nll = -(torch.logsumexp(logp, -1) - torch.log(torch.tensor(float(num_samples))))
     return nll[batch["target"].ne(model.decoder.dictionary.pad())].sum()
 
@@ -289,7 +291,7 @@ def test_state_dict_of_another_output_layer_is_a_clear_error(arch):
     _assert_marker_guards(
         factored,
         joint,
-        "output_layer_id",
+        "decoder.head.output_layer_id",
         "--output-layer joint model.*--output-layer factored.*model-overrides",
         "--output-layer joint",
     )
@@ -330,14 +332,70 @@ def test_checkpoints_without_the_markers_still_load():
         for k, v in model.state_dict().items()
         if k
         not in (
-            "attention_kind_id",
-            "output_layer_id",
+            "decoder.head.attention_kind_id",
+            "decoder.head.output_layer_id",
             "source_dictionary_crc",
             "target_dictionary_crc",
-            "dirichlet_link_id",
+            "decoder.head.dirichlet_link_id",
+            "decoder.head.output_activation_id",
         )
     }
     model.load_state_dict(state)
+
+
+PRE_HEAD = os.path.join(os.path.dirname(__file__), "data", "pre-head-state-dicts.pt")
+
+
+@pytest.mark.parametrize(
+    "case", ["lstm-categorical", "lstm-soft", "lstm-dirichlet-exp", "transformer-categorical", "transformer-soft"]
+)
+def test_state_dicts_from_before_the_head_module_load_and_compute_what_they_did(case):
+    """tests/data/pre-head-state-dicts.pt holds tiny models saved before the
+    alignment head was one module (decoder.scorer.*, decoder.output.*, the
+    markers at the model's top level) with their outputs on a fixed batch:
+    they load by name into today's models and give the same outputs, and the
+    parameters keep their order (fairseq resumes Adam's state by position)."""
+    saved = torch.load(PRE_HEAD, weights_only=True)[case]
+    model, _ = build_model(seed=9, **saved["options"])  # other weights: the load must replace them
+    state = dict(saved["state"])
+    assert "decoder.scorer.v.weight" in state or "decoder.scorer.query_proj.weight" in state, "an old layout"
+    model.load_state_dict(state)
+    with torch.no_grad():
+        out = model(**saved["batch"]["net_input"])[0]
+    torch.testing.assert_close(out, saved["output"], rtol=0, atol=1e-6)
+    moved = [
+        n.replace("decoder.scorer.", "decoder.head.scorer.").replace("decoder.output.", "decoder.head.output.")
+        for n in saved["parameters"]
+    ]
+    assert [n for n, _ in model.named_parameters()] == moved
+
+
+def test_vqa_state_dict_from_before_the_markers_loads_and_computes_what_it_did():
+    import argparse
+
+    from helpers import make_dictionary
+
+    from fairseq_varattn.models.varattn_vqa import VarAttnVQAModel
+    from fairseq_varattn.models.varattn_vqa import base_architecture as vqa_base
+
+    saved = torch.load(PRE_HEAD, weights_only=True)["vqa-categorical"]
+    assert not any(k.endswith("_id") for k in saved["state"]), "from before the markers"
+    torch.manual_seed(9)
+    args = argparse.Namespace(**saved["options"])
+    vqa_base(args)
+    args.region_feature_dim = 6
+    model = VarAttnVQAModel(args, make_dictionary(), make_dictionary(5)).eval()
+    model.load_state_dict(dict(saved["state"]))
+    with torch.no_grad():
+        out = model(**saved["batch"]["net_input"])[0]
+    torch.testing.assert_close(out, saved["output"], rtol=0, atol=1e-6)
+    assert [n for n, _ in model.named_parameters()] == saved["parameters"]
+    soft_args = argparse.Namespace(attention="soft", inference_network="none")
+    vqa_base(soft_args)
+    soft_args.region_feature_dim = 6
+    soft = VarAttnVQAModel(soft_args, make_dictionary(), make_dictionary(5))
+    with pytest.raises(ValueError, match="--attention soft model.*--attention categorical"):
+        model.load_state_dict(soft.state_dict())  # the markers now guard VQA checkpoints too
 
 
 def _spread_scores(module, args, out):
@@ -362,20 +420,20 @@ def test_dirichlet_models_use_their_link_and_refuse_a_checkpoint_of_the_other(ar
     softplus, d = build_model("dirichlet", arch=arch)
     exp, _ = build_model("dirichlet", arch=arch, dirichlet_concentration="exp")
     for model in (softplus, exp):  # fresh scores are near-constant: every link's mean would be near-uniform
-        model.decoder.scorer.register_forward_hook(_spread_scores)
+        model.alignment_head.scorer.register_forward_hook(_spread_scores)
     batch = random_batch(d)
     _, extra = exp(**batch["net_input"], features_only=True)
     alpha = extra["scores"].double().exp() + 1e-3
     want = alpha.masked_fill(torch.isinf(extra["scores"]), 0.0)
     torch.testing.assert_close(_attention(extra), want / want.sum(-1, keepdim=True), rtol=0, atol=1e-5)
-    prior = exp.decoder.alignment_distribution(extra["scores"], extra["encoder_padding_mask"])
+    prior = exp.alignment_head.alignment_distribution(extra["scores"], extra["encoder_padding_mask"])
     torch.testing.assert_close(prior.total.double(), want.sum(-1), rtol=1e-5, atol=0)
     _, extra = softplus(**batch["net_input"], features_only=True)
     assert (_attention(extra) - torch.softmax(extra["scores"].double(), -1)).abs().max() > 0.05
     _assert_marker_guards(
         exp,
         softplus,
-        "dirichlet_link_id",
+        "decoder.head.dirichlet_link_id",
         "--dirichlet-concentration softplus model.*exp",
         "--dirichlet-concentration softplus",
     )

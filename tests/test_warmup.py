@@ -167,7 +167,7 @@ def test_architecture_defaults_give_latent_attention_the_layer_that_learns():
         assert (args.output_layer, args.output_activation) == ("factored", "linear"), attention
         model = VarAttnTransformerModel.build_model(args, FakeTask(d, d))
         # W_o W_h h starts as W_o h, fairseq's own output projection
-        torch.testing.assert_close(model.decoder.output.hidden_proj.weight, torch.eye(8))
+        torch.testing.assert_close(model.alignment_head.output.hidden_proj.weight, torch.eye(8))
     args = argparse.Namespace(attention="categorical", inference_network="birnn")
     varattn_lstm_tiny(args)
     assert args.inference_annotations == "detached"
@@ -182,10 +182,10 @@ def test_a_checkpoint_from_before_the_activation_option_loads_as_tanh(arch):
     linear, _ = build_model("categorical", arch=arch, output_layer="factored", output_activation="linear")
     batch = random_batch(d)
     want = tanh(**batch["net_input"])[0]
-    old = {k: v for k, v in tanh.state_dict().items() if k != "output_activation_id"}
+    old = {k: v for k, v in tanh.state_dict().items() if k != "decoder.head.output_activation_id"}
     linear.load_state_dict(old)
-    assert linear.decoder.output.activation == "tanh"
+    assert linear.alignment_head.output.activation == "tanh"
     torch.testing.assert_close(linear(**batch["net_input"])[0], want)
     relinear, _ = build_model("categorical", arch=arch, output_layer="factored", output_activation="linear", seed=3)
     tanh.load_state_dict(relinear.state_dict())  # the marker says linear: the model becomes linear
-    assert tanh.decoder.output.activation == "linear"
+    assert tanh.alignment_head.output.activation == "linear"

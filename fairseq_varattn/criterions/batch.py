@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..modules.alignment import CategoricalAlignment, DirichletAlignment, weighted_context
+from ..modules.alignment_head import AlignmentStep
 from ..modules.losses import importance_log_marginal, marginal_nll
 
 
@@ -16,17 +17,16 @@ class LatentBatch:
     """Decoder features of one batch plus cached alignment log-likelihoods."""
 
     def __init__(self, model, features, extra, target, padding_idx):
-        # the module holding the alignment distribution and output layer:
-        # the decoder in translation, the answer head in VQA
-        self.head = model.alignment_head
+        self.head = model.alignment_head  # an AlignmentHead: the decoder's, or VQA's answer head
         self.output = self.head.output
         self.features = features  # the recurrence's attentional vectors (B, N, D)
-        self.hidden = extra["hidden"]
-        self.enc = extra["encoder_states"]
-        self.enc_mask = extra["encoder_padding_mask"]
-        self.scores = extra["scores"]
-        self.q_scores = extra.get("q_scores")
-        self.context = extra.get("context")  # the prior's expected context (B, N, C)
+        step = AlignmentStep.of(extra)
+        self.hidden = step.hidden
+        self.enc = step.encoder_states
+        self.enc_mask = step.encoder_padding_mask
+        self.scores = step.scores
+        self.q_scores = step.q_scores
+        self.context = step.context  # the prior's expected context (B, N, C)
         self.target = target
         self.token_mask = target.ne(padding_idx)
         # one dropout draw for every path of this batch (enumeration, samples,

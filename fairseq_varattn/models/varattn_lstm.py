@@ -37,7 +37,8 @@ from torch import Tensor
 from ..compat import warn_if_sentences_dropped
 from ..data_check import check_data_dir
 from ..modules.alignment_head import (
-    AlignmentHeadMixin,
+    AlignmentHead,
+    AlignmentStep,
     add_alignment_args,
     alignment_defaults,
     check_alignment_args,
@@ -46,14 +47,14 @@ from ..modules.output_layer import build_output_layer
 from ..modules.scorer import AttentionScorer
 from .encoder import VarAttnLSTMEncoder
 from .inference_network import InferenceNetwork, add_inference_embedding_args, shared_target_embeddings
-from .latent_model import LatentModelMixin, SourceCacheMixin
+from .latent_model import LatentModelMixin
 
 DEFAULT_MAX_POSITIONS = 1024
 INFERENCE_NETWORKS = ("none", "birnn")
 INPUT_FEEDS = ("attentional", "context")
 
 
-class VarAttnLSTMDecoder(SourceCacheMixin, AlignmentHeadMixin, FairseqIncrementalDecoder):
+class VarAttnLSTMDecoder(FairseqIncrementalDecoder):
     def __init__(
         self,
         dictionary,
@@ -80,9 +81,6 @@ class VarAttnLSTMDecoder(SourceCacheMixin, AlignmentHeadMixin, FairseqIncrementa
     ):
         super().__init__(dictionary)
         self.input_feed = input_feed
-        self.attention_kind = attention
-        self.dirichlet_concentration = dirichlet_concentration
-        self.alignment_topk = alignment_topk
         self.num_layers = num_layers
         self.encoder_layers = encoder_layers
         self.hidden_size = hidden_size
@@ -101,18 +99,23 @@ class VarAttnLSTMDecoder(SourceCacheMixin, AlignmentHeadMixin, FairseqIncrementa
         self.layers = nn.ModuleList(
             LSTMCell(embed_dim + self.input_feed_dim if i == 0 else hidden_size, hidden_size) for i in range(num_layers)
         )
-        self.scorer = AttentionScorer(hidden_size, encoder_output_units, attention_dim, kind=attention_score)
-        self.output = build_output_layer(
-            output_layer,
-            hidden_size,
-            encoder_output_units,
-            out_embed_dim,
-            len(dictionary),
-            dropout=dropout_out,
-            chunk_size=alignment_chunk_size,
-            shared_dropout=alignment_dropout == "shared",
-            source_rank=factored_source_rank,
-            activation=output_activation,
+        self.head = AlignmentHead(
+            AttentionScorer(hidden_size, encoder_output_units, attention_dim, kind=attention_score),
+            build_output_layer(
+                output_layer,
+                hidden_size,
+                encoder_output_units,
+                out_embed_dim,
+                len(dictionary),
+                dropout=dropout_out,
+                chunk_size=alignment_chunk_size,
+                shared_dropout=alignment_dropout == "shared",
+                source_rank=factored_source_rank,
+                activation=output_activation,
+            ),
+            attention,
+            alignment_topk,
+            dirichlet_concentration,
         )
 
     # -- recurrence -------------------------------------------------------
@@ -127,7 +130,7 @@ class VarAttnLSTMDecoder(SourceCacheMixin, AlignmentHeadMixin, FairseqIncrementa
         x, extra = self.extract_features(prev_output_tokens, encoder_out, incremental_state)
         if features_only:
             return x, extra
-        return self.cached_output_layer(x, extra, incremental_state), extra
+        return self.head.output_logits(x, AlignmentStep.of(extra), incremental_state), extra
 
     def _initial_state(self, encoder_out, bsz, like):
         _, enc_hiddens, enc_cells, _ = encoder_out
@@ -163,7 +166,7 @@ class VarAttnLSTMDecoder(SourceCacheMixin, AlignmentHeadMixin, FairseqIncrementa
         else:
             hiddens, cells, input_feed = self._initial_state(encoder_out, bsz, x)
 
-        keys = self.prepared_keys(enc, incremental_state)
+        keys = self.head.prepared_keys(enc, incremental_state)
         outs, tops, scores_all, weights_all, contexts = [], [], [], [], []
         for j in range(seqlen):
             layer_input = torch.cat((x[j], input_feed), dim=1)
@@ -171,10 +174,8 @@ class VarAttnLSTMDecoder(SourceCacheMixin, AlignmentHeadMixin, FairseqIncrementa
                 hiddens[i], cells[i] = cell(layer_input, (hiddens[i], cells[i]))
                 layer_input = self.dropout_out_module(hiddens[i])
             top = hiddens[-1]
-            scores = self.scorer(top, keys, enc_mask)
-            weights = self.expected_weights(scores, enc_mask)
-            context = torch.bmm(weights.unsqueeze(1), enc).squeeze(1)
-            attentional = self.dropout_out_module(self.output.attentional(top, context))
+            scores, weights, context = (t.squeeze(1) for t in self.head.attend(top.unsqueeze(1), keys, enc, enc_mask))
+            attentional = self.dropout_out_module(self.head.output.attentional(top, context))
             input_feed = attentional if self.input_feed == "attentional" else context
             outs.append(attentional)
             tops.append(top)
@@ -191,18 +192,18 @@ class VarAttnLSTMDecoder(SourceCacheMixin, AlignmentHeadMixin, FairseqIncrementa
                 "input_feed": input_feed,
             },
         )
-        extra = {
-            "attn": torch.stack(weights_all, dim=1),  # B x N x T expected alignment
-            "scores": torch.stack(scores_all, dim=1),  # B x N x T prior scores
-            "hidden": torch.stack(tops, dim=1),  # B x N x H decoder states
-            "context": torch.stack(contexts, dim=1),  # B x N x C expected context
-            "encoder_states": enc,
-            "encoder_padding_mask": enc_mask,
-        }
-        return torch.stack(outs, dim=1), extra
+        step = AlignmentStep(
+            scores=torch.stack(scores_all, dim=1),
+            weights=torch.stack(weights_all, dim=1),
+            hidden=torch.stack(tops, dim=1),
+            context=torch.stack(contexts, dim=1),
+            encoder_states=enc,
+            encoder_padding_mask=enc_mask,
+        )
+        return torch.stack(outs, dim=1), step.extra()
 
     def get_normalized_probs(self, net_output, log_probs, sample=None):
-        return self.normalized_output(net_output, log_probs)
+        return self.head.normalized_output(net_output, log_probs)
 
     # -- incremental state ------------------------------------------------
     def _cached_state(self, incremental_state) -> Tuple[List[Tensor], List[Tensor], Tensor]:
@@ -226,8 +227,7 @@ class VarAttnLSTMDecoder(SourceCacheMixin, AlignmentHeadMixin, FairseqIncrementa
                 "prev_cells": cached["prev_cells"].index_select(1, new_order),
                 "input_feed": cached["input_feed"].index_select(0, new_order),
             },
-        )
-        self.reorder_source_cache(incremental_state, new_order)
+        )  # the head reorders its own caches (fairseq visits every module)
 
     def max_positions(self):
         return self.max_target_positions

@@ -31,44 +31,35 @@ from fairseq.models.transformer import base_architecture as transformer_base
 from ..compat import warn_if_sentences_dropped
 from ..data_check import check_data_dir
 from ..modules.alignment_head import (
-    AlignmentHeadMixin,
+    AlignmentHead,
+    AlignmentStep,
     add_alignment_args,
     alignment_defaults,
     check_alignment_args,
 )
-from ..modules.output_layer import build_output_layer
-from ..modules.scorer import AttentionScorer
 from .inference_network import (
     InferenceNetwork,
     TransformerInferenceNetwork,
     add_inference_embedding_args,
     shared_target_embeddings,
 )
-from .latent_model import LatentModelMixin, SourceCacheMixin
+from .latent_model import LatentModelMixin
 
 INFERENCE_NETWORKS = ("none", "birnn", "transformer")
 
 
-class VarAttnTransformerDecoder(SourceCacheMixin, AlignmentHeadMixin, TransformerDecoder):
+class VarAttnTransformerDecoder(TransformerDecoder):
     """fairseq's decoder; ``init_alignment_head`` adds the head (fairseq builds
     decoders from its own config, which does not carry the alignment options)."""
 
     def init_alignment_head(self, args):
-        self.attention_kind = args.attention
-        self.alignment_topk = args.alignment_topk
-        self.dirichlet_concentration = args.dirichlet_concentration
-        dim = self.output_embed_dim
-        self.scorer = AttentionScorer(dim, args.encoder_embed_dim, args.attention_dim, kind=args.attention_score)
-        self.output = build_output_layer(
-            args.output_layer,
-            dim,
+        self.head = AlignmentHead.build(
+            args,
+            self.output_embed_dim,
             args.encoder_embed_dim,
             args.decoder_output_dim,
             len(self.dictionary),
             dropout=args.dropout,
-            shared_dropout=args.alignment_dropout == "shared",
-            source_rank=args.factored_source_rank,
-            activation=args.output_activation,
         )
         if args.share_decoder_input_output_embed:
             if self.embed_tokens.embedding_dim != args.decoder_output_dim:
@@ -76,7 +67,7 @@ class VarAttnTransformerDecoder(SourceCacheMixin, AlignmentHeadMixin, Transforme
                     "--share-decoder-input-output-embed needs --decoder-output-dim equal to "
                     f"--decoder-embed-dim ({self.embed_tokens.embedding_dim})"
                 )
-            self.output.fc_out.weight = self.embed_tokens.weight
+            self.head.output.fc_out.weight = self.embed_tokens.weight
 
     def build_output_projection(self, args, dictionary, embed_tokens):
         self.output_projection = None  # the alignment head's output layer takes its place
@@ -94,29 +85,17 @@ class VarAttnTransformerDecoder(SourceCacheMixin, AlignmentHeadMixin, Transforme
         enc = encoder_out["encoder_out"][0].transpose(0, 1)  # B x T x C
         masks = encoder_out["encoder_padding_mask"]
         enc_mask = masks[0] if len(masks) > 0 else torch.zeros(enc.shape[:2], dtype=torch.bool, device=enc.device)
-        scores = self.scorer(h, self.prepared_keys(enc, incremental_state), enc_mask)  # B x N x T
-        weights = self.expected_weights(scores, enc_mask)
-        context = torch.bmm(weights, enc)
-        features = self.dropout_module(self.output.attentional(h, context))
-        extra = {
-            "attn": [weights],  # fairseq's --print-alignment reads attn[0]
-            "inner_states": inner["inner_states"],
-            "scores": scores,
-            "hidden": h,
-            "context": context,
-            "encoder_states": enc,
-            "encoder_padding_mask": enc_mask,
-        }
+        scores, weights, context = self.head.attend(h, self.head.prepared_keys(enc, incremental_state), enc, enc_mask)
+        features = self.dropout_module(self.head.output.attentional(h, context))
+        step = AlignmentStep(scores, weights, h, context, enc, enc_mask)
+        # fairseq's --print-alignment reads attn[0]
+        extra = step.extra(attn=[weights], inner_states=inner["inner_states"])
         if features_only:
             return features, extra
-        return self.cached_output_layer(features, extra, incremental_state), extra
+        return self.head.output_logits(features, step, incremental_state), extra
 
     def get_normalized_probs(self, net_output, log_probs, sample=None):
-        return self.normalized_output(net_output, log_probs)
-
-    def reorder_incremental_state(self, incremental_state, new_order):
-        # the layers' own caches are reordered by fairseq (each module is visited)
-        self.reorder_source_cache(incremental_state, new_order)
+        return self.head.normalized_output(net_output, log_probs)
 
 
 @register_model("varattn_transformer")

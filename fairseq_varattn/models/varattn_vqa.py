@@ -10,10 +10,11 @@ is read from (docs/design.md, "VQA"):
 * q(z | x, y) = softmax_k(score_q(tanh(W [h; E(y)]), r_k)): the answer
   tells which region to look at; training only.
 
-The answer head is ``AlignmentHeadMixin`` + ``AlignmentOutputLayer``, the
-same code the translation decoder uses, so every latent criterion trains
+The answer head is an ``AlignmentHead`` with the joint output layer, the
+same module the translation decoders hold, so every latent criterion trains
 this model unchanged: an answer is a one-token target over K "source
-positions".
+positions".  With 13 to 3k answers the vocabulary is not the bottleneck, so
+no factored layer here.
 """
 
 import torch
@@ -22,47 +23,15 @@ from fairseq.models import BaseFairseqModel, register_model, register_model_arch
 from fairseq.models.lstm import LSTM, Embedding, Linear
 
 from ..modules.alignment_head import (
-    AlignmentHeadMixin,
+    AlignmentHead,
+    AlignmentStep,
     add_alignment_args,
     alignment_defaults,
     check_alignment_args,
 )
-from ..modules.output_layer import AlignmentOutputLayer
 from ..modules.scorer import AttentionScorer
 
 INFERENCE_NETWORKS = ("none", "answer")
-
-
-class VQAAnswerHead(AlignmentHeadMixin, nn.Module):
-    def __init__(
-        self,
-        question_dim,
-        region_dim,
-        mlp_dim,
-        num_answers,
-        attention="soft",
-        attention_score="mlp",
-        attention_dim=None,
-        dropout=0.0,
-        alignment_topk=0,
-        alignment_dropout="shared",
-        dirichlet_concentration="softplus",
-    ):
-        super().__init__()
-        self.attention_kind = attention
-        self.dirichlet_concentration = dirichlet_concentration
-        self.alignment_topk = alignment_topk
-        self.scorer = AttentionScorer(question_dim, region_dim, attention_dim, kind=attention_score)
-        # the joint MLP on [question; region]: with 13 to 3k answers the
-        # vocabulary is not the bottleneck, so no factored layer here
-        self.output = AlignmentOutputLayer(
-            question_dim,
-            region_dim,
-            mlp_dim,
-            num_answers,
-            dropout=dropout,
-            shared_dropout=alignment_dropout == "shared",
-        )
 
 
 class VQAInferenceNetwork(nn.Module):
@@ -88,19 +57,7 @@ class VarAttnVQAModel(BaseFairseqModel):
         question_dim = 2 * args.question_hidden_size
         self.region_proj = Linear(args.region_feature_dim, args.region_dim)
         self.dropout = nn.Dropout(args.dropout)
-        self.head = VQAAnswerHead(
-            question_dim,
-            args.region_dim,
-            args.mlp_dim,
-            len(answers),
-            attention=args.attention,
-            attention_score=args.attention_score,
-            attention_dim=args.attention_dim,
-            dropout=args.dropout,
-            alignment_topk=args.alignment_topk,
-            alignment_dropout=args.alignment_dropout,
-            dirichlet_concentration=args.dirichlet_concentration,
-        )
+        self.head = AlignmentHead.build(args, question_dim, args.region_dim, args.mlp_dim, len(answers), args.dropout)
         self.inference_network = None
         self.inference_annotations = args.inference_annotations
         if args.inference_network == "answer":
@@ -150,27 +107,23 @@ class VarAttnVQAModel(BaseFairseqModel):
     ):
         h = self.encode_question(question, question_lengths)
         r = self.dropout(torch.tanh(self.region_proj(regions)))
-        scores = self.head.scorer(h.unsqueeze(1), self.head.scorer.prepare(r), region_mask)  # B x 1 x K
-        weights = self.head.expected_weights(scores, region_mask)
-        context = torch.bmm(weights, r)
+        scores, weights, context = self.head.attend(h.unsqueeze(1), self.head.prepared_keys(r), r, region_mask)
         features = self.dropout(self.head.output.attentional(h.unsqueeze(1), context))
-        extra = {
-            "attn": weights,
-            "scores": scores,
-            "hidden": h.unsqueeze(1),
-            "context": context,
-            "encoder_states": r,
-            "encoder_padding_mask": region_mask,
-        }
+        step = AlignmentStep(scores, weights, h.unsqueeze(1), context, r, region_mask)
         if target is not None and self.inference_network is not None:
             regions = r.detach() if self.inference_annotations == "detached" else r
-            extra["q_scores"] = self.inference_network(h, target, regions, region_mask)
+            step.q_scores = self.inference_network(h, target, regions, region_mask)
         if features_only:
-            return features, extra
-        return self.head.output_layer(features, extra), extra
+            return features, step.extra()
+        return self.head.output_logits(features, step), step.extra()
 
     def get_normalized_probs(self, net_output, log_probs, sample=None):
         return self.head.normalized_output(net_output, log_probs)
+
+    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
+        # checkpoints from before the head had markers: the head of their options
+        self.head.check_checkpoint(state_dict, "head.")
+        return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
 
     def max_positions(self):
         return None

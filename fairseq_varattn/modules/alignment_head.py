@@ -1,20 +1,28 @@
 """The alignment head every model with latent attention shares (the
-translation decoder, the VQA answer head): its options, their defaults and
-checks, and what the attention kind means for the model's output
-(docs/design.md, "How the parts meet").
+translation decoders, the VQA answer head): one module that owns the
+prior's scorer, the attention kind with its options, the output layer, the
+beam-search caches and the checkpoint markers, and one typed result of a
+pass, ``AlignmentStep`` (docs/design.md, "How the parts meet").  Its options,
+their defaults and checks are here too.
 
-A class mixing ``AlignmentHeadMixin`` in sets ``attention_kind`` (a name),
-``alignment_topk`` and ``output`` (an output layer); latent criterions read
-exactly these plus ``alignment_distribution``.
+Latent criterions read ``model.alignment_head`` (an ``AlignmentHead``) and
+``AlignmentStep.of(extra)``.
 """
 
+from dataclasses import dataclass, fields
 from typing import Optional
 
+import torch
+import torch.nn as nn
 import torch.nn.functional as F
+from fairseq.incremental_decoding_utils import with_incremental_state
 from torch import Tensor
 
 from . import attention_kinds
+from .attention_kinds import DIRICHLET_LINK_IDS, KIND_IDS
+from .factored_output import FactoredOutputLayer, SourceLogitsCache
 from .output_base import OUTPUT_ACTIVATIONS
+from .output_layer import build_output_layer
 from .scorer import AttentionScorer
 
 OUTPUT_LAYERS = ("joint", "factored")
@@ -115,17 +123,90 @@ def check_alignment_args(args) -> None:
         )
 
 
-class AlignmentHeadMixin:
-    #: Dirichlet attention's link from scores to concentrations (--dirichlet-concentration)
-    dirichlet_concentration = "softplus"
+@dataclass
+class AlignmentStep:
+    """What an alignment head computed for a batch of target positions: every
+    model returns it in its ``extra`` (``extra()``), every criterion and tool
+    reads it back (``of``)."""
+
+    scores: Tensor  # (B, N, T) the prior's scores, -inf at padding
+    weights: Tensor  # (B, N, T) the prior's mean: the expected alignment
+    hidden: Tensor  # (B, N, H) the decoder states h_j that score the source
+    context: Tensor  # (B, N, C) the expected context
+    encoder_states: Tensor  # (B, T, C) the annotations x~ (image regions in VQA)
+    encoder_padding_mask: Tensor  # (B, T), True at padding
+    q_scores: Optional[Tensor] = None  # (B, N, T) q's scores, when the model was given the target
+
+    def extra(self, attn=None, **more) -> dict:
+        """fairseq's ``extra``: the fields by name, "attn" (what ``--print-alignment``
+        reads; the weights unless given) and what the model adds."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        out["attn"] = self.weights if attn is None else attn
+        out.update(more)
+        return out
+
+    @classmethod
+    def of(cls, extra: dict) -> "AlignmentStep":
+        return cls(**{f.name: extra.get(f.name) for f in fields(cls)})
+
+
+#: buffers of the head that say which function its parameters compute (saved in
+#: checkpoints; a checkpoint from before a marker gets the value named in ``check_checkpoint``)
+MARKERS = ("attention_kind_id", "output_layer_id", "dirichlet_link_id", "output_activation_id")
+
+
+@with_incremental_state
+class AlignmentHead(nn.Module):
+    """score(h_j, x~_i) -> the prior over alignments -> the output distribution.
+
+    Owns the scorer, the attention kind (with its options), the output layer,
+    the per-sentence caches of beam search and the markers saved in
+    checkpoints.  Soft, categorical and Dirichlet heads have the same
+    parameters, and joint and factored layers the same names, so only the
+    markers tell their checkpoints apart."""
+
+    def __init__(self, scorer, output, attention="soft", alignment_topk=0, dirichlet_concentration="softplus"):
+        super().__init__()
+        self.kind = attention_kinds.get(attention)
+        self.alignment_topk = alignment_topk
+        self.dirichlet_concentration = dirichlet_concentration
+        self.scorer = scorer
+        self.output = output
+        self.register_buffer("attention_kind_id", torch.tensor(KIND_IDS.index(attention)))
+        self.register_buffer("output_layer_id", torch.tensor(OUTPUT_LAYERS.index(self.output_layer_kind)))
+        self.register_buffer("dirichlet_link_id", torch.tensor(DIRICHLET_LINK_IDS.index(dirichlet_concentration)))
+        self.register_buffer("output_activation_id", torch.tensor(OUTPUT_ACTIVATIONS.index(output.activation)))
+
+    @classmethod
+    def build(cls, args, query_dim, key_dim, embed_dim, vocab_size, dropout, chunk_size=0):
+        """The head of the alignment options in ``args`` (``alignment_defaults``)."""
+        scorer = AttentionScorer(query_dim, key_dim, args.attention_dim, kind=args.attention_score)
+        output = build_output_layer(
+            args.output_layer,
+            query_dim,
+            key_dim,
+            embed_dim,
+            vocab_size,
+            dropout=dropout,
+            chunk_size=chunk_size,
+            shared_dropout=args.alignment_dropout == "shared",
+            source_rank=args.factored_source_rank,
+            activation=args.output_activation,
+        )
+        return cls(scorer, output, args.attention, args.alignment_topk, args.dirichlet_concentration)
 
     @property
-    def kind(self) -> attention_kinds.AttentionKind:
-        return attention_kinds.get(self.attention_kind)
+    def attention_kind(self) -> str:
+        return self.kind.name
+
+    @property
+    def output_layer_kind(self) -> str:
+        return "factored" if isinstance(self.output, FactoredOutputLayer) else "joint"
 
     def _kind_options(self) -> dict:
         return {name: getattr(self, name) for name in self.kind.options}
 
+    # -- the prior ----------------------------------------------------------
     def alignment_distribution(self, scores: Tensor, mask: Optional[Tensor]):
         """The distribution of this attention kind from scores (-inf at
         padding): the prior from the model's scores, q from the inference
@@ -136,11 +217,26 @@ class AlignmentHeadMixin:
         """The prior's mean: what input feeding and soft outputs use."""
         return self.kind.expected_weights(scores, mask, **self._kind_options())
 
-    def output_layer(self, features, extra):
-        """Logits (soft, Dirichlet) or the mixture's normalised log p(y | x) (categorical)."""
-        return self.kind.output(self, features, extra)
+    def attend(self, h: Tensor, keys: Tensor, enc: Tensor, mask: Tensor):
+        """(scores, expected weights, expected context) of queries h (B, N, H)
+        over the annotations enc (B, T, C) with ``prepared_keys``."""
+        scores = self.scorer(h, keys, mask)
+        weights = self.expected_weights(scores, mask)
+        return scores, weights, torch.bmm(weights, enc)
 
-    def normalized_output(self, net_output, log_probs):
+    # -- the output ---------------------------------------------------------
+    def output_logits(self, features: Tensor, step: AlignmentStep, incremental_state=None) -> Tensor:
+        """Logits (soft, Dirichlet) or the mixture's normalised log p(y | x) (categorical)."""
+        cache = None
+        if incremental_state is not None and self.kind.supports_topk and self.output_layer_kind == "factored":
+            cache = self.get_incremental_state(incremental_state, "source_cache")
+            if cache is None:
+                cache = SourceLogitsCache.build(self.output, step.encoder_states)
+                self.set_incremental_state(incremental_state, "source_cache", cache)
+        return self.kind.output(self.output, features, step, self.alignment_topk, cache)
+
+    @staticmethod
+    def normalized_output(net_output, log_probs):
         """``get_normalized_probs`` for every kind.
 
         A categorical model's output is already the mixture's normalised
@@ -152,3 +248,82 @@ class AlignmentHeadMixin:
         """
         out = net_output[0].float()
         return F.log_softmax(out, dim=-1) if log_probs else F.softmax(out, dim=-1)
+
+    # -- beam search --------------------------------------------------------
+    def prepared_keys(self, enc: Tensor, incremental_state=None) -> Tensor:
+        """``self.scorer.prepare(enc)``, once per sentence in incremental decoding:
+        what is computed from the source alone is the same at every step (the
+        key projection, recomputed, was a third of varattn_lstm's beam search
+        with MLP scores; the factored layer's b is cached in ``output_logits``)."""
+        if incremental_state is None:
+            return self.scorer.prepare(enc)
+        cached = self.get_incremental_state(incremental_state, "prepared_keys")
+        if cached is None:
+            cached = {"keys": self.scorer.prepare(enc)}
+            self.set_incremental_state(incremental_state, "prepared_keys", cached)
+        return cached["keys"]
+
+    def reorder_incremental_state(self, incremental_state, new_order: Tensor):
+        """Called by fairseq's decoder for every module that has it (beam search)."""
+        keys = self.get_incremental_state(incremental_state, "prepared_keys")
+        if keys is not None:
+            self.set_incremental_state(
+                incremental_state, "prepared_keys", {"keys": keys["keys"].index_select(0, new_order)}
+            )
+        source = self.get_incremental_state(incremental_state, "source_cache")
+        if source is not None:
+            self.set_incremental_state(incremental_state, "source_cache", SourceLogitsCache.reorder(source, new_order))
+
+    # -- checkpoints --------------------------------------------------------
+    def check_checkpoint(self, state_dict: dict, prefix: str) -> None:
+        """Clear errors for a checkpoint whose markers say it computes another
+        function; markers a checkpoint predates get the value it was trained with."""
+        saved_kind = KIND_IDS[int(state_dict.setdefault(prefix + "attention_kind_id", self.attention_kind_id.clone()))]
+        if saved_kind != self.attention_kind:
+            raise ValueError(
+                f"this checkpoint holds a --attention {saved_kind} model, but the model being "
+                f"loaded has --attention {self.attention_kind}: train with the checkpoint's "
+                "attention kind, or start a new run without --restore-file"
+            )
+        # from before --output-layer: joint
+        saved_layer = OUTPUT_LAYERS[
+            int(state_dict.setdefault(prefix + "output_layer_id", torch.tensor(OUTPUT_LAYERS.index("joint"))))
+        ]
+        if saved_layer != self.output_layer_kind:
+            raise ValueError(
+                f"this checkpoint holds a --output-layer {saved_layer} model, but the model being loaded "
+                f"has --output-layer {self.output_layer_kind}: load it with --model-overrides "
+                f"\"{{'output_layer': '{saved_layer}'}}\" or train with the checkpoint's output layer"
+            )
+        # from before --dirichlet-concentration: softplus
+        link = prefix + "dirichlet_link_id"
+        saved_link = DIRICHLET_LINK_IDS[
+            int(state_dict.setdefault(link, torch.tensor(DIRICHLET_LINK_IDS.index("softplus"))))
+        ]
+        if self.attention_kind == "dirichlet" and saved_link != self.dirichlet_concentration:
+            raise ValueError(
+                f"this checkpoint holds a --dirichlet-concentration {saved_link} model, but the model "
+                f"being loaded has --dirichlet-concentration {self.dirichlet_concentration}: load "
+                f"it with --model-overrides \"{{'dirichlet_concentration': '{saved_link}'}}\""
+            )
+        state_dict[link] = self.dirichlet_link_id.clone()  # no link outside Dirichlet
+        # parameter-free, so the checkpoint's activation is the one the head runs with:
+        # a checkpoint from before the option (tanh) loads as trained whatever today's default
+        key = prefix + "output_activation_id"
+        saved = OUTPUT_ACTIVATIONS[int(state_dict.get(key, OUTPUT_ACTIVATIONS.index("tanh")))]
+        self.output.activation = saved
+        state_dict[key] = torch.tensor(OUTPUT_ACTIVATIONS.index(saved))
+
+
+def move_head_keys(state_dict: dict, owner: str, head: str) -> None:
+    """Rename, in place, the keys of a checkpoint from before the head was one
+    module: ``{owner}scorer.*`` and ``{owner}output.*`` (the decoder's, or the
+    VQA head's own) and the markers saved at the model's top level go under
+    ``head``."""
+    if owner == head:
+        return
+    for key in list(state_dict):
+        if key.startswith((owner + "scorer.", owner + "output.")):
+            state_dict[head + key[len(owner) :]] = state_dict.pop(key)
+        elif key in MARKERS:
+            state_dict[head + key] = state_dict.pop(key)

@@ -7,8 +7,9 @@ An attention kind says what the scores of an alignment head mean:
   of ``distribution_class`` with ``mean``, ``entropy``, ``kl`` and sampling;
 * ``expected_weights(scores, mask)``: the weights of the expected context
   that input feeding (and soft attention's output) use;
-* ``output(head, features, extra)``: what the model returns at generation
-  time, logits or normalised log-probabilities;
+* ``output(layer, features, step, topk, cache)``: what the model returns at
+  generation time from its output layer and ``AlignmentStep``, logits or
+  normalised log-probabilities;
 * what it can be trained with: latent criterions declare the
   ``distribution_class`` they need and check it against the model's kind;
   ``latent`` says whether an inference network (a posterior over z) makes
@@ -77,9 +78,9 @@ class AttentionKind:
     def expected_weights(self, scores: Tensor, mask: Optional[Tensor], **options) -> Tensor:
         return self.distribution(scores, mask, **options).mean().type_as(scores)
 
-    def output(self, head, features: Tensor, extra: dict) -> Tensor:
+    def output(self, layer, features: Tensor, step, topk: int = 0, cache=None) -> Tensor:
         """Logits at the expected context (soft attention's output)."""
-        return head.output.soft_logits(features, extra["hidden"], extra["context"])
+        return layer.soft_logits(features, step.hidden, step.context)
 
 
 class SoftAttention(AttentionKind):
@@ -104,11 +105,10 @@ class CategoricalAttention(AttentionKind):
     def distribution(self, scores, mask, **options):
         return CategoricalAlignment(scores)
 
-    def output(self, head, features, extra):
-        prior = CategoricalAlignment(extra["scores"])
-        cached = {"cache": extra["source_cache"]} if "source_cache" in extra else {}
-        return head.output.mixture_logprobs(
-            extra["hidden"], extra["encoder_states"], prior, topk=head.alignment_topk, **cached
+    def output(self, layer, features, step, topk=0, cache=None):
+        cached = {} if cache is None else {"cache": cache}  # the factored layer's b for beam search
+        return layer.mixture_logprobs(
+            step.hidden, step.encoder_states, CategoricalAlignment(step.scores), topk, **cached
         )
 
 

@@ -20,6 +20,7 @@ from fairseq.logging import metrics
 from fairseq.tasks import FairseqTask, register_task
 
 from ..data.vqa import VQADataset, load_features
+from ..modules.alignment_head import AlignmentStep
 
 logger = logging.getLogger(__name__)
 
@@ -107,9 +108,10 @@ class VQATask(FairseqTask):
         gold = sample.get("gold_region")
         if gold is not None:
             extra = net_output[1]
-            out["attn_acc_prior"] = (extra["attn"][:, 0].argmax(-1) == gold).float()
+            out["attn_acc_prior"] = (extra["attn"][:, 0].argmax(-1) == gold).float()  # fairseq's attention key
             if has_q:
-                q = model.alignment_head.alignment_distribution(extra["q_scores"], extra["encoder_padding_mask"])
+                step = AlignmentStep.of(extra)
+                q = model.alignment_head.alignment_distribution(step.q_scores, step.encoder_padding_mask)
                 q_mean = q.mean()
                 out["attn_acc_q"] = (q_mean[:, 0].argmax(-1) == gold).float()
         return out
