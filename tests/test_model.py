@@ -493,3 +493,59 @@ def test_transformer_refuses_fairseqs_adaptive_softmax():
     adaptive softmax would be built and never read: a clear error instead."""
     with pytest.raises(ValueError, match="--adaptive-softmax-cutoff does not apply"):
         build_model("categorical", arch="transformer", adaptive_softmax_cutoff="5,10")
+
+
+def test_a_kind_with_an_option_is_one_class_and_one_registry_line(monkeypatch):
+    """A registered kind declaring a KindOption gets its flag, default, the
+    check that the option goes with its kind, its checkpoint marker and the
+    option at distribution time, with no other file touched."""
+    import argparse
+
+    from fairseq_varattn.modules import attention_kinds
+    from fairseq_varattn.modules.alignment import CategoricalAlignment
+    from fairseq_varattn.modules.alignment_head import (
+        AlignmentHead,
+        add_alignment_args,
+        alignment_defaults,
+        check_alignment_args,
+    )
+
+    seen = {}
+
+    class Tempered(attention_kinds.AttentionKind):
+        name = "tempered"
+        distribution_class = CategoricalAlignment
+        latent = True
+        options = (attention_kinds.KindOption("temper", ("1", "2"), "1", marker="temper_id", help="divide scores"),)
+
+        def distribution(self, scores, mask, temper="1"):
+            seen["temper"] = temper
+            return CategoricalAlignment(scores / float(temper))
+
+    monkeypatch.setattr(attention_kinds, "KINDS", dict(attention_kinds.KINDS))
+    monkeypatch.setattr(attention_kinds, "KIND_IDS", list(attention_kinds.KIND_IDS))
+    attention_kinds.register(Tempered())  # the registry line
+
+    parser = argparse.ArgumentParser(argument_default=argparse.SUPPRESS)  # as fairseq parses model args
+    add_alignment_args(parser, ("none",))
+    args = parser.parse_args(["--attention", "tempered", "--temper", "2"])
+    alignment_defaults(args)
+    check_alignment_args(args)
+    head = AlignmentHead.build(args, 4, 6, 5, 11, dropout=0.0)
+    assert int(head.temper_id) == 1 and int(head.dirichlet_link_id) == 0
+    scores = torch.randn(2, 3, 6)
+    torch.testing.assert_close(head.alignment_distribution(scores, None).mean(), torch.softmax(scores / 2, -1))
+    assert seen["temper"] == "2"
+    other = parser.parse_args(["--attention", "soft", "--temper", "2"])
+    alignment_defaults(other)
+    with pytest.raises(ValueError, match="--temper applies to --attention tempered, not --attention soft"):
+        check_alignment_args(other)
+    default = parser.parse_args(["--attention", "tempered"])
+    alignment_defaults(default)
+    assert default.temper == "1"
+    state = head.state_dict()
+    fresh = AlignmentHead.build(default, 4, 6, 5, 11, dropout=0.0)
+    with pytest.raises(ValueError, match="--temper 2 model.*--temper 1"):
+        fresh.check_checkpoint(dict(state), "")
+    del state["temper_id"]  # from before the option: its default, which ``fresh`` has
+    fresh.check_checkpoint(state, "")

@@ -36,6 +36,7 @@ from torch import Tensor
 
 from ..compat import warn_if_sentences_dropped
 from ..data_check import check_data_dir
+from ..modules import attention_kinds
 from ..modules.alignment_head import (
     AlignmentHead,
     AlignmentStep,
@@ -76,7 +77,7 @@ class VarAttnLSTMDecoder(FairseqIncrementalDecoder):
         alignment_dropout="shared",
         factored_source_rank=0,
         output_activation="tanh",
-        dirichlet_concentration="softplus",
+        kind_options=None,
         max_target_positions=DEFAULT_MAX_POSITIONS,
     ):
         super().__init__(dictionary)
@@ -115,7 +116,7 @@ class VarAttnLSTMDecoder(FairseqIncrementalDecoder):
             ),
             attention,
             alignment_topk,
-            dirichlet_concentration,
+            kind_options,
         )
 
     # -- recurrence -------------------------------------------------------
@@ -315,7 +316,7 @@ class VarAttnLSTMModel(LatentModelMixin, FairseqEncoderDecoderModel):
             alignment_dropout=args.alignment_dropout,
             factored_source_rank=args.factored_source_rank,
             output_activation=args.output_activation,
-            dirichlet_concentration=args.dirichlet_concentration,
+            kind_options={o.name: getattr(args, o.name) for o in attention_kinds.all_options()},
             max_target_positions=max_target,
         )
         inference_network = None

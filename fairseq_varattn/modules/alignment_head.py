@@ -19,7 +19,6 @@ from fairseq.incremental_decoding_utils import with_incremental_state
 from torch import Tensor
 
 from . import attention_kinds
-from .attention_kinds import DIRICHLET_LINK_IDS, KIND_IDS
 from .factored_output import FactoredOutputLayer, SourceLogitsCache
 from .output_base import OUTPUT_ACTIVATIONS
 from .output_layer import build_output_layer
@@ -50,13 +49,14 @@ def add_alignment_args(parser, inference_networks, output_layers=OUTPUT_LAYERS):
     parser.add_argument('--alignment-topk', type=int, metavar='K',
                         help='sum the output mixture over the K most probable alignments '
                              '(0 = exact); also applies at generation')
-    parser.add_argument('--dirichlet-concentration', choices=list(attention_kinds.DIRICHLET_LINKS),
-                        help='--attention dirichlet: alpha = softplus(score) (the paper\'s code) or '
-                             'exp(score), whose mean is softmax(score) at any total concentration')
     parser.add_argument('--alignment-dropout', choices=ALIGNMENT_DROPOUTS,
                         help='dropout in the joint output layer: one mask per target token shared '
                              'by all its alignments (default), or one per alignment (the paper\'s '
                              'code; its noise keeps the prior uniform)')
+    for kind in attention_kinds.KINDS.values():
+        for option in kind.options:
+            parser.add_argument(option.flag, choices=list(option.choices),
+                                help=f'--attention {kind.name}: {option.help}')
     if len(output_layers) > 1:
         parser.add_argument('--output-layer', choices=output_layers,
                             help='joint: softmax(W_o tanh(W_c [h_j; x~_i])), one vocabulary softmax per '
@@ -85,7 +85,8 @@ def alignment_defaults(args) -> None:
     args.attention_dim = getattr(args, "attention_dim", None)
     args.alignment_topk = getattr(args, "alignment_topk", 0)
     args.alignment_dropout = getattr(args, "alignment_dropout", "shared")
-    args.dirichlet_concentration = getattr(args, "dirichlet_concentration", "softplus")
+    for option in attention_kinds.all_options():
+        setattr(args, option.name, getattr(args, option.name, option.default))
     args.output_layer = getattr(args, "output_layer", "joint")
     args.factored_source_rank = getattr(args, "factored_source_rank", 0)
     args.output_activation = getattr(args, "output_activation", "tanh")
@@ -112,10 +113,10 @@ def check_alignment_args(args) -> None:
             "--factored-source-rank takes a rank >= 1 for --output-layer factored "
             f"(got {args.factored_source_rank} with --output-layer {args.output_layer})"
         )
-    if args.dirichlet_concentration != "softplus" and "dirichlet_concentration" not in kind.options:
-        raise ValueError(
-            f"--dirichlet-concentration applies to --attention dirichlet, not --attention {args.attention}"
-        )
+    for owner in attention_kinds.KINDS.values():
+        for option in owner.options:
+            if getattr(args, option.name) != option.default and option not in kind.options:
+                raise ValueError(f"{option.flag} applies to --attention {owner.name}, not --attention {args.attention}")
     if args.alignment_dropout == "independent" and args.output_layer == "factored":
         raise ValueError(
             "--alignment-dropout independent applies to the joint output layer; the "
@@ -150,9 +151,12 @@ class AlignmentStep:
         return cls(**{f.name: extra.get(f.name) for f in fields(cls)})
 
 
-#: buffers of the head that say which function its parameters compute (saved in
+#: the head's buffers that say which function its parameters compute (saved in
 #: checkpoints; a checkpoint from before a marker gets the value named in ``check_checkpoint``)
-MARKERS = ("attention_kind_id", "output_layer_id", "dirichlet_link_id", "output_activation_id")
+def markers():
+    return ("attention_kind_id", "output_layer_id", "output_activation_id") + tuple(
+        option.marker for option in attention_kinds.all_options()
+    )
 
 
 @with_incremental_state
@@ -165,17 +169,23 @@ class AlignmentHead(nn.Module):
     parameters, and joint and factored layers the same names, so only the
     markers tell their checkpoints apart."""
 
-    def __init__(self, scorer, output, attention="soft", alignment_topk=0, dirichlet_concentration="softplus"):
+    def __init__(self, scorer, output, attention="soft", alignment_topk=0, kind_options=None):
         super().__init__()
         self.kind = attention_kinds.get(attention)
         self.alignment_topk = alignment_topk
-        self.dirichlet_concentration = dirichlet_concentration
+        given = kind_options or {}
+        #: the kind's options (``KindOption``): name -> choice
+        self.kind_options = {o.name: given.get(o.name, o.default) for o in self.kind.options}
         self.scorer = scorer
         self.output = output
-        self.register_buffer("attention_kind_id", torch.tensor(KIND_IDS.index(attention)))
+        self.register_buffer("attention_kind_id", torch.tensor(attention_kinds.KIND_IDS.index(attention)))
         self.register_buffer("output_layer_id", torch.tensor(OUTPUT_LAYERS.index(self.output_layer_kind)))
-        self.register_buffer("dirichlet_link_id", torch.tensor(DIRICHLET_LINK_IDS.index(dirichlet_concentration)))
         self.register_buffer("output_activation_id", torch.tensor(OUTPUT_ACTIVATIONS.index(output.activation)))
+        # every kind's markers, so that heads of every kind have the same buffers;
+        # another kind's option holds its default
+        for option in attention_kinds.all_options():
+            choice = self.kind_options.get(option.name, option.default)
+            self.register_buffer(option.marker, torch.tensor(option.choices.index(choice)))
 
     @classmethod
     def build(cls, args, query_dim, key_dim, embed_dim, vocab_size, dropout, chunk_size=0):
@@ -193,7 +203,8 @@ class AlignmentHead(nn.Module):
             source_rank=args.factored_source_rank,
             activation=args.output_activation,
         )
-        return cls(scorer, output, args.attention, args.alignment_topk, args.dirichlet_concentration)
+        options = {o.name: getattr(args, o.name) for o in attention_kinds.all_options()}
+        return cls(scorer, output, args.attention, args.alignment_topk, options)
 
     @property
     def attention_kind(self) -> str:
@@ -203,19 +214,16 @@ class AlignmentHead(nn.Module):
     def output_layer_kind(self) -> str:
         return "factored" if isinstance(self.output, FactoredOutputLayer) else "joint"
 
-    def _kind_options(self) -> dict:
-        return {name: getattr(self, name) for name in self.kind.options}
-
     # -- the prior ----------------------------------------------------------
     def alignment_distribution(self, scores: Tensor, mask: Optional[Tensor]):
         """The distribution of this attention kind from scores (-inf at
         padding): the prior from the model's scores, q from the inference
         network's."""
-        return self.kind.distribution(scores, mask, **self._kind_options())
+        return self.kind.distribution(scores, mask, **self.kind_options)
 
     def expected_weights(self, scores: Tensor, mask: Optional[Tensor]) -> Tensor:
         """The prior's mean: what input feeding and soft outputs use."""
-        return self.kind.expected_weights(scores, mask, **self._kind_options())
+        return self.kind.expected_weights(scores, mask, **self.kind_options)
 
     def attend(self, h: Tensor, keys: Tensor, enc: Tensor, mask: Tensor):
         """(scores, expected weights, expected context) of queries h (B, N, H)
@@ -278,7 +286,9 @@ class AlignmentHead(nn.Module):
     def check_checkpoint(self, state_dict: dict, prefix: str) -> None:
         """Clear errors for a checkpoint whose markers say it computes another
         function; markers a checkpoint predates get the value it was trained with."""
-        saved_kind = KIND_IDS[int(state_dict.setdefault(prefix + "attention_kind_id", self.attention_kind_id.clone()))]
+        saved_kind = attention_kinds.KIND_IDS[
+            int(state_dict.setdefault(prefix + "attention_kind_id", self.attention_kind_id.clone()))
+        ]
         if saved_kind != self.attention_kind:
             raise ValueError(
                 f"this checkpoint holds a --attention {saved_kind} model, but the model being "
@@ -295,18 +305,16 @@ class AlignmentHead(nn.Module):
                 f"has --output-layer {self.output_layer_kind}: load it with --model-overrides "
                 f"\"{{'output_layer': '{saved_layer}'}}\" or train with the checkpoint's output layer"
             )
-        # from before --dirichlet-concentration: softplus
-        link = prefix + "dirichlet_link_id"
-        saved_link = DIRICHLET_LINK_IDS[
-            int(state_dict.setdefault(link, torch.tensor(DIRICHLET_LINK_IDS.index("softplus"))))
-        ]
-        if self.attention_kind == "dirichlet" and saved_link != self.dirichlet_concentration:
-            raise ValueError(
-                f"this checkpoint holds a --dirichlet-concentration {saved_link} model, but the model "
-                f"being loaded has --dirichlet-concentration {self.dirichlet_concentration}: load "
-                f"it with --model-overrides \"{{'dirichlet_concentration': '{saved_link}'}}\""
-            )
-        state_dict[link] = self.dirichlet_link_id.clone()  # no link outside Dirichlet
+        for option in attention_kinds.all_options():  # from before an option: its default
+            key = prefix + option.marker
+            saved = option.choices[int(state_dict.setdefault(key, torch.tensor(option.choices.index(option.default))))]
+            if option in self.kind.options and saved != self.kind_options[option.name]:
+                raise ValueError(
+                    f"this checkpoint holds a {option.flag} {saved} model, but the model being loaded has "
+                    f"{option.flag} {self.kind_options[option.name]}: load it with --model-overrides "
+                    f"\"{{'{option.name}': '{saved}'}}\""
+                )
+            state_dict[key] = getattr(self, option.marker).clone()  # another kind's option: not its own
         # parameter-free, so the checkpoint's activation is the one the head runs with:
         # a checkpoint from before the option (tanh) loads as trained whatever today's default
         key = prefix + "output_activation_id"
@@ -325,5 +333,5 @@ def move_head_keys(state_dict: dict, owner: str, head: str) -> None:
     for key in list(state_dict):
         if key.startswith((owner + "scorer.", owner + "output.")):
             state_dict[head + key[len(owner) :]] = state_dict.pop(key)
-        elif key in MARKERS:
+        elif key in markers():
             state_dict[head + key] = state_dict.pop(key)

@@ -20,7 +20,8 @@ position in ``KIND_IDS`` is saved in checkpoints, so new kinds are appended
 (docs/design.md, "Adding an attention kind").
 """
 
-from typing import Dict, Optional
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -44,8 +45,28 @@ DIRICHLET_LINKS = {
     "softplus": F.softplus,
     "exp": lambda s: s.clamp(max=DIRICHLET_EXP_CAP).exp(),
 }
-# saved in checkpoints as an index (models/latent_model.py): append, never reorder
+# saved in checkpoints as an index (KindOption.marker): append, never reorder
 DIRICHLET_LINK_IDS = list(DIRICHLET_LINKS)
+
+
+@dataclass(frozen=True)
+class KindOption:
+    """An option of one attention kind.  The alignment head turns it into a
+    command-line flag (``--NAME`` with dashes), its default, the check that
+    it is given only with its kind, and a checkpoint buffer ``marker`` holding
+    the index of its choice (its options share every parameter, so only the
+    marker tells their checkpoints apart).  ``default`` is also what a
+    checkpoint from before the option was trained with."""
+
+    name: str
+    choices: Tuple[str, ...]
+    default: str
+    marker: str
+    help: str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
 
 
 def _per_row(mask: Optional[Tensor], scores: Tensor) -> Optional[Tensor]:
@@ -69,8 +90,8 @@ class AttentionKind:
     supports_topk = False
     #: how the alignment tools label the head's attention
     label = ""
-    #: head attributes passed to ``distribution`` as keywords (model options of this kind)
-    options = ()
+    #: this kind's model options (``KindOption``), passed to ``distribution`` as keywords
+    options: Tuple[KindOption, ...] = ()
 
     def distribution(self, scores: Tensor, mask: Optional[Tensor], **options):
         raise NotImplementedError
@@ -120,7 +141,16 @@ class DirichletAttention(AttentionKind):
     distribution_class = DirichletAlignment
     latent = True
     label = "dirichlet prior p(z|x)"
-    options = ("dirichlet_concentration",)
+    options = (
+        KindOption(
+            "dirichlet_concentration",
+            tuple(DIRICHLET_LINK_IDS),
+            "softplus",
+            marker="dirichlet_link_id",
+            help="alpha = softplus(score) (the paper's code) or exp(score), whose mean is "
+            "softmax(score) at any total concentration",
+        ),
+    )
 
     def distribution(self, scores, mask, dirichlet_concentration="softplus"):
         mask = _per_row(mask, scores)
@@ -140,6 +170,11 @@ def register(kind: AttentionKind) -> AttentionKind:
 
 for _kind in (SoftAttention(), CategoricalAttention(), DirichletAttention()):
     register(_kind)
+
+
+def all_options() -> Tuple[KindOption, ...]:
+    """Every registered kind's options, in registry order."""
+    return tuple(option for kind in KINDS.values() for option in kind.options)
 
 
 def get(name: str) -> AttentionKind:
