@@ -3,7 +3,7 @@ arithmetic says they should cost on this machine (issue: latent attention
 close to soft attention's speed; benchmarks/README.md, "Profile").
 
     python benchmarks/profile_step.py                       # the converged comparison's LSTM sizes
-    python benchmarks/profile_step.py --variants soft,factored-marginal --steps 2
+    python benchmarks/profile_step.py --variants soft,marginal --steps 2
 
 Rows are benchmarks/speed.py's (same model building, same random batches).
 For each row, ``--steps`` training steps run under ``torch.profiler``; every
@@ -36,7 +36,7 @@ from fairseq_varattn.models.inference_network import InferenceNetwork, Transform
 from fairseq_varattn.modules.factored_output import FactoredOutputLayer  # noqa: E402
 from fairseq_varattn.modules.output_layer import AlignmentOutputLayer  # noqa: E402
 
-DEFAULT_ROWS = "soft,factored-soft,factored-marginal,factored-elbo-enum,factored-elbo-reinforce"
+DEFAULT_ROWS = "soft,soft-factored,marginal,elbo-enum,elbo-reinforce"
 
 # forward regions: (label, [(class, method)]); the first region entered owns the time
 REGIONS = {
@@ -257,9 +257,11 @@ def main():
     opts.chunk, opts.preset, opts.device = 0, "default", "cpu"
     speed.training_malloc()
     names = [n for n in opts.variants.split(",") if n]
-    unknown = set(names) - set(speed.ROWS)
-    if unknown:
-        parser.error(f"unknown rows {sorted(unknown)}; choose from {list(speed.ROWS)}")
+    for n in names:
+        try:
+            speed.rows.parse(n)
+        except KeyError as err:
+            parser.error(f"{n}: {err}")
 
     lines = []
 

@@ -44,43 +44,36 @@ from fairseq_varattn.models.varattn_transformer import VarAttnTransformerModel
 from fairseq_varattn.models.varattn_transformer import base_architecture as varattn_transformer_base
 from fairseq_varattn.modules.factored_output import FactoredOutputLayer
 from fairseq_varattn.modules.output_layer import AlignmentOutputLayer
-from varattn_tools import variants
+from varattn_tools import rows, variants
 from varattn_tools.experiments import HEAP_MALLOC
 
-# benchmark row -> (variant of varattn_tools.variants, factored output layer, extra model args,
-# architecture); "lstm" and "transformer" are fairseq's own models of the same size
-ROWS = {"lstm": (None, False, {}, "lstm"), "transformer": (None, False, {}, "transformer")}
-for _name in variants.VARIANTS:
-    ROWS[_name] = (_name, False, {}, "lstm")
-    ROWS[f"factored-{_name}"] = (_name, True, {}, "lstm")
-    ROWS[f"transformer-{_name}"] = (_name, False, {}, "transformer")
-    ROWS[f"transformer-factored-{_name}"] = (_name, True, {}, "transformer")
-ROWS["marginal-top5"] = ("marginal", False, {"alignment_topk": 5}, "lstm")
-ROWS["factored-marginal-top5"] = ("marginal", True, {"alignment_topk": 5}, "lstm")
-# the factored family next to joint soft and joint marginal (docs/design.md, "Output layers")
-for _name in ("marginal", "elbo-enum"):  # the factored layer's low-rank source side
-    ROWS[f"factored-{_name}-r64"] = (_name, True, {"factored_source_rank": 64}, "lstm")
-    ROWS[f"transformer-factored-{_name}-r64"] = (_name, True, {"factored_source_rank": 64}, "transformer")
+# Rows are named as every results table names them (varattn_tools/rows.py):
+# "soft" is varattn_lstm's soft attention (joint layer), a latent variant alone
+# has the factored layer ("-joint": the paper's joint layer), "-rR" and "-topK"
+# add --factored-source-rank R and --alignment-topk K, "transformer-VARIANT" is
+# varattn_transformer (factored, linear), "lstm" and "transformer" are
+# fairseq's own models of the same size.  Tables before 2026-12-06 named the
+# same rows factored-VARIANT, VARIANT (joint) and transformer-factored-VARIANT.
 DEFAULT_ROWS = [
     "soft",
+    "marginal-joint",
+    "soft-factored",
     "marginal",
-    "factored-soft",
-    "factored-marginal",
-    "factored-hard-enum",
-    "factored-elbo-enum",
-    "factored-elbo-reinforce",
-    "factored-marginal-top5",
-    "factored-marginal-r64",
-    "factored-elbo-enum-r64",
+    "hard-enum",
+    "elbo-enum",
+    "elbo-reinforce",
+    "marginal-top5",
+    "marginal-r64",
+    "elbo-enum-r64",
 ]
 # varattn_transformer against fairseq's transformer of the same size
 TRANSFORMER_ROWS = [
     "transformer",
-    "transformer-soft",
-    "transformer-factored-marginal",
-    "transformer-factored-elbo-enum",
-    "transformer-factored-marginal-r64",
-    "transformer-factored-elbo-enum-r64",
+    "transformer-soft-joint",
+    "transformer-marginal",
+    "transformer-elbo-enum",
+    "transformer-marginal-r64",
+    "transformer-elbo-enum-r64",
 ]
 
 
@@ -114,7 +107,8 @@ def make_dictionary(vocab):
 
 
 def build(name, d, opts):
-    variant, factored, extra, arch = ROWS[name]
+    row = rows.parse(name)
+    variant, arch = row.variant, "transformer" if row.transformer else "lstm"
     sizes = dict(
         dropout=0.1,
         encoder_embed_dim=opts.embed,
@@ -143,7 +137,7 @@ def build(name, d, opts):
             transformer_base(args)
             model = TransformerModel.build_model(args, task)
         else:
-            overrides = {**variants.model_overrides(variant, "transformer", factored=factored), **extra}
+            overrides = row.model_overrides("transformer")
             args = argparse.Namespace(**sizes, **overrides)
             varattn_transformer_base(args)
             model = VarAttnTransformerModel.build_model(args, task)
@@ -154,7 +148,7 @@ def build(name, d, opts):
         lstm_base(args)
         model = LSTMModel.build_model(args, task)
     else:
-        overrides = {**variants.model_overrides(variant, factored=factored), **extra}
+        overrides = row.model_overrides()
         if opts.preset == "iwslt":  # the paper's model: its sizes replace --embed and --hidden
             args = argparse.Namespace(alignment_chunk_size=opts.chunk, **overrides)
             varattn_lstm_iwslt_de_en(args)
@@ -327,10 +321,12 @@ def main():
     parser.add_argument(
         "--variants",
         default=",".join(DEFAULT_ROWS),
-        help=f"comma-separated rows of: {', '.join(ROWS)}; 'transformer-set' for {','.join(TRANSFORMER_ROWS)}",
+        help="comma-separated row names (varattn_tools/rows.py: [transformer-]VARIANT[-joint|-factored]"
+        f"[-rR][-topK], lstm, transformer; default {','.join(DEFAULT_ROWS)}); 'transformer-set' for "
+        f"{','.join(TRANSFORMER_ROWS)}",
     )
     parser.add_argument(
-        "--generate", default="", help="rows whose beam-5 generation speed to measure, e.g. soft,factored-marginal"
+        "--generate", default="", help="rows whose beam-5 generation speed to measure, e.g. soft,marginal"
     )
     parser.add_argument("--gen-sentences", type=int, default=64)
     parser.add_argument("--vocab", type=int, default=10000)
@@ -378,11 +374,13 @@ def main():
     if names == ["transformer-set"]:
         names = TRANSFORMER_ROWS
     gen_names = [n for n in opts.generate.split(",") if n]
-    unknown = set(names + gen_names) - set(ROWS)
-    if unknown:
-        parser.error(f"unknown rows {sorted(unknown)}; choose from {list(ROWS)}")
+    for n in names + gen_names:
+        try:
+            rows.parse(n)
+        except KeyError as err:
+            parser.error(f"{n}: {err}")
     if opts.preset == "iwslt":
-        other = [n for n in names + gen_names if ROWS[n][0] is None or ROWS[n][3] != "lstm"]
+        other = [n for n in names + gen_names if rows.parse(n).variant is None or rows.parse(n).transformer]
         if other:
             parser.error(f"--preset iwslt sizes varattn_lstm rows only, not {other}")
     d = make_dictionary(opts.vocab)

@@ -148,3 +148,36 @@ def test_variant_and_row_print_options_fairseq_parses(capsys, tmp_path):
         with pytest.raises(SystemExit):
             varattn_options.main(["--row", bad])
         assert "unknown row" in capsys.readouterr().err, bad
+
+
+def test_row_names_say_what_the_row_trains(tmp_path):
+    """One grammar for every results table and benchmark (varattn_tools/rows.py):
+    the suffixes become the options fairseq parses, a suffix that selects the
+    family's default or nothing is refused."""
+    from fairseq import options as fairseq_options
+
+    from varattn_tools import rows
+
+    for lang in ("de", "en"):
+        (tmp_path / f"dict.{lang}.txt").write_text("")
+    expect = {
+        # name: (output layer, --factored-source-rank, --alignment-topk, latent)
+        "soft": ("joint", 0, 0, False),
+        "soft-factored": ("factored", 0, 0, False),
+        "marginal": ("factored", 0, 0, True),
+        "marginal-joint": ("joint", 0, 0, True),
+        "elbo-enum-r64": ("factored", 64, 0, True),
+        "marginal-joint-top5": ("joint", 0, 5, True),
+        "transformer-soft": ("factored", 0, 0, False),
+        "transformer-soft-joint": ("joint", 0, 0, False),
+        "transformer-marginal-r32": ("factored", 32, 0, True),
+    }
+    for name, (layer, rank, topk, latent) in expect.items():
+        parser = fairseq_options.get_training_parser()
+        args = fairseq_options.parse_args_and_arch(parser, [str(tmp_path), *rows.train_options(name)])
+        assert (args.output_layer, args.factored_source_rank, args.alignment_topk) == (layer, rank, topk), name
+        assert rows.is_latent(name) == latent and rows.output_layer(name).startswith(layer), name
+    for bad in ("soft-joint", "marginal-factored", "transformer-marginal-factored", "soft-r64", "dirichlet-top5"):
+        with pytest.raises(KeyError):
+            rows.parse(bad)
+    assert rows.parse("lstm").variant is None and rows.parse("transformer").transformer

@@ -1,11 +1,16 @@
-"""Named experiment rows: the one naming of what a results table's row trained.
+"""Named experiment rows: the one naming of what a results table's row trained,
+used by converge.py, reproduce.py, the benchmarks and the epoch timer.
 
-A row name is ``[transformer-]VARIANT[-SUFFIX]``: ``transformer`` alone is
-fairseq's own Transformer; ``transformer-VARIANT`` is ``varattn_transformer``
-with a variant of ``varattn_tools/variants.py`` and the Transformer preset;
-``VARIANT`` alone is ``varattn_lstm`` with the LSTM preset.  A suffix selects
-options within the variant: ``-factored`` (soft attention with the factored
-output layer), ``-warmup`` and ``-centred`` (rws with ``ROW_OPTIONS``).
+A row name is ``[transformer-]VARIANT[-joint|-factored][-rR][-topK][-warmup|-centred]``:
+``transformer`` alone is fairseq's own Transformer (and, in the benchmarks,
+``lstm`` fairseq's own LSTM); ``transformer-VARIANT`` is ``varattn_transformer``
+with a variant of ``varattn_tools/variants.py``; ``VARIANT`` alone is
+``varattn_lstm``.  Suffixes select options within the variant: the output
+layer where it is not the family's default (``-factored`` for the LSTM's
+soft attention, ``-joint`` for a latent variant or a Transformer row),
+``-rR`` (``--factored-source-rank R``), ``-topK`` (``--alignment-topk K``),
+and ``-warmup`` / ``-centred`` (rws with ``ROW_OPTIONS``).  ``parse`` reads a
+name; the presets below are the converged comparison's.
 
     varattn-options --row transformer-elbo-enum   # a row's fairseq-train options
 
@@ -13,9 +18,12 @@ The presets are the converged comparison's (examples/translation/converge.py):
 early stopping on valid PPL with the same patience for every row.
 """
 
-from typing import List
+import re
+from dataclasses import dataclass
+from typing import Dict, List, Optional
 
 from .variants import get as get_variant
+from .variants import model_overrides as variant_model_overrides
 from .variants import train_options as variant_options
 
 PATIENCE = 3
@@ -50,81 +58,139 @@ LSTM_Q_OPTIONS = ["--latent-warmup", "off", "--inference-annotations", "trained"
 # warm-up, and rws with centred wake-phase weights (examples/translation/README.md,
 # "Why reweighted wake-sleep collapses").
 ROW_OPTIONS = {"rws-warmup": ["--marginal-warmup-updates", "546"], "rws-centred": ["--centred-weights"]}
-# name suffixes that select a variant's options, not another variant
-SUFFIXES = ("-factored", "-warmup", "-centred")
 TRANSFORMER = "transformer"
+#: fairseq's own models: "transformer" trains in the converged comparison, both in the benchmarks
+FAIRSEQ_MODELS = ("lstm", TRANSFORMER)
+_SUFFIX = re.compile(r"-(joint|factored|r\d+|top\d+|warmup|centred)$")
+
+
+@dataclass(frozen=True)
+class Row:
+    """What a row name says (``parse``)."""
+
+    name: str
+    #: varattn_transformer (or fairseq's transformer), else varattn_lstm (or fairseq's lstm)
+    transformer: bool
+    #: a variant of varattn_tools/variants.py; None for fairseq's own model
+    variant: Optional[str]
+    #: "joint" or "factored" where the name says so, else None: the family's default
+    layer: Optional[str] = None
+    source_rank: int = 0
+    topk: int = 0
+    #: -warmup / -centred: the options of ROW_OPTIONS
+    named: Optional[str] = None
+
+    @property
+    def output_layer(self) -> str:
+        """The LSTM's soft attention keeps the joint layer, its latent variants
+        and every varattn_transformer row use the factored one (varattn_transformer's
+        default, with a linear activation), unless the name says otherwise."""
+        if self.variant is None:
+            return f"fairseq's {'softmax' if self.transformer else 'lstm output'}"
+        if self.layer is not None:
+            return self.layer + (" (linear)" if self.transformer else "")
+        if self.transformer:
+            return "factored (linear)"
+        return "joint" if self.variant == "soft" else "factored"
+
+    @property
+    def factored(self) -> bool:
+        return self.output_layer.startswith("factored")
+
+    def model_overrides(self, inference_network: str = "birnn") -> Dict[str, object]:
+        """The model's args of this row (benchmarks build models from them in Python)."""
+        out = variant_model_overrides(self.variant, inference_network, factored=self.factored)
+        if self.source_rank:
+            out["factored_source_rank"] = self.source_rank
+        if self.topk:
+            out["alignment_topk"] = self.topk
+        return out
+
+    def options(self) -> List[str]:
+        """The fairseq-train options of the variant and its layer, rank and top-k suffixes
+        (no preset, no ``ROW_OPTIONS``)."""
+        factored = None if self.layer is None and self.transformer else self.factored
+        out = variant_options(self.variant, factored=factored)
+        if self.source_rank:
+            out += ["--factored-source-rank", str(self.source_rank)]
+        if self.topk:
+            out += ["--alignment-topk", str(self.topk)]
+        return out
+
+
+def parse(name: str) -> Row:
+    """The row a name names; KeyError for a name that is not a row (an unknown
+    variant, or a suffix where it selects nothing: no silent fallback)."""
+    if name in FAIRSEQ_MODELS:
+        return Row(name, name == TRANSFORMER, None)
+    transformer = name.startswith(TRANSFORMER + "-")
+    rest = name[len(TRANSFORMER) + 1 :] if transformer else name
+    found = {}
+    while (m := _SUFFIX.search(rest)) and rest[: m.start()]:
+        suffix = m.group(1)
+        kind = "layer" if suffix in ("joint", "factored") else "named" if suffix in ("warmup", "centred") else suffix[0]
+        if kind in found:
+            raise KeyError(f"{name!r}: two {kind} suffixes")
+        found[kind] = suffix
+        rest = rest[: m.start()]
+    get_variant(rest)  # KeyError for an unknown variant
+    row = Row(
+        name,
+        transformer,
+        rest,
+        layer=found.get("layer"),
+        source_rank=int(found["r"][1:]) if "r" in found else 0,
+        topk=int(found["t"][3:]) if "t" in found else 0,
+        named=found.get("named"),
+    )
+    default = "factored" if transformer or rest != "soft" else "joint"
+    if row.layer == default:
+        raise KeyError(f"{name!r}: -{default} is this row family's default output layer; drop the suffix")
+    if row.source_rank and not row.factored:
+        raise KeyError(f"{name!r}: -r{row.source_rank} is a rank of the factored layer's source side")
+    if row.topk and get_variant(rest).attention != "categorical":
+        raise KeyError(f"{name!r}: -top{row.topk} applies to categorical attention")
+    if row.named and name not in ROW_OPTIONS:
+        raise KeyError(f"{name!r}: -{row.named} is defined for {sorted(ROW_OPTIONS)} only")
+    return row
 
 
 def variant_name(name: str) -> str:
     """The variant of varattn_tools.variants a row trains (``transformer-`` kept)."""
-    for suffix in SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-def _split(name: str):
-    """(whether it is a varattn_transformer row, the name without ``transformer-``)."""
-    transformer = name.startswith(TRANSFORMER + "-")
-    return transformer, name[len(TRANSFORMER) + 1 :] if transformer else name
+    row = parse(name)
+    if row.variant is None:
+        return name
+    return (TRANSFORMER + "-" if row.transformer else "") + row.variant
 
 
 def output_layer(name: str) -> str:
-    """The LSTM's soft attention keeps the joint layer unless the name ends in
-    -factored; its latent variants and every varattn_transformer row use the
-    factored one (varattn_transformer's default, with a linear activation)."""
-    if name == TRANSFORMER:
-        return "fairseq's softmax"
-    if name.startswith(TRANSFORMER + "-"):
-        return "factored (linear)"
-    if name.endswith("-factored"):
-        return "factored"
-    return "joint" if name.endswith("soft") else "factored"
+    return parse(name).output_layer
 
 
 def is_latent(name: str) -> bool:
     """Whether the row trains a latent alignment (not soft attention, not fairseq's model)."""
-    return name != TRANSFORMER and variant_name(_split(name)[1]) != "soft"
+    row = parse(name)
+    return row.variant is not None and row.variant != "soft"
 
 
 def check(name: str) -> None:
-    """KeyError unless ``name`` is a row: a known variant, and a suffix only
-    where it selects something (no silent fallback to the plain variant)."""
-    if name == TRANSFORMER:
-        return
-    transformer, base = _split(name)
-    variant = variant_name(base)
-    get_variant(variant)
-    suffix = base[len(variant) :]
-    if suffix == "-factored" and (transformer or variant != "soft"):
-        raise KeyError(f"{name!r}: -factored selects the factored layer for the LSTM's soft attention only")
-    if suffix in ("-warmup", "-centred") and name not in ROW_OPTIONS:
-        raise KeyError(f"{name!r}: {suffix} is defined for {sorted(ROW_OPTIONS)} only")
+    """KeyError unless ``name`` is a row of the converged comparison's kind."""
+    if parse(name).variant is None and name != TRANSFORMER:
+        raise KeyError(f"{name!r}: fairseq's own {name} is a benchmark row only")
 
 
 def train_options(name: str) -> List[str]:
     """The row's fairseq-train options (without data, seed and save directory).
     Raises KeyError for a name that is not a row."""
     check(name)
-    if name == TRANSFORMER:
+    row = parse(name)
+    if row.variant is None:
         return ["--arch", "transformer", *TRANSFORMER_PRESET, "--criterion", "cross_entropy"]
-    if name.startswith(TRANSFORMER + "-"):
+    if row.transformer:
         # the architecture's own output layer and the criterions' own warm-up
-        return [
-            "--arch",
-            "varattn_transformer",
-            *TRANSFORMER_PRESET,
-            *variant_options(variant_name(_split(name)[1])),
-            *ROW_OPTIONS.get(name, []),
-        ]
-    variant = variant_name(name)
-    pinned = LSTM_Q_OPTIONS if get_variant(variant).needs_q else []
-    return [
-        *PRESET,
-        *variant_options(variant, factored=output_layer(name) == "factored"),
-        *pinned,
-        *ROW_OPTIONS.get(name, []),
-    ]
+        return ["--arch", "varattn_transformer", *TRANSFORMER_PRESET, *row.options(), *ROW_OPTIONS.get(name, [])]
+    pinned = LSTM_Q_OPTIONS if get_variant(row.variant).needs_q else []
+    return [*PRESET, *row.options(), *pinned, *ROW_OPTIONS.get(name, [])]
 
 
 def epoch_cap(name: str) -> int:

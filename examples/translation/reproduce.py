@@ -34,9 +34,10 @@ import statistics
 import sys
 import time
 
+from varattn_tools import rows as row_names
 from varattn_tools.experiments import cpu_env, last_float, mean_spread, prepare_multi30k, read_nll, run
 from varattn_tools.rows import QUICK_PRESET
-from varattn_tools.variants import VARIANTS, train_options
+from varattn_tools.variants import VARIANTS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -81,13 +82,15 @@ MEASURED_TRAIN = (
 
 
 def run_key(name, output_layer):
-    """The row name: the variant, suffixed with the output layer unless it is the default."""
-    return name if output_layer == "joint" else f"{name}/{output_layer}"
+    """The row name (varattn_tools/rows.py): the variant, suffixed with the
+    output layer where it is not the family's default (joint for soft
+    attention, factored for the latent variants)."""
+    return name if row_names.parse(name).output_layer == output_layer else f"{name}-{output_layer}"
 
 
 def run_one(key, seed, opts, env):
-    name, _, output_layer = key.partition("/")
-    save = os.path.join(opts.out, f"{key.replace('/', '-')}-seed{seed}")
+    row = row_names.parse(key)
+    save = os.path.join(opts.out, f"{key}-seed{seed}")
     os.makedirs(save, exist_ok=True)
     # fairseq drops a last batch whose size is not a multiple of 8 (fairseq issue #5036): score every sentence
     common = [opts.data, "--user-dir", USER_DIR, "--required-batch-size-multiple", "1"]
@@ -97,7 +100,7 @@ def run_one(key, seed, opts, env):
         MEASURED_TRAIN,
         *common,
         *PRESETS[opts.preset],
-        *train_options(name, factored=output_layer == "factored"),
+        *row.options(),
         "--max-tokens",
         str(opts.max_tokens),
         "--max-update",
@@ -270,7 +273,7 @@ def run_alignments(rows, opts, env):
     """Heatmaps and AER for seed 1's soft and variational checkpoints."""
     seed = rows[0]["seed"]
     wanted = ("soft", "marginal", "elbo-enum", "elbo-reinforce")
-    names = [r["variant"] for r in rows if r["seed"] == seed and r["variant"].partition("/")[0] in wanted]
+    names = [r["variant"] for r in rows if r["seed"] == seed and row_names.parse(r["variant"]).variant in wanted]
     cmd = [
         sys.executable,
         "-m",
@@ -284,7 +287,7 @@ def run_alignments(rows, opts, env):
         "0,1,3",
     ]
     for n in names:
-        save = os.path.join(opts.out, f"{n.replace('/', '-')}-seed{seed}")
+        save = os.path.join(opts.out, f"{n}-seed{seed}")
         cmd += ["--path", os.path.join(save, "checkpoint_last.pt"), "--name", n]
     if opts.gold:
         cmd += ["--gold", opts.gold]
@@ -306,8 +309,8 @@ def main(argv=None):
     parser.add_argument(
         "--output-layers",
         default="joint",
-        help="joint, factored or joint,factored (each variant with each; rows of "
-        "the factored layer are named VARIANT/factored)",
+        help="joint, factored or joint,factored (each variant with each; a row is named "
+        "VARIANT-LAYER where LAYER is not the variant's default: soft-factored, marginal-joint)",
     )
     parser.add_argument("--seeds", help="comma-separated (quick: 1,2; full: 1,2,3)")
     parser.add_argument("--max-update", type=int)
