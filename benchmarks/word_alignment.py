@@ -14,7 +14,9 @@ token that is all punctuation is kept, so word indices stay those of the raw
 text).  Each ``--model NAME=DIR[:REVERSE_DIR]`` aligns test_2016_flickr's raw
 text with every alignment it has (its attention or prior, q, the exact
 posterior); with a reverse (target-to-source) model its alignments are
-symmetrised too.  Every row is scored on the same hand-aligned test sentences
+symmetrised too, as hard links (intersection, union, grow-diag-final-and)
+and by agreement (the two posteriors multiplied, each English word linked
+to its argmax: ``fairseq_varattn.alignments.agreement``).  Every row is scored on the same hand-aligned test sentences
 (``examples/translation/gold``): AER with a 95% bootstrap interval over
 sentences, precision, recall, and alignment time per 1,000 sentence pairs
 (eflomal: its whole run over the 30,000 pairs; models: the 1,000 test
@@ -33,7 +35,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from varattn_tools.align import alignment_scores, error_breakdown, read_gold  # noqa: E402
+from varattn_tools.align import alignment_scores, error_breakdown, paired_aer_p, read_gold  # noqa: E402
 from varattn_tools.experiments import git_commit  # noqa: E402
 from varattn_tools.symmetrize import METHODS, flip, parse, symmetrize  # noqa: E402
 
@@ -73,7 +75,7 @@ def run_eflomal(src, tgt, workdir):
 
 
 def model_alignments(model_dir, data, spm, sources, targets):
-    """kind -> list of links (source-target) for each pair, and seconds per 1000 pairs."""
+    """kind -> the ``Alignment`` of each pair, and seconds per 1000 pairs."""
     from fairseq_varattn import hub
 
     model = hub.from_pretrained(model_dir, "checkpoint_best.pt", data, bpe="sentencepiece", sentencepiece_model=spm)
@@ -83,13 +85,25 @@ def model_alignments(model_dir, data, spm, sources, targets):
         start = time.time()
         aligned = model.align(sources, targets, kind=kind, batch_size=32)
         seconds[kind] = 1000 * (time.time() - start) / len(sources)
-        out[kind] = [set(a.links()) for a in aligned]
+        out[kind] = aligned
     return out, seconds
 
 
+def links_of(aligned):
+    return [set(a.links()) for a in aligned]
+
+
+def gold_pairs(links, gold):
+    return [(links[sid], *gold[sid]) for sid in range(min(len(gold), len(links))) if gold[sid] is not None]
+
+
 def score(name, links, gold, per_1000):
-    pairs = [(links[sid], *gold[sid]) for sid in range(min(len(gold), len(links))) if gold[sid] is not None]
+    pairs = gold_pairs(links, gold)
     return {"row": name, **alignment_scores(pairs), **error_breakdown(pairs), "seconds_per_1000": per_1000}
+
+
+def _p(p):
+    return "< 0.001" if p < 0.001 else f"= {p:.3f}"
 
 
 def markdown(result):
@@ -120,6 +134,13 @@ def markdown(result):
         ]
         keys = ("wrong_unaligned", "wrong_adjacent", "wrong_other", "missed_multi", "missed_other")
         lines += [f"| {r['row']} | " + " | ".join(str(r[k]) for k in keys) + " |" for r in result["rows"]]
+    tested = [r for r in result["rows"] if "p_vs_grow_diag_final_and" in r]
+    if tested:
+        lines += [""] + [
+            f"- {r['row']} against grow-diag-final-and of the same two directions: paired bootstrap "
+            f"p {_p(r['p_vs_grow_diag_final_and'])} (1000 resamples of the sentences)"
+            for r in tested
+        ]
     lines += ["", *[f"- {n}" for n in result.get("notes", [])]]
     return "\n".join(lines).rstrip() + "\n"
 
@@ -185,15 +206,16 @@ def main(argv=None):
     for spec in opts.model:
         name, _, dirs = spec.partition("=")
         forward_dir, _, reverse_dir = dirs.partition(":")
-        links, seconds = model_alignments(forward_dir, opts.data, opts.sentencepiece_model, src_test, tgt_test)
+        aligned, seconds = model_alignments(forward_dir, opts.data, opts.sentencepiece_model, src_test, tgt_test)
+        links = {kind: links_of(a) for kind, a in aligned.items()}
         for kind, kind_links in links.items():
             rows.append(score(f"{name}, {kind}, de→en", kind_links, gold, seconds[kind]))
         if reverse_dir:
             back, back_seconds = model_alignments(
                 reverse_dir, opts.reverse_data or opts.data, opts.sentencepiece_model, tgt_test, src_test
             )
-            for kind in set(links) & set(back):
-                reverse = [flip(x) for x in back[kind]]
+            for kind in [k for k in links if k in back]:
+                reverse = [flip(x) for x in links_of(back[kind])]
                 rows.append(score(f"{name}, {kind}, en→de", reverse, gold, back_seconds[kind]))
                 for method in METHODS:
                     rows.append(
@@ -204,6 +226,10 @@ def main(argv=None):
                             seconds[kind] + back_seconds[kind],
                         )
                     )
+                agreed = links_of([f.agreement(r) for f, r in zip(aligned[kind], back[kind])])
+                rows.append(score(f"{name}, {kind}, agreement", agreed, gold, seconds[kind] + back_seconds[kind]))
+                gdfa = [symmetrize(f, r, "grow-diag-final-and") for f, r in zip(links[kind], reverse)]
+                rows[-1]["p_vs_grow_diag_final_and"] = paired_aer_p(gold_pairs(agreed, gold), gold_pairs(gdfa, gold))
     scored = [g for g in gold if g is not None]
     result = {
         "date": time.strftime("%Y-%m-%d"),

@@ -124,6 +124,23 @@ def word_alignment(matrix: torch.Tensor, src_pieces: List[str], tgt_pieces: List
     return word_matrix(matrix, word_ids(tgt_pieces), word_ids(src_pieces))
 
 
+def agreement(forward: torch.Tensor, reverse: torch.Tensor) -> torch.Tensor:
+    """Where both directions agree: ``forward`` (T words, S words) holds
+    p(source word i | target word j) of a source-to-target model, ``reverse``
+    (S, T) p(target word j | source word i) of a target-to-source model on the
+    same pair; their product, each target word's row renormalised, (T, S).
+    Its argmax links each target word to the source word that both
+    posteriors support most, instead of combining two hard alignments
+    (docs/design.md, "Alignments")."""
+    if reverse.t().shape != forward.shape:
+        raise ValueError(
+            f"the reverse alignment is {tuple(reverse.shape)} (source x target words expected: "
+            f"{tuple(forward.t().shape)}): align the same pair with the target-to-source model"
+        )
+    product = forward * reverse.t().to(forward.dtype)
+    return product / product.sum(1, keepdim=True).clamp_min(1e-30)
+
+
 def hard_links(word_level: torch.Tensor) -> Links:
     """Each target word j links to its most probable source word i: {(i, j)}."""
     return {(int(i), j) for j, i in enumerate(word_level.argmax(1).tolist())}

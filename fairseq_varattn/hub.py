@@ -43,6 +43,15 @@ class Alignment:
     def pharaoh(self) -> str:
         return alignments.pharaoh(set(self.links()))
 
+    def agreement(self, reverse: "Alignment") -> "Alignment":
+        """This alignment combined with ``reverse``, the same pair aligned by a
+        target-to-source model (``alignments.agreement``): kind "KIND agreement"."""
+        if reverse.source != self.target or reverse.target != self.source:
+            raise ValueError("the reverse alignment is of another sentence pair (its source must be this target)")
+        return Alignment(
+            self.source, self.target, alignments.agreement(self.weights, reverse.weights), f"{self.kind} agreement"
+        )
+
 
 class VarAttnHubInterface(hub_utils.GeneratorHubInterface):
     """fairseq's generator interface (``translate``, ``sample``, ``score``,

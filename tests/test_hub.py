@@ -70,6 +70,29 @@ def variational(data_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def reverse(data_dir, tmp_path_factory):
+    """The variational model's options trained English to German."""
+    return model_dir(
+        data_dir,
+        tmp_path_factory,
+        "elbo-ende",
+        [
+            "--attention",
+            "categorical",
+            "--inference-network",
+            "birnn",
+            "--criterion",
+            "varattn_elbo",
+            "--source-lang",
+            "en",
+            "--target-lang",
+            "de",
+        ],
+        150,
+    )
+
+
+@pytest.fixture(scope="module")
 def soft(data_dir, tmp_path_factory):
     return model_dir(data_dir, tmp_path_factory, "soft", ["--criterion", "cross_entropy"], 20)
 
@@ -326,3 +349,37 @@ def test_word_alignment_benchmark_runs_eflomal_and_a_model(variational, tmp_path
     assert rows["eflomal, union"]["recall"] >= rows["eflomal, grow-diag-final-and"]["recall"]
     # a statistical aligner on 500 pairs already aligns better than chance
     assert rows["eflomal, grow-diag-final-and"]["aer"] < 0.5
+
+
+def test_agreement_is_the_renormalised_product_of_both_directions():
+    """agreement(F, R)[j, i] is F[j, i] R[i, j] renormalised over i: the word
+    that both directions support wins even where one direction prefers another."""
+    forward = torch.tensor([[0.6, 0.4], [0.5, 0.5], [0.1, 0.9]])  # 3 target words over 2 source words
+    reverse = torch.tensor([[0.1, 0.8, 0.1], [0.7, 0.1, 0.2]])  # 2 source words over 3 target words
+    got = alignments.agreement(forward, reverse)
+    want = forward * reverse.t()
+    torch.testing.assert_close(got, want / want.sum(1, keepdim=True))
+    assert alignments.hard_links(got) == {(1, 0), (0, 1), (1, 2)}  # target word 0: forward alone says 0
+    with pytest.raises(ValueError, match="align the same pair"):
+        alignments.agreement(forward, reverse.t())
+
+
+def test_word_align_combines_a_reverse_model_by_agreement(variational, reverse, tmp_path):
+    src, tgt = raw_test("de", 12), raw_test("en", 12)
+    args = ["varattn_tools.word_align", variational, "--source", _write(tmp_path / "src", src)]
+    args += ["--target", _write(tmp_path / "tgt", tgt), "--reverse-model", reverse]
+    run_cli([*args, "--out", tmp_path / "agreed"])
+    lines = (tmp_path / "agreed").read_text().splitlines()
+    forward, backward = hub.from_pretrained(variational), hub.from_pretrained(reverse)
+    assert backward.alignment_kinds() == forward.alignment_kinds()
+    differ = 0
+    for k in range(len(src)):
+        f, r = forward.align(src[k], tgt[k]), backward.align(tgt[k], src[k])
+        combined = f.agreement(r)
+        assert combined.kind == "posterior agreement" and combined.weights.shape == f.weights.shape
+        torch.testing.assert_close(combined.weights.sum(1), torch.ones(len(f.target)))
+        assert lines[k] == combined.pharaoh()
+        differ += combined.pharaoh() != f.pharaoh()
+    assert differ > 0, "the reverse direction changed no link: the test would not see it ignored"
+    same = run_cli([*args[:-1], variational, "--out", tmp_path / "x"], check=False)
+    assert same.returncode != 0 and "the reverse model must translate en->de" in same.stderr

@@ -85,6 +85,25 @@ def aer_of_counts(counts) -> float:
     return 1.0 - (a_s + a_p) / (a + s)
 
 
+def paired_aer_p(pairs_a, pairs_b, resamples: int = 1000, seed: int = 1) -> float:
+    """Two-sided paired bootstrap p-value of the AER difference of two
+    alignments of the same sentences (resampling sentences, as ``alignment_scores``)."""
+    import random
+
+    a = [alignment_counts(*p) for p in pairs_a]
+    b = [alignment_counts(*p) for p in pairs_b]
+    if len(a) != len(b) or not a:
+        raise ValueError(f"paired AERs need the same sentences on both sides ({len(a)} and {len(b)})")
+    rng = random.Random(seed)
+    diffs = []
+    for _ in range(resamples):
+        ids = [rng.randrange(len(a)) for _ in a]
+        diffs.append(aer_of_counts([a[k] for k in ids]) - aer_of_counts([b[k] for k in ids]))
+    below = sum(d <= 0 for d in diffs) / resamples
+    above = sum(d >= 0 for d in diffs) / resamples
+    return min(1.0, 2 * min(below, above))
+
+
 def alignment_scores(pairs: Iterable[Tuple[Links, Links, Links]], resamples: int = 1000, seed: int = 1) -> dict:
     """Corpus AER with a 95% percentile bootstrap interval over sentences,
     precision |A & P| / |A| and recall |A & S| / |S| (Och & Ney 2003)."""
