@@ -12,10 +12,8 @@ that many times; the median is reported.
 """
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -25,8 +23,9 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+
 from varattn_tools import rows as row_names  # noqa: E402
-from varattn_tools.experiments import cpu_env, git_commit  # noqa: E402
+from varattn_tools.experiments import append_markdown, cpu_env, git_commit  # noqa: E402
 
 
 def train_epoch(row, data, extra, threads):
@@ -107,12 +106,7 @@ def main():
         with open(opts.json, "w") as f:
             json.dump({"options": vars(opts), "commit": git_commit(REPO, mark_changes=True), "runs": runs}, f, indent=2)
     if opts.markdown:
-        with open(opts.markdown, "a") as f:
-            f.write(
-                f"`python benchmarks/{' '.join([os.path.basename(sys.argv[0])] + sys.argv[1:])}`, "
-                f"{datetime.date.today()}, {platform.machine()} x{os.cpu_count()} CPU cores:\n\n"
-            )
-            f.write("\n".join(lines) + "\n\n")
+        append_markdown(opts.markdown, lines)
 
 
 if __name__ == "__main__":

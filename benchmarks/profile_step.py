@@ -19,7 +19,6 @@ are summed (distinct storages) during the forward.
 
 import argparse
 import collections
-import contextlib
 import json
 import os
 import statistics
@@ -35,6 +34,7 @@ import speed  # noqa: E402  (the benchmark's rows and batches)
 from fairseq_varattn.models.inference_network import InferenceNetwork, TransformerInferenceNetwork  # noqa: E402
 from fairseq_varattn.modules.factored_output import FactoredOutputLayer  # noqa: E402
 from fairseq_varattn.modules.output_layer import AlignmentOutputLayer  # noqa: E402
+from varattn_tools.experiments import append_markdown  # noqa: E402
 
 DEFAULT_ROWS = "soft,soft-factored,marginal,elbo-enum,elbo-reinforce"
 
@@ -116,9 +116,8 @@ def group(name):
     return "other"
 
 
-@contextlib.contextmanager
 def regions():
-    """Wraps each REGIONS method in a ``record_function`` named after its region."""
+    """Each REGIONS method inside a ``record_function`` named after its region, while the block runs."""
 
     def wrap(label, fn):
         def wrapper(*args, **kwargs):
@@ -127,15 +126,7 @@ def regions():
 
         return wrapper
 
-    saved = [(owner, name, owner.__dict__[name]) for methods in REGIONS.values() for owner, name in methods]
-    for label, methods in REGIONS.items():
-        for owner, name in methods:
-            setattr(owner, name, wrap(label, owner.__dict__[name]))
-    try:
-        yield
-    finally:
-        for owner, name, fn in saved:
-            setattr(owner, name, fn)
+    return speed.patched_methods(REGIONS, wrap)
 
 
 def saved_tensor_mb(model, criterion, batch):
@@ -156,27 +147,24 @@ def saved_tensor_mb(model, criterion, batch):
     return sum(seen.values()) / 2**20
 
 
-def gemm_rate(m, k, n, repeats=5):
-    """Achieved GFLOP/s of an (m, k) x (k, n) float32 product on this machine (median)."""
-    a, b = torch.randn(m, k), torch.randn(k, n)
-    torch.mm(a, b)
+def achieved_rate(a, b, product, repeats=5):
+    """GFLOP/s of ``product(a, b)`` on this machine (median of ``repeats`` after a warm-up)."""
+    product(a, b)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        torch.mm(a, b)
+        product(a, b)
         times.append(time.perf_counter() - t0)
-    return 2 * m * k * n / statistics.median(times) / 1e9
+    return 2 * a.shape[:-1].numel() * a.size(-1) * b.size(-1) / statistics.median(times) / 1e9
 
 
-def bmm_rate(batch, m, k, n, repeats=5):
-    a, b = torch.randn(batch, m, k), torch.randn(batch, k, n)
-    torch.bmm(a, b)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        torch.bmm(a, b)
-        times.append(time.perf_counter() - t0)
-    return 2 * batch * m * k * n / statistics.median(times) / 1e9
+def gemm_rate(m, k, n):
+    """Achieved GFLOP/s of an (m, k) x (k, n) float32 product."""
+    return achieved_rate(torch.randn(m, k), torch.randn(k, n), torch.mm)
+
+
+def bmm_rate(batch, m, k, n):
+    return achieved_rate(torch.randn(batch, m, k), torch.randn(batch, k, n), torch.bmm)
 
 
 def profile_row(name, built, batches):
@@ -333,9 +321,7 @@ def main():
             }
             json.dump({"options": vars(opts), "gemm_gflop_per_s": rates, "rows": rows}, f, indent=2)
     if opts.markdown:
-        with open(opts.markdown, "a") as f:
-            f.write(f"`python benchmarks/{' '.join([os.path.basename(sys.argv[0])] + sys.argv[1:])}`:\n\n")
-            f.write("\n".join(lines) + "\n\n")
+        append_markdown(opts.markdown, lines)
 
 
 if __name__ == "__main__":

@@ -17,10 +17,8 @@ follows the live tensors.
 import argparse
 import collections
 import contextlib
-import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -45,7 +43,7 @@ from fairseq_varattn.models.varattn_transformer import base_architecture as vara
 from fairseq_varattn.modules.factored_output import FactoredOutputLayer
 from fairseq_varattn.modules.output_layer import AlignmentOutputLayer
 from varattn_tools import rows, variants
-from varattn_tools.experiments import HEAP_MALLOC
+from varattn_tools.experiments import HEAP_MALLOC, append_markdown
 
 # Rows are named as every results table names them (varattn_tools/rows.py):
 # "soft" is varattn_lstm's soft attention (joint layer), a latent variant alone
@@ -225,10 +223,19 @@ def timing_parts(spent, device):
 
         return wrapper
 
-    saved = [(owner, name, owner.__dict__[name]) for methods in PARTS.values() for owner, name in methods]
-    for part, methods in PARTS.items():
+    with patched_methods(PARTS, timed):
+        yield
+
+
+@contextlib.contextmanager
+def patched_methods(methods_by_label, wrap):
+    """While the block runs, each (class, method) of ``methods_by_label``
+    ({label: [(class, name), ...]}) is replaced by ``wrap(label, method)``;
+    the methods are put back after it, also after an error."""
+    saved = [(owner, name, owner.__dict__[name]) for methods in methods_by_label.values() for owner, name in methods]
+    for label, methods in methods_by_label.items():
         for owner, name in methods:
-            setattr(owner, name, timed(part, owner.__dict__[name]))
+            setattr(owner, name, wrap(label, owner.__dict__[name]))
     try:
         yield
     finally:
@@ -452,12 +459,7 @@ def main():
         with open(opts.json, "w") as f:
             json.dump({"options": vars(opts), "results": results}, f, indent=2)
     if opts.markdown:
-        with open(opts.markdown, "a") as f:
-            f.write(
-                f"`python benchmarks/{' '.join([os.path.basename(sys.argv[0])] + sys.argv[1:])}`, "
-                f"{datetime.date.today()}, {platform.machine()} x{os.cpu_count()} CPU cores:\n"
-            )
-            f.write("\n".join(REPORT) + "\n\n")
+        append_markdown(opts.markdown, REPORT)
 
 
 def benchmark_generation(names, d, opts):

@@ -57,6 +57,9 @@ def model_dir(data_dir, tmp_path_factory, name, options, updates):
     return str(out)
 
 
+ELBO = ["--attention", "categorical", "--inference-network", "birnn", "--criterion", "varattn_elbo"]
+
+
 @pytest.fixture(scope="module")
 def variational(data_dir, tmp_path_factory):
     # enough updates that the alignment is no longer uniform (checked below)
@@ -64,7 +67,7 @@ def variational(data_dir, tmp_path_factory):
         data_dir,
         tmp_path_factory,
         "elbo",
-        ["--attention", "categorical", "--inference-network", "birnn", "--criterion", "varattn_elbo"],
+        ELBO,
         150,
     )
 
@@ -76,18 +79,7 @@ def reverse(data_dir, tmp_path_factory):
         data_dir,
         tmp_path_factory,
         "elbo-ende",
-        [
-            "--attention",
-            "categorical",
-            "--inference-network",
-            "birnn",
-            "--criterion",
-            "varattn_elbo",
-            "--source-lang",
-            "en",
-            "--target-lang",
-            "de",
-        ],
+        [*ELBO, "--source-lang", "en", "--target-lang", "de"],
         150,
     )
 

@@ -1,7 +1,9 @@
 """Helpers of the experiment scripts (examples/*/): run a logged command,
 read fairseq's log lines, summarise seeds."""
 
+import datetime
 import os
+import platform
 import re
 import statistics
 import subprocess
@@ -111,3 +113,43 @@ def mean_spread(values, fmt):
     if len(values) == 1:
         return format(values[0], fmt)
     return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), fmt)}"
+
+
+def validate_command(data, user_dir, checkpoint, subset, max_tokens, seed):
+    """``fairseq-validate`` of a translation checkpoint on every sentence of
+    ``subset``: fairseq otherwise drops a last batch whose size is not a
+    multiple of 8 (fairseq issue #5036), and its parser defaults --task to
+    language_modeling, so the task is named."""
+    return [
+        sys.executable,
+        "-m",
+        "fairseq_cli.validate",
+        data,
+        "--user-dir",
+        user_dir,
+        "--required-batch-size-multiple",
+        "1",
+        "--task",
+        "translation",
+        "--path",
+        checkpoint,
+        "--valid-subset",
+        subset,
+        "--max-tokens",
+        str(max_tokens),
+        "--num-workers",
+        "0",
+        "--seed",
+        str(seed),
+    ]
+
+
+def append_markdown(path, lines):
+    """Append a benchmark's table to ``path`` (benchmarks/results.md) under the
+    command line that made it, with the date and the machine."""
+    with open(path, "a") as f:
+        f.write(
+            f"`python benchmarks/{' '.join([os.path.basename(sys.argv[0])] + sys.argv[1:])}`, "
+            f"{datetime.date.today()}, {platform.machine()} x{os.cpu_count()} CPU cores:\n\n"
+        )
+        f.write("\n".join(lines).lstrip("\n") + "\n\n")

@@ -11,7 +11,7 @@ import sys
 import converge_plan as plan
 from converge_logs import validation_diagnostics
 
-from varattn_tools.experiments import git_commit, read_nll, run
+from varattn_tools.experiments import git_commit, read_nll, run, validate_command
 
 
 def commit():
@@ -101,29 +101,7 @@ def evaluate(row, ckpt, work, opts, env, latent, hypotheses=None):
     every = ["--required-batch-size-multiple", "1"]
     for subset in ("valid", "test"):
         log = os.path.join(work, f"{subset}.log")
-        text = run(
-            [
-                sys.executable,
-                "-m",
-                "fairseq_cli.validate",
-                *common,
-                *every,
-                "--task",
-                "translation",
-                "--path",
-                ckpt,
-                "--valid-subset",
-                subset,
-                "--max-tokens",
-                "3000",
-                "--num-workers",
-                "0",
-                "--seed",
-                "1",
-            ],
-            log,
-            env,
-        )
+        text = run(validate_command(opts.data, plan.USER_DIR, ckpt, subset, 3000, 1), log, env)
         row[f"{subset}_ppl"] = 2 ** read_nll(subset, text, log)
         if subset == "valid":
             row.update(validation_diagnostics(text))

@@ -35,7 +35,15 @@ import sys
 import time
 
 from varattn_tools import rows as row_names
-from varattn_tools.experiments import cpu_env, last_float, mean_spread, prepare_multi30k, read_nll, run
+from varattn_tools.experiments import (
+    cpu_env,
+    last_float,
+    mean_spread,
+    prepare_multi30k,
+    read_nll,
+    run,
+    validate_command,
+)
 from varattn_tools.rows import QUICK_PRESET
 from varattn_tools.variants import VARIANTS
 
@@ -147,29 +155,7 @@ def run_one(key, seed, opts, env):
     row["valid_kl_bits"] = float(kl[-1]) if kl else ""
 
     log = os.path.join(save, "test.log")
-    # fairseq-validate's parser defaults --task to language_modeling; name it
-    text = run(
-        [
-            sys.executable,
-            "-m",
-            "fairseq_cli.validate",
-            *common,
-            "--task",
-            "translation",
-            "--path",
-            ckpt,
-            "--valid-subset",
-            opts.test_subset,
-            "--max-tokens",
-            str(opts.max_tokens),
-            "--num-workers",
-            "0",
-            "--seed",
-            str(seed),
-        ],
-        log,
-        env,
-    )
+    text = run(validate_command(opts.data, USER_DIR, ckpt, opts.test_subset, opts.max_tokens, seed), log, env)
     row["test_nll_bits"] = read_nll(opts.test_subset, text, log)
 
     log = os.path.join(save, "generate.log")

@@ -36,13 +36,13 @@ from torch import Tensor
 
 from ..compat import warn_if_sentences_dropped
 from ..data_check import check_data_dir
-from ..modules import attention_kinds
 from ..modules.alignment_head import (
     AlignmentHead,
     AlignmentStep,
     add_alignment_args,
     alignment_defaults,
     check_alignment_args,
+    kind_options_of,
 )
 from ..modules.output_layer import build_output_layer
 from ..modules.scorer import AttentionScorer
@@ -316,7 +316,7 @@ class VarAttnLSTMModel(LatentModelMixin, FairseqEncoderDecoderModel):
             alignment_dropout=args.alignment_dropout,
             factored_source_rank=args.factored_source_rank,
             output_activation=args.output_activation,
-            kind_options={o.name: getattr(args, o.name) for o in attention_kinds.all_options()},
+            kind_options=kind_options_of(args),
             max_target_positions=max_target,
         )
         inference_network = None

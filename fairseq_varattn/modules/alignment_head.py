@@ -92,6 +92,11 @@ def alignment_defaults(args) -> None:
     args.output_activation = getattr(args, "output_activation", "tanh")
 
 
+def kind_options_of(args) -> dict:
+    """The attention kinds' options (``KindOption``) given in ``args``: name -> choice."""
+    return {option.name: getattr(args, option.name) for option in attention_kinds.all_options()}
+
+
 def check_alignment_args(args) -> None:
     """The option checks every model with an alignment head shares (the fix in the message)."""
     kind = attention_kinds.get(args.attention)
@@ -203,8 +208,7 @@ class AlignmentHead(nn.Module):
             source_rank=args.factored_source_rank,
             activation=args.output_activation,
         )
-        options = {o.name: getattr(args, o.name) for o in attention_kinds.all_options()}
-        return cls(scorer, output, args.attention, args.alignment_topk, options)
+        return cls(scorer, output, args.attention, args.alignment_topk, kind_options_of(args))
 
     @property
     def attention_kind(self) -> str:
@@ -330,8 +334,9 @@ def move_head_keys(state_dict: dict, owner: str, head: str) -> None:
     ``head``."""
     if owner == head:
         return
+    top_level = markers()
     for key in list(state_dict):
         if key.startswith((owner + "scorer.", owner + "output.")):
             state_dict[head + key[len(owner) :]] = state_dict.pop(key)
-        elif key in markers():
+        elif key in top_level:
             state_dict[head + key] = state_dict.pop(key)
