@@ -63,7 +63,10 @@ def train_epoch(row, data, extra, threads):
             stats = json.loads(line[start_of_json:])
     if stats is None:
         raise RuntimeError(f"no end-of-epoch train line in the log of {row}")
-    return wall, float(stats["train_wps"]), int(stats["train_num_updates"])
+    wps = float(stats["train_wps"])
+    if wps <= 0:
+        raise RuntimeError(f"fairseq timed no words for {row} ({stats['train_num_updates']} updates): train longer")
+    return wall, wps, int(stats["train_num_updates"])
 
 
 def main():
