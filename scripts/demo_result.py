@@ -12,7 +12,8 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from varattn_tools.experiments import git_commit, metric, validations  # noqa: E402
+from varattn_tools.experiments import git_commit  # noqa: E402
+from varattn_tools.fairseq_log import validations  # noqa: E402
 
 
 def markdown(result) -> str:
@@ -56,7 +57,7 @@ def main():
         parser.error("give --out, --epochs and --seconds (or --render)")
     with open(os.path.join(opts.out, "train.log"), encoding="utf-8") as f:
         valid = validations(f.read())
-    best_ppl = min(metric(line, "ppl") for line in valid.values())
+    best_ppl = min(s.values["ppl"] for s in valid.values())
     with open(os.path.join(opts.out, "bleu.txt"), encoding="utf-8") as f:
         bleu_line = f.read().strip().splitlines()[-1]
     bleu = float(re.search(r"= ([0-9.]+)", bleu_line).group(1))

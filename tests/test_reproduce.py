@@ -520,7 +520,7 @@ def _fake_sacrebleu(generate_text, work):
 def _fake_fairseq(epochs):
     """A stand-in for converge.py's ``run``: fairseq-train appends a training
     log that early-stopped after ``epochs``; fairseq-validate prints one
-    validation line; nothing is ever launched."""
+    validation line (as JSON, the format the scripts ask for); nothing is ever launched."""
 
     def fake_run(cmd, log_path, env, cwd=None, append=False):
         if "varattn_tools.resume_train" in cmd:  # fairseq-train with a patience that survives resumes
@@ -529,7 +529,9 @@ def _fake_fairseq(epochs):
             return open(log_path).read()
         if "fairseq_cli.validate" in cmd:
             subset = cmd[cmd.index("--valid-subset") + 1]
-            return f"x | valid on '{subset}' subset | loss 2.1 | nll_loss 2.0 | ppl 4.0"
+            assert cmd[cmd.index("--log-format") + 1] == "json"
+            values = {f"{subset}_loss": "2.1", f"{subset}_nll_loss": "2.0", f"{subset}_ppl": "4.0"}
+            return f"2026-11-29 11:00:00 | INFO | {subset} | {json.dumps(values)}\n"
         return ""
 
     return fake_run
@@ -659,12 +661,13 @@ def test_status_says_how_long_an_epoch_takes_lately_not_counting_a_resume_gap(tm
 
 def test_diagnosis_reads_every_validation_and_where_the_warmup_ended():
     diagnose = example_module("diagnose")
+    t = "2026-12-01 10:00:00 | INFO"
     text = "\n".join(
         [
-            "x | train_inner | epoch 001:     50 / 182 loss=7.2, marginal_warmup=1, ppl=9, num_updates=350, lr=1",
-            "x | train_inner | epoch 002:     18 / 182 loss=7.0, ppl=8, num_updates=400, lr=1",
-            "x | valid | epoch 002 | valid on 'valid' subset | loss 5.1 | kl 0.222 | entropy_q 2.824 | entropy_p 2.92 "
-            "| entropy_uniform 4.109 | qgrad_rec 0.16047 | ppl 30.92 | wps 1126 | num_updates 364",
+            f"{t} | train_inner | epoch 001:     50 / 182 loss=7.2, marginal_warmup=1, ppl=9, num_updates=350, lr=1",
+            f'{t} | train_inner | {{"epoch": 2, "update": 1.1, "loss": "7.0", "ppl": "8", "num_updates": "400"}}',
+            f"{t} | valid | epoch 002 | valid on 'valid' subset | loss 5.1 | kl 0.222 | entropy_q 2.824 "
+            "| entropy_p 2.92 | entropy_uniform 4.109 | qgrad_rec 0.16047 | ppl 30.92 | wps 1126 | num_updates 364",
         ]
     )
     [(updates, values)] = diagnose.validations(text)

@@ -9,6 +9,8 @@ import statistics
 import subprocess
 import sys
 
+from varattn_tools import fairseq_log
+
 # glibc serves every allocation over 32 MB (its largest mmap threshold) with
 # a fresh mmap and unmaps it on free, so each large temporary -- a (B, N, V)
 # logit tensor of a 3000-token batch is 80 MB -- is page-faulted in anew at
@@ -81,29 +83,24 @@ def last_float(pattern, text, what, log_path):
     return float(found[-1])
 
 
-def metric(line, key):
-    """``key``'s value in a fairseq log line ("| key value"), or None."""
-    found = re.search(rf"\| {key} ([-+0-9.e]+)", line)
-    return float(found.group(1)) if found else None
-
-
-def validations(text):
-    """{epoch: its validation line} of a training log
-    ("epoch 003 | valid on 'valid' subset | loss ... | ppl ..."); an epoch
-    validated twice (a resume that repeated it) keeps its last line."""
-    return {int(e): line for e, line in re.findall(r"epoch (\d+) \| valid on 'valid' subset \|(.*)", text)}
-
-
 def read_nll(subset, text, log_path):
     """The last validation nll (bits) of ``subset``: ``nll_loss`` of latent
     criterions, ``loss`` of fairseq's cross_entropy (which has no nll_loss)."""
-    lines = re.findall(rf"on '{subset}' subset \|.*", text)
-    if not lines:
+    found = fairseq_log.last(text, subset)
+    if found is None:
         raise RuntimeError(f"no {subset} validation in {log_path}")
-    found = re.search(r" nll_loss ([0-9.]+)", lines[-1]) or re.search(r"\| loss ([0-9.]+)", lines[-1])
-    if not found:
+    nll = found.values.get("nll_loss", found.values.get("loss"))
+    if not isinstance(nll, float):
         raise RuntimeError(f"no {subset} nll in {log_path}")
-    return float(found.group(1))
+    return nll
+
+
+def train_wps(text, log_path):
+    """fairseq's words/s of the last epoch a training log finished."""
+    found = fairseq_log.last(text, "train")
+    if found is None or not isinstance(found.values.get("wps"), float):
+        raise RuntimeError(f"no finished epoch's wps in {log_path}")
+    return found.values["wps"]
 
 
 def mean_spread(values, fmt):
@@ -141,6 +138,8 @@ def validate_command(data, user_dir, checkpoint, subset, max_tokens, seed):
         "0",
         "--seed",
         str(seed),
+        "--log-format",
+        "json",
     ]
 
 

@@ -13,15 +13,10 @@ fresh run) it is fairseq-train.
 """
 
 import argparse
-import datetime
-import re
 import sys
 from typing import Optional, Tuple
 
-from varattn_tools.experiments import metric, validations
-
-_START = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) \| INFO \| fairseq_cli\.train \| \{'_name'", re.M)
-_STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) \|", re.M)
+from varattn_tools.fairseq_log import lines, validations
 
 
 def patience_state(text: str, key: str = "ppl", maximize: bool = False) -> Optional[Tuple[float, int]]:
@@ -31,7 +26,7 @@ def patience_state(text: str, key: str = "ppl", maximize: bool = False) -> Optio
     A tie does not count as an improvement (fairseq's strict comparison), and
     an epoch validated twice (a resume that repeated it) counts once, at its
     last line."""
-    by_epoch = {e: v for e, line in validations(text).items() if (v := metric(line, key)) is not None}
+    by_epoch = {e: v for e, s in validations(text).items() if isinstance(v := s.values.get(key), float)}
     best, runs = None, 0
     for epoch in sorted(by_epoch):
         value = by_epoch[epoch]
@@ -46,13 +41,16 @@ def training_seconds(text: str) -> float:
     """Seconds the log's training invocations ran, summed: from each start
     of fairseq-train to its last logged line, so the time between an
     interruption and the resume does not count."""
-    starts = [m.start() for m in _START.finditer(text)]
-    total = 0.0
-    for begin, end in zip(starts, starts[1:] + [len(text)]):
-        stamps = _STAMP.findall(text[begin:end])
-        if stamps:
-            first, last = (datetime.datetime.strptime(s, "%Y-%m-%d %H:%M:%S") for s in (stamps[0], stamps[-1]))
-            total += (last - first).total_seconds()
+    total, first, previous = 0.0, None, None
+    for line in lines(text):
+        # fairseq-train logs its config first ("{'_name': ...}"): a new invocation
+        if line.logger == "fairseq_cli.train" and line.message.startswith("{'_name'"):
+            if first is not None:
+                total += (previous - first).total_seconds()
+            first = line.time
+        previous = line.time
+    if first is not None:
+        total += (previous - first).total_seconds()
     return total
 
 

@@ -22,11 +22,11 @@ import csv
 import datetime
 import json
 import os
-import re
 import sys
 import time
 
 from varattn_tools.experiments import cpu_env, prepare_multi30k, run
+from varattn_tools.fairseq_log import stats
 from varattn_tools.rows import QUICK_PRESET
 from varattn_tools.variants import train_options
 
@@ -150,12 +150,11 @@ KEYS = (
 
 def parse_valid(text):
     """Every validation line's metrics, in order: [(num_updates, {key: value})]."""
-    out = []
-    for line in re.findall(r"valid on 'valid' subset \|.*", text):
-        values = dict(re.findall(r"\| (\w+) ([-0-9.e]+)", line))
-        if "num_updates" in values:
-            out.append((int(values["num_updates"]), {k: float(v) for k, v in values.items()}))
-    return out
+    return [
+        (int(v.values["num_updates"]), {k: x for k, x in v.values.items() if isinstance(x, float)})
+        for v in stats(text, "valid")
+        if "num_updates" in v.values
+    ]
 
 
 def run_one(name, args, opts, data, env):
@@ -187,7 +186,7 @@ def run_one(name, args, opts, data, env):
         "--num-workers",
         "0",
         "--log-format",
-        "simple",
+        "json",
         "--log-interval",
         "100",
         "--save-dir",

@@ -79,7 +79,8 @@ from converge_tables import (  # noqa: E402, F401
     table,
 )
 
-from varattn_tools.experiments import cpu_env, metric, prepare_multi30k, run, validations  # noqa: E402
+from varattn_tools.experiments import cpu_env, prepare_multi30k, run  # noqa: E402
+from varattn_tools.fairseq_log import validations  # noqa: E402
 from varattn_tools.resume_train import training_seconds  # noqa: E402
 from varattn_tools.rows import MAX_EPOCH, PATIENCE, epoch_cap, is_latent, output_layer, train_options  # noqa: E402, F401
 
@@ -147,7 +148,7 @@ def train_and_evaluate(name, seed, opts, env):
         "--num-workers",
         "0",
         "--log-format",
-        "simple",
+        "json",
         "--log-interval",
         "100",
         "--save-dir",
@@ -219,7 +220,7 @@ def progress(name, seed, opts):
         since = max(valid) - best["best_epoch"]
         latest = valid[max(valid)]
         last = (
-            f"epoch {max(valid)}, valid PPL {metric(latest, 'ppl')}{prior_sharpness(name, latest)}, "
+            f"epoch {max(valid)}, valid PPL {latest.values['ppl']}{prior_sharpness(name, latest.values)}, "
             f"best checkpoint epoch {best['best_epoch']} (valid PPL {best['valid_ppl_training']}, {since} epoch"
             f"{'' if since == 1 else 's'} ago; patience {PATIENCE})"
         )

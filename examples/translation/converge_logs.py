@@ -2,11 +2,10 @@
 learning curve, the best epoch, how a (resumed) run ended, its pace, and the
 latent criterions' diagnostics."""
 
-import datetime
-import re
 import statistics
 
-from varattn_tools.experiments import metric, validations
+from varattn_tools import fairseq_log
+from varattn_tools.fairseq_log import best_checkpoint_epochs, stats, validations
 from varattn_tools.rows import variant_name
 
 DIAGNOSTICS = (
@@ -24,22 +23,21 @@ DIAGNOSTICS = (
 CURVE_KEYS = ("ppl", "kl", "entropy_p", "entropy_q", "entropy_post", "entropy_uniform")
 
 
+def _numbers(values, keys):
+    return {k: v for k in keys if isinstance(v := values.get(k), float)}
+
+
 def validation_curve(text):
     """Every epoch's validation numbers, in epoch order (the last line of an
     epoch that a resume validated twice): [{"epoch": 1, "ppl": ..., "kl": ...}, ...]
     with the CURVE_KEYS the criterion logs (soft attention logs ppl alone)."""
-    curve = []
-    for epoch, line in sorted(validations(text).items()):
-        point = {"epoch": epoch}
-        point.update({k: v for k in CURVE_KEYS if (v := metric(line, k)) is not None})
-        curve.append(point)
-    return curve
+    return [{"epoch": epoch, **_numbers(s.values, CURVE_KEYS)} for epoch, s in validations(text).items()]
 
 
 def parse_training(text):
     """What the training log says: per-epoch train wps, the best validation
     line, the learning curve."""
-    wps = [float(x) for x in re.findall(r"\| train \|.*? wps ([0-9.]+)", text)]
+    wps = [s.values["wps"] for s in stats(text, "train") if isinstance(s.values.get("wps"), float)]
     valid = validations(text)
     if not valid:
         raise RuntimeError("no validation in the training log")
@@ -47,14 +45,13 @@ def parse_training(text):
     # fairseq rounds ppl to 2 decimals and saves checkpoint_best.pt on ties
     # too, so the best checkpoint is the last one saved under that name, not
     # the first epoch with the lowest logged ppl
-    saved = re.findall(r"checkpoint_best\.pt \(epoch (\d+) @", text)
-    best = int(saved[-1]) if saved else min(valid, key=lambda e: metric(valid[e], "ppl"))
-    best_line = valid[best]
+    saved = best_checkpoint_epochs(text)
+    best = saved[-1] if saved else min(valid, key=lambda e: valid[e].values["ppl"])
     return {
         "train_wps": statistics.mean(wps) if wps else None,
         "epochs_run": max(valid),
         "best_epoch": best,
-        "valid_ppl_training": metric(best_line, "ppl"),  # on fairseq's default batches (see run_one)
+        "valid_ppl_training": valid[best].values["ppl"],  # on fairseq's default batches (see run_one)
         "valid_curve": validation_curve(text),
     }
 
@@ -78,34 +75,29 @@ def needs_training(text, cap):
 
 def validation_diagnostics(text):
     """KL and entropies fairseq-validate logs for the best checkpoint (latent criterions only)."""
-    line = re.findall(r"on 'valid' subset \|(.*)", text)[-1]
-    return {f"valid_{k}": metric(line, k) for k in DIAGNOSTICS}
+    values = fairseq_log.last(text, "valid").values
+    return {f"valid_{k}": v if isinstance(v := values.get(k), float) else None for k in DIAGNOSTICS}
 
 
 def minutes_per_epoch(text, last=3):
     """The median time between the last ``last`` + 1 epochs' validations, in
     minutes, or None: what an epoch takes lately (a median, so one gap where a
     run was interrupted and resumed does not count)."""
-    times = {
-        int(e): datetime.datetime.strptime(t, "%Y-%m-%d %H:%M:%S")
-        for t, e in re.findall(
-            r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) \| INFO \| valid \| epoch (\d+) \| valid on 'valid' subset", text, re.M
-        )
-    }
+    times = {epoch: s.time for epoch, s in validations(text).items()}
     epochs = sorted(times)[-(last + 1) :]
     gaps = [(times[b] - times[a]).total_seconds() / 60 / (b - a) for a, b in zip(epochs, epochs[1:])]
     return statistics.median(gaps) if gaps else None
 
 
-def prior_sharpness(name, line):
-    """How sharp the prior is at a validation line, for the status of a run
+def prior_sharpness(name, values):
+    """How sharp the prior is at a validation's ``values``, for the status of a run
     in training: a prior at the uniform entropy has learnt nothing, one near
     0 bits from the first epochs may have collapsed ("" for soft attention;
     a Dirichlet's entropy is differential, so only its mean's largest weight)."""
     parts = []
-    entropy, uniform = metric(line, "entropy_p"), metric(line, "entropy_uniform")
+    entropy, uniform = values.get("entropy_p"), values.get("entropy_uniform")
     if entropy is not None and uniform is not None and not variant_name(name).endswith("dirichlet"):
         parts.append(f"prior entropy {entropy} bits (uniform {uniform})")
-    if (maxp := metric(line, "prior_maxp")) is not None:
+    if (maxp := values.get("prior_maxp")) is not None:
         parts.append(f"largest prior weight {maxp}")
     return "".join(", " + p for p in parts)

@@ -13,9 +13,8 @@ logs themselves stay in runs/ (not committed).
 import argparse
 import json
 import os
-import re
 
-from varattn_tools.experiments import metric
+from varattn_tools.fairseq_log import stats
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
@@ -131,17 +130,16 @@ RUNS = {
 
 def validations(text):
     """[(updates, {key: value})] of every validation line, in order."""
-    out = []
-    for line in re.findall(r"valid on 'valid' subset \|(.*)", text):
-        values = {k: v for k in KEYS if (v := metric(line, k)) is not None}
-        out.append((int(metric(line, "num_updates")), values))
-    return out
+    return [
+        (int(v.values["num_updates"]), {k: x for k in KEYS if isinstance(x := v.values.get(k), float)})
+        for v in stats(text, "valid")
+    ]
 
 
 def warmup_updates(text):
     """The last logged update still in the automatic warm-up, or None."""
-    found = re.findall(r"marginal_warmup=1.*?num_updates=(\d+)", text)
-    return int(found[-1]) if found else None
+    found = [int(s.values["num_updates"]) for s in stats(text, "train_inner") if s.values.get("marginal_warmup") == 1.0]
+    return found[-1] if found else None
 
 
 def main(argv=None):

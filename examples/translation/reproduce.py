@@ -29,11 +29,11 @@ import json
 import math
 import os
 import platform
-import re
 import statistics
 import sys
 import time
 
+from varattn_tools import fairseq_log
 from varattn_tools import rows as row_names
 from varattn_tools.experiments import (
     cpu_env,
@@ -42,6 +42,7 @@ from varattn_tools.experiments import (
     prepare_multi30k,
     read_nll,
     run,
+    train_wps,
     validate_command,
 )
 from varattn_tools.rows import QUICK_PRESET
@@ -120,7 +121,7 @@ def run_one(key, seed, opts, env):
         "--log-interval",
         "50",
         "--log-format",
-        "simple",
+        "json",
         "--validate-interval-updates",
         str(opts.max_update),
         "--save-dir",
@@ -146,13 +147,13 @@ def run_one(key, seed, opts, env):
         "variant": key,
         "seed": seed,
         "valid_nll_bits": read_nll("valid", text, log),
-        "train_wps": last_float(r"\| train \|.*? wps ([0-9.]+)", text, "wps", log),
+        "train_wps": train_wps(text, log),
         "peak_rss_mb": last_float(r"VARATTN_PEAK_MB rss=([0-9.]+)", text, "peak memory", log),
         "peak_cuda_mb": last_float(r"VARATTN_PEAK_MB rss=[0-9.]+ cuda=([0-9.]+)", text, "peak memory", log),
         "train_s": train_s,
     }
-    kl = re.findall(r"on 'valid' subset \|.*? kl ([0-9.]+)", text)
-    row["valid_kl_bits"] = float(kl[-1]) if kl else ""
+    kl = fairseq_log.last(text, "valid").values.get("kl")  # read_nll found the validation
+    row["valid_kl_bits"] = kl if kl is not None else ""
 
     log = os.path.join(save, "test.log")
     text = run(validate_command(opts.data, USER_DIR, ckpt, opts.test_subset, opts.max_tokens, seed), log, env)

@@ -22,7 +22,7 @@ import shutil
 import sys
 import time
 
-from varattn_tools.experiments import cpu_env, last_float, read_nll, run
+from varattn_tools.experiments import cpu_env, read_nll, run, train_wps
 from varattn_tools.variants import train_options
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -45,7 +45,7 @@ TRAIN = [
     "--num-workers",
     "0",
     "--log-format",
-    "simple",
+    "json",
     "--log-interval",
     "100",
     "--no-epoch-checkpoints",
@@ -103,7 +103,7 @@ def main(argv=None):
             log,
             env,
         )
-        wps = last_float(r"\| train \|.*? wps ([0-9.]+)", text, "wps", log)
+        wps = train_wps(text, log)
         train_s = time.time() - t0
         ckpt = os.path.join(save, "checkpoint_last.pt")
         log = os.path.join(save, "test.log")
