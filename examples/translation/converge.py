@@ -260,40 +260,10 @@ def realign(name, seed, opts, env):
     print(f"== {name} seed {seed}: alignments scored again", flush=True)
 
 
-def attach_curve(name, seed, opts):
-    """Give a finished result that predates ``valid_curve`` the curve of its
-    training log, if that log is here and is the one the result was made
-    from (same epochs run, same best epoch); says what it did."""
-    done, log = result_path(name, seed), os.path.join(work_dir(opts, name, seed), "train.log")
-    if not os.path.isfile(done):
-        return f"{name} seed {seed}: not finished"
-    with open(done) as f:
-        row = json.load(f)
-    if row.get("valid_curve"):
-        return f"{name} seed {seed}: has its curve"
-    if not os.path.isfile(log):
-        return f"{name} seed {seed}: no curve (its training log is not in {os.path.dirname(log)})"
-    text = open(log).read()
-    parsed = parse_training(text) if validations(text) else {}
-    seen = (parsed.get("epochs_run"), parsed.get("best_epoch"))
-    if seen != (row["epochs_run"], row["best_epoch"]) or len(parsed["valid_curve"]) != row["epochs_run"]:
-        return (
-            f"{name} seed {seed}: no curve ({log} has {len(parsed.get('valid_curve', []))} validated epochs "
-            f"up to {seen[0]}, best {seen[1]}; the result: {row['epochs_run']}, best {row['best_epoch']})"
-        )
-    row["valid_curve"] = parsed["valid_curve"]
-    with open(done, "w") as f:
-        json.dump(row, f, indent=1)
-        f.write("\n")
-    return f"{name} seed {seed}: curve added from {log}"
-
-
-def curves(runs, opts):
-    """``converge.py curves``: attach the curves the results of ``runs`` lack,
-    then plot every finished run of the family that has one (not only
-    ``runs``': the figure is the family's, like its table)."""
-    for name, seed in runs:
-        print(attach_curve(name, seed, opts))
+def curves(opts):
+    """``converge.py curves``: plot every finished run of the family that has
+    a curve (results record theirs when they land; the earliest LSTM results,
+    whose logs are not kept, have none)."""
     family = ordered_plan(opts.family)
     rows = [json.load(open(result_path(n, s))) for n, s in family if os.path.isfile(result_path(n, s))]
     rows = [r for r in rows if r.get("valid_curve")]
@@ -315,8 +285,7 @@ def main(argv=None):
         choices=["run", "table", "align", "status", "curves"],
         help="run: train and evaluate; table: results/converge*.md; status: where each "
         "run of the plan stands; curves: results/converge*-curves.png, valid PPL "
-        "and prior entropy by epoch (adding a result's curve from its training "
-        "log when the result lacks one); align: score the "
+        "and prior entropy by epoch; align: score the "
         "alignments of finished runs again (after the alignment tool changed)",
     )
     parser.add_argument(
@@ -365,7 +334,7 @@ def main(argv=None):
             print(progress(name, seed, opts))
         return
     if opts.command == "curves":
-        curves(runs, opts)
+        curves(opts)
         return
     env = cpu_env(threads=opts.threads)
     opts.data = prepare(opts.data_root, env)
