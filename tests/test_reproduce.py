@@ -674,3 +674,18 @@ def test_aer_cells_show_one_seeds_interval_and_several_seeds_spread():
     assert converge.aer_cell(several, "aer_soft", ".3f") == "0.150 ± 0.071"
     assert converge.aer_cell([{"aer_soft": 0.1}], "aer_soft", ".3f") == "0.100"  # no interval recorded
     assert converge.aer_cell([{"aer_prior": None}], "aer_prior", ".3f") == "-"
+
+
+def test_every_ablation_names_its_output_layer_and_pins_q_options():
+    """ablate.py's table was trained with varattn_lstm's joint layer unless an
+    ablation says "-factored", and before q's automatic warm-up: its rows must
+    say so, not inherit whatever the architecture's defaults are today."""
+    ablate = example_module("ablate")
+    for name, (_, options) in ablate.ABLATIONS.items():
+        layer = options[options.index("--output-layer") + 1]
+        assert layer == ("factored" if name.endswith("-factored") else "joint"), name
+        if "--inference-network" in options:
+            assert options[options.index("--latent-warmup") + 1] == "off", name
+            assert options[options.index("--inference-annotations") + 1] == "trained", name
+        if "--estimator" in options and options[options.index("--estimator") + 1] == "reinforce":
+            assert "--train-baseline" in options, name

@@ -1,5 +1,6 @@
 """Named experiment rows: the one naming of what a results table's row trained,
-used by converge.py, reproduce.py, the benchmarks and the epoch timer.
+used by converge.py, reproduce.py, ablate.py (each ablation is a row plus
+its change), the benchmarks and the epoch timer.
 
 A row name is ``[transformer-]VARIANT[-joint|-factored][-rR][-topK][-warmup|-centred]``:
 ``transformer`` alone is fairseq's own Transformer (and, in the benchmarks,
@@ -187,10 +188,20 @@ def train_options(name: str) -> List[str]:
     if row.variant is None:
         return ["--arch", "transformer", *TRANSFORMER_PRESET, "--criterion", "cross_entropy"]
     if row.transformer:
-        # the architecture's own output layer and the criterions' own warm-up
-        return ["--arch", "varattn_transformer", *TRANSFORMER_PRESET, *row.options(), *ROW_OPTIONS.get(name, [])]
-    pinned = LSTM_Q_OPTIONS if get_variant(row.variant).needs_q else []
-    return [*PRESET, *row.options(), *pinned, *ROW_OPTIONS.get(name, [])]
+        return ["--arch", "varattn_transformer", *TRANSFORMER_PRESET, *row_options(name)]
+    return [*PRESET, *row_options(name)]
+
+
+def row_options(name: str) -> List[str]:
+    """The options a varattn row adds to its preset: the variant's, its
+    suffixes', the LSTM's pinned q options and ``ROW_OPTIONS`` (ablate.py puts
+    them on presets of its own).  A Transformer row keeps the architecture's
+    own output layer and the criterions' own warm-up."""
+    row = parse(name)
+    if row.variant is None:
+        raise KeyError(f"{name!r}: fairseq's own model has no varattn options")
+    pinned = LSTM_Q_OPTIONS if get_variant(row.variant).needs_q and not row.transformer else []
+    return [*row.options(), *pinned, *ROW_OPTIONS.get(name, [])]
 
 
 def epoch_cap(name: str) -> int:

@@ -27,8 +27,7 @@ import time
 
 from varattn_tools.experiments import cpu_env, prepare_multi30k, run
 from varattn_tools.fairseq_log import stats
-from varattn_tools.rows import QUICK_PRESET
-from varattn_tools.variants import train_options
+from varattn_tools.rows import QUICK_PRESET, row_options
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 USER_DIR = os.path.join(REPO, "fairseq_varattn")
@@ -58,18 +57,25 @@ PRESETS = {
         "IWSLT preset (varattn_lstm_iwslt_de_en: 512-d, 2 layers, 1024-d annotations; Adam 3e-4, 6-sentence batches)",
     ),
 }
-# the variants' options (varattn_tools/variants.py); the ablation's REINFORCE rows train the baseline
-MARGINAL = train_options("marginal")
-FACTORED = ["--output-layer", "factored"]
-ELBO_ENUM = train_options("elbo-enum")
-ELBO_RF = [*train_options("elbo-reinforce"), "--train-baseline"]
-DIRICHLET = train_options("dirichlet", factored=True)
-RWS = train_options("rws", factored=True)
+# Each ablation is a row of varattn_tools/rows.py plus its change.  Rows name
+# their output layer, and q's rows keep the q options they were trained with
+# (rows.row_options), so an ablation trains what its table reports whatever
+# varattn_lstm's defaults are; the REINFORCE rows also train the baseline.
+SOFT = row_options("soft")
+SOFT_FACTORED = row_options("soft-factored")
+MARGINAL = row_options("marginal-joint")
+MARGINAL_FACTORED = row_options("marginal")
+ELBO_ENUM = row_options("elbo-enum-joint")
+ELBO_ENUM_FACTORED = row_options("elbo-enum")
+ELBO_RF = [*row_options("elbo-reinforce-joint"), "--train-baseline"]
+ELBO_RF_FACTORED = [*row_options("elbo-reinforce"), "--train-baseline"]
+DIRICHLET = row_options("dirichlet")
+RWS = row_options("rws")
 
 # name -> (what it tests, extra options); later options override earlier ones
 ABLATIONS = {
-    "soft": ("soft attention, the baseline every row is compared with", ["--criterion", "cross_entropy"]),
-    "soft-factored": ("soft attention with the factored output layer", ["--criterion", "cross_entropy", *FACTORED]),
+    "soft": ("soft attention, the baseline every row is compared with", SOFT),
+    "soft-factored": ("soft attention with the factored output layer", SOFT_FACTORED),
     "marginal-independent": (
         "exact marginal, a dropout mask per (j, i) pair (the paper's code, and this plugin's default before the fix)",
         [*MARGINAL, "--alignment-dropout", "independent"],
@@ -89,7 +95,7 @@ ABLATIONS = {
         [*MARGINAL, "--lr", "3e-4", "--batch-size", "6", "--max-tokens", "100000"],
     ),
     "marginal-soft-warmup": ("500 updates as soft attention first", [*MARGINAL, "--soft-warmup-updates", "500"]),
-    "marginal-factored": ("the factored output layer", [*MARGINAL, *FACTORED]),
+    "marginal-factored": ("the factored output layer", MARGINAL_FACTORED),
     "elbo-reinforce-independent": (
         "the issue's run: ELBO by REINFORCE, a mask per (j, i) pair",
         [*ELBO_RF, "--alignment-dropout", "independent"],
@@ -103,9 +109,9 @@ ABLATIONS = {
         "ELBO by REINFORCE, 500 updates as soft attention first",
         [*ELBO_RF, "--soft-warmup-updates", "500"],
     ),
-    "elbo-reinforce-factored": ("ELBO by REINFORCE, the factored output layer", [*ELBO_RF, *FACTORED]),
+    "elbo-reinforce-factored": ("ELBO by REINFORCE, the factored output layer", ELBO_RF_FACTORED),
     "elbo-enum": ("ELBO by enumeration, defaults", ELBO_ENUM),
-    "elbo-enum-factored": ("ELBO by enumeration, the factored output layer", [*ELBO_ENUM, *FACTORED]),
+    "elbo-enum-factored": ("ELBO by enumeration, the factored output layer", ELBO_ENUM_FACTORED),
     # the converged comparison's Dirichlet row kept a near-uniform mean; is it the link?
     "dirichlet-factored": (
         "Dirichlet attention as in the converged comparison: alpha = softplus(score), the factored output layer",
