@@ -123,3 +123,56 @@ def test_readme_tables_are_the_committed_results():
         [PYTHON, os.path.join(REPO, "benchmarks", "readme_tables.py"), "--check"], capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def _aligners_module():
+    spec = importlib.util.spec_from_file_location(
+        "train_aligners", os.path.join(REPO, "benchmarks", "train_aligners.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_train_aligners_trains_the_row_in_the_asked_direction_and_records_a_finished_run(tmp_path, monkeypatch, capsys):
+    aligners = _aligners_module()
+    monkeypatch.setattr(aligners, "RESULTS", str(tmp_path / "results"))
+    data = tmp_path / "bin"
+    data.mkdir()
+    for lang in ("de", "en"):
+        (data / f"dict.{lang}.txt").write_text("a 1\n")
+    t = "2026-12-06 10:0{}:00 | INFO"
+    log = [
+        t.format(0) + " | fairseq_cli.train | {'_name': None}",
+        t.format(1) + ' | valid | {"epoch": 1, "valid_loss": "3.0", "valid_ppl": "8.0", "valid_num_updates": "9"}',
+        t.format(1) + " | fairseq.checkpoint_utils | Saved checkpoint w/checkpoint_best.pt (epoch 1 @ 9 updates, x)",
+        t.format(2) + ' | valid | {"epoch": 2, "valid_loss": "3.1", "valid_ppl": "8.57", "valid_num_updates": "18"}',
+        t.format(3) + " | fairseq_cli.train | early stop since valid performance hasn't improved for last 1 runs",
+        t.format(3) + " | fairseq_cli.train | done training in 180.0 seconds",
+    ]
+    seen = []
+
+    def fake_run(cmd, log_path, env, append=False):
+        seen.append(cmd)
+        with open(log_path, "a") as f:
+            f.write("\n".join(log) + "\n")
+        return open(log_path).read()
+
+    monkeypatch.setattr(aligners, "run", fake_run)
+    argv = ["--direction", "en-de", "--data", str(data), "--work", str(tmp_path / "w")]
+    aligners.main(argv + ["--status"])
+    assert capsys.readouterr().out.startswith("marginal-en-de-seed1: not started")
+    aligners.main(argv)
+    [cmd] = seen
+    assert cmd[cmd.index("--source-lang") + 1] == "en" and cmd[cmd.index("--target-lang") + 1] == "de"
+    assert cmd[cmd.index("--criterion") + 1] == "varattn_marginal" and "--patience" in cmd
+    row = json.load(open(tmp_path / "results" / "marginal-en-de-seed1.json"))
+    assert (row["epochs_run"], row["best_epoch"], row["valid_ppl_training"]) == (2, 1, 8.0)
+    assert row["stopped_by"] == "patience" and row["train_seconds"] == 180.0
+    # a finished run is recorded again, not trained again
+    aligners.main(argv)
+    assert len(seen) == 1
+    aligners.main(argv + ["--status"])
+    assert "finished (patience), epoch 2, valid PPL 8.57" in capsys.readouterr().out.splitlines()[-1]
+    with pytest.raises(SystemExit):
+        aligners.main(["--row", "no-such-row", "--data", str(data)])

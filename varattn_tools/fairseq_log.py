@@ -139,3 +139,13 @@ def best_checkpoint_epochs(text: str):
         for line in messages(text, "fairseq.checkpoint_utils")
         if line.message.startswith("Saved checkpoint") and marker in line.message
     ]
+
+
+def training_status(text: str) -> str:
+    """How a (possibly resumed, appended-to) fairseq-train log ends:
+    "training" (not finished, or resumed after finishing), "patience" (early
+    stopping) or "cap" (stopped by --max-epoch or --max-update)."""
+    parts = text.split("done training in")
+    if len(parts) == 1 or "begin training epoch" in parts[-1]:
+        return "training"
+    return "patience" if "early stop since" in parts[-2] else "cap"

@@ -5,7 +5,7 @@ latent criterions' diagnostics."""
 import statistics
 
 from varattn_tools import fairseq_log
-from varattn_tools.fairseq_log import best_checkpoint_epochs, stats, validations
+from varattn_tools.fairseq_log import best_checkpoint_epochs, stats, training_status, validations
 from varattn_tools.rows import variant_name
 
 DIAGNOSTICS = (
@@ -54,16 +54,6 @@ def parse_training(text):
         "valid_ppl_training": valid[best].values["ppl"],  # on fairseq's default batches (see run_one)
         "valid_curve": validation_curve(text),
     }
-
-
-def training_status(text):
-    """How a (possibly resumed, appended-to) training log ends: "training"
-    (not finished, or resumed after finishing), "patience" (early stopping)
-    or "cap" (stopped by --max-epoch)."""
-    parts = text.split("done training in")
-    if len(parts) == 1 or "begin training epoch" in parts[-1]:
-        return "training"
-    return "patience" if "early stop since" in parts[-2] else "cap"
 
 
 def needs_training(text, cap):
