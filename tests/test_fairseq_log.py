@@ -17,10 +17,7 @@ TIMING = {"wps", "ups", "wall", "train_wall", "gb_free"}
 def _train(data_dir, save, epochs, log_format):
     proc = run_cli(
         [
-            "varattn_tools.resume_train",
-            "--log",
-            os.path.join(save, "train.log"),
-            "--",
+            "fairseq_cli.train",
             data_dir,
             "--user-dir",
             os.path.join(REPO, "fairseq_varattn"),
