@@ -26,7 +26,7 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from varattn_tools import fairseq_log  # noqa: E402
-from varattn_tools.experiments import cpu_env, git_commit, run  # noqa: E402
+from varattn_tools.experiments import TRAIN_LOGGING, cpu_env, git_commit, run  # noqa: E402
 from varattn_tools.resume_train import training_seconds  # noqa: E402
 from varattn_tools.rows import train_options  # noqa: E402
 
@@ -53,12 +53,7 @@ def command(opts, work):
         tgt,
         "--seed",
         str(opts.seed),
-        "--num-workers",
-        "0",
-        "--log-format",
-        "json",
-        "--log-interval",
-        "100",
+        *TRAIN_LOGGING,
         "--save-dir",
         work,
     ]

@@ -21,6 +21,11 @@ from varattn_tools import fairseq_log
 HEAP_MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "2000000000"}
 
 
+# how the scripts run fairseq-train: data loaded in the main process, and
+# logs as JSON (read back by varattn_tools.fairseq_log) every 100 updates
+TRAIN_LOGGING = ["--num-workers", "0", "--log-format", "json", "--log-interval", "100"]
+
+
 def cpu_env(threads=None):
     """The environment for the scripts' fairseq processes: unbuffered output,
     ``threads`` OpenMP threads if given, and freed memory kept in the heap."""

@@ -25,7 +25,7 @@ import os
 import sys
 import time
 
-from varattn_tools.experiments import cpu_env, prepare_multi30k, run
+from varattn_tools.experiments import TRAIN_LOGGING, cpu_env, prepare_multi30k, run
 from varattn_tools.fairseq_log import stats
 from varattn_tools.rows import QUICK_PRESET, row_options
 
@@ -189,12 +189,7 @@ def run_one(name, args, opts, data, env):
         "--no-epoch-checkpoints",
         "--seed",
         str(opts.seed),
-        "--num-workers",
-        "0",
-        "--log-format",
-        "json",
-        "--log-interval",
-        "100",
+        *TRAIN_LOGGING,
         "--save-dir",
         save,
     ]

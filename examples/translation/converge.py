@@ -79,7 +79,7 @@ from converge_tables import (  # noqa: E402, F401
     table,
 )
 
-from varattn_tools.experiments import cpu_env, prepare_multi30k, run  # noqa: E402
+from varattn_tools.experiments import TRAIN_LOGGING, cpu_env, prepare_multi30k, run  # noqa: E402
 from varattn_tools.fairseq_log import validations  # noqa: E402
 from varattn_tools.resume_train import training_seconds  # noqa: E402
 from varattn_tools.rows import MAX_EPOCH, PATIENCE, epoch_cap, is_latent, output_layer, train_options  # noqa: E402, F401
@@ -145,12 +145,7 @@ def train_and_evaluate(name, seed, opts, env):
         *train_options(name),
         "--seed",
         str(seed),
-        "--num-workers",
-        "0",
-        "--log-format",
-        "json",
-        "--log-interval",
-        "100",
+        *TRAIN_LOGGING,
         "--save-dir",
         work,
     ]

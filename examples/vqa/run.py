@@ -22,7 +22,7 @@ import shutil
 import sys
 import time
 
-from varattn_tools.experiments import cpu_env, read_nll, run, train_wps
+from varattn_tools.experiments import TRAIN_LOGGING, cpu_env, read_nll, run, train_wps
 from varattn_tools.variants import train_options
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -42,12 +42,7 @@ TRAIN = [
     "5",
     "--batch-size",
     "128",
-    "--num-workers",
-    "0",
-    "--log-format",
-    "json",
-    "--log-interval",
-    "100",
+    *TRAIN_LOGGING,
     "--no-epoch-checkpoints",
 ]
 
