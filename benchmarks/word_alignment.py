@@ -97,13 +97,25 @@ def gold_pairs(links, gold):
     return [(links[sid], *gold[sid]) for sid in range(min(len(gold), len(links))) if gold[sid] is not None]
 
 
-def score(name, links, gold, per_1000):
+def score(name, links, gold, per_1000, against=None):
+    """A row's AER, precision, recall, errors and time; with ``against`` (the
+    gold pairs of eflomal's grow-diag-final-and), its paired bootstrap p."""
     pairs = gold_pairs(links, gold)
-    return {"row": name, **alignment_scores(pairs), **error_breakdown(pairs), "seconds_per_1000": per_1000}
+    row = {"row": name, **alignment_scores(pairs), **error_breakdown(pairs), "seconds_per_1000": per_1000}
+    if against is not None:
+        row["p_vs_eflomal"] = paired_aer_p(pairs, against)
+    return row
 
 
 def _p(p):
     return "< 0.001" if p < 0.001 else f"= {p:.3f}"
+
+
+def _p_cell(row):
+    """A model row's paired bootstrap p against eflomal ("-" for eflomal's rows and older results)."""
+    if "p_vs_eflomal" not in row:
+        return "-"
+    return "< 0.001" if row["p_vs_eflomal"] < 0.001 else f"{row['p_vs_eflomal']:.3f}"
 
 
 def markdown(result):
@@ -113,12 +125,13 @@ def markdown(result):
         f"({result['gold_sure']} sure, {result['gold_possible']} possible links); AER with its 95% bootstrap "
         "interval over sentences (1000 resamples).",
         "",
-        "| alignment | AER [95% interval] | precision | recall | seconds per 1,000 pairs |",
-        "|---|---|---|---|---|",
+        "| alignment | AER [95% interval] | p (AER vs eflomal's grow-diag-final-and) | precision | recall "
+        "| seconds per 1,000 pairs |",
+        "|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         lines.append(
-            f"| {r['row']} | {r['aer']:.3f} [{r['aer_low']:.3f}, {r['aer_high']:.3f}] | "
+            f"| {r['row']} | {r['aer']:.3f} [{r['aer_low']:.3f}, {r['aer_high']:.3f}] | {_p_cell(r)} | "
             f"{r['precision']:.3f} | {r['recall']:.3f} | {r['seconds_per_1000']:.1f} |"
         )
     if all("wrong_other" in r for r in result["rows"]):
@@ -156,10 +169,13 @@ def summary(result):
             models.append(name)
     if models:
         keep.append(min((r for r in rows if r["row"].split(",")[0] in models), key=lambda r: r["aer"]))
-    lines = ["| alignment | AER [95% interval] | precision | recall |", "|---|---|---|---|"]
+    lines = [
+        "| alignment | AER [95% interval] | p (vs eflomal's grow-diag-final-and) | precision | recall |",
+        "|---|---|---|---|---|",
+    ]
     lines += [
-        f"| {r['row']} | {r['aer']:.3f} [{r['aer_low']:.3f}, {r['aer_high']:.3f}] | {r['precision']:.3f} | "
-        f"{r['recall']:.3f} |"
+        f"| {r['row']} | {r['aer']:.3f} [{r['aer_low']:.3f}, {r['aer_high']:.3f}] | {_p_cell(r)} | "
+        f"{r['precision']:.3f} | {r['recall']:.3f} |"
         for r in keep
     ]
     return (
@@ -203,20 +219,22 @@ def main(argv=None):
     rows.append(score("eflomal, en→de", rev, gold, per_1000))
     for method in METHODS:
         rows.append(score(f"eflomal, {method}", [symmetrize(f, r, method) for f, r in zip(fwd, rev)], gold, per_1000))
+    # every model row is tested against the best-known way to use eflomal
+    eflomal = gold_pairs([symmetrize(f, r, "grow-diag-final-and") for f, r in zip(fwd, rev)], gold)
     for spec in opts.model:
         name, _, dirs = spec.partition("=")
         forward_dir, _, reverse_dir = dirs.partition(":")
         aligned, seconds = model_alignments(forward_dir, opts.data, opts.sentencepiece_model, src_test, tgt_test)
         links = {kind: links_of(a) for kind, a in aligned.items()}
         for kind, kind_links in links.items():
-            rows.append(score(f"{name}, {kind}, de→en", kind_links, gold, seconds[kind]))
+            rows.append(score(f"{name}, {kind}, de→en", kind_links, gold, seconds[kind], eflomal))
         if reverse_dir:
             back, back_seconds = model_alignments(
                 reverse_dir, opts.reverse_data or opts.data, opts.sentencepiece_model, tgt_test, src_test
             )
             for kind in [k for k in links if k in back]:
                 reverse = [flip(x) for x in links_of(back[kind])]
-                rows.append(score(f"{name}, {kind}, en→de", reverse, gold, back_seconds[kind]))
+                rows.append(score(f"{name}, {kind}, en→de", reverse, gold, back_seconds[kind], eflomal))
                 for method in METHODS:
                     rows.append(
                         score(
@@ -224,10 +242,12 @@ def main(argv=None):
                             [symmetrize(f, r, method) for f, r in zip(links[kind], reverse)],
                             gold,
                             seconds[kind] + back_seconds[kind],
+                            eflomal,
                         )
                     )
                 agreed = links_of([f.agreement(r) for f, r in zip(aligned[kind], back[kind])])
-                rows.append(score(f"{name}, {kind}, agreement", agreed, gold, seconds[kind] + back_seconds[kind]))
+                per_1000 = seconds[kind] + back_seconds[kind]
+                rows.append(score(f"{name}, {kind}, agreement", agreed, gold, per_1000, eflomal))
                 gdfa = [symmetrize(f, r, "grow-diag-final-and") for f, r in zip(links[kind], reverse)]
                 rows[-1]["p_vs_grow_diag_final_and"] = paired_aer_p(gold_pairs(agreed, gold), gold_pairs(gdfa, gold))
     scored = [g for g in gold if g is not None]

@@ -341,6 +341,12 @@ def test_word_alignment_benchmark_runs_eflomal_and_a_model(variational, tmp_path
     assert rows["eflomal, union"]["recall"] >= rows["eflomal, grow-diag-final-and"]["recall"]
     # a statistical aligner on 500 pairs already aligns better than chance
     assert rows["eflomal, grow-diag-final-and"]["aer"] < 0.5
+    # every model row is tested against eflomal's grow-diag-final-and, paired over sentences
+    for name, r in rows.items():
+        assert ("p_vs_eflomal" in r) == (not name.startswith("eflomal")), name
+    gap = rows["elbo, posterior, de→en"]["aer"] - rows["eflomal, grow-diag-final-and"]["aer"]
+    assert gap > 0.2 and rows["elbo, posterior, de→en"]["p_vs_eflomal"] < 0.01, (gap, rows["elbo, posterior, de→en"])
+    assert "| p (vs eflomal's grow-diag-final-and) |" in out.with_name("wa-summary.md").read_text()
 
 
 def test_agreement_is_the_renormalised_product_of_both_directions():
