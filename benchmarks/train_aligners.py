@@ -61,7 +61,7 @@ def command(opts, work):
 
 def record(opts, name, work, cmd, text):
     valid = fairseq_log.validations(text)
-    best = fairseq_log.best_checkpoint_epochs(text)[-1]
+    best = fairseq_log.best_epoch(text)
     row = {
         "row": opts.row,
         "direction": opts.direction,

@@ -141,6 +141,18 @@ def best_checkpoint_epochs(text: str):
     ]
 
 
+def best_epoch(text: str, key: str = "ppl") -> int:
+    """The epoch checkpoint_best.pt holds.  fairseq rounds the logged metric
+    to 2 decimals and saves checkpoint_best.pt on ties too, so it is the last
+    epoch saved under that name, not the first with the lowest logged value;
+    a log without save messages falls back to that lowest value."""
+    saved = best_checkpoint_epochs(text)
+    if saved:
+        return saved[-1]
+    valid = validations(text)
+    return min(valid, key=lambda e: valid[e].values[key])
+
+
 def training_status(text: str) -> str:
     """How a (possibly resumed, appended-to) fairseq-train log ends:
     "training" (not finished, or resumed after finishing), "patience" (early

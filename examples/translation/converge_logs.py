@@ -5,7 +5,7 @@ latent criterions' diagnostics."""
 import statistics
 
 from varattn_tools import fairseq_log
-from varattn_tools.fairseq_log import best_checkpoint_epochs, stats, training_status, validations
+from varattn_tools.fairseq_log import best_epoch, stats, training_status, validations
 from varattn_tools.rows import variant_name
 
 DIAGNOSTICS = (
@@ -42,11 +42,7 @@ def parse_training(text):
     if not valid:
         raise RuntimeError("no validation in the training log")
 
-    # fairseq rounds ppl to 2 decimals and saves checkpoint_best.pt on ties
-    # too, so the best checkpoint is the last one saved under that name, not
-    # the first epoch with the lowest logged ppl
-    saved = best_checkpoint_epochs(text)
-    best = saved[-1] if saved else min(valid, key=lambda e: valid[e].values["ppl"])
+    best = best_epoch(text)
     return {
         "train_wps": statistics.mean(wps) if wps else None,
         "epochs_run": max(valid),
