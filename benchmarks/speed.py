@@ -41,7 +41,9 @@ from fairseq_varattn.models.varattn_lstm import base_architecture as varattn_bas
 from fairseq_varattn.models.varattn_transformer import VarAttnTransformerModel
 from fairseq_varattn.models.varattn_transformer import base_architecture as varattn_transformer_base
 from fairseq_varattn.modules.factored_output import FactoredOutputLayer
+from fairseq_varattn.modules.lexical import spread_table
 from fairseq_varattn.modules.output_layer import AlignmentOutputLayer
+from fairseq_varattn.modules.shortlist_output import ShortlistOutputLayer
 from varattn_tools import rows, variants
 from varattn_tools.experiments import HEAP_MALLOC, append_markdown
 
@@ -154,6 +156,9 @@ def build(name, d, opts):
             args = argparse.Namespace(alignment_chunk_size=opts.chunk, **sizes, **overrides)
             varattn_base(args)
         model = VarAttnLSTMModel.build_model(args, task)
+    head = getattr(getattr(model, "decoder", None), "head", None)
+    if head is not None and isinstance(head.output, ShortlistOutputLayer):
+        head.output.set_table(spread_table(len(d), head.output.shortlist.size(1), d))
     criterion_name = "cross_entropy" if variant is None else variants.get(variant).criterion
     if criterion_name == "cross_entropy":
         criterion = CrossEntropyCriterion(task, sentence_avg=False)

@@ -64,7 +64,9 @@ def exact_posterior(model, extra, target):
     """p(z_j = i | x, y_<=j) of a categorical model, (B, T, N)."""
     head, step = model.alignment_head, AlignmentStep.of(extra)
     prior = head.alignment_distribution(step.scores, step.encoder_padding_mask)
-    logp = head.output.alignment_logprobs(step.hidden, step.encoder_states, target).float()
+    logp = head.output.alignment_logprobs(
+        step.hidden, step.encoder_states, target, source_tokens=step.source_tokens
+    ).float()
     return prior.posterior(logp).mean()
 
 

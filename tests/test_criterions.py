@@ -22,7 +22,7 @@ from fairseq_varattn.criterions.marginal import MarginalCriterion
 from fairseq_varattn.criterions.rws import RwsCriterion
 from fairseq_varattn.modules.alignment import CategoricalAlignment
 
-OUTPUT_LAYERS = ["joint", "factored"]
+OUTPUT_LAYERS = ["joint", "factored", "shortlist"]
 
 
 def _sharp_scores(phase, amplitude=6.0):
@@ -66,6 +66,16 @@ def sharpened(
     return model, d
 
 
+def at_position(head, extra, i, target=None):
+    """log p(y | the context path at source position i): one-hot weights,
+    i.e. the context x~_i (the shortlist layer's pool at e_i), a dense softmax
+    per position rather than the enumeration path."""
+    hidden, enc = extra["hidden"], extra["encoder_states"]
+    weights = torch.zeros(*hidden.shape[:2], enc.size(1))
+    weights[..., i] = 1.0
+    return head.output.weighted_logprobs(hidden, weights, enc, target, source_tokens=extra.get("source_tokens"))
+
+
 def explicit(model, batch):
     """Per-token prior, q, log p(y_j | z_j = i) for every i by T separate
     context softmaxes (not the enumeration path), and the token mask."""
@@ -74,10 +84,7 @@ def explicit(model, batch):
     _, extra = model(**net, target=target if model.inference_network is not None else None, features_only=True)
     head = model.alignment_head
     enc = extra["encoder_states"]
-    columns = [
-        head.output.context_logprobs(extra["hidden"], enc[:, i : i + 1].expand(-1, target.size(1), -1), target)
-        for i in range(enc.size(1))
-    ]
+    columns = [at_position(head, extra, i, target) for i in range(enc.size(1))]
     logp = torch.stack(columns, dim=-1).double()  # B, N, T
     prior = head.alignment_distribution(extra["scores"], extra["encoder_padding_mask"])
     q = head.alignment_distribution(extra["q_scores"], extra["encoder_padding_mask"]) if "q_scores" in extra else None
@@ -457,12 +464,8 @@ def test_generation_output_is_the_explicit_mixture(output_layer, topk, arch):
     model.alignment_head.alignment_topk = topk
     batch = random_batch(d, bsz=4, src_len=7, tgt_len=6)
     _, extra = model(**batch["net_input"], features_only=True)
-    enc, hidden = extra["encoder_states"], extra["hidden"]
-    n = hidden.size(1)
-    columns = [
-        model.alignment_head.output.context_logprobs(hidden, enc[:, i : i + 1].expand(-1, n, -1))
-        for i in range(enc.size(1))
-    ]
+    enc = extra["encoder_states"]
+    columns = [at_position(model.alignment_head, extra, i) for i in range(enc.size(1))]
     joint = torch.stack(columns, dim=2).double()  # B, N, T, V
     prior = CategoricalAlignment(extra["scores"])
     log_w = prior.log_probs.double()

@@ -2,15 +2,16 @@
 used by converge.py, reproduce.py, ablate.py (each ablation is a row plus
 its change), the benchmarks and the epoch timer.
 
-A row name is ``[transformer-]VARIANT[-joint|-factored][-rR][-topK][-warmup|-centred]``:
+A row name is ``[transformer-]VARIANT[-joint|-factored|-shortlist][-rR][-topK][-warmup|-centred]``:
 ``transformer`` alone is fairseq's own Transformer (and, in the benchmarks,
 ``lstm`` fairseq's own LSTM); ``transformer-VARIANT`` is ``varattn_transformer``
 with a variant of ``varattn_tools/variants.py``; ``VARIANT`` alone is
 ``varattn_lstm``.  Suffixes select options within the variant: the output
 layer where it is not the family's default (``-factored`` for the LSTM's
 soft attention, ``-joint`` for a latent variant or a Transformer row),
-``-rR`` (``--factored-source-rank R``), ``-topK`` (``--alignment-topk K``),
-and ``-warmup`` / ``-centred`` (rws with ``ROW_OPTIONS``).  ``parse`` reads a
+``-shortlist`` (``--output-layer shortlist``), ``-rR``
+(``--factored-source-rank R``), ``-topK`` (``--alignment-topk K``), and
+``-warmup`` / ``-centred`` (rws with ``ROW_OPTIONS``).  ``parse`` reads a
 name; the presets below are the converged comparison's.
 
     varattn-options --row transformer-elbo-enum   # a row's fairseq-train options
@@ -62,7 +63,7 @@ ROW_OPTIONS = {"rws-warmup": ["--marginal-warmup-updates", "546"], "rws-centred"
 TRANSFORMER = "transformer"
 #: fairseq's own models: "transformer" trains in the converged comparison, both in the benchmarks
 FAIRSEQ_MODELS = ("lstm", TRANSFORMER)
-_SUFFIX = re.compile(r"-(joint|factored|r\d+|top\d+|warmup|centred)$")
+_SUFFIX = re.compile(r"-(joint|factored|shortlist|r\d+|top\d+|warmup|centred)$")
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ class Row:
     transformer: bool
     #: a variant of varattn_tools/variants.py; None for fairseq's own model
     variant: Optional[str]
-    #: "joint" or "factored" where the name says so, else None: the family's default
+    #: "joint", "factored" or "shortlist" where the name says so, else None: the family's default
     layer: Optional[str] = None
     source_rank: int = 0
     topk: int = 0
@@ -101,6 +102,8 @@ class Row:
     def model_overrides(self, inference_network: str = "birnn") -> Dict[str, object]:
         """The model's args of this row (benchmarks build models from them in Python)."""
         out = variant_model_overrides(self.variant, inference_network, factored=self.factored)
+        if self.layer == "shortlist":
+            out["output_layer"] = "shortlist"
         if self.source_rank:
             out["factored_source_rank"] = self.source_rank
         if self.topk:
@@ -110,8 +113,11 @@ class Row:
     def options(self) -> List[str]:
         """The fairseq-train options of the variant and its layer, rank and top-k suffixes
         (no preset, no ``ROW_OPTIONS``)."""
-        factored = None if self.layer is None and self.transformer else self.factored
-        out = variant_options(self.variant, factored=factored)
+        if self.layer == "shortlist":
+            out = variant_options(self.variant) + ["--output-layer", "shortlist"]
+        else:
+            factored = None if self.layer is None and self.transformer else self.factored
+            out = variant_options(self.variant, factored=factored)
         if self.source_rank:
             out += ["--factored-source-rank", str(self.source_rank)]
         if self.topk:
@@ -129,7 +135,13 @@ def parse(name: str) -> Row:
     found = {}
     while (m := _SUFFIX.search(rest)) and rest[: m.start()]:
         suffix = m.group(1)
-        kind = "layer" if suffix in ("joint", "factored") else "named" if suffix in ("warmup", "centred") else suffix[0]
+        kind = (
+            "layer"
+            if suffix in ("joint", "factored", "shortlist")
+            else "named"
+            if suffix in ("warmup", "centred")
+            else suffix[0]
+        )
         if kind in found:
             raise KeyError(f"{name!r}: two {kind} suffixes")
         found[kind] = suffix

@@ -8,7 +8,7 @@ from functools import cached_property
 import torch
 import torch.nn.functional as F
 
-from ..modules.alignment import CategoricalAlignment, DirichletAlignment, weighted_context
+from ..modules.alignment import CategoricalAlignment, DirichletAlignment
 from ..modules.alignment_head import AlignmentStep
 from ..modules.losses import importance_log_marginal, marginal_nll
 
@@ -20,7 +20,8 @@ class LatentBatch:
         self.head = model.alignment_head  # an AlignmentHead: the decoder's, or VQA's answer head
         self.output = self.head.output
         self.features = features  # the recurrence's attentional vectors (B, N, D)
-        step = AlignmentStep.of(extra)
+        step = self.step = AlignmentStep.of(extra)
+        self.source_tokens = step.source_tokens
         self.hidden = step.hidden
         self.enc = step.encoder_states
         self.enc_mask = step.encoder_padding_mask
@@ -46,14 +47,18 @@ class LatentBatch:
     def logp_y_all(self) -> torch.Tensor:
         """log p(y_j | z_j = i) for every i: (B, N, T); computed once per batch."""
         if self._logp_all is None:
-            self._logp_all = self.output.alignment_logprobs(self.hidden, self.enc, self.target, masks=self.masks)
+            self._logp_all = self.output.alignment_logprobs(
+                self.hidden, self.enc, self.target, masks=self.masks, source_tokens=self.source_tokens
+            )
         return self._logp_all
 
     def logp_y_at(self, positions) -> torch.Tensor:
         """log p(y_j | z_j = i) at ``positions`` (B, N, K): samples or a top-k set."""
         if self.output.enumeration_is_cheap:
             return self.logp_y_all().gather(-1, positions)
-        return self.output.alignment_logprobs(self.hidden, self.enc, self.target, positions, masks=self.masks)
+        return self.output.alignment_logprobs(
+            self.hidden, self.enc, self.target, positions, masks=self.masks, source_tokens=self.source_tokens
+        )
 
     def logp_y_on(self, dist: CategoricalAlignment) -> torch.Tensor:
         """log p(y | z) on dist's support: every position, or a truncation's ``index``."""
@@ -61,19 +66,21 @@ class LatentBatch:
 
     def soft_logp_y(self, dist: CategoricalAlignment) -> torch.Tensor:
         """log p(y_j | soft context E_dist[x~]): the REINFORCE baseline."""
-        return self.output.context_logprobs(self.hidden, dist.expectation(self.enc), self.target, masks=self.masks)
+        return self.output.weighted_logprobs(
+            self.hidden, dist.probs, self.enc, self.target, masks=self.masks, source_tokens=self.source_tokens
+        )
 
     def soft_nll(self) -> torch.Tensor:
         """-log p_soft(y_j): the same parameters read as soft attention (the
         output at the prior's expected context), the warm-up objective."""
-        logits = self.output.soft_logits(self.features, self.hidden, self.context).float()
+        logits = self.output.expected_logits(self.features, self.step).float()
         return -F.log_softmax(logits, dim=-1).gather(-1, self.target.unsqueeze(-1)).squeeze(-1)
 
     def simplex_logp_y(self, weights: torch.Tensor) -> torch.Tensor:
         """log p(y_j | context sum_i w_i x~_i) for K weight vectors per token,
         weights (B, N, K, T) -> (B, N, K): relaxed one-hots and Dirichlet samples."""
-        return self.output.context_logprobs(
-            self.hidden, weighted_context(weights, self.enc), self.target, masks=self.masks
+        return self.output.weighted_logprobs(
+            self.hidden, weights, self.enc, self.target, masks=self.masks, source_tokens=self.source_tokens
         )
 
     @torch.no_grad()

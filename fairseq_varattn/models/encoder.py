@@ -7,7 +7,8 @@ than the longest in its batch, against ``src_tokens``, which is what
 ``--print-alignment`` (fairseq's ``extract_hard_alignment``) and our
 alignment tools index.  This subclass moves the annotations and the padding
 mask back to the source tokens' layout; the decoder sees the same vectors
-under the same mask, so scores and losses are unchanged.
+under the same mask, so scores and losses are unchanged.  A fifth output
+holds the source tokens, which the shortlist output layer reads.
 """
 
 import torch
@@ -26,4 +27,10 @@ class VarAttnLSTMEncoder(LSTMEncoder):
             source = (positions - num_pads) % seqlen  # B x T
             index = source.t().unsqueeze(-1).expand(-1, -1, x.size(-1))  # T x B x C
             x = x.gather(0, index)
-        return x, hiddens, cells, padding_mask.t()
+        return x, hiddens, cells, padding_mask.t(), src_tokens
+
+    def reorder_encoder_out(self, encoder_out, new_order):
+        """fairseq's four outputs, and the source tokens (B x T) the shortlist layer reads."""
+        return tuple(super().reorder_encoder_out(encoder_out[:4], new_order)) + (
+            encoder_out[4].index_select(0, new_order),
+        )

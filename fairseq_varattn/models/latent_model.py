@@ -3,6 +3,7 @@ shares (``varattn_lstm``, ``varattn_transformer``): dictionary checksums and
 the checkpoint checks, the inference network in the same forward, and the
 update count for KL annealing."""
 
+import functools
 import zlib
 
 import torch
@@ -10,12 +11,31 @@ import torch
 from ..compat import score_every_sentence
 from ..modules import latent_warmup
 from ..modules.alignment_head import move_head_keys
+from ..modules.lexical import train_shortlist
+from ..modules.shortlist_output import ShortlistOutputLayer
 from .inference_network import check_shared_embeddings
 
 
 def dictionary_checksum(dictionary) -> torch.Tensor:
     """CRC32 of the symbol list: equal sizes do not make equal dictionaries."""
     return torch.tensor(zlib.crc32("\n".join(dictionary.symbols).encode("utf-8")), dtype=torch.long)
+
+
+def set_table_builder(output, args, task) -> None:
+    """A new shortlist layer builds its lexical table from the task's train
+    split when it is first used; a checkpoint brings its own, so generation
+    never reads training data."""
+    cfg = getattr(task, "cfg", None)
+    if isinstance(output, ShortlistOutputLayer) and getattr(cfg, "data", None):
+        output.table_builder = functools.partial(
+            train_shortlist,
+            cfg.data,
+            cfg.source_lang,
+            cfg.target_lang,
+            task.source_dictionary,
+            task.target_dictionary,
+            args.shortlist_size,
+        )
 
 
 class LatentModelMixin:

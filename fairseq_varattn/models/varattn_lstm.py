@@ -48,7 +48,7 @@ from ..modules.output_layer import build_output_layer
 from ..modules.scorer import AttentionScorer
 from .encoder import VarAttnLSTMEncoder
 from .inference_network import InferenceNetwork, add_inference_embedding_args, shared_target_embeddings
-from .latent_model import LatentModelMixin
+from .latent_model import LatentModelMixin, set_table_builder
 
 DEFAULT_MAX_POSITIONS = 1024
 INFERENCE_NETWORKS = ("none", "birnn")
@@ -79,6 +79,8 @@ class VarAttnLSTMDecoder(FairseqIncrementalDecoder):
         output_activation="tanh",
         kind_options=None,
         max_target_positions=DEFAULT_MAX_POSITIONS,
+        source_vocab=None,
+        shortlist_size=0,
     ):
         super().__init__(dictionary)
         self.input_feed = input_feed
@@ -113,6 +115,9 @@ class VarAttnLSTMDecoder(FairseqIncrementalDecoder):
                 shared_dropout=alignment_dropout == "shared",
                 source_rank=factored_source_rank,
                 activation=output_activation,
+                source_vocab=source_vocab,
+                shortlist_size=shortlist_size,
+                pad=dictionary.pad(),
             ),
             attention,
             alignment_topk,
@@ -134,7 +139,7 @@ class VarAttnLSTMDecoder(FairseqIncrementalDecoder):
         return self.head.output_logits(x, AlignmentStep.of(extra), incremental_state), extra
 
     def _initial_state(self, encoder_out, bsz, like):
-        _, enc_hiddens, enc_cells, _ = encoder_out
+        enc_hiddens, enc_cells = encoder_out[1], encoder_out[2]
         hiddens, cells = [], []
         for i in range(self.num_layers):
             # Deeper decoders than encoders reuse the top encoder layer's state.
@@ -156,6 +161,7 @@ class VarAttnLSTMDecoder(FairseqIncrementalDecoder):
             raise ValueError("varattn_lstm's decoder needs encoder outputs (it is not a language model)")
         enc = encoder_out[0].transpose(0, 1)  # B x T x C
         enc_mask = encoder_out[3].t()  # B x T, True at padding
+        source_tokens = encoder_out[4] if len(encoder_out) > 4 else None  # B x T
         incremental = incremental_state is not None and len(incremental_state) > 0
         if incremental:
             prev_output_tokens = prev_output_tokens[:, -1:]
@@ -200,6 +206,7 @@ class VarAttnLSTMDecoder(FairseqIncrementalDecoder):
             context=torch.stack(contexts, dim=1),
             encoder_states=enc,
             encoder_padding_mask=enc_mask,
+            source_tokens=source_tokens,
         )
         return torch.stack(outs, dim=1), step.extra()
 
@@ -318,7 +325,10 @@ class VarAttnLSTMModel(LatentModelMixin, FairseqEncoderDecoderModel):
             output_activation=args.output_activation,
             kind_options=kind_options_of(args),
             max_target_positions=max_target,
+            source_vocab=len(task.source_dictionary),
+            shortlist_size=args.shortlist_size,
         )
+        set_table_builder(decoder.head.output, args, task)
         inference_network = None
         if args.inference_network == "birnn":
             inference_network = InferenceNetwork(

@@ -25,7 +25,7 @@ the BiLSTM takes 2N sequential steps; the faster choice on CPUs).
 
 import torch
 from fairseq.models import register_model, register_model_architecture
-from fairseq.models.transformer import TransformerDecoder, TransformerModel, transformer_iwslt_de_en
+from fairseq.models.transformer import TransformerDecoder, TransformerEncoder, TransformerModel, transformer_iwslt_de_en
 from fairseq.models.transformer import base_architecture as transformer_base
 
 from ..compat import warn_if_sentences_dropped
@@ -43,16 +43,27 @@ from .inference_network import (
     add_inference_embedding_args,
     shared_target_embeddings,
 )
-from .latent_model import LatentModelMixin
+from .latent_model import LatentModelMixin, set_table_builder
 
 INFERENCE_NETWORKS = ("none", "birnn", "transformer")
+
+
+class VarAttnTransformerEncoder(TransformerEncoder):
+    """fairseq's encoder, with the source tokens in its output (fairseq leaves
+    ``src_tokens`` empty; its ``reorder_encoder_out`` already reorders them):
+    the shortlist output layer reads the source words."""
+
+    def forward(self, src_tokens, src_lengths=None, return_all_hiddens: bool = False, token_embeddings=None):
+        out = super().forward(src_tokens, src_lengths, return_all_hiddens, token_embeddings)
+        out["src_tokens"] = [src_tokens]
+        return out
 
 
 class VarAttnTransformerDecoder(TransformerDecoder):
     """fairseq's decoder; ``init_alignment_head`` adds the head (fairseq builds
     decoders from its own config, which does not carry the alignment options)."""
 
-    def init_alignment_head(self, args):
+    def init_alignment_head(self, args, source_dict=None):
         self.head = AlignmentHead.build(
             args,
             self.output_embed_dim,
@@ -60,6 +71,8 @@ class VarAttnTransformerDecoder(TransformerDecoder):
             args.decoder_output_dim,
             len(self.dictionary),
             dropout=args.dropout,
+            source_dict=source_dict,
+            pad=self.dictionary.pad(),
         )
         if args.share_decoder_input_output_embed:
             if self.embed_tokens.embedding_dim != args.decoder_output_dim:
@@ -87,7 +100,10 @@ class VarAttnTransformerDecoder(TransformerDecoder):
         enc_mask = masks[0] if len(masks) > 0 else torch.zeros(enc.shape[:2], dtype=torch.bool, device=enc.device)
         scores, weights, context = self.head.attend(h, self.head.prepared_keys(enc, incremental_state), enc, enc_mask)
         features = self.dropout_module(self.head.output.attentional(h, context))
-        step = AlignmentStep(scores, weights, h, context, enc, enc_mask)
+        tokens = encoder_out.get("src_tokens", [])
+        step = AlignmentStep(
+            scores, weights, h, context, enc, enc_mask, source_tokens=tokens[0] if len(tokens) > 0 else None
+        )
         # fairseq's --print-alignment reads attn[0]
         extra = step.extra(attn=[weights], inner_states=inner["inner_states"])
         if features_only:
@@ -129,7 +145,8 @@ class VarAttnTransformerModel(LatentModelMixin, TransformerModel):
             )
         warn_if_sentences_dropped(args)
         model = super().build_model(args, task)  # fairseq's encoder and our decoder
-        model.decoder.init_alignment_head(args)
+        model.decoder.init_alignment_head(args, task.source_dictionary)
+        set_table_builder(model.decoder.head.output, args, task)
         inference_network = None
         shared = (
             None if args.inference_network == "none" else shared_target_embeddings(args, model.decoder.embed_tokens)
@@ -159,6 +176,10 @@ class VarAttnTransformerModel(LatentModelMixin, TransformerModel):
             )
         model.init_latent(inference_network, args.inference_annotations)
         return model
+
+    @classmethod
+    def build_encoder(cls, cfg, src_dict, embed_tokens):
+        return VarAttnTransformerEncoder(cfg, src_dict, embed_tokens)
 
     @classmethod
     def build_decoder(cls, cfg, tgt_dict, embed_tokens):

@@ -23,8 +23,12 @@ from .factored_output import FactoredOutputLayer, SourceLogitsCache
 from .output_base import OUTPUT_ACTIVATIONS
 from .output_layer import build_output_layer
 from .scorer import AttentionScorer
+from .shortlist_output import ShortlistOutputLayer
 
-OUTPUT_LAYERS = ("joint", "factored")
+#: saved in checkpoints as an index (``output_layer_id``): append, never reorder
+OUTPUT_LAYERS = ("joint", "factored", "shortlist")
+#: --shortlist-size's default: candidates per source word type
+SHORTLIST_SIZE = 32
 ALIGNMENT_DROPOUTS = ("shared", "independent")
 #: --inference-annotations: whether q's gradient trains the annotations it reads
 INFERENCE_ANNOTATIONS = ("detached", "trained")
@@ -61,7 +65,9 @@ def add_alignment_args(parser, inference_networks, output_layers=OUTPUT_LAYERS):
         parser.add_argument('--output-layer', choices=output_layers,
                             help='joint: softmax(W_o tanh(W_c [h_j; x~_i])), one vocabulary softmax per '
                                  'alignment (the paper); factored: logits a(h_j) + b(x~_i), exact '
-                                 'enumeration at about soft attention\'s cost')
+                                 'enumeration at about soft attention\'s cost; shortlist: b only on the '
+                                 'K words each source word translates to most often (an IBM model 1 '
+                                 'table from the train split), cheaper still')
         parser.add_argument('--output-activation', choices=OUTPUT_ACTIVATIONS,
                             help='what the output layer applies to W_h h_j and W_c x~_i before W_o: '
                                  'tanh (the paper\'s; varattn_lstm\'s default) or linear '
@@ -70,6 +76,8 @@ def add_alignment_args(parser, inference_networks, output_layers=OUTPUT_LAYERS):
         parser.add_argument('--factored-source-rank', type=int, metavar='R',
                             help='factored layer: b_i through a rank-R vocabulary matrix of its own '
                                  '(0, the default: through the decoder side\'s W_o)')
+        parser.add_argument('--shortlist-size', type=int, metavar='K',
+                            help=f'shortlist layer: candidates per source word type (default {SHORTLIST_SIZE})')
     # fmt: on
 
 
@@ -89,6 +97,9 @@ def alignment_defaults(args) -> None:
         setattr(args, option.name, getattr(args, option.name, option.default))
     args.output_layer = getattr(args, "output_layer", "joint")
     args.factored_source_rank = getattr(args, "factored_source_rank", 0)
+    args.shortlist_size = getattr(args, "shortlist_size", None)
+    if args.shortlist_size is None:
+        args.shortlist_size = SHORTLIST_SIZE
     args.output_activation = getattr(args, "output_activation", "tanh")
 
 
@@ -122,10 +133,15 @@ def check_alignment_args(args) -> None:
         for option in owner.options:
             if getattr(args, option.name) != option.default and option not in kind.options:
                 raise ValueError(f"{option.flag} applies to --attention {owner.name}, not --attention {args.attention}")
-    if args.alignment_dropout == "independent" and args.output_layer == "factored":
+    if args.alignment_dropout == "independent" and args.output_layer != "joint":
         raise ValueError(
             "--alignment-dropout independent applies to the joint output layer; the "
-            "factored layer has no per-alignment features to drop (use shared)"
+            f"{args.output_layer} layer has no per-alignment features to drop (use shared)"
+        )
+    if args.shortlist_size < 1 or (args.shortlist_size != SHORTLIST_SIZE and args.output_layer != "shortlist"):
+        raise ValueError(
+            "--shortlist-size takes a size >= 1 for --output-layer shortlist "
+            f"(got {args.shortlist_size} with --output-layer {args.output_layer})"
         )
 
 
@@ -142,6 +158,7 @@ class AlignmentStep:
     encoder_states: Tensor  # (B, T, C) the annotations x~ (image regions in VQA)
     encoder_padding_mask: Tensor  # (B, T), True at padding
     q_scores: Optional[Tensor] = None  # (B, N, T) q's scores, when the model was given the target
+    source_tokens: Optional[Tensor] = None  # (B, T) the source words (the shortlist layer reads them)
 
     def extra(self, attn=None, **more) -> dict:
         """fairseq's ``extra``: the fields by name, "attn" (what ``--print-alignment``
@@ -193,8 +210,9 @@ class AlignmentHead(nn.Module):
             self.register_buffer(option.marker, torch.tensor(option.choices.index(choice)))
 
     @classmethod
-    def build(cls, args, query_dim, key_dim, embed_dim, vocab_size, dropout, chunk_size=0):
-        """The head of the alignment options in ``args`` (``alignment_defaults``)."""
+    def build(cls, args, query_dim, key_dim, embed_dim, vocab_size, dropout, chunk_size=0, source_dict=None, pad=None):
+        """The head of the alignment options in ``args`` (``alignment_defaults``);
+        ``source_dict`` and the target ``pad`` for the shortlist layer's table."""
         scorer = AttentionScorer(query_dim, key_dim, args.attention_dim, kind=args.attention_score)
         output = build_output_layer(
             args.output_layer,
@@ -207,6 +225,9 @@ class AlignmentHead(nn.Module):
             shared_dropout=args.alignment_dropout == "shared",
             source_rank=args.factored_source_rank,
             activation=args.output_activation,
+            source_vocab=None if source_dict is None else len(source_dict),
+            shortlist_size=args.shortlist_size,
+            pad=pad,
         )
         return cls(scorer, output, args.attention, args.alignment_topk, kind_options_of(args))
 
@@ -216,6 +237,8 @@ class AlignmentHead(nn.Module):
 
     @property
     def output_layer_kind(self) -> str:
+        if isinstance(self.output, ShortlistOutputLayer):
+            return "shortlist"
         return "factored" if isinstance(self.output, FactoredOutputLayer) else "joint"
 
     # -- the prior ----------------------------------------------------------

@@ -101,7 +101,7 @@ class AttentionKind:
 
     def output(self, layer, features: Tensor, step, topk: int = 0, cache=None) -> Tensor:
         """Logits at the expected context (soft attention's output)."""
-        return layer.soft_logits(features, step.hidden, step.context)
+        return layer.expected_logits(features, step)
 
 
 class SoftAttention(AttentionKind):
@@ -129,7 +129,12 @@ class CategoricalAttention(AttentionKind):
     def output(self, layer, features, step, topk=0, cache=None):
         cached = {} if cache is None else {"cache": cache}  # the factored layer's b for beam search
         return layer.mixture_logprobs(
-            step.hidden, step.encoder_states, CategoricalAlignment(step.scores), topk, **cached
+            step.hidden,
+            step.encoder_states,
+            CategoricalAlignment(step.scores),
+            topk,
+            source_tokens=step.source_tokens,
+            **cached,
         )
 
 

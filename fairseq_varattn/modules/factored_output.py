@@ -305,7 +305,9 @@ class FactoredOutputLayer(OutputLayerBase):
         return self.context_logits(h, ctx)
 
     # -- log p(y_j | z_j = i) for the gold target --------------------------
-    def alignment_logprobs(self, h, enc, target, positions: Optional[torch.Tensor] = None, masks=None):
+    def alignment_logprobs(
+        self, h, enc, target, positions: Optional[torch.Tensor] = None, masks=None, source_tokens=None
+    ):
         """log p(y_j | x, y_<j, z_j = i): (B, N, T), or (B, N, K) at ``positions``."""
         decoder_mask, source_mask = self.dropout_masks(h) if masks is None else masks
         a = self.decoder_logits(h, decoder_mask).float()  # B, N, V
@@ -314,7 +316,7 @@ class FactoredOutputLayer(OutputLayerBase):
         return logp if positions is None else logp.gather(-1, positions)
 
     # -- the mixture over the vocabulary (generation, scoring) -------------
-    def mixture_logprobs(self, h, enc, prior: CategoricalAlignment, topk: int = 0, cache=None):
+    def mixture_logprobs(self, h, enc, prior: CategoricalAlignment, topk: int = 0, cache=None, source_tokens=None):
         """log sum_i p(z_j = i) p(y_j = v | z_j = i) for every v: (B, N, V);
         ``topk`` > 0 keeps the k most probable alignments, renormalised.
         ``cache``: a ``SourceLogitsCache`` for ``enc`` (incremental decoding)."""

@@ -6,6 +6,8 @@ import torch
 import torch.nn as nn
 from fairseq.models.lstm import Linear
 
+from .alignment import weighted_context
+
 #: --output-activation: what the output layer applies to W_h h and W_c x~ before W_o.
 #: tanh is the paper's (Luong's attentional layer); linear leaves them as they are,
 #: as fairseq's Transformer projects its layer-normed states directly (a tanh
@@ -40,6 +42,16 @@ class OutputLayerBase(nn.Module):
     def attentional(self, h: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
         """act(W_c [h; ctx]): the input-feeding vector (and the joint layer's soft features)."""
         return self.act(self.hidden_proj(h) + self.context_proj(ctx))
+
+    def weighted_logprobs(self, h, weights, enc, target=None, masks=None, source_tokens=None):
+        """log p(y_j | alignment weights w over the source): the output at the
+        context sum_i w_i x~_i; weights (B, N, T) or (B, N, M, T) (soft
+        attention's, q's mean for the REINFORCE baseline, relaxed samples)."""
+        return self.context_logprobs(h, weighted_context(weights, enc), target, masks=masks)
+
+    def expected_logits(self, features, step):
+        """Soft attention's output for an ``AlignmentStep``: at the expected context."""
+        return self.soft_logits(features, step.hidden, step.context)
 
     @staticmethod
     def _select(log_probs, target):

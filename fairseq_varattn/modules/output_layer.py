@@ -19,6 +19,7 @@ from torch.utils.checkpoint import checkpoint
 from .alignment import CategoricalAlignment
 from .factored_output import FactoredOutputLayer
 from .output_base import OutputLayerBase
+from .shortlist_output import ShortlistOutputLayer
 
 
 def gather_positions(values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -99,7 +100,9 @@ class AlignmentOutputLayer(OutputLayerBase):
         gold = logits.gather(-1, target.view(*target.shape, 1, 1).expand(*logits.shape[:-1], 1))
         return gold.squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
-    def alignment_logprobs(self, h, enc, target, positions: Optional[torch.Tensor] = None, masks=None):
+    def alignment_logprobs(
+        self, h, enc, target, positions: Optional[torch.Tensor] = None, masks=None, source_tokens=None
+    ):
         """log p(y_j | x, y_<j, z_j = i).
 
         h (B, N, H) decoder states, enc (B, T, C) annotations, target (B, N).
@@ -120,7 +123,7 @@ class AlignmentOutputLayer(OutputLayerBase):
         )
 
     # -- the mixture over the vocabulary (generation, scoring) -------------
-    def mixture_logprobs(self, h, enc, prior: CategoricalAlignment, topk: int = 0):
+    def mixture_logprobs(self, h, enc, prior: CategoricalAlignment, topk: int = 0, source_tokens=None):
         """log sum_i p(z_j = i) p(y_j = v | z_j = i) for every v: (B, N, V).
 
         ``topk`` > 0 sums over the k most probable alignments only, with the
@@ -174,13 +177,23 @@ def build_output_layer(
     shared_dropout=True,
     source_rank=0,
     activation="tanh",
+    source_vocab=None,
+    shortlist_size=0,
+    pad=None,
 ):
-    """``--output-layer joint|factored``: both have the same parameters (but for
-    the factored layer's optional low-rank source side)."""
+    """``--output-layer joint|factored|shortlist``: all have the same parameters
+    (but for the factored layer's optional low-rank source side); the
+    shortlist layer adds its lexical table, (source_vocab, shortlist_size)."""
     if kind == "joint":
         return AlignmentOutputLayer(
             hidden_dim, context_dim, embed_dim, vocab_size, dropout, chunk_size, shared_dropout, activation
         )
     if kind == "factored":
         return FactoredOutputLayer(hidden_dim, context_dim, embed_dim, vocab_size, dropout, source_rank, activation)
-    raise ValueError(f"unknown output layer {kind!r}; choose joint or factored")
+    if kind == "shortlist":
+        if source_vocab is None or pad is None:
+            raise ValueError("--output-layer shortlist needs a source vocabulary (a translation model)")
+        return ShortlistOutputLayer(
+            hidden_dim, context_dim, embed_dim, vocab_size, source_vocab, shortlist_size, pad, dropout, activation
+        )
+    raise ValueError(f"unknown output layer {kind!r}; choose joint, factored or shortlist")

@@ -1,0 +1,199 @@
+"""The shortlist output layer (``--output-layer shortlist``; docs/design.md,
+"Output layers").
+
+The factored layer's source side b_i = W_o d(f(W_c x~_i)) is one vocabulary
+projection per source position, as much arithmetic as soft attention's whole
+output projection when source and target are about as long; at the
+converged comparison's sizes that caps its speed near 0.68x soft attention's
+(benchmarks/README.md, "Profile at the converged comparison's sizes").  This
+layer lets source position i raise only the K target types its word most
+often translates to, S(x_i) (an IBM model 1 table, ``modules/lexical.py``):
+
+    logit(j, i, v) = a_jv + c_iv,   c_iv = softplus(b_iv) [v in S(x_i)],
+    b_iv = W_o[v] . d(f(W_c x~_i)),  a_j as in the factored layer.
+
+Everything exact enumeration needs is then a product over the K candidates
+instead of the vocabulary.  Since exp(softplus(b)) - 1 = exp(b),
+
+    L_ji = logsumexp_v(a_jv + c_iv) = log(Z_j + sum_k exp(a_j,S_ik + b_ik)),  Z_j = sum_v exp(a_jv):
+
+one logsumexp over the vocabulary per target token (soft attention's own)
+and B N T K gathers, with no subtraction to lose precision (why c is a
+softplus: an unconstrained c would need Z_j - sum_k exp(a_j,S_ik), which
+cancels when the candidates hold a_j's mass).  Context paths (soft
+attention, the REINFORCE baseline, Gumbel-softmax and Dirichlet samples) are
+the log-linear pool softmax(a_j + sum_i w_i c_i): at a one-hot w it is the
+categorical component p(y | z = i) itself, and it costs a scatter of T K
+values per token rather than a projection.
+
+The table is a buffer (checkpoints carry it, generation needs no data); a
+new model builds it on first use from ``table_builder``, which the
+translation models set to read the task's train split.  Filler entries (a
+source type with fewer than K candidates, padding) hold the target
+dictionary's pad with b = FILLER, so c = 0 there and every sum stays finite
+(an all -inf logsumexp would put NaN into the gradients of padding rows).
+"""
+
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from .alignment import CategoricalAlignment
+from .factored_output import FactoredOutputLayer, _float32
+
+# b at filler entries: exp(FILLER) is 0 in float32 and softplus(FILLER) is 0,
+# but FILLER is finite, so no inf - inf reaches a gradient
+FILLER = -1e4
+
+
+def _candidate_index(candidates: torch.Tensor, rows: int) -> torch.Tensor:
+    """candidates (B, T, K) as an index into (B, rows, V): (B, rows, T K)."""
+    bsz, t, k = candidates.shape
+    return candidates.reshape(bsz, 1, t * k).expand(bsz, rows, t * k)
+
+
+@_float32
+def log_normalisers(a: torch.Tensor, candidates: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """L_ji = logsumexp_v(a_jv + c_iv) for a (B, N, V), candidates and b (B, T, K): (B, N, T)."""
+    bsz, n, _ = a.shape
+    t, k = candidates.shape[1:]
+    a_at = a.gather(-1, _candidate_index(candidates, n)).view(bsz, n, t, k)
+    boost = torch.logsumexp(a_at + b.unsqueeze(1), dim=-1)  # B, N, T
+    return torch.logaddexp(torch.logsumexp(a, dim=-1, keepdim=True), boost)
+
+
+@_float32
+def gold_log_likelihood(a, candidates, b, target) -> torch.Tensor:
+    """log p(y_j | z_j = i) = a_{j,y_j} + c_{i,y_j} - L_ji: (B, N, T)."""
+    bsz, n, _ = a.shape
+    gold_a = a.gather(-1, target.unsqueeze(-1))  # B, N, 1
+    hit = candidates.unsqueeze(1).eq(target.view(bsz, n, 1, 1))  # B, N, T, K: at most one k per (j, i)
+    gold_c = (F.softplus(b).unsqueeze(1) * hit).sum(-1)
+    return gold_a + gold_c - log_normalisers(a, candidates, b)
+
+
+@_float32
+def log_mixture(a, candidates, b, log_w) -> torch.Tensor:
+    """log sum_i w_ji p(y_j = v | z_j = i) for every v: (B, N, V); log_w
+    (B, N, T) -inf where position i has no weight (padding, outside a top-k set).
+
+    With rho_ji = log w_ji - L_ji, sum_i w_ji exp(a_jv + c_iv - L_ji)
+    = exp(a_jv) (sum_i exp(rho_ji) + sum_{(i, k): S_ik = v} exp(rho_ji + b_ik)):
+    a dense term per token plus, at the candidates, a log-sum-exp scattered
+    by word (shifted by its own maximum, so exact for any logits)."""
+    bsz, n, _ = a.shape
+    rho = log_w - log_normalisers(a, candidates, b)  # B, N, T
+    dense = torch.logsumexp(rho, dim=-1, keepdim=True)  # B, N, 1
+    index = _candidate_index(candidates, n)
+    terms = (rho.unsqueeze(-1) + b.unsqueeze(1)).reshape(bsz, n, -1)  # B, N, T K
+    top = torch.full_like(a, float("-inf")).scatter_reduce(-1, index, terms.detach(), "amax")
+    hit = torch.isfinite(top)
+    top = top.masked_fill(~hit, 0.0)
+    sums = torch.zeros_like(a).scatter_add(-1, index, (terms - top.gather(-1, index)).exp())
+    # log(1) where no term landed: log(0)'s backward would put NaN into the kept entries
+    boost = torch.where(hit, sums.masked_fill(~hit, 1.0).log() + top, float("-inf"))
+    return a + torch.logaddexp(dense, boost)
+
+
+class ShortlistOutputLayer(FactoredOutputLayer):
+    """The factored layer's parameters (W_h, W_c, W_o, bias) plus the lexical
+    table; see the module docstring."""
+
+    def __init__(
+        self,
+        hidden_dim,
+        context_dim,
+        embed_dim,
+        vocab_size,
+        source_vocab: int,
+        shortlist_size: int,
+        pad: int,
+        dropout=0.0,
+        activation="tanh",
+    ):
+        super().__init__(hidden_dim, context_dim, embed_dim, vocab_size, dropout, 0, activation)
+        if shortlist_size < 1:
+            raise ValueError(f"--shortlist-size must be >= 1, got {shortlist_size}")
+        self.pad = pad
+        self.register_buffer("shortlist", torch.full((source_vocab, shortlist_size), pad, dtype=torch.long))
+        self.register_buffer("shortlist_built", torch.tensor(False))
+        #: () -> (source_vocab, K) table; called once, before a new model's first use
+        self.table_builder: Optional[Callable[[], torch.Tensor]] = None
+
+    def set_table(self, table: torch.Tensor) -> None:
+        if table.shape != self.shortlist.shape:
+            raise ValueError(
+                f"a shortlist table of shape {tuple(table.shape)} for a layer of {tuple(self.shortlist.shape)}"
+            )
+        self.shortlist.copy_(table)
+        self.shortlist_built.fill_(True)
+
+    def candidates(self, source_tokens: Optional[torch.Tensor]) -> torch.Tensor:
+        """S(x_i) for source tokens (B, T): (B, T, K)."""
+        if source_tokens is None:
+            raise ValueError("the shortlist output layer needs the source tokens (AlignmentStep.source_tokens)")
+        if not bool(self.shortlist_built):
+            if self.table_builder is None:
+                raise RuntimeError(
+                    "this shortlist layer has no lexical table: load it from a checkpoint, or build the "
+                    "model with a translation task whose data directory holds the binarised train split"
+                )
+            with torch.no_grad():
+                self.set_table(self.table_builder().to(self.shortlist.device))
+        return self.shortlist[source_tokens]
+
+    # -- pieces -----------------------------------------------------------
+    def source_boosts(self, enc, source_tokens, mask=None):
+        """(S (B, T, K), b (B, T, K)): b_ik = W_o[S_ik] . d(f(W_c x~_i)), FILLER at filler entries."""
+        candidates = self.candidates(source_tokens)
+        w = self._masked(self._source_features(enc), mask)  # B, T, D
+        rows = F.embedding(candidates, self.fc_out.weight)  # B, T, K, D
+        b = torch.matmul(rows, w.unsqueeze(-1)).squeeze(-1).float()
+        return candidates, b.masked_fill(candidates.eq(self.pad), FILLER)
+
+    def context_logits(self, h, ctx, masks=None):
+        raise NotImplementedError(
+            "the shortlist output layer reads alignment weights, not contexts: use weighted_logprobs"
+        )
+
+    # -- log p(y | h, weights over the source) ------------------------------
+    def weighted_logits(self, h, weights, enc, source_tokens, masks=None):
+        """softmax(a_j + sum_i w_ji c_i) logits; weights (B, N, T) or (B, N, M, T)."""
+        decoder_mask, source_mask = self.dropout_masks(h) if masks is None else masks
+        a = self.decoder_logits(h, decoder_mask).float()  # B, N, V
+        candidates, b = self.source_boosts(enc, source_tokens, source_mask)
+        c = F.softplus(b)  # B, T, K
+        w = weights.float()
+        if w.dim() == 4:
+            a = a.unsqueeze(2)
+        values = (w.unsqueeze(-1) * c.view(c.size(0), *([1] * (w.dim() - 2)), *c.shape[1:])).flatten(-2)
+        index = candidates.reshape(c.size(0), *([1] * (w.dim() - 2)), -1).expand_as(values)
+        pooled = torch.zeros(*w.shape[:-1], a.size(-1), device=a.device).scatter_add(-1, index, values)
+        return a + pooled
+
+    def weighted_logprobs(self, h, weights, enc, target=None, masks=None, source_tokens=None):
+        return self._select(F.log_softmax(self.weighted_logits(h, weights, enc, source_tokens, masks), dim=-1), target)
+
+    def expected_logits(self, features, step):
+        """Soft attention's output: the pool at the expected alignment."""
+        return self.weighted_logits(step.hidden, step.weights, step.encoder_states, step.source_tokens)
+
+    # -- log p(y_j | z_j = i) for the gold target --------------------------
+    def alignment_logprobs(self, h, enc, target, positions=None, masks=None, source_tokens=None):
+        decoder_mask, source_mask = self.dropout_masks(h) if masks is None else masks
+        a = self.decoder_logits(h, decoder_mask).float()
+        candidates, b = self.source_boosts(enc, source_tokens, source_mask)
+        logp = gold_log_likelihood(a, candidates, b, target)
+        return logp if positions is None else logp.gather(-1, positions)
+
+    # -- the mixture over the vocabulary (generation, scoring) -------------
+    def mixture_logprobs(self, h, enc, prior: CategoricalAlignment, topk: int = 0, cache=None, source_tokens=None):
+        decoder_mask, source_mask = self.dropout_masks(h)
+        a = self.decoder_logits(h, decoder_mask).float()
+        candidates, b = self.source_boosts(enc, source_tokens, source_mask)
+        log_w = prior.log_probs.float()
+        used = prior.truncated(topk)
+        if used is not prior:
+            log_w = torch.full_like(log_w, float("-inf")).scatter(-1, used.index, used.log_probs.float())
+        return log_mixture(a, candidates, b, log_w)

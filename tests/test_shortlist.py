@@ -1,0 +1,295 @@
+"""The shortlist output layer (--output-layer shortlist) and its lexical table.
+
+The layer's sums over K candidates are checked against the dense model they
+stand for: c_iv = softplus(b_ik) at v = S_ik and 0 elsewhere, logits
+a_j + c_i over the whole vocabulary, explicit softmaxes in float64.  The
+IBM model 1 table is checked against a plain loop of EM and on the shipped
+corpus.
+"""
+
+import argparse
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import ARCHS, build_model, random_batch
+
+from fairseq_varattn.modules import lexical
+from fairseq_varattn.modules.alignment import CategoricalAlignment
+from fairseq_varattn.modules.alignment_head import alignment_defaults, check_alignment_args
+from fairseq_varattn.modules.shortlist_output import (
+    FILLER,
+    ShortlistOutputLayer,
+    gold_log_likelihood,
+    log_mixture,
+    log_normalisers,
+)
+
+B, N, T, K, V = 2, 4, 5, 3, 17
+PAD = 1
+
+
+def case(scale, seed, fillers=True):
+    """a (B, N, V), distinct candidates (B, T, K) and b (B, T, K) with some filler entries."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(B, N, V, generator=g) * scale
+    candidates = torch.stack([torch.randperm(V - 2, generator=g)[:K] + 2 for _ in range(B * T)]).view(B, T, K)
+    b = torch.randn(B, T, K, generator=g) * scale
+    if fillers:
+        candidates[0, 1, 1:] = PAD  # a word with one candidate
+        candidates[1, 0] = PAD  # source padding
+        b = b.masked_fill(candidates.eq(PAD), FILLER)
+    return a, candidates, b
+
+
+def dense_c(candidates, b):
+    """c (B, T, V): softplus(b) at the candidates, 0 elsewhere (and at fillers)."""
+    c = torch.zeros(B, T, V, dtype=torch.double)
+    values = F.softplus(b.double()).masked_fill(candidates.eq(PAD), 0.0)
+    return c.scatter_add(-1, candidates, values)
+
+
+def explicit_log_softmax(a, candidates, b):
+    """log softmax_v(a_j + c_i): (B, N, T, V) in float64."""
+    return torch.log_softmax(a.double().unsqueeze(2) + dense_c(candidates, b).unsqueeze(1), dim=-1)
+
+
+@pytest.mark.parametrize("scale", [1.0, 30.0])
+def test_normalisers_equal_explicit_logsumexp(scale):
+    a, candidates, b = case(scale, 0)
+    ref = torch.logsumexp(a.double().unsqueeze(2) + dense_c(candidates, b).unsqueeze(1), dim=-1)
+    torch.testing.assert_close(log_normalisers(a, candidates, b).double(), ref, rtol=0, atol=1e-4 * max(1, scale))
+
+
+@pytest.mark.parametrize("scale", [1.0, 30.0])
+def test_gold_log_likelihood_value_and_gradient_equal_explicit_softmaxes(scale):
+    a, candidates, b = case(scale, 1)
+    target = torch.randint(2, V, (B, N))
+    target[0, :2] = candidates[0, 2, 0]  # gold words that are candidates of some position
+    target[1, 1] = candidates[1, 3, 2]
+    a = a.double().requires_grad_()
+    b = b.double().requires_grad_()
+    got = gold_log_likelihood(a, candidates, b, target)
+    index = target.view(B, N, 1, 1).expand(-1, -1, T, 1)
+    ref = explicit_log_softmax(a, candidates, b).gather(-1, index).squeeze(-1)
+    torch.testing.assert_close(got.double(), ref, rtol=0, atol=1e-4 * max(1, scale))
+    weights = torch.rand(B, N, T, dtype=torch.double)
+    grads = torch.autograd.grad((got * weights).sum(), (a, b))
+    refs = torch.autograd.grad((ref * weights).sum(), (a, b))
+    for x, y in zip(grads, refs):
+        assert torch.isfinite(x).all()
+        torch.testing.assert_close(x.double(), y, rtol=1e-4, atol=1e-6)
+
+
+def test_gold_gradient_is_finite_at_padding_rows():
+    """A padded source position (every entry a filler) must not send NaN anywhere."""
+    a, candidates, b = case(5.0, 2)
+    b = b.requires_grad_()
+    out = gold_log_likelihood(a.requires_grad_(), candidates, b, torch.randint(2, V, (B, N)))
+    out.sum().backward()
+    assert torch.isfinite(a.grad).all() and torch.isfinite(b.grad).all()
+    assert b.grad[1, 0].abs().max() == 0  # fillers stay out of the model
+
+
+@pytest.mark.parametrize("scale", [1.0, 40.0])
+def test_mixture_equals_explicit_sum_over_alignments(scale):
+    a, candidates, b = case(scale, 3)
+    scores = torch.randn(B, N, T) * 3
+    scores[1, :, 0] = float("-inf")  # the padded position has no weight
+    log_w = torch.log_softmax(scores, -1)
+    got = log_mixture(a, candidates, b, log_w)
+    ref = torch.logsumexp(explicit_log_softmax(a, candidates, b) + log_w.double().unsqueeze(-1), dim=2)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got.double(), ref, rtol=0, atol=1e-4 * max(1, scale / 10))
+    torch.testing.assert_close(got.double().exp().sum(-1), torch.ones(B, N, dtype=torch.double), rtol=0, atol=1e-4)
+
+
+def test_mixture_gradient_equals_explicit():
+    a, candidates, b = case(3.0, 4)
+    a, b = a.double().requires_grad_(), b.double().requires_grad_()
+    scores = torch.randn(B, N, T, dtype=torch.double)
+    log_w = torch.log_softmax(scores, -1).requires_grad_()
+    weights = torch.rand(B, N, V, dtype=torch.double)
+    got = torch.autograd.grad((log_mixture(a, candidates, b, log_w) * weights).sum(), (a, b, log_w))
+    ref = torch.logsumexp(explicit_log_softmax(a, candidates, b) + log_w.unsqueeze(-1), dim=2)
+    refs = torch.autograd.grad((ref * weights).sum(), (a, b, log_w))
+    for x, y in zip(got, refs):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-7)
+
+
+def layer_with_table(seed=0, activation="tanh"):
+    torch.manual_seed(seed)
+    layer = ShortlistOutputLayer(6, 5, 4, V, source_vocab=9, shortlist_size=K, pad=PAD, activation=activation)
+    g = torch.Generator().manual_seed(seed)
+    table = torch.stack([torch.randperm(V - 2, generator=g)[:K] + 2 for _ in range(9)])
+    table[PAD] = PAD
+    table[3, 2] = PAD
+    layer.set_table(table)
+    with torch.no_grad():  # sharpen: trained-like logits, not near-uniform ones
+        layer.fc_out.weight.mul_(8)
+    return layer.eval()
+
+
+def test_one_hot_pool_is_the_categorical_component():
+    """The context path at a one-hot weight is p(y | z = i): soft attention,
+    baselines and relaxed samples read the same function the categorical
+    model does."""
+    layer = layer_with_table()
+    h, enc = torch.randn(B, N, 6), torch.randn(B, T, 5)
+    tokens = torch.randint(2, 9, (B, T))
+    tokens[1, 0] = PAD
+    target = torch.randint(2, V, (B, N))
+    target[:, 0] = layer.shortlist[tokens[:, 2], 0]  # a candidate: the boost matters
+    logp = layer.alignment_logprobs(h, enc, target, source_tokens=tokens)
+    one_hots = torch.eye(T).expand(B, N, T, T)  # (B, N, M = T samples, T)
+    pooled = layer.weighted_logprobs(h, one_hots, enc, target, source_tokens=tokens)
+    torch.testing.assert_close(pooled, logp, rtol=0, atol=1e-5)
+    assert (logp.max(-1).values - logp.min(-1).values)[:, 0].min() > 0.5  # the alignment moves it
+
+
+def test_layer_mixture_is_the_prior_weighted_components():
+    layer = layer_with_table(1)
+    h, enc = torch.randn(B, N, 6), torch.randn(B, T, 5)
+    tokens = torch.randint(2, 9, (B, T))
+    prior = CategoricalAlignment(torch.randn(B, N, T) * 2)
+    mix = layer.mixture_logprobs(h, enc, prior, source_tokens=tokens)
+    for v in range(2, V):
+        target = torch.full((B, N), v)
+        comp = layer.alignment_logprobs(h, enc, target, source_tokens=tokens)
+        torch.testing.assert_close(mix[..., v], torch.logsumexp(comp + prior.log_probs, -1), rtol=0, atol=1e-5)
+
+
+def test_a_layer_without_table_says_so():
+    layer = ShortlistOutputLayer(6, 5, 4, V, source_vocab=9, shortlist_size=K, pad=PAD)
+    with pytest.raises(RuntimeError, match="no lexical table"):
+        layer.candidates(torch.zeros(1, 2, dtype=torch.long))
+    layer.table_builder = lambda: torch.full((9, K), PAD)
+    layer.candidates(torch.zeros(1, 2, dtype=torch.long))
+    assert bool(layer.shortlist_built)
+
+
+def test_shortlist_size_needs_the_shortlist_layer():
+    args = argparse.Namespace(output_layer="factored", shortlist_size=8)
+    alignment_defaults(args)
+    with pytest.raises(ValueError, match="--shortlist-size"):
+        check_alignment_args(args)
+    args.output_layer = "shortlist"
+    check_alignment_args(args)
+
+
+# -- the lexical table ----------------------------------------------------
+def loop_ibm1(pairs, iterations):
+    """Model 1's EM written as loops over a dict, the textbook way."""
+    t = {}
+    for src, tgt in pairs:
+        for x in src.tolist():
+            for y in tgt.tolist():
+                t[(x, y)] = 1.0
+    for _ in range(iterations):
+        counts, totals = {}, {}
+        for src, tgt in pairs:
+            for y in tgt.tolist():
+                norm = sum(t[(x, y)] for x in src.tolist())
+                for x in src.tolist():
+                    p = t[(x, y)] / norm
+                    counts[(x, y)] = counts.get((x, y), 0.0) + p
+                    totals[x] = totals.get(x, 0.0) + p
+        t = {key: counts[key] / totals[key[0]] for key in t}
+    return t
+
+
+def test_ibm1_equals_a_loop_of_em():
+    g = torch.Generator().manual_seed(0)
+    pairs = [
+        (torch.randint(0, 6, (int(n),), generator=g), torch.randint(0, 7, (int(m),), generator=g))
+        for n, m in torch.randint(1, 6, (12, 2), generator=g)
+    ]
+    src, tgt, t = lexical.ibm1(pairs, 7, iterations=3)
+    ref = loop_ibm1(pairs, 3)
+    assert len(ref) == t.numel()
+    for x, y, p in zip(src.tolist(), tgt.tolist(), t.tolist()):
+        assert p == pytest.approx(ref[(x, y)], rel=1e-9)
+
+
+def test_ibm1_finds_translations_and_the_table_ranks_them():
+    """house = Haus, the = das, small = klein: EM untangles what co-occurrence counts cannot."""
+    de = {"das": 0, "Haus": 1, "klein": 2, "Buch": 3}
+    en = {"the": 0, "house": 1, "small": 2, "book": 3}
+    corpus = [
+        ("das Haus", "the house"),
+        ("das Buch", "the book"),
+        ("das Haus klein", "the house small"),
+        ("das Buch klein", "the book small"),
+        ("Haus", "house"),
+    ]
+    pairs = [(torch.tensor([de[w] for w in s.split()]), torch.tensor([en[w] for w in e.split()])) for s, e in corpus]
+    table = lexical.shortlist_table(*lexical.ibm1(pairs, 4, iterations=10), source_vocab=5, k=2, fill=9)
+    assert table[de["Haus"], 0] == en["house"]
+    assert table[de["das"], 0] == en["the"]
+    assert table[de["klein"], 0] == en["small"]
+    assert table[de["Buch"], 0] == en["book"]
+    assert (table[4] == 9).all()  # never seen: fillers only
+    assert len(set(table[de["das"]].tolist())) == 2  # distinct
+
+
+def test_table_from_the_shipped_corpus(data_dir):
+    """On real text: the table built from the binarised train split lists
+    the common translations, and covers most target tokens."""
+    from fairseq.data import Dictionary, data_utils
+
+    src_dict = Dictionary.load(f"{data_dir}/dict.de.txt")
+    tgt_dict = Dictionary.load(f"{data_dir}/dict.en.txt")
+    table = lexical.train_shortlist(data_dir, "de", "en", src_dict, tgt_dict, k=16)
+    assert table.shape == (len(src_dict), 16)
+    for de, en in (("▁Mann", "▁man"), ("▁Frau", "▁woman"), ("▁Hund", "▁dog")):
+        if src_dict.index(de) != src_dict.unk() and tgt_dict.index(en) != tgt_dict.unk():
+            assert tgt_dict.index(en) in table[src_dict.index(de), :3].tolist(), (de, en)
+    valid = [
+        data_utils.load_indexed_dataset(lexical.split_prefix(data_dir, "valid", "de", "en", lang), d)
+        for lang, d in (("de", src_dict), ("en", tgt_dict))
+    ]
+    pairs = [(valid[0][n], valid[1][n]) for n in range(len(valid[0]))]
+    assert lexical.coverage(table, pairs) > 0.8
+    with pytest.raises(FileNotFoundError, match="binarised train split"):
+        lexical.split_prefix(data_dir, "train", "de", "fr", "de")
+
+
+# -- in the models --------------------------------------------------------
+def shortlist_model(arch, seed=0):
+    model, d = build_model("categorical", arch=arch, seed=seed, output_layer="shortlist", shortlist_size=4)
+    layer = model.alignment_head.output
+    g = torch.Generator().manual_seed(seed)
+    table = torch.stack([torch.randperm(len(d) - 4, generator=g)[:4] + 4 for _ in range(len(d))])
+    table[d.pad()] = d.pad()
+    layer.set_table(table)
+    with torch.no_grad():
+        layer.fc_out.weight.mul_(5)
+    return model, d
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_models_read_the_source_tokens(arch):
+    """The step carries the source words in the annotations' layout, and the
+    model's output is the mixture of the gold likelihoods it enumerates."""
+    model, d = shortlist_model(arch)
+    batch = random_batch(d)
+    net = batch["net_input"]
+    out, extra = model(**net)
+    assert torch.equal(extra["source_tokens"], net["src_tokens"])
+    logp = model.alignment_head.output.alignment_logprobs(
+        extra["hidden"], extra["encoder_states"], batch["target"], source_tokens=extra["source_tokens"]
+    )
+    prior = CategoricalAlignment(extra["scores"])
+    gold = out.gather(-1, batch["target"].unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(gold, torch.logsumexp(logp + prior.log_probs, -1), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_checkpoint_carries_the_table(arch):
+    model, _ = shortlist_model(arch)
+    state = model.state_dict()
+    fresh, _ = build_model("categorical", arch=arch, seed=1, output_layer="shortlist", shortlist_size=4)
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.alignment_head.output.shortlist, model.alignment_head.output.shortlist)
+    assert bool(fresh.alignment_head.output.shortlist_built)
+    assert fresh.alignment_head.output_layer_kind == "shortlist"
