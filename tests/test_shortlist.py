@@ -29,6 +29,11 @@ B, N, T, K, V = 2, 4, 5, 3, 17
 PAD = 1
 
 
+@pytest.fixture(autouse=True)
+def _seeded():
+    torch.manual_seed(0)  # the draws without a generator of their own
+
+
 def case(scale, seed, fillers=True):
     """a (B, N, V), distinct candidates (B, T, K) and b (B, T, K) with some filler entries."""
     g = torch.Generator().manual_seed(seed)
@@ -78,7 +83,8 @@ def test_gold_log_likelihood_value_and_gradient_equal_explicit_softmaxes(scale):
     refs = torch.autograd.grad((ref * weights).sum(), (a, b))
     for x, y in zip(grads, refs):
         assert torch.isfinite(x).all()
-        torch.testing.assert_close(x.double(), y, rtol=1e-4, atol=1e-6)
+        # float32 arithmetic inside (the layer's products run in float32 whatever the input)
+        torch.testing.assert_close(x.double(), y, rtol=1e-4, atol=1e-5)
 
 
 def test_gold_gradient_is_finite_at_padding_rows():
@@ -104,6 +110,22 @@ def test_mixture_equals_explicit_sum_over_alignments(scale):
     torch.testing.assert_close(got.double().exp().sum(-1), torch.ones(B, N, dtype=torch.double), rtol=0, atol=1e-4)
 
 
+def test_mixture_rows_with_huge_boosts_are_summed_exactly():
+    """A word 150 nats down under a_j but boosted by 200 at one position: its
+    terms lie ~150 nats above the row's dense term, beyond one shared
+    shift's range (exp underflows to 0, the other words' log-probabilities
+    to -inf).  Such rows take the exact path: every word finite and exact."""
+    a, candidates, b = case(2.0, 5)
+    word = candidates[0, 2, 0]
+    a[0, :, word] = -150.0
+    b[0, 2, 0] = 200.0
+    log_w = torch.log_softmax(torch.randn(B, N, T), -1)
+    got = log_mixture(a, candidates, b, log_w)
+    ref = torch.logsumexp(explicit_log_softmax(a, candidates, b) + log_w.double().unsqueeze(-1), dim=2)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-4)
+
+
 def test_mixture_gradient_equals_explicit():
     a, candidates, b = case(3.0, 4)
     a, b = a.double().requires_grad_(), b.double().requires_grad_()
@@ -114,7 +136,7 @@ def test_mixture_gradient_equals_explicit():
     ref = torch.logsumexp(explicit_log_softmax(a, candidates, b) + log_w.unsqueeze(-1), dim=2)
     refs = torch.autograd.grad((ref * weights).sum(), (a, b, log_w))
     for x, y in zip(got, refs):
-        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)  # float32 inside
 
 
 def layer_with_table(seed=0, activation="tanh"):

@@ -19,7 +19,7 @@ from fairseq.incremental_decoding_utils import with_incremental_state
 from torch import Tensor
 
 from . import attention_kinds
-from .factored_output import FactoredOutputLayer, SourceLogitsCache
+from .factored_output import FactoredOutputLayer
 from .output_base import OUTPUT_ACTIVATIONS
 from .output_layer import build_output_layer
 from .scorer import AttentionScorer
@@ -263,11 +263,12 @@ class AlignmentHead(nn.Module):
     def output_logits(self, features: Tensor, step: AlignmentStep, incremental_state=None) -> Tensor:
         """Logits (soft, Dirichlet) or the mixture's normalised log p(y | x) (categorical)."""
         cache = None
-        if incremental_state is not None and self.kind.supports_topk and self.output_layer_kind == "factored":
+        if incremental_state is not None and self.kind.supports_topk:
             cache = self.get_incremental_state(incremental_state, "source_cache")
             if cache is None:
-                cache = SourceLogitsCache.build(self.output, step.encoder_states)
-                self.set_incremental_state(incremental_state, "source_cache", cache)
+                cache = self.output.source_cache(step)  # None where the layer caches nothing
+                if cache is not None:
+                    self.set_incremental_state(incremental_state, "source_cache", cache)
         return self.kind.output(self.output, features, step, self.alignment_topk, cache)
 
     @staticmethod
@@ -289,7 +290,7 @@ class AlignmentHead(nn.Module):
         """``self.scorer.prepare(enc)``, once per sentence in incremental decoding:
         what is computed from the source alone is the same at every step (the
         key projection, recomputed, was a third of varattn_lstm's beam search
-        with MLP scores; the factored layer's b is cached in ``output_logits``)."""
+        with MLP scores; the output layer's source side is cached in ``output_logits``)."""
         if incremental_state is None:
             return self.scorer.prepare(enc)
         cached = self.get_incremental_state(incremental_state, "prepared_keys")
@@ -307,7 +308,9 @@ class AlignmentHead(nn.Module):
             )
         source = self.get_incremental_state(incremental_state, "source_cache")
         if source is not None:
-            self.set_incremental_state(incremental_state, "source_cache", SourceLogitsCache.reorder(source, new_order))
+            self.set_incremental_state(
+                incremental_state, "source_cache", self.output.reorder_source_cache(source, new_order)
+            )
 
     # -- checkpoints --------------------------------------------------------
     def check_checkpoint(self, state_dict: dict, prefix: str) -> None:

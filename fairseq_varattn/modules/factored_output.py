@@ -316,6 +316,13 @@ class FactoredOutputLayer(OutputLayerBase):
         return logp if positions is None else logp.gather(-1, positions)
 
     # -- the mixture over the vocabulary (generation, scoring) -------------
+    def source_cache(self, step):
+        return SourceLogitsCache.build(self, step.encoder_states)
+
+    @staticmethod
+    def reorder_source_cache(cache, new_order):
+        return SourceLogitsCache.reorder(cache, new_order)
+
     def mixture_logprobs(self, h, enc, prior: CategoricalAlignment, topk: int = 0, cache=None, source_tokens=None):
         """log sum_i p(z_j = i) p(y_j = v | z_j = i) for every v: (B, N, V);
         ``topk`` > 0 keeps the k most probable alignments, renormalised.

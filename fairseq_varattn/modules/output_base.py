@@ -53,6 +53,15 @@ class OutputLayerBase(nn.Module):
         """Soft attention's output for an ``AlignmentStep``: at the expected context."""
         return self.soft_logits(features, step.hidden, step.context)
 
+    def source_cache(self, step):
+        """What beam search computes once per sentence from the source alone
+        (``AlignmentHead.output_logits``), or None: nothing to cache."""
+        return None
+
+    @staticmethod
+    def reorder_source_cache(cache, new_order):
+        raise NotImplementedError
+
     @staticmethod
     def _select(log_probs, target):
         """log-probs at ``target`` (or all of them when it is None)."""

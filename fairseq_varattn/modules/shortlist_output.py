@@ -53,24 +53,69 @@ def _candidate_index(candidates: torch.Tensor, rows: int) -> torch.Tensor:
     return candidates.reshape(bsz, 1, t * k).expand(bsz, rows, t * k)
 
 
+def _boosts(a, candidates, b):
+    """(logsumexp_v a_jv (B, N, 1), a_{j,S_ik} + b_ik (B, N, T, K), L (B, N, T))."""
+    bsz, n, _ = a.shape
+    t, k = candidates.shape[1:]
+    lse_a = torch.logsumexp(a, dim=-1, keepdim=True)
+    boosts = a.gather(-1, _candidate_index(candidates, n)).view(bsz, n, t, k) + b.unsqueeze(1)
+    return lse_a, boosts, torch.logaddexp(lse_a, torch.logsumexp(boosts, dim=-1))
+
+
 @_float32
 def log_normalisers(a: torch.Tensor, candidates: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """L_ji = logsumexp_v(a_jv + c_iv) for a (B, N, V), candidates and b (B, T, K): (B, N, T)."""
-    bsz, n, _ = a.shape
-    t, k = candidates.shape[1:]
-    a_at = a.gather(-1, _candidate_index(candidates, n)).view(bsz, n, t, k)
-    boost = torch.logsumexp(a_at + b.unsqueeze(1), dim=-1)  # B, N, T
-    return torch.logaddexp(torch.logsumexp(a, dim=-1, keepdim=True), boost)
+    return _boosts(a, candidates, b)[2]
+
+
+class _GoldLogLikelihood(torch.autograd.Function):
+    """a_{j,y_j} + c_{i,y_j} - L_ji with a hand-written backward.  Autograd's
+    graph of the same expression scatters three (B, N, V) gradients into a
+    (the normaliser's softmax, the candidates' gather, the gold gather) and
+    sums them; this backward writes one:
+
+        d/da_jv = [v = y_j] sum_i g_ji - exp(a_jv - lse_j) sum_i g_ji exp(lse_j - L_ji)
+                  - sum_{(i, k): S_ik = v} g_ji exp(a_jv + b_ik - L_ji)
+        d/db_ik = sum_j g_ji ([S_ik = y_j] sigmoid(b_ik) - exp(a_{j,S_ik} + b_ik - L_ji))
+
+    (lse_j = logsumexp_v a_jv; the last terms are L's shares, kept from the forward)."""
+
+    @staticmethod
+    def forward(ctx, a, b, candidates, target):
+        bsz, n, _ = a.shape
+        lse_a, boosts, norm = _boosts(a, candidates, b)
+        hit = candidates.unsqueeze(1).eq(target.view(bsz, n, 1, 1))  # B, N, T, K: at most one k per (j, i)
+        gold_c = (F.softplus(b).unsqueeze(1) * hit).sum(-1)
+        out = a.gather(-1, target.unsqueeze(-1)) + gold_c - norm
+        shares = (boosts - norm.unsqueeze(-1)).exp_()  # B, N, T, K
+        ctx.save_for_backward(a, b, candidates, target, lse_a, norm, shares, hit)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b, candidates, target, lse_a, norm, shares, hit = ctx.saved_tensors
+        g_shares = g.unsqueeze(-1) * shares  # B, N, T, K
+        grad_a = grad_b = None
+        if ctx.needs_input_grad[0]:
+            dense = (g * (lse_a - norm).exp()).sum(-1, keepdim=True)  # B, N, 1
+            grad_a = (a - lse_a).exp_().mul_(-dense)
+            grad_a.scatter_add_(-1, _candidate_index(candidates, a.size(1)), -g_shares.flatten(-2))
+            grad_a.scatter_add_(-1, target.unsqueeze(-1), g.sum(-1, keepdim=True))
+        if ctx.needs_input_grad[1]:
+            grad_b = (hit * (g.unsqueeze(-1) * torch.sigmoid(b).unsqueeze(1)) - g_shares).sum(1)
+        return grad_a, grad_b, None, None
 
 
 @_float32
 def gold_log_likelihood(a, candidates, b, target) -> torch.Tensor:
     """log p(y_j | z_j = i) = a_{j,y_j} + c_{i,y_j} - L_ji: (B, N, T)."""
-    bsz, n, _ = a.shape
-    gold_a = a.gather(-1, target.unsqueeze(-1))  # B, N, 1
-    hit = candidates.unsqueeze(1).eq(target.view(bsz, n, 1, 1))  # B, N, T, K: at most one k per (j, i)
-    gold_c = (F.softplus(b).unsqueeze(1) * hit).sum(-1)
-    return gold_a + gold_c - log_normalisers(a, candidates, b)
+    return _GoldLogLikelihood.apply(a, b, candidates, target)
+
+
+# rows whose dense term is this far below their largest term are summed the
+# exact way: beyond it a term 87 nats below the largest (float32's range)
+# would no longer be negligible next to the dense term
+SHIFT_RANGE = 60.0
 
 
 @_float32
@@ -80,13 +125,35 @@ def log_mixture(a, candidates, b, log_w) -> torch.Tensor:
 
     With rho_ji = log w_ji - L_ji, sum_i w_ji exp(a_jv + c_iv - L_ji)
     = exp(a_jv) (sum_i exp(rho_ji) + sum_{(i, k): S_ik = v} exp(rho_ji + b_ik)):
-    a dense term per token plus, at the candidates, a log-sum-exp scattered
-    by word (shifted by its own maximum, so exact for any logits)."""
+    a dense term per token (every word) plus, at the candidates, their terms
+    summed by word (a scatter-add: a word may be a candidate of several
+    positions), all shifted by the token's largest term M_j.  Rows whose
+    dense term lies more than SHIFT_RANGE below M_j (a boost of > 60 nats) are
+    recomputed with a shift per word (``_exact_mixture``)."""
     bsz, n, _ = a.shape
     rho = log_w - log_normalisers(a, candidates, b)  # B, N, T
     dense = torch.logsumexp(rho, dim=-1, keepdim=True)  # B, N, 1
     index = _candidate_index(candidates, n)
-    terms = (rho.unsqueeze(-1) + b.unsqueeze(1)).reshape(bsz, n, -1)  # B, N, T K
+    terms = (rho.unsqueeze(-1) + b.unsqueeze(1)).reshape(bsz, n, -1)  # B, N, T K; -inf without weight
+    top = torch.maximum(dense, terms.amax(-1, keepdim=True)).detach()
+    sums = torch.zeros_like(a).scatter_add(-1, index, (terms - top).exp())  # a word's terms, summed
+    out = torch.log(sums + (dense - top).exp()) + (a + top)
+    bad = (top - dense).squeeze(-1) > SHIFT_RANGE  # B, N
+    if bool(bad.any()):
+        rows = bad.nonzero(as_tuple=True)
+        exact = _exact_mixture(a[rows].unsqueeze(1), candidates[rows[0]], b[rows[0]], log_w[rows].unsqueeze(1))
+        out = out.index_put(rows, exact.squeeze(1))
+    return out
+
+
+def _exact_mixture(a, candidates, b, log_w):
+    """``log_mixture`` with a shift per (token, word): exact for any logits, at
+    the price of a few more passes over the vocabulary."""
+    bsz, n, _ = a.shape
+    rho = log_w - log_normalisers(a, candidates, b)
+    dense = torch.logsumexp(rho, dim=-1, keepdim=True)
+    index = _candidate_index(candidates, n)
+    terms = (rho.unsqueeze(-1) + b.unsqueeze(1)).reshape(bsz, n, -1)
     top = torch.full_like(a, float("-inf")).scatter_reduce(-1, index, terms.detach(), "amax")
     hit = torch.isfinite(top)
     top = top.masked_fill(~hit, 0.0)
@@ -188,10 +255,23 @@ class ShortlistOutputLayer(FactoredOutputLayer):
         return logp if positions is None else logp.gather(-1, positions)
 
     # -- the mixture over the vocabulary (generation, scoring) -------------
+    def source_cache(self, step):
+        """S and b of each beam row, once per sentence: b's gather of K rows
+        of W_o per source position cost more than the rest of a step."""
+        candidates, b = self.source_boosts(step.encoder_states, step.source_tokens)
+        return {"candidates": candidates, "b": b}
+
+    @staticmethod
+    def reorder_source_cache(cache, new_order):
+        return {key: value.index_select(0, new_order) for key, value in cache.items()}
+
     def mixture_logprobs(self, h, enc, prior: CategoricalAlignment, topk: int = 0, cache=None, source_tokens=None):
         decoder_mask, source_mask = self.dropout_masks(h)
         a = self.decoder_logits(h, decoder_mask).float()
-        candidates, b = self.source_boosts(enc, source_tokens, source_mask)
+        if cache is None:
+            candidates, b = self.source_boosts(enc, source_tokens, source_mask)
+        else:
+            candidates, b = cache["candidates"], cache["b"]
         log_w = prior.log_probs.float()
         used = prior.truncated(topk)
         if used is not prior:
