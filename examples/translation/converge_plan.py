@@ -46,6 +46,9 @@ PLANS = {
         # rws with control variates on the wake-phase weights (--centred-weights),
         # the other fix of the collapse at the quick preset
         "rws-centred": [1],
+        # the shortlist output layer: the speed targets' model (benchmarks/README.md), its quality here
+        "marginal-shortlist": [1],
+        "elbo-enum-shortlist": [1],
     },
     "transformer": {
         "transformer": [1, 2, 3],
