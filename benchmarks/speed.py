@@ -81,9 +81,17 @@ REPORT = []
 
 # --breakdown: the forward passes that set a latent step apart from soft attention's
 PARTS = {
-    "log p(y given z = i)": [(AlignmentOutputLayer, "alignment_logprobs"), (FactoredOutputLayer, "alignment_logprobs")],
+    "log p(y given z = i)": [
+        (AlignmentOutputLayer, "alignment_logprobs"),
+        (FactoredOutputLayer, "alignment_logprobs"),
+        (ShortlistOutputLayer, "alignment_logprobs"),
+    ],
     # REINFORCE's baseline, Gumbel-softmax and Dirichlet samples
-    "output at a context": [(AlignmentOutputLayer, "context_logprobs"), (FactoredOutputLayer, "context_logprobs")],
+    "output at a context": [
+        (AlignmentOutputLayer, "context_logprobs"),
+        (FactoredOutputLayer, "context_logprobs"),
+        (ShortlistOutputLayer, "weighted_logprobs"),
+    ],
     "q network": [(InferenceNetwork, "forward"), (TransformerInferenceNetwork, "forward")],
 }
 

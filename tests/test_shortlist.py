@@ -23,6 +23,7 @@ from fairseq_varattn.modules.shortlist_output import (
     gold_log_likelihood,
     log_mixture,
     log_normalisers,
+    pooled_gold_log_likelihood,
 )
 
 B, N, T, K, V = 2, 4, 5, 3, 17
@@ -167,6 +168,34 @@ def test_one_hot_pool_is_the_categorical_component():
     pooled = layer.weighted_logprobs(h, one_hots, enc, target, source_tokens=tokens)
     torch.testing.assert_close(pooled, logp, rtol=0, atol=1e-5)
     assert (logp.max(-1).values - logp.min(-1).values)[:, 0].min() > 0.5  # the alignment moves it
+
+
+@pytest.mark.parametrize("samples", [0, 3])
+def test_pooled_gold_equals_the_vocabulary_pool(samples):
+    """The context path at the gold word, summed over the sentence's
+    candidate words only, against log_softmax over the whole pooled
+    vocabulary: values and gradients, repeated candidates included."""
+    a, candidates, b = case(4.0, 6)
+    candidates[0, 3] = candidates[0, 2]  # a source word twice: every candidate repeated
+    b = b.masked_fill(candidates.eq(PAD), FILLER)
+    shape = (B, N, samples, T) if samples else (B, N, T)
+    weights = torch.softmax(torch.randn(*shape) * 3, -1).double().requires_grad_()
+    target = torch.randint(2, V, (B, N))
+    target[0, :2] = candidates[0, 2, :2]
+    target[1, 3] = candidates[1, 4, 0]
+    a, b = a.double().requires_grad_(), b.double().requires_grad_()
+    got = pooled_gold_log_likelihood(a, candidates, b, weights, target, PAD)
+    c = dense_c(candidates, b)  # B, T, V
+    pooled = (weights.unsqueeze(-1) * c.view(B, 1, *([1] * bool(samples)), T, V)).sum(-2)
+    logits = a.unsqueeze(2) + pooled if samples else a + pooled
+    index = target.view(B, N, *([1] * bool(samples)), 1).expand(*logits.shape[:-1], 1)
+    ref = torch.log_softmax(logits, -1).gather(-1, index).squeeze(-1)
+    torch.testing.assert_close(got.double(), ref, rtol=0, atol=1e-4)
+    g = torch.rand_like(ref)
+    for x, y in zip(
+        torch.autograd.grad((got * g).sum(), (a, b, weights)), torch.autograd.grad((ref * g).sum(), (a, b, weights))
+    ):
+        torch.testing.assert_close(x.double(), y, rtol=1e-4, atol=1e-5)
 
 
 def test_layer_mixture_is_the_prior_weighted_components():

@@ -44,11 +44,18 @@ class LatentBatch:
     def q(self):
         return self.head.alignment_distribution(self.q_scores, self.enc_mask)
 
+    @cached_property
+    def _shared(self) -> dict:
+        """a_j once per batch, for a layer whose every path reads it unchanged."""
+        if not self.output.shares_decoder_logits:
+            return {}
+        return {"decoder_logits": self.output.decoder_logits(self.hidden, self.masks[0]).float()}
+
     def logp_y_all(self) -> torch.Tensor:
         """log p(y_j | z_j = i) for every i: (B, N, T); computed once per batch."""
         if self._logp_all is None:
             self._logp_all = self.output.alignment_logprobs(
-                self.hidden, self.enc, self.target, masks=self.masks, source_tokens=self.source_tokens
+                self.hidden, self.enc, self.target, masks=self.masks, source_tokens=self.source_tokens, **self._shared
             )
         return self._logp_all
 
@@ -67,7 +74,13 @@ class LatentBatch:
     def soft_logp_y(self, dist: CategoricalAlignment) -> torch.Tensor:
         """log p(y_j | soft context E_dist[x~]): the REINFORCE baseline."""
         return self.output.weighted_logprobs(
-            self.hidden, dist.probs, self.enc, self.target, masks=self.masks, source_tokens=self.source_tokens
+            self.hidden,
+            dist.probs,
+            self.enc,
+            self.target,
+            masks=self.masks,
+            source_tokens=self.source_tokens,
+            **self._shared,
         )
 
     def soft_nll(self) -> torch.Tensor:
@@ -80,7 +93,13 @@ class LatentBatch:
         """log p(y_j | context sum_i w_i x~_i) for K weight vectors per token,
         weights (B, N, K, T) -> (B, N, K): relaxed one-hots and Dirichlet samples."""
         return self.output.weighted_logprobs(
-            self.hidden, weights, self.enc, self.target, masks=self.masks, source_tokens=self.source_tokens
+            self.hidden,
+            weights,
+            self.enc,
+            self.target,
+            masks=self.masks,
+            source_tokens=self.source_tokens,
+            **self._shared,
         )
 
     @torch.no_grad()

@@ -19,6 +19,9 @@ OUTPUT_ACTIVATIONS = ("tanh", "linear")
 class OutputLayerBase(nn.Module):
     #: log p(y | z = i) at a few positions costs about what all of them do
     enumeration_is_cheap = False
+    #: whether alignment_logprobs and weighted_logprobs take ``decoder_logits``
+    #: (a_j, computed once per batch by the caller)
+    shares_decoder_logits = False
 
     def __init__(self, hidden_dim, context_dim, embed_dim, vocab_size, dropout=0.0, activation="tanh"):
         super().__init__()

@@ -137,7 +137,10 @@ def log_mixture(a, candidates, b, log_w) -> torch.Tensor:
     terms = (rho.unsqueeze(-1) + b.unsqueeze(1)).reshape(bsz, n, -1)  # B, N, T K; -inf without weight
     top = torch.maximum(dense, terms.amax(-1, keepdim=True)).detach()
     sums = torch.zeros_like(a).scatter_add(-1, index, (terms - top).exp())  # a word's terms, summed
-    out = torch.log(sums + (dense - top).exp()) + (a + top)
+    if torch.is_grad_enabled():
+        out = torch.log(sums + (dense - top).exp()) + (a + top)
+    else:  # generation: in place, one (B, N, V) buffer
+        out = sums.add_((dense - top).exp()).log_().add_(a).add_(top)
     bad = (top - dense).squeeze(-1) > SHIFT_RANGE  # B, N
     if bool(bad.any()):
         rows = bad.nonzero(as_tuple=True)
@@ -163,9 +166,57 @@ def _exact_mixture(a, candidates, b, log_w):
     return a + torch.logaddexp(dense, boost)
 
 
+def _word_slots(candidates: torch.Tensor, fill: int):
+    """Each sentence's candidate words without repeats: (slot of every entry
+    (B, T K), the word of every slot (B, T K), ``fill`` for unused slots).  A
+    word is a candidate of every position whose source word lists it."""
+    flat = candidates.flatten(1)
+    ordered, order = flat.sort(dim=-1)
+    new = torch.ones_like(ordered, dtype=torch.bool)
+    new[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    slot_of_ordered = new.long().cumsum(-1) - 1
+    slot = torch.empty_like(flat).scatter_(-1, order, slot_of_ordered)
+    words = torch.full_like(flat, fill).scatter_(-1, slot_of_ordered, ordered)  # repeats write the same word
+    return slot, words
+
+
+@_float32
+def pooled_gold_log_likelihood(a, candidates, b, weights, target, fill: int) -> torch.Tensor:
+    """log softmax_v(a_jv + sum_i w_ji c_iv) at y_j without a vocabulary-sized
+    pool: a (B, N, V), candidates and b (B, T, K), weights (B, N, T) or
+    (B, N, M, T), target (B, N) -> (B, N) or (B, N, M).
+
+    With P_jv = sum_i w_ji c_iv, nonzero only at the sentence's candidate
+    words U, the normaliser is log(Z_j + sum_{u in U} exp(a_ju) expm1(P_ju)),
+    every term positive; the gold word's pool is the sum of the entries
+    listing it.  ``fill`` (the target pad) marks filler entries."""
+    bsz, n, _ = a.shape
+    w = weights.float()
+    extra = w.dim() - 3  # 1 with M samples per token
+    c = F.softplus(b).view(bsz, 1, *([1] * extra), -1)  # B, 1, [1,] T K
+    values = w.unsqueeze(-1).mul(c.view(*c.shape[:-1], *b.shape[1:])).flatten(-2)  # B, N, [M,] T K
+    slot, words = _word_slots(candidates, fill)
+    spread = (bsz, 1, *([1] * extra), slot.size(-1))
+    pool = torch.zeros_like(values).scatter_add(-1, slot.view(spread).expand_as(values), values)
+    a_words = a.gather(-1, words.unsqueeze(1).expand(-1, n, -1)).view(bsz, n, *([1] * extra), -1)
+    lse_a = torch.logsumexp(a, dim=-1).view(bsz, n, *([1] * extra), 1)
+    # log expm1(P) = P + log(-expm1(-P)), -inf where P = 0 (unused slots, fillers)
+    live = pool > 0
+    safe = pool.clamp_min(1e-30)
+    log_boost = torch.where(live, safe + torch.log(-torch.expm1(-safe)), float("-inf"))
+    boosted = a_words + log_boost
+    norm = torch.logsumexp(torch.cat([lse_a.expand(*boosted.shape[:-1], 1), boosted], dim=-1), dim=-1)
+    hit = candidates.flatten(1).view(bsz, 1, *([1] * extra), -1).eq(target.view(bsz, n, *([1] * extra), 1))
+    gold = a.gather(-1, target.unsqueeze(-1)).view(bsz, n, *([1] * extra)) + (values * hit).sum(-1)
+    return gold - norm
+
+
 class ShortlistOutputLayer(FactoredOutputLayer):
     """The factored layer's parameters (W_h, W_c, W_o, bias) plus the lexical
     table; see the module docstring."""
+
+    #: every path reads a_j = W_o d(f(W_h h_j)) + bias as it is: a batch computes it once
+    shares_decoder_logits = True
 
     def __init__(
         self,
@@ -239,17 +290,25 @@ class ShortlistOutputLayer(FactoredOutputLayer):
         pooled = torch.zeros(*w.shape[:-1], a.size(-1), device=a.device).scatter_add(-1, index, values)
         return a + pooled
 
-    def weighted_logprobs(self, h, weights, enc, target=None, masks=None, source_tokens=None):
-        return self._select(F.log_softmax(self.weighted_logits(h, weights, enc, source_tokens, masks), dim=-1), target)
+    def weighted_logprobs(self, h, weights, enc, target=None, masks=None, source_tokens=None, decoder_logits=None):
+        """``decoder_logits``: a_j under the same ``masks``, when the caller has them
+        (``shares_decoder_logits``: every path of this layer starts from the same a_j)."""
+        if target is None:
+            return F.log_softmax(self.weighted_logits(h, weights, enc, source_tokens, masks), dim=-1)
+        # the gold word only (baselines, relaxed samples): no vocabulary-sized pool
+        decoder_mask, source_mask = self.dropout_masks(h) if masks is None else masks
+        a = self.decoder_logits(h, decoder_mask).float() if decoder_logits is None else decoder_logits
+        candidates, b = self.source_boosts(enc, source_tokens, source_mask)
+        return pooled_gold_log_likelihood(a, candidates, b, weights, target, self.pad)
 
     def expected_logits(self, features, step):
         """Soft attention's output: the pool at the expected alignment."""
         return self.weighted_logits(step.hidden, step.weights, step.encoder_states, step.source_tokens)
 
     # -- log p(y_j | z_j = i) for the gold target --------------------------
-    def alignment_logprobs(self, h, enc, target, positions=None, masks=None, source_tokens=None):
+    def alignment_logprobs(self, h, enc, target, positions=None, masks=None, source_tokens=None, decoder_logits=None):
         decoder_mask, source_mask = self.dropout_masks(h) if masks is None else masks
-        a = self.decoder_logits(h, decoder_mask).float()
+        a = self.decoder_logits(h, decoder_mask).float() if decoder_logits is None else decoder_logits
         candidates, b = self.source_boosts(enc, source_tokens, source_mask)
         logp = gold_log_likelihood(a, candidates, b, target)
         return logp if positions is None else logp.gather(-1, positions)
