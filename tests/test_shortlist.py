@@ -104,11 +104,13 @@ def test_mixture_equals_explicit_sum_over_alignments(scale):
     scores = torch.randn(B, N, T) * 3
     scores[1, :, 0] = float("-inf")  # the padded position has no weight
     log_w = torch.log_softmax(scores, -1)
-    got = log_mixture(a, candidates, b, log_w)
     ref = torch.logsumexp(explicit_log_softmax(a, candidates, b) + log_w.double().unsqueeze(-1), dim=2)
-    assert torch.isfinite(got).all()
-    torch.testing.assert_close(got.double(), ref, rtol=0, atol=1e-4 * max(1, scale / 10))
-    torch.testing.assert_close(got.double().exp().sum(-1), torch.ones(B, N, dtype=torch.double), rtol=0, atol=1e-4)
+    with torch.no_grad():  # generation sums the candidates in place, per distinct word
+        in_place = log_mixture(a, candidates, b, log_w)
+    for got in (log_mixture(a, candidates, b, log_w), in_place):
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got.double(), ref, rtol=0, atol=1e-4 * max(1, scale / 10))
+        torch.testing.assert_close(got.double().exp().sum(-1), torch.ones(B, N, dtype=torch.double), rtol=0, atol=1e-4)
 
 
 def test_mixture_rows_with_huge_boosts_are_summed_exactly():

@@ -136,17 +136,29 @@ def log_mixture(a, candidates, b, log_w) -> torch.Tensor:
     index = _candidate_index(candidates, n)
     terms = (rho.unsqueeze(-1) + b.unsqueeze(1)).reshape(bsz, n, -1)  # B, N, T K; -inf without weight
     top = torch.maximum(dense, terms.amax(-1, keepdim=True)).detach()
-    sums = torch.zeros_like(a).scatter_add(-1, index, (terms - top).exp())  # a word's terms, summed
     if torch.is_grad_enabled():
+        sums = torch.zeros_like(a).scatter_add(-1, index, (terms - top).exp())  # a word's terms, summed
         out = torch.log(sums + (dense - top).exp()) + (a + top)
-    else:  # generation: in place, one (B, N, V) buffer
-        out = sums.add_((dense - top).exp()).log_().add_(a).add_(top)
+    else:
+        out = _mixture_in_place(a, candidates, dense, terms, top)
     bad = (top - dense).squeeze(-1) > SHIFT_RANGE  # B, N
     if bool(bad.any()):
         rows = bad.nonzero(as_tuple=True)
         exact = _exact_mixture(a[rows].unsqueeze(1), candidates[rows[0]], b[rows[0]], log_w[rows].unsqueeze(1))
         out = out.index_put(rows, exact.squeeze(1))
     return out
+
+
+def _mixture_in_place(a, candidates, dense, terms, top):
+    """``log_mixture``'s result without autograd (generation): a_jv + dense_j
+    for every word, one pass, then the sentence's distinct candidate words
+    overwritten, their terms summed in a (B, N, T K) buffer, not a (B, N, V) one."""
+    bsz, n, _ = a.shape
+    slot, words = _word_slots(candidates, 0)  # unused slots: word 0, nothing summed there
+    sums = torch.zeros_like(terms).scatter_add_(-1, slot.unsqueeze(1).expand_as(terms), (terms - top).exp_())
+    words = words.unsqueeze(1).expand(-1, n, -1)
+    at = sums.add_((dense - top).exp()).log_().add_(top).add_(a.gather(-1, words))
+    return (a + dense).scatter_(-1, words, at)
 
 
 def _exact_mixture(a, candidates, b, log_w):
