@@ -17,8 +17,10 @@ follows the live tensors.
 import argparse
 import collections
 import contextlib
+import datetime
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -45,7 +47,7 @@ from fairseq_varattn.modules.lexical import spread_table
 from fairseq_varattn.modules.output_layer import AlignmentOutputLayer
 from fairseq_varattn.modules.shortlist_output import ShortlistOutputLayer
 from varattn_tools import rows, variants
-from varattn_tools.experiments import HEAP_MALLOC, append_markdown
+from varattn_tools.experiments import HEAP_MALLOC, append_markdown, git_commit
 
 # Rows are named as every results table names them (varattn_tools/rows.py):
 # "soft" is varattn_lstm's soft attention (joint layer), a latent variant alone
@@ -470,7 +472,12 @@ def main():
         results["generation"] = benchmark_generation(gen_names, d, opts)
     if opts.json:
         with open(opts.json, "w") as f:
-            json.dump({"options": vars(opts), "results": results}, f, indent=2)
+            meta = {
+                "commit": git_commit(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), mark_changes=True),
+                "date": str(datetime.date.today()),
+                "machine": f"{platform.machine()} x{os.cpu_count()} CPU cores",
+            }
+            json.dump({**meta, "options": vars(opts), "results": results}, f, indent=2)
     if opts.markdown:
         append_markdown(opts.markdown, REPORT)
 
