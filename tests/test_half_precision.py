@@ -22,12 +22,12 @@ TOLERANCE = {torch.float16: (0.01, 0.95), torch.bfloat16: (0.03, 0.8)}
 LATENT = [name for name in variants.VARIANTS if name != "soft"]  # soft: fairseq's own cross_entropy
 
 
-def _run(name, arch, dtype):
+def _run(name, arch, dtype, output_layer=None):
     variant = variants.get(name)
     model, d = sharpened(
         variant.attention,
         "birnn" if variant.needs_q else "none",
-        output_layer="factored" if variant.attention == "categorical" else "joint",
+        output_layer=output_layer or ("factored" if variant.attention == "categorical" else "joint"),
         arch=arch,
     )
     model = model.to(dtype).train()
@@ -44,12 +44,16 @@ def _run(name, arch, dtype):
     return loss, log, flat
 
 
-@pytest.mark.parametrize("arch", ["lstm", "transformer"])
-@pytest.mark.parametrize("name", LATENT)
-def test_half_precision_agrees_with_float32(name, arch):
-    reference, ref_log, ref_grad = _run(name, arch, torch.float32)
+@pytest.mark.parametrize(
+    "name, arch, layer",
+    [(name, arch, None) for arch in ("lstm", "transformer") for name in LATENT]
+    # the shortlist layer: its enumeration, its pooled context path (baseline, relaxed samples)
+    + [(name, "lstm", "shortlist") for name in ("marginal", "elbo-reinforce", "elbo-gumbel", "dirichlet")],
+)
+def test_half_precision_agrees_with_float32(name, arch, layer):
+    reference, ref_log, ref_grad = _run(name, arch, torch.float32, layer)
     for dtype, (loss_tol, min_cosine) in TOLERANCE.items():
-        loss, log, grad = _run(name, arch, dtype)
+        loss, log, grad = _run(name, arch, dtype, layer)
         assert loss.dtype == torch.float32, "the loss is accumulated in float32"
         assert torch.isfinite(loss)
         assert abs(float(loss) - float(reference)) <= loss_tol * abs(float(reference)), (dtype, loss, reference)
