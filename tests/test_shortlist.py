@@ -346,3 +346,42 @@ def test_checkpoint_carries_the_table(arch):
     assert torch.equal(fresh.alignment_head.output.shortlist, model.alignment_head.output.shortlist)
     assert bool(fresh.alignment_head.output.shortlist_built)
     assert fresh.alignment_head.output_layer_kind == "shortlist"
+
+
+def test_fairseq_train_builds_the_table_and_generate_needs_no_training_data(data_dir, tmp_path):
+    """The user's path: fairseq-train --output-layer shortlist builds the
+    table from the train split (and says so); fairseq-generate then runs
+    from a data directory that holds only the dictionaries and the split it
+    translates, the table coming from the checkpoint."""
+    import glob
+    import shutil
+
+    from test_cli import generate, train
+
+    log = train(
+        data_dir,
+        tmp_path / "ckpt",
+        [
+            "--attention",
+            "categorical",
+            "--criterion",
+            "varattn_marginal",
+            "--output-layer",
+            "shortlist",
+            "--shortlist-size",
+            "8",
+        ],
+        max_update=8,
+    )
+    assert "building the lexical shortlist" in log
+    state = torch.load(tmp_path / "ckpt" / "checkpoint_last.pt", map_location="cpu", weights_only=False)["model"]
+    table = state["decoder.head.output.shortlist"]
+    assert table.shape[1] == 8 and bool(state["decoder.head.output.shortlist_built"])
+    assert table.ne(1).any(-1).float().mean() > 0.5  # most source types have candidates (1 = pad)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for path in glob.glob(f"{data_dir}/dict.*") + glob.glob(f"{data_dir}/valid.*"):
+        shutil.copy(path, bare)
+    bleu, out = generate(str(bare), tmp_path / "ckpt" / "checkpoint_last.pt", beam=2)
+    assert "building the lexical shortlist" not in out
+    assert bleu >= 0.0

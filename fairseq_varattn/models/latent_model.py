@@ -35,6 +35,7 @@ def set_table_builder(output, args, task) -> None:
             task.source_dictionary,
             task.target_dictionary,
             args.shortlist_size,
+            split=getattr(cfg, "train_subset", None) or "train",
         )
 
 

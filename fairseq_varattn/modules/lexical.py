@@ -88,19 +88,21 @@ def split_prefix(data: str, split: str, src: str, tgt: str, lang: str) -> str:
     )
 
 
-def train_shortlist(data: str, src: str, tgt: str, src_dict, tgt_dict, k: int, iterations: int = 5) -> torch.Tensor:
-    """The shortlist table of the binarised train split in ``data``."""
+def train_shortlist(
+    data: str, src: str, tgt: str, src_dict, tgt_dict, k: int, iterations: int = 5, split: str = "train"
+) -> torch.Tensor:
+    """The shortlist table of the binarised ``split`` (the training split) in ``data``."""
     from fairseq.data import data_utils
 
     datasets = []
     for lang, dictionary in ((src, src_dict), (tgt, tgt_dict)):
-        prefix = split_prefix(data, "train", src, tgt, lang)
+        prefix = split_prefix(data, split, src, tgt, lang)
         dataset = data_utils.load_indexed_dataset(prefix, dictionary)
         if dataset is None:
             raise FileNotFoundError(f"cannot read the binarised dataset {prefix}")
         datasets.append(dataset)
     if len(datasets[0]) != len(datasets[1]):
-        raise ValueError(f"train.{src} and train.{tgt} in {data} have different numbers of sentences")
+        raise ValueError(f"{split}.{src} and {split}.{tgt} in {data} have different numbers of sentences")
     logger.info(
         "building the lexical shortlist (IBM model 1, %d iterations, %d candidates per source type) "
         "from %d sentence pairs of %s",
