@@ -125,6 +125,14 @@ class CategoricalAlignment:
         index, log_probs = self.topk(k)
         return CategoricalAlignment.from_log_probs(log_probs, index=index)
 
+    def truncated_log_weights(self, k: int) -> torch.Tensor:
+        """log-probs of ``truncated(k)`` over every position, in float32:
+        -inf outside the k kept ones (what the output layers' mixtures weigh by)."""
+        used = self.truncated(k)
+        if used is self:
+            return self.log_probs.float()
+        return torch.full_like(self.log_probs.float(), float("-inf")).scatter(-1, used.index, used.log_probs.float())
+
     def argmax(self) -> torch.Tensor:
         return self.log_probs.argmax(-1)
 

@@ -127,7 +127,7 @@ class CategoricalAttention(AttentionKind):
         return CategoricalAlignment(scores)
 
     def output(self, layer, features, step, topk=0, cache=None):
-        cached = {} if cache is None else {"cache": cache}  # the factored layer's b for beam search
+        cached = {} if cache is None else {"cache": cache}  # the output layer's source_cache in beam search
         return layer.mixture_logprobs(
             step.hidden,
             step.encoder_states,

@@ -329,15 +329,11 @@ class FactoredOutputLayer(OutputLayerBase):
         ``cache``: a ``SourceLogitsCache`` for ``enc`` (incremental decoding)."""
         decoder_mask, source_mask = self.dropout_masks(h)
         a = self.decoder_logits(h, decoder_mask).float()
-        log_w = prior.log_probs.float()
         if cache is None:
             source, k = SourceFactors(self.source_logits(enc, source_mask)), 1
         else:
             source, k = SourceLogitsCache.grouped(cache)
-        used = prior.truncated(topk)
-        if used is not prior:
-            log_w = torch.full_like(log_w, float("-inf")).scatter(-1, used.index, used.log_probs.float())
-        return log_marginal(a, source, log_w, k)
+        return log_marginal(a, source, prior.truncated_log_weights(topk), k)
 
 
 class SourceLogitsCache:

@@ -144,8 +144,7 @@ def log_mixture(a, candidates, b, log_w) -> torch.Tensor:
     bad = (top - dense).squeeze(-1) > SHIFT_RANGE  # B, N
     if bool(bad.any()):
         rows = bad.nonzero(as_tuple=True)
-        exact = _exact_mixture(a[rows].unsqueeze(1), candidates[rows[0]], b[rows[0]], log_w[rows].unsqueeze(1))
-        out = out.index_put(rows, exact.squeeze(1))
+        out = out.index_put(rows, _exact_mixture(a[rows], index[rows], dense[rows], terms[rows]))
     return out
 
 
@@ -161,14 +160,10 @@ def _mixture_in_place(a, candidates, dense, terms, top):
     return (a + dense).scatter_(-1, words, at)
 
 
-def _exact_mixture(a, candidates, b, log_w):
-    """``log_mixture`` with a shift per (token, word): exact for any logits, at
-    the price of a few more passes over the vocabulary."""
-    bsz, n, _ = a.shape
-    rho = log_w - log_normalisers(a, candidates, b)
-    dense = torch.logsumexp(rho, dim=-1, keepdim=True)
-    index = _candidate_index(candidates, n)
-    terms = (rho.unsqueeze(-1) + b.unsqueeze(1)).reshape(bsz, n, -1)
+def _exact_mixture(a, index, dense, terms):
+    """``log_mixture``'s rows ``a`` (R, V) from their ``index``, ``dense`` and
+    ``terms`` with a shift per (token, word): exact for any logits, at the
+    price of a few more passes over the vocabulary."""
     top = torch.full_like(a, float("-inf")).scatter_reduce(-1, index, terms.detach(), "amax")
     hit = torch.isfinite(top)
     top = top.masked_fill(~hit, 0.0)
@@ -176,6 +171,14 @@ def _exact_mixture(a, candidates, b, log_w):
     # log(1) where no term landed: log(0)'s backward would put NaN into the kept entries
     boost = torch.where(hit, sums.masked_fill(~hit, 1.0).log() + top, float("-inf"))
     return a + torch.logaddexp(dense, boost)
+
+
+def _pooled_values(weights: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """w_ji c_ik for every candidate entry: weights (B, N, T) or (B, N, M, T),
+    b (B, T, K) -> (B, N, [M,] T K)."""
+    w = weights.float()
+    c = F.softplus(b).view(b.size(0), *([1] * (w.dim() - 2)), *b.shape[1:])  # B, 1, [1,] T, K
+    return (w.unsqueeze(-1) * c).flatten(-2)
 
 
 def _word_slots(candidates: torch.Tensor, fill: int):
@@ -203,10 +206,8 @@ def pooled_gold_log_likelihood(a, candidates, b, weights, target, fill: int) -> 
     every term positive; the gold word's pool is the sum of the entries
     listing it.  ``fill`` (the target pad) marks filler entries."""
     bsz, n, _ = a.shape
-    w = weights.float()
-    extra = w.dim() - 3  # 1 with M samples per token
-    c = F.softplus(b).view(bsz, 1, *([1] * extra), -1)  # B, 1, [1,] T K
-    values = w.unsqueeze(-1).mul(c.view(*c.shape[:-1], *b.shape[1:])).flatten(-2)  # B, N, [M,] T K
+    extra = weights.dim() - 3  # 1 with M samples per token
+    values = _pooled_values(weights, b)  # B, N, [M,] T K
     slot, words = _word_slots(candidates, fill)
     spread = (bsz, 1, *([1] * extra), slot.size(-1))
     pool = torch.zeros_like(values).scatter_add(-1, slot.view(spread).expand_as(values), values)
@@ -274,6 +275,13 @@ class ShortlistOutputLayer(FactoredOutputLayer):
         return self.shortlist[source_tokens]
 
     # -- pieces -----------------------------------------------------------
+    def _logits(self, h, enc, source_tokens, masks=None, decoder_logits=None):
+        """(a (B, N, V), S, b) under one dropout draw (``masks``, else a new one);
+        ``decoder_logits``: a_j already computed under the same masks."""
+        decoder_mask, source_mask = self.dropout_masks(h) if masks is None else masks
+        a = self.decoder_logits(h, decoder_mask).float() if decoder_logits is None else decoder_logits
+        return (a, *self.source_boosts(enc, source_tokens, source_mask))
+
     def source_boosts(self, enc, source_tokens, mask=None):
         """(S (B, T, K), b (B, T, K)): b_ik = W_o[S_ik] . d(f(W_c x~_i)), FILLER at filler entries."""
         candidates = self.candidates(source_tokens)
@@ -290,16 +298,12 @@ class ShortlistOutputLayer(FactoredOutputLayer):
     # -- log p(y | h, weights over the source) ------------------------------
     def weighted_logits(self, h, weights, enc, source_tokens, masks=None):
         """softmax(a_j + sum_i w_ji c_i) logits; weights (B, N, T) or (B, N, M, T)."""
-        decoder_mask, source_mask = self.dropout_masks(h) if masks is None else masks
-        a = self.decoder_logits(h, decoder_mask).float()  # B, N, V
-        candidates, b = self.source_boosts(enc, source_tokens, source_mask)
-        c = F.softplus(b)  # B, T, K
-        w = weights.float()
-        if w.dim() == 4:
+        a, candidates, b = self._logits(h, enc, source_tokens, masks)
+        values = _pooled_values(weights, b)  # B, N, [M,] T K
+        if weights.dim() == 4:
             a = a.unsqueeze(2)
-        values = (w.unsqueeze(-1) * c.view(c.size(0), *([1] * (w.dim() - 2)), *c.shape[1:])).flatten(-2)
-        index = candidates.reshape(c.size(0), *([1] * (w.dim() - 2)), -1).expand_as(values)
-        pooled = torch.zeros(*w.shape[:-1], a.size(-1), device=a.device).scatter_add(-1, index, values)
+        index = candidates.reshape(b.size(0), *([1] * (weights.dim() - 2)), -1).expand_as(values)
+        pooled = torch.zeros(*values.shape[:-1], a.size(-1), device=a.device).scatter_add(-1, index, values)
         return a + pooled
 
     def weighted_logprobs(self, h, weights, enc, target=None, masks=None, source_tokens=None, decoder_logits=None):
@@ -308,9 +312,7 @@ class ShortlistOutputLayer(FactoredOutputLayer):
         if target is None:
             return F.log_softmax(self.weighted_logits(h, weights, enc, source_tokens, masks), dim=-1)
         # the gold word only (baselines, relaxed samples): no vocabulary-sized pool
-        decoder_mask, source_mask = self.dropout_masks(h) if masks is None else masks
-        a = self.decoder_logits(h, decoder_mask).float() if decoder_logits is None else decoder_logits
-        candidates, b = self.source_boosts(enc, source_tokens, source_mask)
+        a, candidates, b = self._logits(h, enc, source_tokens, masks, decoder_logits)
         return pooled_gold_log_likelihood(a, candidates, b, weights, target, self.pad)
 
     def expected_logits(self, features, step):
@@ -319,9 +321,7 @@ class ShortlistOutputLayer(FactoredOutputLayer):
 
     # -- log p(y_j | z_j = i) for the gold target --------------------------
     def alignment_logprobs(self, h, enc, target, positions=None, masks=None, source_tokens=None, decoder_logits=None):
-        decoder_mask, source_mask = self.dropout_masks(h) if masks is None else masks
-        a = self.decoder_logits(h, decoder_mask).float() if decoder_logits is None else decoder_logits
-        candidates, b = self.source_boosts(enc, source_tokens, source_mask)
+        a, candidates, b = self._logits(h, enc, source_tokens, masks, decoder_logits)
         logp = gold_log_likelihood(a, candidates, b, target)
         return logp if positions is None else logp.gather(-1, positions)
 
@@ -337,14 +337,9 @@ class ShortlistOutputLayer(FactoredOutputLayer):
         return {key: value.index_select(0, new_order) for key, value in cache.items()}
 
     def mixture_logprobs(self, h, enc, prior: CategoricalAlignment, topk: int = 0, cache=None, source_tokens=None):
-        decoder_mask, source_mask = self.dropout_masks(h)
-        a = self.decoder_logits(h, decoder_mask).float()
         if cache is None:
-            candidates, b = self.source_boosts(enc, source_tokens, source_mask)
+            a, candidates, b = self._logits(h, enc, source_tokens)
         else:
+            a = self.decoder_logits(h, self.dropout_masks(h)[0]).float()
             candidates, b = cache["candidates"], cache["b"]
-        log_w = prior.log_probs.float()
-        used = prior.truncated(topk)
-        if used is not prior:
-            log_w = torch.full_like(log_w, float("-inf")).scatter(-1, used.index, used.log_probs.float())
-        return log_mixture(a, candidates, b, log_w)
+        return log_mixture(a, candidates, b, prior.truncated_log_weights(topk))
