@@ -13,13 +13,12 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from varattn_tools.experiments import git_commit  # noqa: E402
+from varattn_tools.experiments import git_commit, machine  # noqa: E402
 
 
 def main(argv=None):
@@ -62,7 +61,7 @@ def main(argv=None):
             "command": "python benchmarks/shortlist_table.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "commit": git_commit(REPO, mark_changes=True),
             "date": str(datetime.date.today()),
-            "machine": f"{platform.machine()} x{os.cpu_count()} CPU cores",
+            "machine": machine(),
             "pairs": len(sets["train"]),
             "ibm1_seconds": round(seconds, 2),
             "coverage": rows,

@@ -20,7 +20,6 @@ import contextlib
 import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -47,7 +46,7 @@ from fairseq_varattn.modules.lexical import spread_table
 from fairseq_varattn.modules.output_layer import AlignmentOutputLayer
 from fairseq_varattn.modules.shortlist_output import ShortlistOutputLayer
 from varattn_tools import rows, variants
-from varattn_tools.experiments import HEAP_MALLOC, append_markdown, git_commit
+from varattn_tools.experiments import HEAP_MALLOC, append_markdown, git_commit, machine
 
 # Rows are named as every results table names them (varattn_tools/rows.py):
 # "soft" is varattn_lstm's soft attention (joint layer), a latent variant alone
@@ -475,7 +474,7 @@ def main():
             meta = {
                 "commit": git_commit(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), mark_changes=True),
                 "date": str(datetime.date.today()),
-                "machine": f"{platform.machine()} x{os.cpu_count()} CPU cores",
+                "machine": machine(),
             }
             json.dump({**meta, "options": vars(opts), "results": results}, f, indent=2)
     if opts.markdown:

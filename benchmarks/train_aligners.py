@@ -20,13 +20,12 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from varattn_tools import fairseq_log  # noqa: E402
-from varattn_tools.experiments import TRAIN_LOGGING, cpu_env, git_commit, run  # noqa: E402
+from varattn_tools.experiments import TRAIN_LOGGING, cpu_env, git_commit, machine, run  # noqa: E402
 from varattn_tools.resume_train import training_seconds  # noqa: E402
 from varattn_tools.rows import train_options  # noqa: E402
 
@@ -75,7 +74,7 @@ def record(opts, name, work, cmd, text):
         "train_seconds": training_seconds(text),
         "checkpoint": os.path.join(work, "checkpoint_best.pt"),
         "date": str(datetime.date.today()),
-        "machine": f"{platform.machine()} x{os.cpu_count()} CPU cores",
+        "machine": machine(),
         "threads": opts.threads,
     }
     os.makedirs(RESULTS, exist_ok=True)

@@ -148,12 +148,17 @@ def validate_command(data, user_dir, checkpoint, subset, max_tokens, seed):
     ]
 
 
+def machine() -> str:
+    """The machine a result was measured on, as every result file names it."""
+    return f"{platform.machine()} x{os.cpu_count()} CPU cores"
+
+
 def append_markdown(path, lines):
     """Append a benchmark's table to ``path`` (benchmarks/results.md) under the
     command line that made it, with the date and the machine."""
     with open(path, "a") as f:
         f.write(
             f"`python benchmarks/{' '.join([os.path.basename(sys.argv[0])] + sys.argv[1:])}`, "
-            f"{datetime.date.today()}, {platform.machine()} x{os.cpu_count()} CPU cores:\n\n"
+            f"{datetime.date.today()}, {machine()}:\n\n"
         )
         f.write("\n".join(lines).lstrip("\n") + "\n\n")

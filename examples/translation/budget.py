@@ -14,12 +14,13 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import converge  # noqa: E402  (the same evaluation as the converged runs)
+
+from varattn_tools.experiments import machine  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results", "transformer-4epochs")
 
@@ -50,7 +51,7 @@ def add(opts, env):
         hypotheses=os.path.join(RESULTS, "hyps", f"{opts.name}-seed{opts.seed}.txt"),
     )
     row["date"] = str(datetime.date.today())
-    row["machine"] = f"{platform.machine()} x{os.cpu_count()} CPU cores"
+    row["machine"] = machine()
     with open(os.path.join(RESULTS, f"{opts.name}-seed{opts.seed}.json"), "w") as f:
         json.dump(row, f, indent=1)
     print(f"{opts.name} seed {opts.seed}: test ppl {row['test_ppl']:.2f}, BLEU {row['test_bleu']:.2f}")

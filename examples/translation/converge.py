@@ -46,7 +46,6 @@ import datetime
 import fcntl
 import json
 import os
-import platform
 import sys
 import time
 
@@ -79,7 +78,7 @@ from converge_tables import (  # noqa: E402, F401
     table,
 )
 
-from varattn_tools.experiments import TRAIN_LOGGING, cpu_env, prepare_multi30k, run  # noqa: E402
+from varattn_tools.experiments import TRAIN_LOGGING, cpu_env, machine, prepare_multi30k, run  # noqa: E402
 from varattn_tools.fairseq_log import validations  # noqa: E402
 from varattn_tools.resume_train import training_seconds  # noqa: E402
 from varattn_tools.rows import MAX_EPOCH, PATIENCE, epoch_cap, is_latent, output_layer, train_options  # noqa: E402, F401
@@ -188,7 +187,7 @@ def train_and_evaluate(name, seed, opts, env):
     )
     row["wall_s"] = time.time() - start
     row["date"] = str(datetime.date.today())
-    row["machine"] = f"{platform.machine()} x{os.cpu_count()} CPU cores"
+    row["machine"] = machine()
     if threads is not None:
         row["threads"] = threads
     os.makedirs(plan.RESULTS, exist_ok=True)

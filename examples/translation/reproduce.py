@@ -28,7 +28,6 @@ import datetime
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -38,6 +37,7 @@ from varattn_tools import rows as row_names
 from varattn_tools.experiments import (
     cpu_env,
     last_float,
+    machine,
     mean_spread,
     prepare_multi30k,
     read_nll,
@@ -222,7 +222,7 @@ def markdown(table, opts, seeds, wall):
         "train tok/s | speed vs soft | peak RSS MB |"
     )
     lines = [
-        f"`{opts.command}` on {datetime.date.today()}, {platform.machine()} x{os.cpu_count()} CPU cores"
+        f"`{opts.command}` on {datetime.date.today()}, {machine()}"
         f"{', GPU' if opts.gpu else ', no GPU'}; preset `{opts.preset}`, {opts.max_update} updates of "
         f"{opts.max_tokens}-token batches, seeds {','.join(map(str, seeds))}; mean ± std over seeds; "
         f"total {wall / 60:.1f} min.",
