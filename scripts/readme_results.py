@@ -32,8 +32,8 @@ SOURCES = {
     "speed": os.path.join("benchmarks", "results.md"),  # benchmarks/speed.py
     "word-alignment": os.path.join("benchmarks", "results", "word-alignment.md"),  # benchmarks/word_alignment.py
     # the README's summary: the best pair of models so far (benchmarks/train_aligners.py, then word_alignment.py)
-    "word-alignment-summary": os.path.join("benchmarks", "results", "word-alignment-lstm-2026-12-07-summary.md"),
-    "word-alignment-lstm": os.path.join("benchmarks", "results", "word-alignment-lstm-2026-12-07.md"),
+    "word-alignment-summary": os.path.join("benchmarks", "results", "word-alignment-lstm-final-summary.md"),
+    "word-alignment-lstm": os.path.join("benchmarks", "results", "word-alignment-lstm-final.md"),
 }
 READMES = ["README.md", os.path.join("examples", "translation", "README.md"), os.path.join("benchmarks", "README.md")]
 
