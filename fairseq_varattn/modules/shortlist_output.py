@@ -119,7 +119,7 @@ SHIFT_RANGE = 60.0
 
 
 @_float32
-def log_mixture(a, candidates, b, log_w) -> torch.Tensor:
+def log_mixture(a, candidates, b, log_w, slots=None) -> torch.Tensor:
     """log sum_i w_ji p(y_j = v | z_j = i) for every v: (B, N, V); log_w
     (B, N, T) -inf where position i has no weight (padding, outside a top-k set).
 
@@ -129,7 +129,8 @@ def log_mixture(a, candidates, b, log_w) -> torch.Tensor:
     summed by word (a scatter-add: a word may be a candidate of several
     positions), all shifted by the token's largest term M_j.  Rows whose
     dense term lies more than SHIFT_RANGE below M_j (a boost of > 60 nats) are
-    recomputed with a shift per word (``_exact_mixture``)."""
+    recomputed with a shift per word (``_exact_mixture``).  ``slots``:
+    ``_word_slots(candidates, 0)`` when the caller keeps it (beam search)."""
     bsz, n, _ = a.shape
     rho = log_w - log_normalisers(a, candidates, b)  # B, N, T
     dense = torch.logsumexp(rho, dim=-1, keepdim=True)  # B, N, 1
@@ -140,7 +141,7 @@ def log_mixture(a, candidates, b, log_w) -> torch.Tensor:
         sums = torch.zeros_like(a).scatter_add(-1, index, (terms - top).exp())  # a word's terms, summed
         out = torch.log(sums + (dense - top).exp()) + (a + top)
     else:
-        out = _mixture_in_place(a, candidates, dense, terms, top)
+        out = _mixture_in_place(a, _word_slots(candidates, 0) if slots is None else slots, dense, terms, top)
     bad = (top - dense).squeeze(-1) > SHIFT_RANGE  # B, N
     if bool(bad.any()):
         rows = bad.nonzero(as_tuple=True)
@@ -148,12 +149,14 @@ def log_mixture(a, candidates, b, log_w) -> torch.Tensor:
     return out
 
 
-def _mixture_in_place(a, candidates, dense, terms, top):
+def _mixture_in_place(a, slots, dense, terms, top):
     """``log_mixture``'s result without autograd (generation): a_jv + dense_j
     for every word, one pass, then the sentence's distinct candidate words
-    overwritten, their terms summed in a (B, N, T K) buffer, not a (B, N, V) one."""
+    overwritten, their terms summed in a (B, N, T K) buffer, not a (B, N, V)
+    one.  ``slots``: ``_word_slots(candidates, 0)`` (unused slots hold word 0,
+    nothing summed there)."""
     bsz, n, _ = a.shape
-    slot, words = _word_slots(candidates, 0)  # unused slots: word 0, nothing summed there
+    slot, words = slots
     sums = torch.zeros_like(terms).scatter_add_(-1, slot.unsqueeze(1).expand_as(terms), (terms - top).exp_())
     words = words.unsqueeze(1).expand(-1, n, -1)
     at = sums.add_((dense - top).exp()).log_().add_(top).add_(a.gather(-1, words))
@@ -327,19 +330,35 @@ class ShortlistOutputLayer(FactoredOutputLayer):
 
     # -- the mixture over the vocabulary (generation, scoring) -------------
     def source_cache(self, step):
-        """S and b of each beam row, once per sentence: b's gather of K rows
-        of W_o per source position cost more than the rest of a step."""
-        candidates, b = self.source_boosts(step.encoder_states, step.source_tokens)
-        return {"candidates": candidates, "b": b}
+        """S, b and the candidate words' slots of each beam row, once per
+        sentence: b's gather of K rows of W_o per source position cost more
+        than the rest of a step, and the slots a sort per step.  Beam search
+        starts with ``beam`` copies of every sentence; b is computed once per
+        distinct source row (the same tokens give the same annotations
+        without dropout) and copied."""
+        tokens, enc = step.source_tokens, step.encoder_states
+        if tokens is not None and not self.training:
+            distinct, copies = torch.unique(tokens, dim=0, return_inverse=True)
+            if distinct.size(0) < tokens.size(0):
+                first = torch.full((distinct.size(0),), tokens.size(0), dtype=torch.long, device=tokens.device)
+                first = first.scatter_reduce(0, copies, torch.arange(tokens.size(0), device=tokens.device), "amin")
+                candidates, b = self.source_boosts(enc.index_select(0, first), distinct)
+                candidates, b = candidates.index_select(0, copies), b.index_select(0, copies)
+                slot, words = _word_slots(candidates, 0)
+                return {"candidates": candidates, "b": b, "slot": slot, "words": words}
+        candidates, b = self.source_boosts(enc, tokens)
+        slot, words = _word_slots(candidates, 0)
+        return {"candidates": candidates, "b": b, "slot": slot, "words": words}
 
     @staticmethod
     def reorder_source_cache(cache, new_order):
         return {key: value.index_select(0, new_order) for key, value in cache.items()}
 
     def mixture_logprobs(self, h, enc, prior: CategoricalAlignment, topk: int = 0, cache=None, source_tokens=None):
+        slots = None
         if cache is None:
             a, candidates, b = self._logits(h, enc, source_tokens)
         else:
             a = self.decoder_logits(h, self.dropout_masks(h)[0]).float()
-            candidates, b = cache["candidates"], cache["b"]
-        return log_mixture(a, candidates, b, prior.truncated_log_weights(topk))
+            candidates, b, slots = cache["candidates"], cache["b"], (cache["slot"], cache["words"])
+        return log_mixture(a, candidates, b, prior.truncated_log_weights(topk), slots=slots)
