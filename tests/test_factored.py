@@ -13,6 +13,7 @@ from helpers import ARCHS, build_model, random_batch
 from fairseq_varattn.modules.alignment import CategoricalAlignment
 from fairseq_varattn.modules.factored_output import (
     FactoredOutputLayer,
+    SourceFactors,
     SourceLogitsCache,
     gold_log_likelihood,
     log_mixture,
@@ -249,7 +250,7 @@ def test_source_cache_groups_beam_copies_and_drops_finished_sentences():
     beams = 3
     rows = enc.repeat_interleave(beams, dim=0)
     rows = rows + torch.randn_like(rows) * 1e-9  # copies a few ulps apart, as the encoder makes them
-    cache = SourceLogitsCache.build(layer, rows)
+    cache = SourceLogitsCache.build(rows, lambda first: SourceFactors(layer.source_logits(rows[first])))
     assert cache["source"].b.shape[0] == B and cache["sentence"].tolist() == [0, 0, 0, 1, 1, 1]
     source, k = SourceLogitsCache.grouped(cache)
     assert k == beams and source.b.data_ptr() == cache["source"].b.data_ptr(), "no copy in fairseq's layout"
@@ -259,9 +260,13 @@ def test_source_cache_groups_beam_copies_and_drops_finished_sentences():
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("attention", ["soft", "categorical", "dirichlet"])
-def test_factored_model_incremental_equals_full_under_beam_reordering(attention, arch):
-    model, d = build_model(attention, output_layer="factored", arch=arch)
+@pytest.mark.parametrize(
+    "attention,output_layer",
+    [("soft", "factored"), ("categorical", "factored"), ("dirichlet", "factored"), ("categorical", "shortlist")],
+)
+def test_factored_model_incremental_equals_full_under_beam_reordering(attention, output_layer, arch):
+    """Both layers with a per-sentence source cache (``SourceLogitsCache``)."""
+    model, d = build_model(attention, output_layer=output_layer, arch=arch)
     batch = random_batch(d, bsz=3, src_len=6, tgt_len=5)
     net = batch["net_input"]
     beams = 2

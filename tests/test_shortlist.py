@@ -107,7 +107,9 @@ def test_mixture_equals_explicit_sum_over_alignments(scale):
     ref = torch.logsumexp(explicit_log_softmax(a, candidates, b) + log_w.double().unsqueeze(-1), dim=2)
     with torch.no_grad():  # generation sums the candidates in place, per distinct word
         in_place = log_mixture(a, candidates, b, log_w)
-    for got in (log_mixture(a, candidates, b, log_w), in_place):
+        # beam search passes log_softmax(a): the same p(y | z), no logsumexp of its own
+        normalised = log_mixture(torch.log_softmax(a, -1), candidates, b, log_w, normalised=True)
+    for got in (log_mixture(a, candidates, b, log_w), in_place, normalised):
         assert torch.isfinite(got).all()
         torch.testing.assert_close(got.double(), ref, rtol=0, atol=1e-4 * max(1, scale / 10))
         torch.testing.assert_close(got.double().exp().sum(-1), torch.ones(B, N, dtype=torch.double), rtol=0, atol=1e-4)

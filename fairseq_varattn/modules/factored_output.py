@@ -92,6 +92,10 @@ class SourceFactors:
     def row_exp(self):
         return (self.b - self.row_max).exp_()
 
+    @property
+    def rows(self) -> int:
+        return self.b.size(0)
+
     def index_select(self, index: torch.Tensor) -> "SourceFactors":
         out = SourceFactors.__new__(SourceFactors)
         for name in ("b", "row_max"):
@@ -317,7 +321,8 @@ class FactoredOutputLayer(OutputLayerBase):
 
     # -- the mixture over the vocabulary (generation, scoring) -------------
     def source_cache(self, step):
-        return SourceLogitsCache.build(self, step.encoder_states)
+        enc = step.encoder_states
+        return SourceLogitsCache.build(enc, lambda first: SourceFactors(self.source_logits(enc[first])))
 
     @staticmethod
     def reorder_source_cache(cache, new_order):
@@ -337,7 +342,9 @@ class FactoredOutputLayer(OutputLayerBase):
 
 
 class SourceLogitsCache:
-    """b = g(x~) for incremental decoding, computed once per *sentence*.
+    """What the output layer computes from the source alone (the factored
+    layer's b = g(x~), the shortlist layer's candidates and boosts) for
+    incremental decoding, computed once per *sentence*.
 
     Beam search repeats each sentence's encoder outputs once per hypothesis
     and reorders the hypotheses at every step.  Caching b per hypothesis
@@ -347,12 +354,17 @@ class SourceLogitsCache:
     other in equal numbers (fairseq's layout) the products run on the
     sentence's b without any copy.  Sentences that finish are dropped from
     the cache when the decoder stops asking for them.
+
+    The per-sentence part ("source") is anything with ``rows`` and
+    ``index_select(index)`` (``SourceFactors``; the shortlist layer's
+    ``ShortlistSource``).
     """
 
     @staticmethod
-    def build(layer, enc):
+    def build(enc, compute):
         """A cache for the rows of ``enc`` (R, T, C):
-        {"source": SourceFactors of U sentences, "sentence": (R,)}.
+        {"source": compute(first) for U sentences, "sentence": (R,)}, where
+        ``first`` (R,) marks each sentence's first row.
 
         Consecutive rows with the same annotations (beam copies) share one
         sentence.  "The same" allows a relative 1e-5: identical sentences in
@@ -364,14 +376,14 @@ class SourceLogitsCache:
         new = torch.ones(rows, dtype=torch.bool, device=enc.device)
         new[1:] = (flat[1:] - flat[:-1]).abs().amax(-1) > tolerance
         sentence = new.long().cumsum(0) - 1
-        return {"source": SourceFactors(layer.source_logits(enc[new])), "sentence": sentence}
+        return {"source": compute(new), "sentence": sentence}
 
     @staticmethod
     def reorder(cache, new_order):
         sentence = cache["sentence"].index_select(0, new_order)
         kept = torch.unique(sentence)
         source = cache["source"]
-        if kept.numel() < source.b.size(0):
+        if kept.numel() < source.rows:
             source = source.index_select(kept)
             sentence = torch.searchsorted(kept, sentence)
         return {"source": source, "sentence": sentence}
@@ -381,7 +393,7 @@ class SourceLogitsCache:
         """(SourceFactors of U sentences, hypotheses per sentence k) so that row
         r belongs to sentence r // k, copying only if the rows are not laid out so."""
         source, sentence = cache["source"], cache["sentence"]
-        sentences, rows = source.b.size(0), sentence.numel()
+        sentences, rows = source.rows, sentence.numel()
         if rows % sentences == 0:
             k = rows // sentences
             layout = torch.arange(sentences, device=sentence.device).repeat_interleave(k)

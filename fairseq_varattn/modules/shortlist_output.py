@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from .alignment import CategoricalAlignment
-from .factored_output import FactoredOutputLayer, _float32
+from .factored_output import FactoredOutputLayer, SourceLogitsCache, _float32
 
 # b at filler entries: exp(FILLER) is 0 in float32 and softplus(FILLER) is 0,
 # but FILLER is finite, so no inf - inf reaches a gradient
@@ -53,19 +53,21 @@ def _candidate_index(candidates: torch.Tensor, rows: int) -> torch.Tensor:
     return candidates.reshape(bsz, 1, t * k).expand(bsz, rows, t * k)
 
 
-def _boosts(a, candidates, b):
-    """(logsumexp_v a_jv (B, N, 1), a_{j,S_ik} + b_ik (B, N, T, K), L (B, N, T))."""
+def _boosts(a, candidates, b, lse_a=None):
+    """(logsumexp_v a_jv (B, N, 1), a_{j,S_ik} + b_ik (B, N, T, K), L (B, N, T));
+    ``lse_a``: the first, when the caller knows it."""
     bsz, n, _ = a.shape
     t, k = candidates.shape[1:]
-    lse_a = torch.logsumexp(a, dim=-1, keepdim=True)
+    if lse_a is None:
+        lse_a = torch.logsumexp(a, dim=-1, keepdim=True)
     boosts = a.gather(-1, _candidate_index(candidates, n)).view(bsz, n, t, k) + b.unsqueeze(1)
     return lse_a, boosts, torch.logaddexp(lse_a, torch.logsumexp(boosts, dim=-1))
 
 
 @_float32
-def log_normalisers(a: torch.Tensor, candidates: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def log_normalisers(a: torch.Tensor, candidates: torch.Tensor, b: torch.Tensor, lse_a=None) -> torch.Tensor:
     """L_ji = logsumexp_v(a_jv + c_iv) for a (B, N, V), candidates and b (B, T, K): (B, N, T)."""
-    return _boosts(a, candidates, b)[2]
+    return _boosts(a, candidates, b, lse_a)[2]
 
 
 class _GoldLogLikelihood(torch.autograd.Function):
@@ -119,7 +121,7 @@ SHIFT_RANGE = 60.0
 
 
 @_float32
-def log_mixture(a, candidates, b, log_w, slots=None) -> torch.Tensor:
+def log_mixture(a, candidates, b, log_w, slots=None, normalised=False) -> torch.Tensor:
     """log sum_i w_ji p(y_j = v | z_j = i) for every v: (B, N, V); log_w
     (B, N, T) -inf where position i has no weight (padding, outside a top-k set).
 
@@ -130,9 +132,13 @@ def log_mixture(a, candidates, b, log_w, slots=None) -> torch.Tensor:
     positions), all shifted by the token's largest term M_j.  Rows whose
     dense term lies more than SHIFT_RANGE below M_j (a boost of > 60 nats) are
     recomputed with a shift per word (``_exact_mixture``).  ``slots``:
-    ``_word_slots(candidates, 0)`` when the caller keeps it (beam search)."""
+    ``_word_slots(candidates, 0)`` when the caller keeps it (beam search).
+    ``normalised``: logsumexp_v a_jv = 0 (a is log_softmax of the logits;
+    p(y | z) does not change when a_j moves by a constant, and beam search's
+    log-softmax costs less than a separate logsumexp)."""
     bsz, n, _ = a.shape
-    rho = log_w - log_normalisers(a, candidates, b)  # B, N, T
+    lse_a = a.new_zeros(*a.shape[:-1], 1) if normalised else None
+    rho = log_w - log_normalisers(a, candidates, b, lse_a)  # B, N, T
     dense = torch.logsumexp(rho, dim=-1, keepdim=True)  # B, N, 1
     index = _candidate_index(candidates, n)
     terms = (rho.unsqueeze(-1) + b.unsqueeze(1)).reshape(bsz, n, -1)  # B, N, T K; -inf without weight
@@ -225,6 +231,23 @@ def pooled_gold_log_likelihood(a, candidates, b, weights, target, fill: int) -> 
     hit = candidates.flatten(1).view(bsz, 1, *([1] * extra), -1).eq(target.view(bsz, n, *([1] * extra), 1))
     gold = a.gather(-1, target.unsqueeze(-1)).view(bsz, n, *([1] * extra)) + (values * hit).sum(-1)
     return gold - norm
+
+
+class ShortlistSource:
+    """What beam search keeps per sentence: S and b (U, T, K) and the
+    candidate words' slots (``_word_slots``, U, T K)."""
+
+    def __init__(self, candidates: torch.Tensor, b: torch.Tensor, slots=None):
+        self.candidates, self.b = candidates, b
+        self.slot, self.words = _word_slots(candidates, 0) if slots is None else slots
+
+    @property
+    def rows(self) -> int:
+        return self.b.size(0)
+
+    def index_select(self, index: torch.Tensor) -> "ShortlistSource":
+        pick = [t.index_select(0, index) for t in (self.candidates, self.b, self.slot, self.words)]
+        return ShortlistSource(pick[0], pick[1], (pick[2], pick[3]))
 
 
 class ShortlistOutputLayer(FactoredOutputLayer):
@@ -330,35 +353,34 @@ class ShortlistOutputLayer(FactoredOutputLayer):
 
     # -- the mixture over the vocabulary (generation, scoring) -------------
     def source_cache(self, step):
-        """S, b and the candidate words' slots of each beam row, once per
-        sentence: b's gather of K rows of W_o per source position cost more
-        than the rest of a step, and the slots a sort per step.  Beam search
-        starts with ``beam`` copies of every sentence; b is computed once per
-        distinct source row (the same tokens give the same annotations
-        without dropout) and copied."""
-        tokens, enc = step.source_tokens, step.encoder_states
-        if tokens is not None and not self.training:
-            distinct, copies = torch.unique(tokens, dim=0, return_inverse=True)
-            if distinct.size(0) < tokens.size(0):
-                first = torch.full((distinct.size(0),), tokens.size(0), dtype=torch.long, device=tokens.device)
-                first = first.scatter_reduce(0, copies, torch.arange(tokens.size(0), device=tokens.device), "amin")
-                candidates, b = self.source_boosts(enc.index_select(0, first), distinct)
-                candidates, b = candidates.index_select(0, copies), b.index_select(0, copies)
-                slot, words = _word_slots(candidates, 0)
-                return {"candidates": candidates, "b": b, "slot": slot, "words": words}
-        candidates, b = self.source_boosts(enc, tokens)
-        slot, words = _word_slots(candidates, 0)
-        return {"candidates": candidates, "b": b, "slot": slot, "words": words}
+        """S, b and the candidate words' slots, once per sentence
+        (``SourceLogitsCache``): b's gather of K rows of W_o per source
+        position cost more than the rest of a step, and the slots a sort per
+        step."""
+        enc, tokens = step.encoder_states, step.source_tokens
+        return SourceLogitsCache.build(
+            enc, lambda first: ShortlistSource(*self.source_boosts(enc[first], tokens[first]))
+        )
 
     @staticmethod
     def reorder_source_cache(cache, new_order):
-        return {key: value.index_select(0, new_order) for key, value in cache.items()}
+        return SourceLogitsCache.reorder(cache, new_order)
 
     def mixture_logprobs(self, h, enc, prior: CategoricalAlignment, topk: int = 0, cache=None, source_tokens=None):
-        slots = None
+        log_w = prior.truncated_log_weights(topk)
         if cache is None:
             a, candidates, b = self._logits(h, enc, source_tokens)
-        else:
-            a = self.decoder_logits(h, self.dropout_masks(h)[0]).float()
-            candidates, b, slots = cache["candidates"], cache["b"], (cache["slot"], cache["words"])
-        return log_mixture(a, candidates, b, prior.truncated_log_weights(topk), slots=slots)
+            return log_mixture(a, candidates, b, log_w)
+        a = F.log_softmax(self.decoder_logits(h, self.dropout_masks(h)[0]).float(), dim=-1)
+        source, k = SourceLogitsCache.grouped(cache)
+        # rows r k .. r k + k - 1 read sentence r's source: its tokens are one "batch row" of k N
+        rows, n = a.shape[:2]
+        out = log_mixture(
+            a.reshape(rows // k, k * n, -1),
+            source.candidates,
+            source.b,
+            log_w.reshape(rows // k, k * n, -1),
+            slots=(source.slot, source.words),
+            normalised=True,
+        )
+        return out.view(rows, n, -1)
