@@ -46,10 +46,8 @@ class LatentBatch:
 
     @cached_property
     def _shared(self) -> dict:
-        """a_j once per batch, for a layer whose every path reads it unchanged."""
-        if not self.output.shares_decoder_logits:
-            return {}
-        return {"decoder_logits": self.output.decoder_logits(self.hidden, self.masks[0]).float()}
+        """What the output layer's paths share within this batch (``batch_terms``)."""
+        return self.output.batch_terms(self.hidden, self.enc, self.masks, self.source_tokens)
 
     def logp_y_all(self) -> torch.Tensor:
         """log p(y_j | z_j = i) for every i: (B, N, T); computed once per batch."""

@@ -19,9 +19,6 @@ OUTPUT_ACTIVATIONS = ("tanh", "linear")
 class OutputLayerBase(nn.Module):
     #: log p(y | z = i) at a few positions costs about what all of them do
     enumeration_is_cheap = False
-    #: whether alignment_logprobs and weighted_logprobs take ``decoder_logits``
-    #: (a_j, computed once per batch by the caller)
-    shares_decoder_logits = False
 
     def __init__(self, hidden_dim, context_dim, embed_dim, vocab_size, dropout=0.0, activation="tanh"):
         super().__init__()
@@ -55,6 +52,13 @@ class OutputLayerBase(nn.Module):
     def expected_logits(self, features, step):
         """Soft attention's output for an ``AlignmentStep``: at the expected context."""
         return self.soft_logits(features, step.hidden, step.context)
+
+    def batch_terms(self, h, enc, masks, source_tokens=None) -> dict:
+        """What every path of one batch reads unchanged under one dropout
+        draw ``masks``, computed once by the caller (``LatentBatch``) and
+        passed back to alignment_logprobs and weighted_logprobs as keywords:
+        nothing here."""
+        return {}
 
     def source_cache(self, step):
         """What beam search computes once per sentence from the source alone

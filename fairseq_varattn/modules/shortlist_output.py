@@ -83,9 +83,9 @@ class _GoldLogLikelihood(torch.autograd.Function):
     (lse_j = logsumexp_v a_jv; the last terms are L's shares, kept from the forward)."""
 
     @staticmethod
-    def forward(ctx, a, b, candidates, target):
+    def forward(ctx, a, b, candidates, target, lse_a):
         bsz, n, _ = a.shape
-        lse_a, boosts, norm = _boosts(a, candidates, b)
+        lse_a, boosts, norm = _boosts(a, candidates, b, lse_a)
         hit = candidates.unsqueeze(1).eq(target.view(bsz, n, 1, 1))  # B, N, T, K: at most one k per (j, i)
         gold_c = (F.softplus(b).unsqueeze(1) * hit).sum(-1)
         out = a.gather(-1, target.unsqueeze(-1)) + gold_c - norm
@@ -105,13 +105,15 @@ class _GoldLogLikelihood(torch.autograd.Function):
             grad_a.scatter_add_(-1, target.unsqueeze(-1), g.sum(-1, keepdim=True))
         if ctx.needs_input_grad[1]:
             grad_b = (hit * (g.unsqueeze(-1) * torch.sigmoid(b).unsqueeze(1)) - g_shares).sum(1)
-        return grad_a, grad_b, None, None
+        return grad_a, grad_b, None, None, None
 
 
 @_float32
-def gold_log_likelihood(a, candidates, b, target) -> torch.Tensor:
-    """log p(y_j | z_j = i) = a_{j,y_j} + c_{i,y_j} - L_ji: (B, N, T)."""
-    return _GoldLogLikelihood.apply(a, b, candidates, target)
+def gold_log_likelihood(a, candidates, b, target, lse_a=None) -> torch.Tensor:
+    """log p(y_j | z_j = i) = a_{j,y_j} + c_{i,y_j} - L_ji: (B, N, T).
+    ``lse_a``: logsumexp_v a_jv (B, N, 1), when the caller has it (its
+    gradient is part of this function's own)."""
+    return _GoldLogLikelihood.apply(a, b, candidates, target, None if lse_a is None else lse_a.detach())
 
 
 # rows whose dense term is this far below their largest term are summed the
@@ -205,7 +207,7 @@ def _word_slots(candidates: torch.Tensor, fill: int):
 
 
 @_float32
-def pooled_gold_log_likelihood(a, candidates, b, weights, target, fill: int) -> torch.Tensor:
+def pooled_gold_log_likelihood(a, candidates, b, weights, target, fill: int, lse_a=None) -> torch.Tensor:
     """log softmax_v(a_jv + sum_i w_ji c_iv) at y_j without a vocabulary-sized
     pool: a (B, N, V), candidates and b (B, T, K), weights (B, N, T) or
     (B, N, M, T), target (B, N) -> (B, N) or (B, N, M).
@@ -213,7 +215,8 @@ def pooled_gold_log_likelihood(a, candidates, b, weights, target, fill: int) -> 
     With P_jv = sum_i w_ji c_iv, nonzero only at the sentence's candidate
     words U, the normaliser is log(Z_j + sum_{u in U} exp(a_ju) expm1(P_ju)),
     every term positive; the gold word's pool is the sum of the entries
-    listing it.  ``fill`` (the target pad) marks filler entries."""
+    listing it.  ``fill`` (the target pad) marks filler entries; ``lse_a``:
+    logsumexp_v a_jv (B, N, 1) when the caller has it."""
     bsz, n, _ = a.shape
     extra = weights.dim() - 3  # 1 with M samples per token
     values = _pooled_values(weights, b)  # B, N, [M,] T K
@@ -221,7 +224,8 @@ def pooled_gold_log_likelihood(a, candidates, b, weights, target, fill: int) -> 
     spread = (bsz, 1, *([1] * extra), slot.size(-1))
     pool = torch.zeros_like(values).scatter_add(-1, slot.view(spread).expand_as(values), values)
     a_words = a.gather(-1, words.unsqueeze(1).expand(-1, n, -1)).view(bsz, n, *([1] * extra), -1)
-    lse_a = torch.logsumexp(a, dim=-1).view(bsz, n, *([1] * extra), 1)
+    lse_a = torch.logsumexp(a, dim=-1, keepdim=True) if lse_a is None else _KnownLogSumExp.apply(a, lse_a)
+    lse_a = lse_a.view(bsz, n, *([1] * extra), 1)
     # log expm1(P) = P + log(-expm1(-P)), -inf where P = 0 (unused slots, fillers)
     live = pool > 0
     safe = pool.clamp_min(1e-30)
@@ -231,6 +235,32 @@ def pooled_gold_log_likelihood(a, candidates, b, weights, target, fill: int) -> 
     hit = candidates.flatten(1).view(bsz, 1, *([1] * extra), -1).eq(target.view(bsz, n, *([1] * extra), 1))
     gold = a.gather(-1, target.unsqueeze(-1)).view(bsz, n, *([1] * extra)) + (values * hit).sum(-1)
     return gold - norm
+
+
+class _KnownLogSumExp(torch.autograd.Function):
+    """logsumexp_v a_jv from its value (computed once per batch, ``BatchTerms``),
+    with logsumexp's gradient softmax(a_j)."""
+
+    @staticmethod
+    def forward(ctx, a, lse_a):
+        ctx.save_for_backward(a, lse_a)
+        return lse_a.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        a, lse_a = ctx.saved_tensors
+        return (a - lse_a).exp_().mul_(g), None
+
+
+class BatchTerms:
+    """``ShortlistOutputLayer.batch_terms``: a (B, N, V), S and b (B, T, K)
+    under one dropout draw, and logsumexp_v a_jv (B, N, 1), without gradient
+    (each path that reads it adds logsumexp's gradient itself)."""
+
+    def __init__(self, a, candidates, b):
+        self.a, self.candidates, self.b = a, candidates, b
+        with torch.no_grad():
+            self.lse_a = torch.logsumexp(a.float(), dim=-1, keepdim=True)
 
 
 class ShortlistSource:
@@ -253,9 +283,6 @@ class ShortlistSource:
 class ShortlistOutputLayer(FactoredOutputLayer):
     """The factored layer's parameters (W_h, W_c, W_o, bias) plus the lexical
     table; see the module docstring."""
-
-    #: every path reads a_j = W_o d(f(W_h h_j)) + bias as it is: a batch computes it once
-    shares_decoder_logits = True
 
     def __init__(
         self,
@@ -301,12 +328,19 @@ class ShortlistOutputLayer(FactoredOutputLayer):
         return self.shortlist[source_tokens]
 
     # -- pieces -----------------------------------------------------------
-    def _logits(self, h, enc, source_tokens, masks=None, decoder_logits=None):
+    def _logits(self, h, enc, source_tokens, masks=None, terms=None):
         """(a (B, N, V), S, b) under one dropout draw (``masks``, else a new one);
-        ``decoder_logits``: a_j already computed under the same masks."""
+        ``terms``: ``batch_terms`` under the same masks."""
+        if terms is not None:
+            return terms.a, terms.candidates, terms.b
         decoder_mask, source_mask = self.dropout_masks(h) if masks is None else masks
-        a = self.decoder_logits(h, decoder_mask).float() if decoder_logits is None else decoder_logits
+        a = self.decoder_logits(h, decoder_mask).float()
         return (a, *self.source_boosts(enc, source_tokens, source_mask))
+
+    def batch_terms(self, h, enc, masks, source_tokens=None) -> dict:
+        """a_j, S, b and logsumexp_v a_jv: every path of a batch (enumeration,
+        the REINFORCE baseline, relaxed samples) reads them unchanged."""
+        return {"terms": BatchTerms(*self._logits(h, enc, source_tokens, masks))}
 
     def source_boosts(self, enc, source_tokens, mask=None):
         """(S (B, T, K), b (B, T, K)): b_ik = W_o[S_ik] . d(f(W_c x~_i)), FILLER at filler entries."""
@@ -332,23 +366,23 @@ class ShortlistOutputLayer(FactoredOutputLayer):
         pooled = torch.zeros(*values.shape[:-1], a.size(-1), device=a.device).scatter_add(-1, index, values)
         return a + pooled
 
-    def weighted_logprobs(self, h, weights, enc, target=None, masks=None, source_tokens=None, decoder_logits=None):
-        """``decoder_logits``: a_j under the same ``masks``, when the caller has them
-        (``shares_decoder_logits``: every path of this layer starts from the same a_j)."""
+    def weighted_logprobs(self, h, weights, enc, target=None, masks=None, source_tokens=None, terms=None):
+        """``terms``: ``batch_terms`` under the same ``masks``, when the caller has them."""
         if target is None:
             return F.log_softmax(self.weighted_logits(h, weights, enc, source_tokens, masks), dim=-1)
         # the gold word only (baselines, relaxed samples): no vocabulary-sized pool
-        a, candidates, b = self._logits(h, enc, source_tokens, masks, decoder_logits)
-        return pooled_gold_log_likelihood(a, candidates, b, weights, target, self.pad)
+        a, candidates, b = self._logits(h, enc, source_tokens, masks, terms)
+        lse_a = None if terms is None else terms.lse_a
+        return pooled_gold_log_likelihood(a, candidates, b, weights, target, self.pad, lse_a=lse_a)
 
     def expected_logits(self, features, step):
         """Soft attention's output: the pool at the expected alignment."""
         return self.weighted_logits(step.hidden, step.weights, step.encoder_states, step.source_tokens)
 
     # -- log p(y_j | z_j = i) for the gold target --------------------------
-    def alignment_logprobs(self, h, enc, target, positions=None, masks=None, source_tokens=None, decoder_logits=None):
-        a, candidates, b = self._logits(h, enc, source_tokens, masks, decoder_logits)
-        logp = gold_log_likelihood(a, candidates, b, target)
+    def alignment_logprobs(self, h, enc, target, positions=None, masks=None, source_tokens=None, terms=None):
+        a, candidates, b = self._logits(h, enc, source_tokens, masks, terms)
+        logp = gold_log_likelihood(a, candidates, b, target, lse_a=None if terms is None else terms.lse_a)
         return logp if positions is None else logp.gather(-1, positions)
 
     # -- the mixture over the vocabulary (generation, scoring) -------------
