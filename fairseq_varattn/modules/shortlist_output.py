@@ -123,7 +123,7 @@ SHIFT_RANGE = 60.0
 
 
 @_float32
-def log_mixture(a, candidates, b, log_w, slots=None, normalised=False) -> torch.Tensor:
+def log_mixture(a, candidates, b, log_w, slots=None, normalised=False, overwrite=False) -> torch.Tensor:
     """log sum_i w_ji p(y_j = v | z_j = i) for every v: (B, N, V); log_w
     (B, N, T) -inf where position i has no weight (padding, outside a top-k set).
 
@@ -137,7 +137,10 @@ def log_mixture(a, candidates, b, log_w, slots=None, normalised=False) -> torch.
     ``_word_slots(candidates, 0)`` when the caller keeps it (beam search).
     ``normalised``: logsumexp_v a_jv = 0 (a is log_softmax of the logits;
     p(y | z) does not change when a_j moves by a constant, and beam search's
-    log-softmax costs less than a separate logsumexp)."""
+    log-softmax costs less than a separate logsumexp).  ``overwrite``: without
+    autograd, the result may be written over ``a`` (beam search's own
+    log_softmax(a_j), read by nothing else): one pass over the vocabulary
+    without a new (B, N, V) tensor."""
     bsz, n, _ = a.shape
     lse_a = a.new_zeros(*a.shape[:-1], 1) if normalised else None
     rho = log_w - log_normalisers(a, candidates, b, lse_a)  # B, N, T
@@ -145,30 +148,33 @@ def log_mixture(a, candidates, b, log_w, slots=None, normalised=False) -> torch.
     index = _candidate_index(candidates, n)
     terms = (rho.unsqueeze(-1) + b.unsqueeze(1)).reshape(bsz, n, -1)  # B, N, T K; -inf without weight
     top = torch.maximum(dense, terms.amax(-1, keepdim=True)).detach()
+    bad = (top - dense).squeeze(-1) > SHIFT_RANGE  # B, N
+    any_bad = bool(bad.any())
     if torch.is_grad_enabled():
         sums = torch.zeros_like(a).scatter_add(-1, index, (terms - top).exp())  # a word's terms, summed
         out = torch.log(sums + (dense - top).exp()) + (a + top)
     else:
-        out = _mixture_in_place(a, _word_slots(candidates, 0) if slots is None else slots, dense, terms, top)
-    bad = (top - dense).squeeze(-1) > SHIFT_RANGE  # B, N
-    if bool(bad.any()):
+        slots = _word_slots(candidates, 0) if slots is None else slots
+        # the exact rows below read a: keep it when there are any
+        out = _mixture_in_place(a, slots, dense, terms, top, overwrite and not any_bad)
+    if any_bad:
         rows = bad.nonzero(as_tuple=True)
         out = out.index_put(rows, _exact_mixture(a[rows], index[rows], dense[rows], terms[rows]))
     return out
 
 
-def _mixture_in_place(a, slots, dense, terms, top):
+def _mixture_in_place(a, slots, dense, terms, top, overwrite=False):
     """``log_mixture``'s result without autograd (generation): a_jv + dense_j
     for every word, one pass, then the sentence's distinct candidate words
     overwritten, their terms summed in a (B, N, T K) buffer, not a (B, N, V)
     one.  ``slots``: ``_word_slots(candidates, 0)`` (unused slots hold word 0,
-    nothing summed there)."""
+    nothing summed there); ``overwrite``: the result goes into ``a``."""
     bsz, n, _ = a.shape
     slot, words = slots
     sums = torch.zeros_like(terms).scatter_add_(-1, slot.unsqueeze(1).expand_as(terms), (terms - top).exp_())
     words = words.unsqueeze(1).expand(-1, n, -1)
     at = sums.add_((dense - top).exp()).log_().add_(top).add_(a.gather(-1, words))
-    return (a + dense).scatter_(-1, words, at)
+    return (a.add_(dense) if overwrite else a + dense).scatter_(-1, words, at)
 
 
 def _exact_mixture(a, index, dense, terms):
@@ -416,5 +422,6 @@ class ShortlistOutputLayer(FactoredOutputLayer):
             log_w.reshape(rows // k, k * n, -1),
             slots=(source.slot, source.words),
             normalised=True,
+            overwrite=True,
         )
         return out.view(rows, n, -1)
