@@ -171,13 +171,22 @@ def test_row_names_say_what_the_row_trains(tmp_path):
         "transformer-soft": ("factored", 0, 0, False),
         "transformer-soft-joint": ("joint", 0, 0, False),
         "transformer-marginal-r32": ("factored", 32, 0, True),
+        "elbo-enum-shortlist-qbilinear": ("shortlist", 0, 0, True),
     }
     for name, (layer, rank, topk, latent) in expect.items():
         parser = fairseq_options.get_training_parser()
         args = fairseq_options.parse_args_and_arch(parser, [str(tmp_path), *rows.train_options(name)])
         assert (args.output_layer, args.factored_source_rank, args.alignment_topk) == (layer, rank, topk), name
         assert rows.is_latent(name) == latent and rows.output_layer(name).startswith(layer), name
-    for bad in ("soft-joint", "marginal-factored", "transformer-marginal-factored", "soft-r64", "dirichlet-top5"):
+        assert args.inference_score == ("general" if name.endswith("-qbilinear") else args.attention_score), name
+    for bad in (
+        "soft-joint",
+        "marginal-factored",
+        "transformer-marginal-factored",
+        "soft-r64",
+        "dirichlet-top5",
+        "marginal-qbilinear",
+    ):
         with pytest.raises(KeyError):
             rows.parse(bad)
     assert rows.parse("lstm").variant is None and rows.parse("transformer").transformer

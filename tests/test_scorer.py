@@ -65,3 +65,19 @@ def test_mlp_single_query_row():
     want = _reference(module, query.unsqueeze(1), keys, mask).squeeze(1)
     assert got.shape == (3, 4)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["lstm", "transformer"])
+def test_q_scores_follow_inference_score_else_the_priors(arch):
+    """--inference-score sets q's scorer alone; without it (every checkpoint
+    from before the option) q scores with the prior's kind."""
+    from helpers import build_model
+
+    network = "birnn"
+    default, _ = build_model("categorical", inference_network=network, arch=arch)
+    prior_kind = default.alignment_head.scorer.kind
+    assert default.inference_network.scorer.kind == prior_kind
+    other = "general" if prior_kind != "general" else "mlp"
+    chosen, _ = build_model("categorical", inference_network=network, arch=arch, inference_score=other)
+    assert chosen.inference_network.scorer.kind == other
+    assert chosen.alignment_head.scorer.kind == prior_kind

@@ -2,7 +2,7 @@
 used by converge.py, reproduce.py, ablate.py (each ablation is a row plus
 its change), the benchmarks and the epoch timer.
 
-A row name is ``[transformer-]VARIANT[-joint|-factored|-shortlist][-rR][-topK][-warmup|-centred]``:
+A row name is ``[transformer-]VARIANT[-joint|-factored|-shortlist][-rR][-topK][-qbilinear][-warmup|-centred]``:
 ``transformer`` alone is fairseq's own Transformer (and, in the benchmarks,
 ``lstm`` fairseq's own LSTM); ``transformer-VARIANT`` is ``varattn_transformer``
 with a variant of ``varattn_tools/variants.py``; ``VARIANT`` alone is
@@ -10,7 +10,9 @@ with a variant of ``varattn_tools/variants.py``; ``VARIANT`` alone is
 layer where it is not the family's default (``-factored`` for the LSTM's
 soft attention, ``-joint`` for a latent variant or a Transformer row),
 ``-shortlist`` (``--output-layer shortlist``), ``-rR``
-(``--factored-source-rank R``), ``-topK`` (``--alignment-topk K``), and
+(``--factored-source-rank R``), ``-topK`` (``--alignment-topk K``),
+``-qbilinear`` (``--inference-score general``: q scores as the paper's code,
+for a variant with q), and
 ``-warmup`` / ``-centred`` (rws with ``ROW_OPTIONS``).  ``parse`` reads a
 name; the presets below are the converged comparison's.
 
@@ -63,7 +65,7 @@ ROW_OPTIONS = {"rws-warmup": ["--marginal-warmup-updates", "546"], "rws-centred"
 TRANSFORMER = "transformer"
 #: fairseq's own models: "transformer" trains in the converged comparison, both in the benchmarks
 FAIRSEQ_MODELS = ("lstm", TRANSFORMER)
-_SUFFIX = re.compile(r"-(joint|factored|shortlist|r\d+|top\d+|warmup|centred)$")
+_SUFFIX = re.compile(r"-(joint|factored|shortlist|r\d+|top\d+|qbilinear|warmup|centred)$")
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,8 @@ class Row:
     topk: int = 0
     #: -warmup / -centred: the options of ROW_OPTIONS
     named: Optional[str] = None
+    #: -qbilinear: q's scores ``general`` (--inference-score); None: the prior's kind
+    q_score: Optional[str] = None
 
     @property
     def output_layer(self) -> str:
@@ -108,6 +112,8 @@ class Row:
             out["factored_source_rank"] = self.source_rank
         if self.topk:
             out["alignment_topk"] = self.topk
+        if self.q_score:
+            out["inference_score"] = self.q_score
         return out
 
     def options(self) -> List[str]:
@@ -122,6 +128,8 @@ class Row:
             out += ["--factored-source-rank", str(self.source_rank)]
         if self.topk:
             out += ["--alignment-topk", str(self.topk)]
+        if self.q_score:
+            out += ["--inference-score", self.q_score]
         return out
 
 
@@ -140,6 +148,8 @@ def parse(name: str) -> Row:
             if suffix in ("joint", "factored", "shortlist")
             else "named"
             if suffix in ("warmup", "centred")
+            else "q"
+            if suffix == "qbilinear"
             else suffix[0]
         )
         if kind in found:
@@ -155,6 +165,7 @@ def parse(name: str) -> Row:
         source_rank=int(found["r"][1:]) if "r" in found else 0,
         topk=int(found["t"][3:]) if "t" in found else 0,
         named=found.get("named"),
+        q_score="general" if "q" in found else None,
     )
     default = "factored" if transformer or rest != "soft" else "joint"
     if row.layer == default:
@@ -163,6 +174,8 @@ def parse(name: str) -> Row:
         raise KeyError(f"{name!r}: -r{row.source_rank} is a rank of the factored layer's source side")
     if row.topk and get_variant(rest).attention != "categorical":
         raise KeyError(f"{name!r}: -top{row.topk} applies to categorical attention")
+    if row.q_score and not get_variant(rest).needs_q:
+        raise KeyError(f"{name!r}: -qbilinear sets q's scores, and {rest} has no q")
     if row.named and name not in ROW_OPTIONS:
         raise KeyError(f"{name!r}: -{row.named} is defined for {sorted(ROW_OPTIONS)} only")
     return row

@@ -338,7 +338,7 @@ class VarAttnLSTMModel(LatentModelMixin, FairseqEncoderDecoderModel):
                 context_dim=encoder.output_units,
                 num_layers=args.inference_layers,
                 dropout=args.dropout,
-                score=args.attention_score,
+                score=args.inference_score,
                 attention_dim=args.attention_dim,
                 embed_tokens=shared_target_embeddings(args, decoder.embed_tokens),
             )

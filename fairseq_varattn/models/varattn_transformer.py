@@ -158,7 +158,7 @@ class VarAttnTransformerModel(LatentModelMixin, TransformerModel):
                 hidden_size=args.inference_hidden_size,
                 context_dim=args.encoder_embed_dim,
                 dropout=args.dropout,
-                score=args.attention_score,
+                score=args.inference_score,
                 attention_dim=args.attention_dim,
                 embed_tokens=shared,
             )
@@ -169,7 +169,7 @@ class VarAttnTransformerModel(LatentModelMixin, TransformerModel):
                 context_dim=args.encoder_embed_dim,
                 heads=args.decoder_attention_heads,
                 dropout=args.dropout,
-                score=args.attention_score,
+                score=args.inference_score,
                 attention_dim=args.attention_dim,
                 max_positions=args.max_target_positions,
                 embed_tokens=shared,

@@ -62,7 +62,7 @@ class VarAttnVQAModel(BaseFairseqModel):
         self.inference_annotations = args.inference_annotations
         if args.inference_network == "answer":
             self.inference_network = VQAInferenceNetwork(
-                answers, args.embed_dim, question_dim, args.region_dim, args.attention_score, args.attention_dim
+                answers, args.embed_dim, question_dim, args.region_dim, args.inference_score, args.attention_dim
             )
 
     @staticmethod

@@ -50,6 +50,10 @@ def add_alignment_args(parser, inference_networks, output_layers=OUTPUT_LAYERS):
     parser.add_argument('--attention-score', choices=AttentionScorer.KINDS,
                         help='general (bilinear, Luong) or mlp (Bahdanau) scores')
     parser.add_argument('--attention-dim', type=int, metavar='N', help='hidden size of mlp attention scores')
+    parser.add_argument('--inference-score', choices=AttentionScorer.KINDS,
+                        help='q\'s scores against the annotations (default: --attention-score\'s kind); '
+                             'general: (W g_j) . x~_i, the paper\'s q, one batched product where mlp '
+                             'builds an (N, T, d) tanh per sentence')
     parser.add_argument('--alignment-topk', type=int, metavar='K',
                         help='sum the output mixture over the K most probable alignments '
                              '(0 = exact); also applies at generation')
@@ -90,6 +94,9 @@ def alignment_defaults(args) -> None:
     # initialisation saturate the softmax early and attention collapses onto
     # one source position (docs/design.md, "The model").
     args.attention_score = getattr(args, "attention_score", "mlp")
+    # q scores with the prior's kind unless told otherwise, as every
+    # checkpoint from before --inference-score was trained
+    args.inference_score = getattr(args, "inference_score", None) or args.attention_score
     args.attention_dim = getattr(args, "attention_dim", None)
     args.alignment_topk = getattr(args, "alignment_topk", 0)
     args.alignment_dropout = getattr(args, "alignment_dropout", "shared")
