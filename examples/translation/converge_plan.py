@@ -49,6 +49,8 @@ PLANS = {
         # the shortlist output layer: the speed targets' model (benchmarks/README.md), its quality here
         "marginal-shortlist": [1],
         "elbo-enum-shortlist": [1],
+        # ... with the paper's bilinear q (--inference-score general), the elbo rows' speed targets' model
+        "elbo-enum-shortlist-qbilinear": [1],
     },
     "transformer": {
         "transformer": [1, 2, 3],
