@@ -66,8 +66,8 @@ class AttentionScorer(nn.Module):
     def _mlp_scores(self, projected: torch.Tensor, prepared: torch.Tensor) -> torch.Tensor:
         """v^T tanh(W_q q_j + W_k k_i) for projected queries (B, N, A) and keys (B, T, A): (B, N, T)."""
         rows = max(1, MLP_PIECE_ELEMENTS // max(1, prepared.numel()))
-        # a matrix-vector product: as a (.., A) x (A, 1) Linear, its backward was
-        # an outer product through a GEMM of inner size 1, 25% slower in all
+        # a matrix-vector product: as a (.., A) x (A, 1) Linear, its backward
+        # would be an outer product through a GEMM of inner size 1, 25% slower in all
         v = self.v.weight.view(-1)
         pieces = [
             torch.matmul(torch.tanh(part.unsqueeze(2) + prepared.unsqueeze(1)), v)

@@ -123,7 +123,7 @@ SHIFT_RANGE = 60.0
 
 
 @_float32
-def log_mixture(a, candidates, b, log_w, slots=None, normalised=False, overwrite=False) -> torch.Tensor:
+def log_mixture(a, candidates, b, log_w, slots=None, lse_a=None, overwrite=False) -> torch.Tensor:
     """log sum_i w_ji p(y_j = v | z_j = i) for every v: (B, N, V); log_w
     (B, N, T) -inf where position i has no weight (padding, outside a top-k set).
 
@@ -135,14 +135,14 @@ def log_mixture(a, candidates, b, log_w, slots=None, normalised=False, overwrite
     dense term lies more than SHIFT_RANGE below M_j (a boost of > 60 nats) are
     recomputed with a shift per word (``_exact_mixture``).  ``slots``:
     ``_word_slots(candidates, 0)`` when the caller keeps it (beam search).
-    ``normalised``: logsumexp_v a_jv = 0 (a is log_softmax of the logits;
-    p(y | z) does not change when a_j moves by a constant, and beam search's
-    log-softmax costs less than a separate logsumexp).  ``overwrite``: without
+    ``lse_a``: logsumexp_v a_jv (B, N, 1) when the caller knows it (beam
+    search passes log_softmax of the logits, whose lse is 0: p(y | z) does
+    not change when a_j moves by a constant, and a log-softmax costs less
+    than a separate logsumexp).  ``overwrite``: without
     autograd, the result may be written over ``a`` (beam search's own
     log_softmax(a_j), read by nothing else): one pass over the vocabulary
     without a new (B, N, V) tensor."""
     bsz, n, _ = a.shape
-    lse_a = a.new_zeros(*a.shape[:-1], 1) if normalised else None
     rho = log_w - log_normalisers(a, candidates, b, lse_a)  # B, N, T
     dense = torch.logsumexp(rho, dim=-1, keepdim=True)  # B, N, 1
     index = _candidate_index(candidates, n)
@@ -395,8 +395,8 @@ class ShortlistOutputLayer(FactoredOutputLayer):
     def source_cache(self, step):
         """S, b and the candidate words' slots, once per sentence
         (``SourceLogitsCache``): b's gather of K rows of W_o per source
-        position cost more than the rest of a step, and the slots a sort per
-        step."""
+        position costs more than the rest of a step, and the slots a sort
+        per step."""
         enc, tokens = step.encoder_states, step.source_tokens
         return SourceLogitsCache.build(
             enc, lambda first: ShortlistSource(*self.source_boosts(enc[first], tokens[first]))
@@ -421,7 +421,7 @@ class ShortlistOutputLayer(FactoredOutputLayer):
             source.b,
             log_w.reshape(rows // k, k * n, -1),
             slots=(source.slot, source.words),
-            normalised=True,
+            lse_a=a.new_zeros(rows // k, k * n, 1),
             overwrite=True,
         )
         return out.view(rows, n, -1)
