@@ -1,5 +1,7 @@
-"""Where q's time goes at the converged comparison's sizes: its target BiLSTM
-and its scores against the annotations, forward plus backward, median ms.
+"""Where q's time goes at the converged comparison's sizes: its network over
+the target (the BiLSTM, or ``--inference-network transformer``'s one
+self-attention layer) and its scores against the annotations, forward plus
+backward, median ms.
 
     python benchmarks/q_network.py --json benchmarks/results/q-network.json
 
@@ -45,7 +47,7 @@ def main(argv=None):
     import torch
     from fairseq.data import Dictionary
 
-    from fairseq_varattn.models.inference_network import InferenceNetwork
+    from fairseq_varattn.models.inference_network import InferenceNetwork, TransformerInferenceNetwork
     from fairseq_varattn.modules.scorer import AttentionScorer
 
     torch.manual_seed(0)
@@ -54,6 +56,7 @@ def main(argv=None):
     for i in range(8000):
         d.add_symbol(f"w{i}")
     q = InferenceNetwork(d, opts.embed, opts.hidden, width, score="mlp", dropout=0.3)
+    q_attn = TransformerInferenceNetwork(d, opts.embed, width, heads=4, score="general", dropout=0.3)
     target = torch.randint(d.nspecial, len(d), (bsz, n))
     enc = torch.randn(bsz, t, width)
     g = torch.randn(bsz, n, width)
@@ -74,6 +77,7 @@ def main(argv=None):
 
     parts = {
         "BiLSTM over the target": lambda: q.encode_target(target),
+        "self-attention layer over the target": lambda: q_attn.encode_target(target),
         "mlp score, one tensor": one_tensor,
         "mlp score, pieces, v as a Linear": pieces_linear,
         "mlp score, AttentionScorer": lambda: mlp(g, mlp.prepare(enc)),

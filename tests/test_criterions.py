@@ -120,11 +120,15 @@ def task(d):
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("output_layer", OUTPUT_LAYERS)
 @pytest.mark.parametrize("kl_weight", [1.0, 0.3])
-def test_elbo_enum_is_reconstruction_plus_weighted_kl(output_layer, kl_weight, arch):
+@pytest.mark.parametrize("q_network", ["birnn", "transformer"])
+def test_elbo_enum_is_reconstruction_plus_weighted_kl(output_layer, kl_weight, arch, q_network):
     """loss = E_q[-log p(y | z)] + w KL(q || p); with w = 1 the gap to the
     exact nll is KL(q || exact posterior).  A flipped KL sign, an ignored
-    --kl-weight or a loss that returns the marginal all fail here."""
-    model, d = sharpened(output_layer=output_layer, arch=arch)
+    --kl-weight or a loss that returns the marginal all fail here; with
+    either q network (--inference-network), on both architectures."""
+    model, d = sharpened(inference_network=q_network, output_layer=output_layer, arch=arch)
+    want_q = {"birnn": "InferenceNetwork", "transformer": "TransformerInferenceNetwork"}[q_network]
+    assert type(model.inference_network).__name__ == want_q
     batch = random_batch(d, bsz=4, src_len=7, tgt_len=6)
     prior, q, logp, mask = explicit(model, batch)
     assert_alignment_matters(prior, logp, mask)
@@ -142,6 +146,9 @@ def test_elbo_enum_is_reconstruction_plus_weighted_kl(output_layer, kl_weight, a
         gap = q.kl(posterior)[mask].sum()
         assert gap > 1.0, "q must be far from the posterior for this check to mean anything"
         torch.testing.assert_close((loss - log["nll_loss"]).double(), gap.double(), rtol=1e-4, atol=1e-4)
+    # q's own network reads the target: every one of its parameters learns from the KL
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.inference_network.parameters())
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -151,6 +151,8 @@ def test_invalid_criterion_options_are_rejected(kwargs, match):
         ({"attention": "soft", "alignment_topk": 2}, "--alignment-topk"),
         ({"attention": "soft", "inference_network": "birnn"}, "--inference-network"),
         ({"attention": "categorical", "dirichlet_concentration": "exp"}, "--dirichlet-concentration"),
+        ({"inference_network": "transformer", "inference_heads": 3}, "--inference-heads 3 must divide"),
+        ({"inference_network": "transformer", "inference_layers": 2}, "drop --inference-layers"),
     ],
 )
 def test_invalid_model_options_are_rejected(overrides, match):

@@ -172,6 +172,8 @@ def test_row_names_say_what_the_row_trains(tmp_path):
         "transformer-soft-joint": ("joint", 0, 0, False),
         "transformer-marginal-r32": ("factored", 32, 0, True),
         "elbo-enum-shortlist-qbilinear": ("shortlist", 0, 0, True),
+        "elbo-enum-shortlist-qattn-qbilinear": ("shortlist", 0, 0, True),
+        "transformer-elbo-enum-qattn": ("factored", 0, 0, True),
     }
     for name, (layer, rank, topk, latent) in expect.items():
         parser = fairseq_options.get_training_parser()
@@ -179,6 +181,9 @@ def test_row_names_say_what_the_row_trains(tmp_path):
         assert (args.output_layer, args.factored_source_rank, args.alignment_topk) == (layer, rank, topk), name
         assert rows.is_latent(name) == latent and rows.output_layer(name).startswith(layer), name
         assert args.inference_score == ("general" if name.endswith("-qbilinear") else args.attention_score), name
+        needs_q = rows.get_variant(rows.parse(name).variant).needs_q
+        q = "none" if not needs_q else "transformer" if "-qattn" in name else "birnn"
+        assert args.inference_network == q, name
     for bad in (
         "soft-joint",
         "marginal-factored",
@@ -186,6 +191,8 @@ def test_row_names_say_what_the_row_trains(tmp_path):
         "soft-r64",
         "dirichlet-top5",
         "marginal-qbilinear",
+        "hard-enum-qattn",
+        "elbo-enum-qattn-qattn",
     ):
         with pytest.raises(KeyError):
             rows.parse(bad)

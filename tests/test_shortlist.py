@@ -24,6 +24,7 @@ from fairseq_varattn.modules.shortlist_output import (
     log_mixture,
     log_normalisers,
     pooled_gold_log_likelihood,
+    vocabulary_partition,
 )
 
 B, N, T, K, V = 2, 4, 5, 3, 17
@@ -67,18 +68,42 @@ def test_normalisers_equal_explicit_logsumexp(scale):
     torch.testing.assert_close(log_normalisers(a, candidates, b).double(), ref, rtol=0, atol=1e-4 * max(1, scale))
 
 
-@pytest.mark.parametrize("given_lse", [False, True])
+def known_partition(a, given):
+    """What a batch's paths share (``BatchTerms``): nothing, logsumexp_v a_jv
+    alone, or ``vocabulary_partition`` (with the softmax the backward reads)."""
+    if given == "lse":
+        return {"lse_a": torch.logsumexp(a, -1, keepdim=True).detach().float()}
+    if given == "partition":
+        return dict(zip(("lse_a", "softmax_a"), vocabulary_partition(a.detach().float())))
+    return {}
+
+
+@pytest.mark.parametrize("scale", [1.0, 30.0, 1000.0])
+def test_vocabulary_partition_equals_logsumexp_and_softmax(scale):
+    """lse from the largest probability, against float64 logsumexp, also for
+    rows whose maximum is tied and rows far from zero."""
+    g = torch.Generator().manual_seed(11)
+    a = torch.randn(3, 4, V, generator=g) * scale
+    a[0, 0] = 0.0  # every word tied
+    a[1, 2, :3] = a[1, 2].max() + 1  # a three-way tie at the top
+    a[2] += 5000.0
+    lse, softmax = vocabulary_partition(a)
+    ref = torch.logsumexp(a.double(), -1, keepdim=True)
+    torch.testing.assert_close(lse.double(), ref, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(softmax.double(), torch.softmax(a.double(), -1), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("given", [None, "lse", "partition"])
 @pytest.mark.parametrize("scale", [1.0, 30.0])
-def test_gold_log_likelihood_value_and_gradient_equal_explicit_softmaxes(scale, given_lse):
-    """``given_lse``: logsumexp_v a_jv passed in, as a batch's paths share it."""
+def test_gold_log_likelihood_value_and_gradient_equal_explicit_softmaxes(scale, given):
+    """``given``: what of a's log-partition is passed in, as a batch's paths share it."""
     a, candidates, b = case(scale, 1)
     target = torch.randint(2, V, (B, N))
     target[0, :2] = candidates[0, 2, 0]  # gold words that are candidates of some position
     target[1, 1] = candidates[1, 3, 2]
     a = a.double().requires_grad_()
     b = b.double().requires_grad_()
-    lse_a = torch.logsumexp(a, -1, keepdim=True).detach().float() if given_lse else None
-    got = gold_log_likelihood(a, candidates, b, target, lse_a=lse_a)
+    got = gold_log_likelihood(a, candidates, b, target, **known_partition(a, given))
     index = target.view(B, N, 1, 1).expand(-1, -1, T, 1)
     ref = explicit_log_softmax(a, candidates, b).gather(-1, index).squeeze(-1)
     torch.testing.assert_close(got.double(), ref, rtol=0, atol=1e-4 * max(1, scale))
@@ -180,13 +205,13 @@ def test_one_hot_pool_is_the_categorical_component():
     assert (logp.max(-1).values - logp.min(-1).values)[:, 0].min() > 0.5  # the alignment moves it
 
 
-@pytest.mark.parametrize("given_lse", [False, True])
+@pytest.mark.parametrize("given", [None, "lse", "partition"])
 @pytest.mark.parametrize("samples", [0, 3])
-def test_pooled_gold_equals_the_vocabulary_pool(samples, given_lse):
+def test_pooled_gold_equals_the_vocabulary_pool(samples, given):
     """The context path at the gold word, summed over the sentence's
     candidate words only, against log_softmax over the whole pooled
     vocabulary: values and gradients, repeated candidates included;
-    ``given_lse``: logsumexp_v a_jv passed in, as a batch's paths share it."""
+    ``given``: what of a's log-partition is passed in, as a batch's paths share it."""
     a, candidates, b = case(4.0, 6)
     candidates[0, 3] = candidates[0, 2]  # a source word twice: every candidate repeated
     b = b.masked_fill(candidates.eq(PAD), FILLER)
@@ -196,8 +221,7 @@ def test_pooled_gold_equals_the_vocabulary_pool(samples, given_lse):
     target[0, :2] = candidates[0, 2, :2]
     target[1, 3] = candidates[1, 4, 0]
     a, b = a.double().requires_grad_(), b.double().requires_grad_()
-    lse_a = torch.logsumexp(a, -1, keepdim=True).detach().float() if given_lse else None
-    got = pooled_gold_log_likelihood(a, candidates, b, weights, target, PAD, lse_a=lse_a)
+    got = pooled_gold_log_likelihood(a, candidates, b, weights, target, PAD, **known_partition(a, given))
     c = dense_c(candidates, b)  # B, T, V
     pooled = (weights.unsqueeze(-1) * c.view(B, 1, *([1] * bool(samples)), T, V)).sum(-2)
     logits = a.unsqueeze(2) + pooled if samples else a + pooled

@@ -2,7 +2,7 @@
 used by converge.py, reproduce.py, ablate.py (each ablation is a row plus
 its change), the benchmarks and the epoch timer.
 
-A row name is ``[transformer-]VARIANT[-joint|-factored|-shortlist][-rR][-topK][-qbilinear][-warmup|-centred]``:
+A row name is ``[transformer-]VARIANT[-joint|-factored|-shortlist][-rR][-topK][-qattn][-qbilinear][-warmup|-centred]``:
 ``transformer`` alone is fairseq's own Transformer (and, in the benchmarks,
 ``lstm`` fairseq's own LSTM); ``transformer-VARIANT`` is ``varattn_transformer``
 with a variant of ``varattn_tools/variants.py``; ``VARIANT`` alone is
@@ -11,8 +11,9 @@ layer where it is not the family's default (``-factored`` for the LSTM's
 soft attention, ``-joint`` for a latent variant or a Transformer row),
 ``-shortlist`` (``--output-layer shortlist``), ``-rR``
 (``--factored-source-rank R``), ``-topK`` (``--alignment-topk K``),
-``-qbilinear`` (``--inference-score general``: q scores as the paper's code,
-for a variant with q), and
+``-qattn`` (``--inference-network transformer``: q reads the target with one
+self-attention layer instead of a BiLSTM), ``-qbilinear`` (``--inference-score
+general``: q scores as the paper's code), both for a variant with q, and
 ``-warmup`` / ``-centred`` (rws with ``ROW_OPTIONS``).  ``parse`` reads a
 name; the presets below are the converged comparison's.
 
@@ -65,7 +66,7 @@ ROW_OPTIONS = {"rws-warmup": ["--marginal-warmup-updates", "546"], "rws-centred"
 TRANSFORMER = "transformer"
 #: fairseq's own models: "transformer" trains in the converged comparison, both in the benchmarks
 FAIRSEQ_MODELS = ("lstm", TRANSFORMER)
-_SUFFIX = re.compile(r"-(joint|factored|shortlist|r\d+|top\d+|qbilinear|warmup|centred)$")
+_SUFFIX = re.compile(r"-(joint|factored|shortlist|r\d+|top\d+|qattn|qbilinear|warmup|centred)$")
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,8 @@ class Row:
     named: Optional[str] = None
     #: -qbilinear: q's scores ``general`` (--inference-score); None: the prior's kind
     q_score: Optional[str] = None
+    #: -qattn: q's network ``transformer`` (--inference-network); None: the BiLSTM
+    q_network: Optional[str] = None
 
     @property
     def output_layer(self) -> str:
@@ -104,8 +107,9 @@ class Row:
         return self.output_layer.startswith("factored")
 
     def model_overrides(self, inference_network: str = "birnn") -> Dict[str, object]:
-        """The model's args of this row (benchmarks build models from them in Python)."""
-        out = variant_model_overrides(self.variant, inference_network, factored=self.factored)
+        """The model's args of this row (benchmarks build models from them in Python);
+        ``-qattn`` overrides ``inference_network``."""
+        out = variant_model_overrides(self.variant, self.q_network or inference_network, factored=self.factored)
         if self.layer == "shortlist":
             out["output_layer"] = "shortlist"
         if self.source_rank:
@@ -119,11 +123,12 @@ class Row:
     def options(self) -> List[str]:
         """The fairseq-train options of the variant and its layer, rank and top-k suffixes
         (no preset, no ``ROW_OPTIONS``)."""
+        q_network = self.q_network or "birnn"
         if self.layer == "shortlist":
-            out = variant_options(self.variant) + ["--output-layer", "shortlist"]
+            out = variant_options(self.variant, q_network) + ["--output-layer", "shortlist"]
         else:
             factored = None if self.layer is None and self.transformer else self.factored
-            out = variant_options(self.variant, factored=factored)
+            out = variant_options(self.variant, q_network, factored=factored)
         if self.source_rank:
             out += ["--factored-source-rank", str(self.source_rank)]
         if self.topk:
@@ -150,6 +155,8 @@ def parse(name: str) -> Row:
             if suffix in ("warmup", "centred")
             else "q"
             if suffix == "qbilinear"
+            else "qnet"
+            if suffix == "qattn"
             else suffix[0]
         )
         if kind in found:
@@ -166,6 +173,7 @@ def parse(name: str) -> Row:
         topk=int(found["t"][3:]) if "t" in found else 0,
         named=found.get("named"),
         q_score="general" if "q" in found else None,
+        q_network="transformer" if "qnet" in found else None,
     )
     default = "factored" if transformer or rest != "soft" else "joint"
     if row.layer == default:
@@ -176,6 +184,8 @@ def parse(name: str) -> Row:
         raise KeyError(f"{name!r}: -top{row.topk} applies to categorical attention")
     if row.q_score and not get_variant(rest).needs_q:
         raise KeyError(f"{name!r}: -qbilinear sets q's scores, and {rest} has no q")
+    if row.q_network and not get_variant(rest).needs_q:
+        raise KeyError(f"{name!r}: -qattn sets q's network, and {rest} has no q")
     if row.named and name not in ROW_OPTIONS:
         raise KeyError(f"{name!r}: -{row.named} is defined for {sorted(ROW_OPTIONS)} only")
     return row

@@ -104,9 +104,10 @@ class TransformerInferenceNetwork(nn.Module):
     """q(z | x, y) from one bidirectional self-attention layer over the whole
     target (``--inference-network transformer``).
 
-    For ``varattn_transformer``: the BiLSTM runs its 2N steps one after the
-    other, which on a CPU made ELBO training 10% slower than the exact
-    marginal; a self-attention layer over the target is one parallel pass."""
+    The BiLSTM runs its 2N steps one after the other; a self-attention layer
+    over the target is one parallel pass (benchmarks/README.md, "The
+    shortlist layer at the converged comparison's sizes", for the times of
+    both at varattn_lstm's converged sizes)."""
 
     def __init__(
         self,
@@ -130,8 +131,12 @@ class TransformerInferenceNetwork(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.scorer = AttentionScorer(embed_dim, context_dim, attention_dim, kind=score)
 
+    def encode_target(self, target: torch.Tensor) -> torch.Tensor:
+        """target (B, N), right-padded -> g (B, N, embed_dim)."""
+        x = self.embed_scale * self.embed_tokens(target) + self.embed_positions(target)
+        return self.layer(self.dropout(x), src_key_padding_mask=target.eq(self.padding_idx))
+
     def forward(self, target, encoder_states, encoder_padding_mask):
         """-> unnormalised scores (B, N, T), -inf at source padding."""
-        x = self.embed_scale * self.embed_tokens(target) + self.embed_positions(target)
-        g = self.layer(self.dropout(x), src_key_padding_mask=target.eq(self.padding_idx))
+        g = self.encode_target(target)
         return self.scorer(g, self.scorer.prepare(encoder_states), encoder_padding_mask)

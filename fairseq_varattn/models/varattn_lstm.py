@@ -47,11 +47,16 @@ from ..modules.alignment_head import (
 from ..modules.output_layer import build_output_layer
 from ..modules.scorer import AttentionScorer
 from .encoder import VarAttnLSTMEncoder
-from .inference_network import InferenceNetwork, add_inference_embedding_args, shared_target_embeddings
+from .inference_network import (
+    InferenceNetwork,
+    TransformerInferenceNetwork,
+    add_inference_embedding_args,
+    shared_target_embeddings,
+)
 from .latent_model import LatentModelMixin, set_table_builder
 
 DEFAULT_MAX_POSITIONS = 1024
-INFERENCE_NETWORKS = ("none", "birnn")
+INFERENCE_NETWORKS = ("none", "birnn", "transformer")
 INPUT_FEEDS = ("attentional", "context")
 
 
@@ -278,6 +283,9 @@ class VarAttnLSTMModel(LatentModelMixin, FairseqEncoderDecoderModel):
                             help='q(z | x, y): units per direction of its BiLSTM over the target')
         parser.add_argument('--inference-layers', type=int, metavar='N',
                             help='q(z | x, y): layers of its BiLSTM over the target')
+        parser.add_argument('--inference-heads', type=int, metavar='N',
+                            help='q(z | x, y) with --inference-network transformer: heads of its '
+                                 'self-attention layer over the target')
         add_inference_embedding_args(parser)
         parser.add_argument('--alignment-chunk-size', type=int, metavar='N',
                             help='source positions per chunk of the joint output layer; '
@@ -342,6 +350,18 @@ class VarAttnLSTMModel(LatentModelMixin, FairseqEncoderDecoderModel):
                 attention_dim=args.attention_dim,
                 embed_tokens=shared_target_embeddings(args, decoder.embed_tokens),
             )
+        elif args.inference_network == "transformer":
+            inference_network = TransformerInferenceNetwork(
+                task.target_dictionary,
+                embed_dim=args.inference_embed_dim,
+                context_dim=encoder.output_units,
+                heads=args.inference_heads,
+                dropout=args.dropout,
+                score=args.inference_score,
+                attention_dim=args.attention_dim,
+                max_positions=max_target,
+                embed_tokens=shared_target_embeddings(args, decoder.embed_tokens),
+            )
         return cls(encoder, decoder, inference_network, args.inference_annotations)
 
     def forward(self, src_tokens, src_lengths, prev_output_tokens, target=None, features_only: bool = False, **kwargs):
@@ -362,6 +382,17 @@ def check_args(args):
             f"--alignment-topk {args.alignment_topk} is larger than the longest allowed "
             f"source ({max_source} positions): use 0 for exact enumeration"
         )
+    if args.inference_network == "transformer":
+        if args.inference_embed_dim % args.inference_heads:
+            raise ValueError(
+                f"--inference-heads {args.inference_heads} must divide q's embedding size "
+                f"{args.inference_embed_dim} (--inference-embed-dim)"
+            )
+        if args.inference_layers != 1:
+            raise ValueError(
+                "--inference-layers counts the layers of q's BiLSTM (--inference-network birnn); "
+                "--inference-network transformer has one self-attention layer: drop --inference-layers"
+            )
 
 
 @register_model_architecture("varattn_lstm", "varattn_lstm")
@@ -390,6 +421,7 @@ def base_architecture(args):
     args.inference_embed_dim = getattr(args, "inference_embed_dim", args.decoder_embed_dim)
     args.inference_hidden_size = getattr(args, "inference_hidden_size", args.encoder_hidden_size)
     args.inference_layers = getattr(args, "inference_layers", 1)
+    args.inference_heads = getattr(args, "inference_heads", 4)
     args.inference_embeddings = getattr(args, "inference_embeddings", "own")  # see add_inference_embedding_args
     args.alignment_chunk_size = getattr(args, "alignment_chunk_size", 0)
     args.input_feed = getattr(args, "input_feed", "attentional")

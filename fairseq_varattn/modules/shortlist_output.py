@@ -80,40 +80,63 @@ class _GoldLogLikelihood(torch.autograd.Function):
                   - sum_{(i, k): S_ik = v} g_ji exp(a_jv + b_ik - L_ji)
         d/db_ik = sum_j g_ji ([S_ik = y_j] sigmoid(b_ik) - exp(a_{j,S_ik} + b_ik - L_ji))
 
-    (lse_j = logsumexp_v a_jv; the last terms are L's shares, kept from the forward)."""
+    (lse_j = logsumexp_v a_jv; the last terms are L's shares, kept from the
+    forward).  ``softmax_a``: exp(a - lse), when the caller has it, saves the
+    backward its vocabulary-sized subtraction and exponential."""
 
     @staticmethod
-    def forward(ctx, a, b, candidates, target, lse_a):
+    def forward(ctx, a, b, candidates, target, lse_a, softmax_a):
         bsz, n, _ = a.shape
         lse_a, boosts, norm = _boosts(a, candidates, b, lse_a)
         hit = candidates.unsqueeze(1).eq(target.view(bsz, n, 1, 1))  # B, N, T, K: at most one k per (j, i)
         gold_c = (F.softplus(b).unsqueeze(1) * hit).sum(-1)
         out = a.gather(-1, target.unsqueeze(-1)) + gold_c - norm
         shares = (boosts - norm.unsqueeze(-1)).exp_()  # B, N, T, K
-        ctx.save_for_backward(a, b, candidates, target, lse_a, norm, shares, hit)
+        ctx.save_for_backward(a, b, candidates, target, lse_a, norm, shares, hit, softmax_a)
         return out
 
     @staticmethod
     def backward(ctx, g):
-        a, b, candidates, target, lse_a, norm, shares, hit = ctx.saved_tensors
+        a, b, candidates, target, lse_a, norm, shares, hit, softmax_a = ctx.saved_tensors
         g_shares = g.unsqueeze(-1) * shares  # B, N, T, K
         grad_a = grad_b = None
         if ctx.needs_input_grad[0]:
             dense = (g * (lse_a - norm).exp()).sum(-1, keepdim=True)  # B, N, 1
-            grad_a = (a - lse_a).exp_().mul_(-dense)
+            grad_a = _softmax_times(a, lse_a, softmax_a, -dense)
             grad_a.scatter_add_(-1, _candidate_index(candidates, a.size(1)), -g_shares.flatten(-2))
             grad_a.scatter_add_(-1, target.unsqueeze(-1), g.sum(-1, keepdim=True))
         if ctx.needs_input_grad[1]:
             grad_b = (hit * (g.unsqueeze(-1) * torch.sigmoid(b).unsqueeze(1)) - g_shares).sum(1)
-        return grad_a, grad_b, None, None, None
+        return grad_a, grad_b, None, None, None, None
+
+
+def _softmax_times(a, lse_a, softmax_a, g):
+    """softmax_v(a_jv) g_j as a new tensor: one pass over the saved softmax
+    when there is one, else exp(a - lse)."""
+    if softmax_a is not None:
+        return softmax_a * g
+    return (a - lse_a).exp_().mul_(g)
+
+
+def vocabulary_partition(a: torch.Tensor):
+    """(logsumexp_v a_jv (B, N, 1), softmax_v a_jv (B, N, V)) of a float32 a.
+
+    softmax is one fused pass where logsumexp is three (shift, exponential,
+    sum; benchmarks/README.md, "The shortlist layer at the converged
+    comparison's sizes"), and the largest probability gives the log-sum-exp
+    exactly: max_v softmax_v = exp(max_v a_v - lse), with max_v softmax in
+    [1/V, 1], so its log loses nothing."""
+    softmax_a = torch.softmax(a, dim=-1)
+    return a.amax(-1, keepdim=True) - softmax_a.amax(-1, keepdim=True).log(), softmax_a
 
 
 @_float32
-def gold_log_likelihood(a, candidates, b, target, lse_a=None) -> torch.Tensor:
+def gold_log_likelihood(a, candidates, b, target, lse_a=None, softmax_a=None) -> torch.Tensor:
     """log p(y_j | z_j = i) = a_{j,y_j} + c_{i,y_j} - L_ji: (B, N, T).
-    ``lse_a``: logsumexp_v a_jv (B, N, 1), when the caller has it (its
-    gradient is part of this function's own)."""
-    return _GoldLogLikelihood.apply(a, b, candidates, target, None if lse_a is None else lse_a.detach())
+    ``lse_a``, ``softmax_a``: ``vocabulary_partition(a)``, when the caller
+    has it (its gradient is part of this function's own)."""
+    detached = [None if t is None else t.detach().float() for t in (lse_a, softmax_a)]
+    return _GoldLogLikelihood.apply(a, b, candidates, target, *detached)
 
 
 # rows whose dense term is this far below their largest term are summed the
@@ -213,7 +236,9 @@ def _word_slots(candidates: torch.Tensor, fill: int):
 
 
 @_float32
-def pooled_gold_log_likelihood(a, candidates, b, weights, target, fill: int, lse_a=None) -> torch.Tensor:
+def pooled_gold_log_likelihood(
+    a, candidates, b, weights, target, fill: int, lse_a=None, softmax_a=None
+) -> torch.Tensor:
     """log softmax_v(a_jv + sum_i w_ji c_iv) at y_j without a vocabulary-sized
     pool: a (B, N, V), candidates and b (B, T, K), weights (B, N, T) or
     (B, N, M, T), target (B, N) -> (B, N) or (B, N, M).
@@ -221,8 +246,8 @@ def pooled_gold_log_likelihood(a, candidates, b, weights, target, fill: int, lse
     With P_jv = sum_i w_ji c_iv, nonzero only at the sentence's candidate
     words U, the normaliser is log(Z_j + sum_{u in U} exp(a_ju) expm1(P_ju)),
     every term positive; the gold word's pool is the sum of the entries
-    listing it.  ``fill`` (the target pad) marks filler entries; ``lse_a``:
-    logsumexp_v a_jv (B, N, 1) when the caller has it."""
+    listing it.  ``fill`` (the target pad) marks filler entries; ``lse_a``,
+    ``softmax_a``: ``vocabulary_partition(a)`` when the caller has it."""
     bsz, n, _ = a.shape
     extra = weights.dim() - 3  # 1 with M samples per token
     values = _pooled_values(weights, b)  # B, N, [M,] T K
@@ -230,7 +255,10 @@ def pooled_gold_log_likelihood(a, candidates, b, weights, target, fill: int, lse
     spread = (bsz, 1, *([1] * extra), slot.size(-1))
     pool = torch.zeros_like(values).scatter_add(-1, slot.view(spread).expand_as(values), values)
     a_words = a.gather(-1, words.unsqueeze(1).expand(-1, n, -1)).view(bsz, n, *([1] * extra), -1)
-    lse_a = torch.logsumexp(a, dim=-1, keepdim=True) if lse_a is None else _KnownLogSumExp.apply(a, lse_a)
+    if lse_a is None:
+        lse_a = torch.logsumexp(a, dim=-1, keepdim=True)
+    else:
+        lse_a = _KnownLogSumExp.apply(a, lse_a.float(), None if softmax_a is None else softmax_a.float())
     lse_a = lse_a.view(bsz, n, *([1] * extra), 1)
     # log expm1(P) = P + log(-expm1(-P)), -inf where P = 0 (unused slots, fillers)
     live = pool > 0
@@ -245,28 +273,32 @@ def pooled_gold_log_likelihood(a, candidates, b, weights, target, fill: int, lse
 
 class _KnownLogSumExp(torch.autograd.Function):
     """logsumexp_v a_jv from its value (computed once per batch, ``BatchTerms``),
-    with logsumexp's gradient softmax(a_j)."""
+    with logsumexp's gradient softmax(a_j) (``softmax_a`` when known)."""
 
     @staticmethod
-    def forward(ctx, a, lse_a):
-        ctx.save_for_backward(a, lse_a)
+    def forward(ctx, a, lse_a, softmax_a):
+        ctx.save_for_backward(a, lse_a, softmax_a)
         return lse_a.clone()
 
     @staticmethod
     def backward(ctx, g):
-        a, lse_a = ctx.saved_tensors
-        return (a - lse_a).exp_().mul_(g), None
+        a, lse_a, softmax_a = ctx.saved_tensors
+        return _softmax_times(a, lse_a, softmax_a, g), None, None
 
 
 class BatchTerms:
     """``ShortlistOutputLayer.batch_terms``: a (B, N, V), S and b (B, T, K)
-    under one dropout draw, and logsumexp_v a_jv (B, N, 1), without gradient
-    (each path that reads it adds logsumexp's gradient itself)."""
+    under one dropout draw, and ``vocabulary_partition(a)``: logsumexp_v a_jv
+    (B, N, 1) and softmax_v a_jv (B, N, V), without gradient (each path that
+    reads them adds logsumexp's gradient itself, from the saved softmax)."""
 
     def __init__(self, a, candidates, b):
         self.a, self.candidates, self.b = a, candidates, b
         with torch.no_grad():
-            self.lse_a = torch.logsumexp(a.float(), dim=-1, keepdim=True)
+            self.lse_a, self.softmax_a = vocabulary_partition(a.float())
+
+    def partition(self) -> dict:
+        return {"lse_a": self.lse_a, "softmax_a": self.softmax_a}
 
 
 class ShortlistSource:
@@ -378,8 +410,8 @@ class ShortlistOutputLayer(FactoredOutputLayer):
             return F.log_softmax(self.weighted_logits(h, weights, enc, source_tokens, masks), dim=-1)
         # the gold word only (baselines, relaxed samples): no vocabulary-sized pool
         a, candidates, b = self._logits(h, enc, source_tokens, masks, terms)
-        lse_a = None if terms is None else terms.lse_a
-        return pooled_gold_log_likelihood(a, candidates, b, weights, target, self.pad, lse_a=lse_a)
+        known = {} if terms is None else terms.partition()
+        return pooled_gold_log_likelihood(a, candidates, b, weights, target, self.pad, **known)
 
     def expected_logits(self, features, step):
         """Soft attention's output: the pool at the expected alignment."""
@@ -388,7 +420,7 @@ class ShortlistOutputLayer(FactoredOutputLayer):
     # -- log p(y_j | z_j = i) for the gold target --------------------------
     def alignment_logprobs(self, h, enc, target, positions=None, masks=None, source_tokens=None, terms=None):
         a, candidates, b = self._logits(h, enc, source_tokens, masks, terms)
-        logp = gold_log_likelihood(a, candidates, b, target, lse_a=None if terms is None else terms.lse_a)
+        logp = gold_log_likelihood(a, candidates, b, target, **({} if terms is None else terms.partition()))
         return logp if positions is None else logp.gather(-1, positions)
 
     # -- the mixture over the vocabulary (generation, scoring) -------------
