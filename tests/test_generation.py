@@ -82,22 +82,31 @@ def test_beam_search_projects_the_source_keys_once(arch, monkeypatch):
     assert len(calls) == 1
 
 
-@pytest.mark.parametrize("temperature", [0.5, 2.0])
-def test_temperature_gives_normalised_tempered_mixtures(temperature):
-    """fairseq's generator divides the decoder output by --temperature and
-    asks for normalised probabilities: they must sum to 1 and equal
-    p(y)^(1/T) renormalised."""
-    model, d = sharpened(inference_network="none")
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
+@pytest.mark.parametrize("output_layer", ["joint", "shortlist"])
+def test_temperature_gives_normalised_tempered_mixtures(temperature, output_layer):
+    """fairseq's generator divides the decoder output by --temperature in
+    place and asks for normalised probabilities: they must sum to 1 and
+    equal p(y)^(1/T) renormalised; at T = 1 they are the mixture itself,
+    returned without a second normalisation."""
+    model, d = sharpened(inference_network="none", output_layer=output_layer)
     model.eval()
     batch = random_batch(d)
     with torch.no_grad():
         out = model(**batch["net_input"])
-        mixture = model.get_normalized_probs(out, log_probs=True)
-        tempered = model.get_normalized_probs((out[0] / temperature, out[1]), log_probs=False)
+        mixture = out[0].clone()
+        torch.testing.assert_close(mixture.logsumexp(-1), torch.zeros(mixture.shape[:-1]), rtol=0, atol=1e-5)
+        divided = out[0].div_(temperature)  # as fairseq's EnsembleModel.forward_decoder
+        tempered = model.get_normalized_probs((divided, out[1]), log_probs=False)
+        log_tempered = model.get_normalized_probs((divided, out[1]), log_probs=True)
     torch.testing.assert_close(tempered.sum(-1), torch.ones(tempered.shape[:-1]), rtol=0, atol=1e-5)
     want = torch.softmax(mixture / temperature, dim=-1)
     torch.testing.assert_close(tempered, want, rtol=1e-4, atol=1e-6)
-    assert (tempered - mixture.exp()).abs().max() > 1e-2, "temperature must change the distribution"
+    torch.testing.assert_close(log_tempered, torch.log_softmax(mixture / temperature, dim=-1), rtol=0, atol=1e-5)
+    if temperature == 1.0:
+        assert log_tempered is divided, "at T = 1 the mixture is returned as it is"
+    else:
+        assert (tempered - mixture.exp()).abs().max() > 1e-2, "temperature must change the distribution"
 
 
 def test_sampling_with_temperature_generates_from_a_latent_model():

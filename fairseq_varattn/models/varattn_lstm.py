@@ -141,7 +141,7 @@ class VarAttnLSTMDecoder(FairseqIncrementalDecoder):
         x, extra = self.extract_features(prev_output_tokens, encoder_out, incremental_state)
         if features_only:
             return x, extra
-        return self.head.output_logits(x, AlignmentStep.of(extra), incremental_state), extra
+        return self.head.decoder_output(x, AlignmentStep.of(extra), extra, incremental_state)
 
     def _initial_state(self, encoder_out, bsz, like):
         enc_hiddens, enc_cells = encoder_out[1], encoder_out[2]

@@ -108,7 +108,7 @@ class VarAttnTransformerDecoder(TransformerDecoder):
         extra = step.extra(attn=[weights], inner_states=inner["inner_states"])
         if features_only:
             return features, extra
-        return self.head.output_logits(features, step, incremental_state), extra
+        return self.head.decoder_output(features, step, extra, incremental_state)
 
     def get_normalized_probs(self, net_output, log_probs, sample=None):
         return self.head.normalized_output(net_output, log_probs)

@@ -115,7 +115,7 @@ class VarAttnVQAModel(BaseFairseqModel):
             step.q_scores = self.inference_network(h, target, regions, region_mask)
         if features_only:
             return features, step.extra()
-        return self.head.output_logits(features, step), step.extra()
+        return self.head.decoder_output(features, step, step.extra())
 
     def get_normalized_probs(self, net_output, log_probs, sample=None):
         return self.head.normalized_output(net_output, log_probs)

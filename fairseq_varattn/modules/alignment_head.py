@@ -32,6 +32,8 @@ SHORTLIST_SIZE = 32
 ALIGNMENT_DROPOUTS = ("shared", "independent")
 #: --inference-annotations: whether q's gradient trains the annotations it reads
 INFERENCE_ANNOTATIONS = ("detached", "trained")
+#: ``extra``'s copy of a normalised output's first column (``AlignmentHead.decoder_output``)
+NORMALISED_COLUMN = "normalised_column"
 
 
 def add_alignment_args(parser, inference_networks, output_layers=OUTPUT_LAYERS):
@@ -278,18 +280,32 @@ class AlignmentHead(nn.Module):
                     self.set_incremental_state(incremental_state, "source_cache", cache)
         return self.kind.output(self.output, features, step, self.alignment_topk, cache)
 
+    def decoder_output(self, features: Tensor, step: AlignmentStep, extra: dict, incremental_state=None):
+        """A decoder's (output, extra): ``output_logits``, and for a kind whose
+        output is already normalised, its first column kept in ``extra``
+        (``normalized_output`` reads it)."""
+        out = self.output_logits(features, step, incremental_state)
+        if self.kind.output_normalised:
+            extra[NORMALISED_COLUMN] = out[..., 0].detach().clone()
+        return out, extra
+
     @staticmethod
     def normalized_output(net_output, log_probs):
         """``get_normalized_probs`` for every kind.
 
         A categorical model's output is already the mixture's normalised
-        log p(y_j | x, y_<j); it is normalised again because fairseq's
-        generator divides the decoder output by ``--temperature`` before
-        asking for normalised probabilities.  Temperature T then means what
-        it means for a softmax model: p(y)^(1/T) renormalised over the
-        vocabulary (docs/design.md, "Generation").
+        log p(y_j | x, y_<j), but fairseq's generator divides the decoder
+        output by ``--temperature`` (in place) before asking for normalised
+        probabilities, so it is normalised again unless the division left it
+        unchanged: temperature T then means what it means for a softmax
+        model, p(y)^(1/T) renormalised over the vocabulary, and T = 1 costs
+        no second pass over the vocabulary (docs/design.md, "Generation").
         """
         out = net_output[0].float()
+        extra = net_output[1] if len(net_output) > 1 else None
+        kept = extra.get(NORMALISED_COLUMN) if isinstance(extra, dict) else None
+        if kept is not None and _undivided(out[..., 0], kept):
+            return out if log_probs else out.exp()
         return F.log_softmax(out, dim=-1) if log_probs else F.softmax(out, dim=-1)
 
     # -- beam search --------------------------------------------------------
@@ -358,6 +374,17 @@ class AlignmentHead(nn.Module):
         saved = OUTPUT_ACTIVATIONS[int(state_dict.get(key, OUTPUT_ACTIVATIONS.index("tanh")))]
         self.output.activation = saved
         state_dict[key] = torch.tensor(OUTPUT_ACTIVATIONS.index(saved))
+
+
+def _undivided(column: Tensor, kept: Tensor) -> bool:
+    """Whether fairseq's division by --temperature left a normalised output's
+    first column as it was kept: for a finite nonzero x, x / T == x only at
+    T = 1 (a column of zeros or one of another shape decides nothing)."""
+    return (
+        column.shape == kept.shape
+        and bool(torch.isfinite(kept).all() and kept.ne(0).all())
+        and torch.equal(column, kept.to(column.dtype))
+    )
 
 
 def move_head_keys(state_dict: dict, owner: str, head: str) -> None:

@@ -88,6 +88,8 @@ class AttentionKind:
     #: whether z is a latent variable (so an inference network can infer it)
     latent = False
     supports_topk = False
+    #: whether ``output`` is already normalised log p(y | x) (the mixture), not logits
+    output_normalised = False
     #: how the alignment tools label the head's attention
     label = ""
     #: this kind's model options (``KindOption``), passed to ``distribution`` as keywords
@@ -121,6 +123,7 @@ class CategoricalAttention(AttentionKind):
     distribution_class = CategoricalAlignment
     latent = True
     supports_topk = True
+    output_normalised = True
     label = "categorical prior p(z|x)"
 
     def distribution(self, scores, mask, **options):
