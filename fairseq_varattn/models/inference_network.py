@@ -43,6 +43,35 @@ def shared_target_embeddings(args, decoder_embed_tokens):
     return decoder_embed_tokens
 
 
+def build_inference_network(args, dictionary, context_dim, decoder_embed_tokens, heads, max_positions):
+    """q for ``--inference-network`` (None for ``none``), as both translation
+    models build it: its scores against ``context_dim``-wide annotations,
+    the decoder's target embeddings unless ``--inference-embeddings own``;
+    ``heads`` and ``max_positions`` size the self-attention q."""
+    if args.inference_network == "none":
+        return None
+    common = dict(
+        dropout=args.dropout,
+        score=args.inference_score,
+        attention_dim=args.attention_dim,
+        embed_tokens=shared_target_embeddings(args, decoder_embed_tokens),
+    )
+    if args.inference_network == "birnn":
+        return InferenceNetwork(
+            dictionary,
+            args.inference_embed_dim,
+            args.inference_hidden_size,
+            context_dim,
+            num_layers=getattr(args, "inference_layers", 1),
+            **common,
+        )
+    if args.inference_network == "transformer":
+        return TransformerInferenceNetwork(
+            dictionary, args.inference_embed_dim, context_dim, heads=heads, max_positions=max_positions, **common
+        )
+    raise ValueError(f"unknown --inference-network {args.inference_network!r}")
+
+
 def check_shared_embeddings(model, state_dict):
     """A checkpoint whose q has its own embeddings, loaded into a model whose q
     shares the decoder's, would overwrite the decoder's table with q's: refuse."""

@@ -47,12 +47,7 @@ from ..modules.alignment_head import (
 from ..modules.output_layer import build_output_layer
 from ..modules.scorer import AttentionScorer
 from .encoder import VarAttnLSTMEncoder
-from .inference_network import (
-    InferenceNetwork,
-    TransformerInferenceNetwork,
-    add_inference_embedding_args,
-    shared_target_embeddings,
-)
+from .inference_network import add_inference_embedding_args, build_inference_network
 from .latent_model import LatentModelMixin, set_table_builder
 
 DEFAULT_MAX_POSITIONS = 1024
@@ -337,31 +332,14 @@ class VarAttnLSTMModel(LatentModelMixin, FairseqEncoderDecoderModel):
             shortlist_size=args.shortlist_size,
         )
         set_table_builder(decoder.head.output, args, task)
-        inference_network = None
-        if args.inference_network == "birnn":
-            inference_network = InferenceNetwork(
-                task.target_dictionary,
-                embed_dim=args.inference_embed_dim,
-                hidden_size=args.inference_hidden_size,
-                context_dim=encoder.output_units,
-                num_layers=args.inference_layers,
-                dropout=args.dropout,
-                score=args.inference_score,
-                attention_dim=args.attention_dim,
-                embed_tokens=shared_target_embeddings(args, decoder.embed_tokens),
-            )
-        elif args.inference_network == "transformer":
-            inference_network = TransformerInferenceNetwork(
-                task.target_dictionary,
-                embed_dim=args.inference_embed_dim,
-                context_dim=encoder.output_units,
-                heads=args.inference_heads,
-                dropout=args.dropout,
-                score=args.inference_score,
-                attention_dim=args.attention_dim,
-                max_positions=max_target,
-                embed_tokens=shared_target_embeddings(args, decoder.embed_tokens),
-            )
+        inference_network = build_inference_network(
+            args,
+            task.target_dictionary,
+            context_dim=encoder.output_units,
+            decoder_embed_tokens=decoder.embed_tokens,
+            heads=args.inference_heads,
+            max_positions=max_target,
+        )
         return cls(encoder, decoder, inference_network, args.inference_annotations)
 
     def forward(self, src_tokens, src_lengths, prev_output_tokens, target=None, features_only: bool = False, **kwargs):

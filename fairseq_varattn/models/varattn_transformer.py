@@ -37,12 +37,7 @@ from ..modules.alignment_head import (
     alignment_defaults,
     check_alignment_args,
 )
-from .inference_network import (
-    InferenceNetwork,
-    TransformerInferenceNetwork,
-    add_inference_embedding_args,
-    shared_target_embeddings,
-)
+from .inference_network import add_inference_embedding_args, build_inference_network
 from .latent_model import LatentModelMixin, set_table_builder
 
 INFERENCE_NETWORKS = ("none", "birnn", "transformer")
@@ -147,33 +142,14 @@ class VarAttnTransformerModel(LatentModelMixin, TransformerModel):
         model = super().build_model(args, task)  # fairseq's encoder and our decoder
         model.decoder.init_alignment_head(args, task.source_dictionary)
         set_table_builder(model.decoder.head.output, args, task)
-        inference_network = None
-        shared = (
-            None if args.inference_network == "none" else shared_target_embeddings(args, model.decoder.embed_tokens)
+        inference_network = build_inference_network(
+            args,
+            task.target_dictionary,
+            context_dim=args.encoder_embed_dim,
+            decoder_embed_tokens=model.decoder.embed_tokens,
+            heads=args.decoder_attention_heads,
+            max_positions=args.max_target_positions,
         )
-        if args.inference_network == "birnn":
-            inference_network = InferenceNetwork(
-                task.target_dictionary,
-                embed_dim=args.inference_embed_dim,
-                hidden_size=args.inference_hidden_size,
-                context_dim=args.encoder_embed_dim,
-                dropout=args.dropout,
-                score=args.inference_score,
-                attention_dim=args.attention_dim,
-                embed_tokens=shared,
-            )
-        elif args.inference_network == "transformer":
-            inference_network = TransformerInferenceNetwork(
-                task.target_dictionary,
-                embed_dim=args.inference_embed_dim,
-                context_dim=args.encoder_embed_dim,
-                heads=args.decoder_attention_heads,
-                dropout=args.dropout,
-                score=args.inference_score,
-                attention_dim=args.attention_dim,
-                max_positions=args.max_target_positions,
-                embed_tokens=shared,
-            )
         model.init_latent(inference_network, args.inference_annotations)
         return model
 
