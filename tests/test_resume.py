@@ -6,8 +6,9 @@ from types import SimpleNamespace
 
 import pytest
 from fairseq_cli import train as fairseq_train
+from helpers import example_module
 
-from varattn_tools.resume_train import patience_state, training_seconds
+from varattn_tools.resume_train import invocations, patience_state, training_seconds
 
 
 def _valid_line(epoch, ppl):
@@ -65,6 +66,52 @@ def test_training_seconds_sums_each_invocation_and_skips_the_gap_between_them():
     )
     assert training_seconds(log) == pytest.approx(600 + 210)
     assert training_seconds("") == 0.0
+
+
+def _resumed_log():
+    """Three invocations: an old one without resume_train's commit line, one
+    killed before it began an epoch, and one that trained on."""
+    start = "{} | INFO | fairseq_cli.train | {{'_name': None, 'common': {{}}}}"
+    begin = "{} | INFO | fairseq.trainer | begin training epoch {}"
+    return "\n".join(
+        [
+            start.format("2026-12-01 10:00:00"),
+            begin.format("2026-12-01 10:00:05", 1),
+            begin.format("2026-12-01 10:20:00", 2),
+            "resume_train: fairseq_varattn at commit abc1234",
+            start.format("2026-12-01 12:00:00"),
+            "resume_train: fairseq_varattn at commit def5678+changes",
+            "resume_train: early stopping resumes at best ppl 9.0, 0 validation(s) without improvement",
+            start.format("2026-12-01 14:00:00"),
+            begin.format("2026-12-01 14:00:04", 2),
+            begin.format("2026-12-01 14:30:00", 3),
+        ]
+    )
+
+
+def test_invocations_say_when_each_part_started_from_which_epoch_with_which_code():
+    assert invocations(_resumed_log()) == [
+        {"start": "2026-12-01 10:00", "first_epoch": 1, "commit": None},
+        {"start": "2026-12-01 12:00", "first_epoch": None, "commit": "abc1234"},
+        {"start": "2026-12-01 14:00", "first_epoch": 2, "commit": "def5678+changes"},
+    ]
+    assert invocations("") == []
+
+
+def test_run_notes_tell_a_resumed_run_from_one_trained_in_one_go():
+    """converge.py's notes for a result without a hand-written one: the parts
+    that trained epochs, with their epochs and commits."""
+    example_module("converge")  # puts examples/translation on the path, as the script does for itself
+    import converge_tables as tables
+
+    row = {"epochs_run": 4, "invocations": invocations(_resumed_log())}
+    history = tables.training_history(row)
+    assert "2 parts" in history, history
+    assert "epochs 1-1 from 2026-12-01 10:00, commit not logged" in history
+    assert "epochs 2-4 from 2026-12-01 14:00, commit def5678+changes" in history
+    once = {"epochs_run": 2, "invocations": [{"start": "2026-12-01 10:00", "first_epoch": 1, "commit": "abc1234"}]}
+    assert tables.training_history(once) == "trained in one go with commit abc1234."
+    assert "no record of resumes" in tables.training_history({"epochs_run": 3})
 
 
 def test_a_resumed_run_stops_where_an_uninterrupted_one_would(tmp_path, monkeypatch):

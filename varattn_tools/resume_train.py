@@ -13,8 +13,10 @@ fresh run) it is fairseq-train.
 """
 
 import argparse
+import os
+import re
 import sys
-from typing import Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from varattn_tools.fairseq_log import lines, validations
 
@@ -54,6 +56,31 @@ def training_seconds(text: str) -> float:
     return total
 
 
+# what main prints first, so that a log says which code trained each part of a run
+_COMMIT_LINE = re.compile(r"^resume_train: fairseq_varattn at commit (\S+)", re.M)
+_EPOCH_BEGINS = re.compile(r"begin training epoch (\d+)")
+
+
+def invocations(text: str) -> List[Dict[str, object]]:
+    """Each fairseq-train invocation in a training log, in order: when it
+    started, the first epoch it began (None if it began none) and the commit
+    resume_train printed before it (None in logs from before that line)."""
+    out, commit = [], None
+    for raw in text.splitlines():
+        if m := _COMMIT_LINE.match(raw):
+            commit = m.group(1)
+            continue
+        parsed = next(lines(raw), None)
+        if parsed is None:
+            continue
+        if parsed.logger == "fairseq_cli.train" and parsed.message.startswith("{'_name'"):
+            out.append({"start": parsed.time.strftime("%Y-%m-%d %H:%M"), "first_epoch": None, "commit": commit})
+            commit = None
+        elif out and out[-1]["first_epoch"] is None and (m := _EPOCH_BEGINS.search(parsed.message)):
+            out[-1]["first_epoch"] = int(m.group(1))
+    return out
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--log", required=True, help="the run's training log so far (missing or empty: a fresh run)")
@@ -69,6 +96,10 @@ def main(argv=None):
         text = ""
     from fairseq_cli import train
 
+    from varattn_tools.experiments import git_commit
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    print(f"resume_train: fairseq_varattn at commit {git_commit(repo, mark_changes=True)}", flush=True)
     state = patience_state(text, opts.metric, opts.maximize)
     if state is not None:
         train.should_stop_early.best, train.should_stop_early.num_runs = state

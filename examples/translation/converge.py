@@ -80,7 +80,7 @@ from converge_tables import (  # noqa: E402, F401
 
 from varattn_tools.experiments import TRAIN_LOGGING, cpu_env, machine, prepare_multi30k, run  # noqa: E402
 from varattn_tools.fairseq_log import validations  # noqa: E402
-from varattn_tools.resume_train import training_seconds  # noqa: E402
+from varattn_tools.resume_train import invocations, training_seconds  # noqa: E402
 from varattn_tools.rows import MAX_EPOCH, PATIENCE, epoch_cap, is_latent, output_layer, train_options  # noqa: E402, F401
 
 
@@ -168,6 +168,8 @@ def train_and_evaluate(name, seed, opts, env):
         "max_epoch": cap,
         # summed over the log's invocations: a resume's gap does not count
         "train_seconds": training_seconds(text),
+        # when each part of a resumed run started, from which epoch, with which code
+        "invocations": invocations(text),
     }
     row["commit"] = commit()
     if previous is not None:  # an extended run keeps what was said of its first part

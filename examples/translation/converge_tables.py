@@ -186,11 +186,32 @@ def run_notes(family="lstm"):
     ]
     lines += [
         f"- **{r['variant']} seed {r['seed']}** ({r.get('commit', '?')}, {r.get('date', '?')}): "
-        f"{r.get('note') or 'trained in one go.'}"
+        f"{r.get('note') or training_history(r)}"
         f" AER scored on {r.get('aer_sentences') or OLD_GOLD_SENTENCES} hand-aligned sentences."
         for r in rows
     ]
     return "\n".join(lines) + "\n"
+
+
+def training_history(row) -> str:
+    """How a run without a hand-written note was trained, from its recorded
+    ``invocations`` (fairseq-train starts; results from before the field say
+    nothing of resumes)."""
+    parts = [p for p in row.get("invocations") or [] if p.get("first_epoch") is not None]
+    if not row.get("invocations"):
+        return "no record of resumes (a result from before converge.py kept them)."
+    if len(parts) <= 1:
+        code = f" with commit {parts[0]['commit']}" if parts and parts[0].get("commit") else ""
+        return f"trained in one go{code}."
+    spans = []
+    for k, part in enumerate(parts):
+        last = parts[k + 1]["first_epoch"] - 1 if k + 1 < len(parts) else row.get("epochs_run")
+        code = f", commit {part['commit']}" if part.get("commit") else ", commit not logged"
+        spans.append(f"epochs {part['first_epoch']}-{last} from {part['start']}{code}")
+    return (
+        f"trained in {len(parts)} parts, each resumed from checkpoint_last.pt (a partly trained "
+        f"epoch is trained again): {'; '.join(spans)}."
+    )
 
 
 def welch_p(a, b):
