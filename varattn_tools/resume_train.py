@@ -39,14 +39,18 @@ def patience_state(text: str, key: str = "ppl", maximize: bool = False) -> Optio
     return None if best is None else (best, runs)
 
 
+def _starts_invocation(line) -> bool:
+    """fairseq-train logs its config first ("{'_name': ...}"): a new invocation."""
+    return line.logger == "fairseq_cli.train" and line.message.startswith("{'_name'")
+
+
 def training_seconds(text: str) -> float:
     """Seconds the log's training invocations ran, summed: from each start
     of fairseq-train to its last logged line, so the time between an
     interruption and the resume does not count."""
     total, first, previous = 0.0, None, None
     for line in lines(text):
-        # fairseq-train logs its config first ("{'_name': ...}"): a new invocation
-        if line.logger == "fairseq_cli.train" and line.message.startswith("{'_name'"):
+        if _starts_invocation(line):
             if first is not None:
                 total += (previous - first).total_seconds()
             first = line.time
@@ -57,7 +61,7 @@ def training_seconds(text: str) -> float:
 
 
 # what main prints first, so that a log says which code trained each part of a run
-_COMMIT_LINE = re.compile(r"^resume_train: fairseq_varattn at commit (\S+)", re.M)
+_COMMIT_LINE = re.compile(r"resume_train: fairseq_varattn at commit (\S+)")
 _EPOCH_BEGINS = re.compile(r"begin training epoch (\d+)")
 
 
@@ -73,7 +77,7 @@ def invocations(text: str) -> List[Dict[str, object]]:
         parsed = next(lines(raw), None)
         if parsed is None:
             continue
-        if parsed.logger == "fairseq_cli.train" and parsed.message.startswith("{'_name'"):
+        if _starts_invocation(parsed):
             out.append({"start": parsed.time.strftime("%Y-%m-%d %H:%M"), "first_epoch": None, "commit": commit})
             commit = None
         elif out and out[-1]["first_epoch"] is None and (m := _EPOCH_BEGINS.search(parsed.message)):

@@ -118,6 +118,12 @@ def _softmax_times(a, lse_a, softmax_a, g):
     return (a - lse_a).exp_().mul_(g)
 
 
+def _known_partition(lse_a, softmax_a):
+    """A caller's ``vocabulary_partition`` (either part may be None) as the
+    autograd functions take it: constants in float32."""
+    return [None if t is None else t.detach().float() for t in (lse_a, softmax_a)]
+
+
 def vocabulary_partition(a: torch.Tensor):
     """(logsumexp_v a_jv (B, N, 1), softmax_v a_jv (B, N, V)) of a float32 a.
 
@@ -135,8 +141,7 @@ def gold_log_likelihood(a, candidates, b, target, lse_a=None, softmax_a=None) ->
     """log p(y_j | z_j = i) = a_{j,y_j} + c_{i,y_j} - L_ji: (B, N, T).
     ``lse_a``, ``softmax_a``: ``vocabulary_partition(a)``, when the caller
     has it (its gradient is part of this function's own)."""
-    detached = [None if t is None else t.detach().float() for t in (lse_a, softmax_a)]
-    return _GoldLogLikelihood.apply(a, b, candidates, target, *detached)
+    return _GoldLogLikelihood.apply(a, b, candidates, target, *_known_partition(lse_a, softmax_a))
 
 
 # rows whose dense term is this far below their largest term are summed the
@@ -258,7 +263,7 @@ def pooled_gold_log_likelihood(
     if lse_a is None:
         lse_a = torch.logsumexp(a, dim=-1, keepdim=True)
     else:
-        lse_a = _KnownLogSumExp.apply(a, lse_a.float(), None if softmax_a is None else softmax_a.float())
+        lse_a = _KnownLogSumExp.apply(a, *_known_partition(lse_a, softmax_a))
     lse_a = lse_a.view(bsz, n, *([1] * extra), 1)
     # log expm1(P) = P + log(-expm1(-P)), -inf where P = 0 (unused slots, fillers)
     live = pool > 0
