@@ -18,6 +18,7 @@ RESULTS = os.path.join("examples", "translation", "results")
 SOURCES = {
     "converge": os.path.join(RESULTS, "converge.md"),  # converge.py table
     "headline": os.path.join(RESULTS, "converge-headline.md"),  # converge.py table
+    "headline-transformer": os.path.join(RESULTS, "converge-transformer-headline.md"),  # ... --family transformer
     "demo": os.path.join(RESULTS, "demo.md"),  # scripts/demo.sh (its runs/demo/result.md)
     "converge-transformer": os.path.join(RESULTS, "converge-transformer.md"),  # --family transformer
     "transformer-4epochs": os.path.join(RESULTS, "transformer-4epochs", "table.md"),  # budget.py table

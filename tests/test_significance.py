@@ -31,6 +31,9 @@ def test_identical_systems_are_not_significantly_different_and_a_much_better_one
     close[0] = refs[0]
     close_out = paired_bleu(refs, baseline, {"close": close}, trials=1000)["close"]
     assert close_out["delta"] > 0 and close_out["p_value"] > 0.05
+    # the baseline's own translations: no difference at all, not sacreBLEU's p = 1/1001
+    same = paired_bleu(refs, baseline, {"same": list(baseline)}, trials=1000)["same"]
+    assert same["delta"] == 0 and same["p_value"] == 1.0
 
 
 def test_sentence_counts_must_match():
@@ -70,3 +73,42 @@ def test_converge_tables_test_each_seed_against_the_baselines_same_seed(tmp_path
     assert converge.p_cell(p, "transformer-elbo-enum", runs) == ", ".join(
         f"{p[('transformer-elbo-enum', s)]:.3f}" for s in (1, 2)
     )
+
+
+def test_transformer_headline_pairs_bleu_seed_by_seed_and_tests_ppl_over_seeds(tmp_path, monkeypatch):
+    """The README's Transformer table: BLEU's p is the paired bootstrap of each
+    seed against fairseq's transformer of the same seed, test PPL's is Welch's
+    t-test over seeds, and AER reads fairseq's cross-attention for its row and
+    the exact posterior for a latent row."""
+    import json
+
+    from scipy import stats
+
+    converge = example_module("converge")
+    refs = _references(200)
+    monkeypatch.setattr(converge.plan, "RESULTS", str(tmp_path))
+    monkeypatch.setattr(converge.plan, "RAW_TEST_REF", str(tmp_path / "refs.txt"))
+    (tmp_path / "refs.txt").write_text("\n".join(refs) + "\n", encoding="utf-8")
+    ppl = {("transformer", 1): 5.5, ("transformer", 2): 5.6, ("transformer-elbo-enum", 1): 5.2}
+    ppl[("transformer-elbo-enum", 2)] = 5.3
+    for (variant, seed), value in ppl.items():
+        keep = 0.9 if variant == "transformer-elbo-enum" and seed == 1 else 0.5
+        hyps = tmp_path / f"{variant}-{seed}.txt"
+        hyps.write_text("\n".join(_degrade(s, keep) for s in refs) + "\n", encoding="utf-8")
+        aer = {"aer_soft": 0.42} if variant == "transformer" else {"aer_posterior_exact": 0.30}
+        row = {"variant": variant, "seed": seed, "test_ppl": value, "test_bleu": 30.0 + seed, **aer}
+        (tmp_path / f"{variant}-seed{seed}.json").write_text(json.dumps({**row, "test_hypotheses": str(hyps)}))
+    text = converge.headline("transformer")
+    welch = stats.ttest_ind([5.2, 5.3], [5.5, 5.6], equal_var=False).pvalue
+    import converge_tables
+
+    p = converge.bleu_p_values(converge_tables.finished("transformer"), "transformer")
+    line = next(x for x in text.splitlines() if x.startswith("| transformer-elbo-enum |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    # seed 1 far better than its baseline, seed 2 the same translations: only the first is significant
+    assert cells[:5] == ["transformer-elbo-enum", "2", "5.25 ± 0.07", f"{welch:.3f}", "31.50 ± 0.71"]
+    assert cells[5] == f"{p[('transformer-elbo-enum', 1)]:.3f}, {p[('transformer-elbo-enum', 2)]:.3f}"
+    assert p[("transformer-elbo-enum", 1)] < 0.01 and p[("transformer-elbo-enum", 2)] == 1.0
+    assert cells[6] == "0.300 ± 0.000 (exact posterior)"
+    assert "| fairseq's `transformer` | 2 | 5.55 ± 0.07 | - |" in text
+    assert "0.420 ± 0.000 (its last layer's cross-attention" in text

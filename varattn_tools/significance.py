@@ -10,6 +10,10 @@ REFERENCES may be gzip-compressed; every file has one detokenised sentence a
 line, in the same order.  Prints each system's BLEU, its difference from the
 baseline and the p-value of that difference (sacreBLEU's: from the share of
 resampled test sets on which the difference is not in the observed direction).
+A system whose translations are the baseline's, sentence for sentence, gets
+p = 1: sacreBLEU gives it its smallest p (1 / (resamples + 1)), since no
+resample's difference exceeds the observed zero, and a table would call two
+equal systems significantly different.
 """
 
 import argparse
@@ -43,8 +47,13 @@ def paired_bleu(
     results = scores["BLEU"]
     base = results[0].score
     return {
-        name: {"bleu": r.score, "baseline_bleu": base, "delta": r.score - base, "p_value": r.p_value}
-        for (name, _), r in zip(named[1:], results[1:])
+        name: {
+            "bleu": r.score,
+            "baseline_bleu": base,
+            "delta": r.score - base,
+            "p_value": 1.0 if hyps == named[0][1] else r.p_value,
+        }
+        for (name, hyps), r in zip(named[1:], results[1:])
     }
 
 

@@ -65,7 +65,7 @@ from converge_logs import (  # noqa: E402, F401
     training_status,
     validation_curve,
 )
-from converge_plan import HEADLINE, NOTES, PLAN, PLANS, TABLES, USER_DIR, ordered_plan, result_path, work_dir  # noqa: E402
+from converge_plan import HEADLINES, NOTES, PLAN, PLANS, TABLES, USER_DIR, ordered_plan, result_path, work_dir  # noqa: E402
 from converge_tables import (  # noqa: E402, F401
     DIRICHLET_NOTE,
     aer_cell,
@@ -307,9 +307,11 @@ def main(argv=None):
     if opts.command == "table":
         text = table(opts.family)
         # scripts/readme_results.py copies these into the READMEs
-        outputs = {TABLES[opts.family]: text, NOTES[opts.family]: run_notes(opts.family)}
-        if opts.family == "lstm":
-            outputs[HEADLINE] = headline()
+        outputs = {
+            TABLES[opts.family]: text,
+            NOTES[opts.family]: run_notes(opts.family),
+            HEADLINES[opts.family]: headline(opts.family),
+        }
         for path, content in outputs.items():
             with open(path, "w") as f:
                 f.write(content)

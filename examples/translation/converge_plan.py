@@ -18,9 +18,31 @@ NOTES = {
     "lstm": os.path.join(HERE, "results", "converge-notes.md"),
     "transformer": os.path.join(HERE, "results", "converge-transformer-notes.md"),
 }
-# the compact table of the top-level README
-HEADLINE = os.path.join(HERE, "results", "converge-headline.md")
-HEADLINE_ROWS = ("soft", "soft-factored", "marginal", "elbo-enum", "elbo-reinforce", "elbo-gumbel", "hard-enum")
+# the compact tables of the top-level README, one per family, and the rows they show
+HEADLINES = {
+    "lstm": os.path.join(HERE, "results", "converge-headline.md"),
+    "transformer": os.path.join(HERE, "results", "converge-transformer-headline.md"),
+}
+HEADLINE_ROWS = {
+    "lstm": (
+        "soft",
+        "soft-factored",
+        "marginal",
+        "elbo-enum",
+        "elbo-reinforce",
+        "elbo-gumbel",
+        "hard-enum",
+        # the faster output layer's quality, next to the factored marginal it replaces
+        "marginal-shortlist",
+    ),
+    "transformer": (
+        "transformer",
+        "transformer-soft",
+        "transformer-marginal",
+        "transformer-elbo-enum",
+        "transformer-elbo-reinforce",
+    ),
+}
 CURVES = {
     "lstm": os.path.join(HERE, "results", "converge-curves.png"),
     "transformer": os.path.join(HERE, "results", "converge-transformer-curves.png"),

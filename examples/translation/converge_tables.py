@@ -223,32 +223,58 @@ def welch_p(a, b):
     return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
-def headline():
-    """The top-level README's table: the main rows against soft attention, with
-    Welch t-test p-values over seeds for test PPL and BLEU."""
-    rows = finished("lstm")
-    soft = [r for r in rows if r["variant"] == "soft"]
+def headline(family="lstm"):
+    """A top-level README table: the family's main rows against its baseline.
+    Test PPL's p is Welch's t-test over seeds ("-" below 2 seeds a side); BLEU's
+    is Welch's for the LSTM (whose early runs did not keep their translations)
+    and sacreBLEU's paired bootstrap seed by seed for the Transformer."""
+    rows = finished(family)
+    baseline = BASELINE[family]
+    base = [r for r in rows if r["variant"] == baseline]
+    paired = family != "lstm"
+    p_values = bleu_p_values(rows, baseline) if paired else {}
+    # the Transformer's table starts with fairseq's own model
+    arch = "`varattn_lstm`" if family == "lstm" else "model"
+    bleu_p = "p (paired bootstrap, per seed)" if paired else "p"
     lines = [
-        "| `varattn_lstm` | seeds | test PPL | p | sacreBLEU | p | AER of its alignment |",
+        f"| {arch} | seeds | test PPL | p | sacreBLEU | {bleu_p} | AER of its alignment |",
         "|---|---|---|---|---|---|---|",
     ]
-    for name in HEADLINE_ROWS:
+    for name in HEADLINE_ROWS[family]:
         runs = [r for r in rows if r["variant"] == name]
         if not runs:
             continue
-        cells = [name, str(len(runs))]
-        for key, fmt in (("test_ppl", ".2f"), ("test_bleu", ".2f")):
-            cells.append(mean_spread([r[key] for r in runs], fmt))
-            p = None if name == "soft" else welch_p([r[key] for r in runs], [r[key] for r in soft])
+        label = "fairseq's `transformer`" if name == "transformer" else name
+        cells = [label, str(len(runs)), mean_spread([r["test_ppl"] for r in runs], ".2f")]
+        p = None if name == baseline else welch_p([r["test_ppl"] for r in runs], [r["test_ppl"] for r in base])
+        cells.append("-" if p is None else f"{p:.3f}")
+        cells.append(mean_spread([r["test_bleu"] for r in runs], ".2f"))
+        if paired:
+            cells.append(p_cell(p_values, name, runs))
+        else:
+            p = None if name == baseline else welch_p([r["test_bleu"] for r in runs], [r["test_bleu"] for r in base])
             cells.append("-" if p is None else f"{p:.3f}")
-        aer_key = "aer_soft" if name.startswith("soft") else "aer_posterior_exact"
-        what = "soft attention" if name.startswith("soft") else "exact posterior"
-        cells.append(f"{mean_spread([r.get(aer_key) for r in runs], '.3f')} ({what})")
+        # soft attention and fairseq's cross-attention show their attention; latent rows the exact posterior
+        latent = any(r.get("aer_posterior_exact") is not None for r in runs)
+        aer_key, what = ("aer_posterior_exact", "exact posterior") if latent else ("aer_soft", "soft attention")
+        if name == "transformer":
+            what = "its last layer's cross-attention, averaged over heads"
+        cells.append(f"{aer_cell(runs, aer_key, '.3f')} ({what})")
         lines.append("| " + " | ".join(cells) + " |")
+    if len(lines) == 2:
+        return "No finished runs yet.\n"
+    if paired:
+        how = (
+            f'p: Welch\'s t-test over seeds of test PPL against {baseline} ("-" below 2 seeds a side) and '
+            f"sacreBLEU's paired bootstrap of each seed's BLEU against {baseline} with the same seed"
+        )
+    else:
+        how = f"p: Welch's t-test over seeds against {baseline}"
+    command = "converge.py table" + ("" if family == "lstm" else f" --family {family}")
     return (
         "Multi30k De-En, trained to convergence (early stopping on valid PPL), mean ± std over seeds; "
-        f"p: Welch's t-test over seeds against soft attention; {gold_phrase(rows)}.  "
-        "All rows and columns: `examples/translation/README.md`.\n\n" + "\n".join(lines) + "\n"
+        f"{how}; {gold_phrase(rows)}.  All rows and columns: `examples/translation/README.md` "
+        f"(`{command}`).\n\n" + "\n".join(lines) + "\n"
     )
 
 
