@@ -689,3 +689,27 @@ def test_every_ablation_names_its_output_layer_and_pins_q_options():
             assert options[options.index("--inference-annotations") + 1] == "trained", name
         if "--estimator" in options and options[options.index("--estimator") + 1] == "reinforce":
             assert "--train-baseline" in options, name
+
+
+def test_screen_table_sets_each_row_beside_its_full_corpus_result(tmp_path, monkeypatch):
+    """screen.py's table: mean over a row's seeds of the quarter-corpus
+    results, beside the same row's converged full-corpus test PPL, so a
+    screen is read against the runs it is meant to predict."""
+    screen = example_module("screen")
+    screened, full = tmp_path / "screen", tmp_path / "converge"
+    screened.mkdir()
+    full.mkdir()
+    monkeypatch.setattr(screen, "RESULTS", str(screened))
+    monkeypatch.setattr(screen.converge_plan, "RESULTS", str(full))
+    common = {"train_pairs": 7250, "date": "2026-12-07", "machine": "x86_64 x2", "commit": "abc"}
+    for name, seed, ppl in (("marginal", 1, 8.0), ("marginal", 2, 9.0), ("marginal-r32", 1, 10.0)):
+        row = {"variant": name, "seed": seed, "test_ppl": ppl, "valid_ppl_training": ppl - 1, "best_epoch": 9}
+        row.update(epochs_run=12, train_seconds=1200.0 * seed, **common)
+        (screened / f"{name}-seed{seed}.json").write_text(json.dumps(row))
+    for seed, ppl in ((1, 4.7), (2, 4.9)):
+        (full / f"marginal-seed{seed}.json").write_text(json.dumps({"variant": "marginal", "test_ppl": ppl}))
+    (full / "soft-seed1.json").write_text(json.dumps({"variant": "soft", "test_ppl": 5.5}))
+    text = screen.table()
+    assert "| marginal | 1,2 | 7.50 ± 0.71 | 8.50 ± 0.71 | 9 ± 0 | 12 ± 0 | 30 ± 14 | 4.80 ± 0.14 |" in text, text
+    assert "| marginal-r32 | 1 | 9.00 | 10.00 | 9 | 12 | 20 | - |" in text, text
+    assert "the first 7250 training pairs" in text

@@ -47,18 +47,22 @@ def run(cmd, log_path, env, cwd=None, append=False):
     return text
 
 
-def prepare_multi30k(out, log_path, env, vocab_size=None):
-    """The shipped Multi30k prepared into ``out`` (``varattn_tools.prepare``)
-    unless ``out/bin`` already has its dictionaries; returns ``out/bin``."""
+def prepare_multi30k(out, log_path, env, vocab_size=None, train_limit=0):
+    """The shipped Multi30k prepared into ``out`` (``varattn_tools.prepare``;
+    only its first ``train_limit`` training pairs if given) unless ``out/bin``
+    already has its dictionaries; returns ``out/bin``."""
     data = os.path.join(out, "bin")
     if os.path.isfile(os.path.join(data, "dict.en.txt")):
         return data
     what = f"sentencepiece {vocab_size} joint vocabulary" if vocab_size else "varattn-prepare's defaults"
+    if train_limit:
+        what += f", the first {train_limit} training pairs"
     print(f"== preparing data/multi30k -> {out} ({what})", flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
     raw = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "multi30k")
     cmd = [sys.executable, "-m", "varattn_tools.prepare", "--raw-dir", raw, "--out", out]
-    run(cmd + (["--vocab-size", str(vocab_size)] if vocab_size else []), log_path, env)
+    cmd += ["--vocab-size", str(vocab_size)] if vocab_size else []
+    run(cmd + (["--train-limit", str(train_limit)] if train_limit else []), log_path, env)
     return data
 
 
