@@ -332,10 +332,20 @@ def test_runs_stopped_by_a_lower_epoch_cap_resume_and_runs_stopped_by_patience_d
     assert converge.parse_training(cases["resumed after the cap, then patience"][0])["epochs_run"] == 35
 
 
-def test_status_says_where_each_run_stands(tmp_path):
+def test_status_says_where_each_run_stands(tmp_path, monkeypatch):
     converge = _converge_module()
     opts = argparse.Namespace(work=str(tmp_path))
+    assert converge.progress("soft", 99, opts).startswith("soft seed 99: not started")
+    # how long a finished seed of the row trained, to plan a run into a machine's time
+    monkeypatch.setattr(converge.plan, "RESULTS", str(tmp_path / "results"))
+    (tmp_path / "results").mkdir()
     assert converge.progress("soft", 99, opts) == "soft seed 99: not started"
+    (tmp_path / "results" / "soft-seed2.json").write_text(
+        json.dumps({"variant": "soft", "seed": 2, "train_seconds": 9000})
+    )
+    assert converge.progress("soft", 99, opts) == (
+        "soft seed 99: not started (seed 2 trained for 2.5 h, sharing the cores with other work)"
+    )
     (tmp_path / "soft-seed99").mkdir()
     (tmp_path / "soft-seed99" / "train.log").write_text("\n".join(_epoch_lines(1, 7)[:-1]))
     assert converge.progress("soft", 99, opts).startswith(

@@ -238,7 +238,19 @@ def progress(name, seed, opts):
             else "training or interrupted"
         )
         return f"{name} seed {seed}: {state}, {last} (in {work_dir(opts, name, seed)})"
-    return f"{name} seed {seed}: not started"
+    return f"{name} seed {seed}: not started{expected_time(name)}"
+
+
+def expected_time(name):
+    """How long the row's finished seeds trained, to plan a run into the time
+    a machine is held: ", seeds 1 trained for 6.9 h", or "" if none recorded it."""
+    done = [json.load(open(result_path(name, s))) for s in PLAN[name] if os.path.isfile(result_path(name, s))]
+    timed = [r for r in done if r.get("train_seconds")]
+    if not timed:
+        return ""
+    seeds = ", ".join(str(r["seed"]) for r in timed)
+    hours = ", ".join(f"{r['train_seconds'] / 3600:.1f}" for r in timed)
+    return f" (seed {seeds} trained for {hours} h, sharing the cores with other work)"
 
 
 def realign(name, seed, opts, env):
