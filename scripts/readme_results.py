@@ -21,6 +21,7 @@ SOURCES = {
     "headline-transformer": os.path.join(RESULTS, "converge-transformer-headline.md"),  # ... --family transformer
     "demo": os.path.join(RESULTS, "demo.md"),  # scripts/demo.sh (its runs/demo/result.md)
     "converge-transformer": os.path.join(RESULTS, "converge-transformer.md"),  # --family transformer
+    "screen": os.path.join(RESULTS, "screen.md"),  # screen.py table
     "transformer-4epochs": os.path.join(RESULTS, "transformer-4epochs", "table.md"),  # budget.py table
     "transformer-diagnosis": os.path.join(RESULTS, "transformer-diagnosis.md"),  # diagnose.py
     "ablate": os.path.join(RESULTS, "ablate.md"),  # ablate.py
