@@ -2,14 +2,15 @@
 used by converge.py, reproduce.py, ablate.py (each ablation is a row plus
 its change), the benchmarks and the epoch timer.
 
-A row name is ``[transformer-]VARIANT[-joint|-factored|-shortlist][-rR][-topK][-qattn][-qbilinear][-warmup|-centred]``:
+A row name is
+``[transformer-]VARIANT[-joint|-factored|-shortlist[K]][-rR][-topK][-qattn][-qbilinear][-warmup|-centred]``:
 ``transformer`` alone is fairseq's own Transformer (and, in the benchmarks,
 ``lstm`` fairseq's own LSTM); ``transformer-VARIANT`` is ``varattn_transformer``
 with a variant of ``varattn_tools/variants.py``; ``VARIANT`` alone is
 ``varattn_lstm``.  Suffixes select options within the variant: the output
 layer where it is not the family's default (``-factored`` for the LSTM's
 soft attention, ``-joint`` for a latent variant or a Transformer row),
-``-shortlist`` (``--output-layer shortlist``), ``-rR``
+``-shortlist`` (``--output-layer shortlist``; ``-shortlistK`` with ``--shortlist-size K``), ``-rR``
 (``--factored-source-rank R``), ``-topK`` (``--alignment-topk K``),
 ``-qattn`` (``--inference-network transformer``: q reads the target with one
 self-attention layer instead of a BiLSTM), ``-qbilinear`` (``--inference-score
@@ -66,7 +67,7 @@ ROW_OPTIONS = {"rws-warmup": ["--marginal-warmup-updates", "546"], "rws-centred"
 TRANSFORMER = "transformer"
 #: fairseq's own models: "transformer" trains in the converged comparison, both in the benchmarks
 FAIRSEQ_MODELS = ("lstm", TRANSFORMER)
-_SUFFIX = re.compile(r"-(joint|factored|shortlist|r\d+|top\d+|qattn|qbilinear|warmup|centred)$")
+_SUFFIX = re.compile(r"-(joint|factored|shortlist\d*|r\d+|top\d+|qattn|qbilinear|warmup|centred)$")
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,8 @@ class Row:
     layer: Optional[str] = None
     source_rank: int = 0
     topk: int = 0
+    #: -shortlistK: --shortlist-size K; 0: the layer's default
+    shortlist_size: int = 0
     #: -warmup / -centred: the options of ROW_OPTIONS
     named: Optional[str] = None
     #: -qbilinear: q's scores ``general`` (--inference-score); None: the prior's kind
@@ -112,6 +115,8 @@ class Row:
         out = variant_model_overrides(self.variant, self.q_network or inference_network, factored=self.factored)
         if self.layer == "shortlist":
             out["output_layer"] = "shortlist"
+        if self.shortlist_size:
+            out["shortlist_size"] = self.shortlist_size
         if self.source_rank:
             out["factored_source_rank"] = self.source_rank
         if self.topk:
@@ -126,6 +131,7 @@ class Row:
         q_network = self.q_network or "birnn"
         if self.layer == "shortlist":
             out = variant_options(self.variant, q_network) + ["--output-layer", "shortlist"]
+            out += ["--shortlist-size", str(self.shortlist_size)] if self.shortlist_size else []
         else:
             factored = None if self.layer is None and self.transformer else self.factored
             out = variant_options(self.variant, q_network, factored=factored)
@@ -150,7 +156,7 @@ def parse(name: str) -> Row:
         suffix = m.group(1)
         kind = (
             "layer"
-            if suffix in ("joint", "factored", "shortlist")
+            if suffix in ("joint", "factored") or suffix.startswith("shortlist")
             else "named"
             if suffix in ("warmup", "centred")
             else "q"
@@ -168,7 +174,8 @@ def parse(name: str) -> Row:
         name,
         transformer,
         rest,
-        layer=found.get("layer"),
+        layer="shortlist" if found.get("layer", "").startswith("shortlist") else found.get("layer"),
+        shortlist_size=int(found["layer"][len("shortlist") :] or 0) if "layer" in found else 0,
         source_rank=int(found["r"][1:]) if "r" in found else 0,
         topk=int(found["t"][3:]) if "t" in found else 0,
         named=found.get("named"),
