@@ -709,6 +709,8 @@ def test_screen_table_sets_each_row_beside_its_full_corpus_result(tmp_path, monk
     screened, full = tmp_path / "screen", tmp_path / "converge"
     screened.mkdir()
     full.mkdir()
+    monkeypatch.setattr(screen, "RESULTS", str(tmp_path / "none yet"))
+    assert screen.table() == "No screen has finished yet.\n"
     monkeypatch.setattr(screen, "RESULTS", str(screened))
     monkeypatch.setattr(screen.converge_plan, "RESULTS", str(full))
     common = {"train_pairs": 7250, "date": "2026-12-07", "machine": "x86_64 x2", "commit": "abc"}

@@ -125,9 +125,10 @@ def full_corpus(name):
 
 
 def table():
-    rows = [json.load(open(os.path.join(RESULTS, f))) for f in sorted(os.listdir(RESULTS)) if f.endswith(".json")]
+    names = sorted(os.listdir(RESULTS)) if os.path.isdir(RESULTS) else []
+    rows = [json.load(open(os.path.join(RESULTS, f))) for f in names if f.endswith(".json")]
     if not rows:
-        return "No finished runs yet.\n"
+        return "No screen has finished yet.\n"
     lines = [
         "| row | seeds | valid PPL | test PPL | best epoch | epochs run | minutes | full-corpus test PPL |",
         "|---|---|---|---|---|---|---|---|",
