@@ -170,12 +170,15 @@ def parse(name: str) -> Row:
         found[kind] = suffix
         rest = rest[: m.start()]
     get_variant(rest)  # KeyError for an unknown variant
+    layer, shortlist_size = found.get("layer"), 0
+    if layer is not None and layer.startswith("shortlist"):
+        layer, shortlist_size = "shortlist", int(layer[len("shortlist") :] or 0)
     row = Row(
         name,
         transformer,
         rest,
-        layer="shortlist" if found.get("layer", "").startswith("shortlist") else found.get("layer"),
-        shortlist_size=int(found["layer"][len("shortlist") :] or 0) if "layer" in found else 0,
+        layer=layer,
+        shortlist_size=shortlist_size,
         source_rank=int(found["r"][1:]) if "r" in found else 0,
         topk=int(found["t"][3:]) if "t" in found else 0,
         named=found.get("named"),

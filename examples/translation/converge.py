@@ -65,7 +65,7 @@ from converge_logs import (  # noqa: E402, F401
     training_status,
     validation_curve,
 )
-from converge_plan import HEADLINES, NOTES, PLAN, PLANS, TABLES, USER_DIR, ordered_plan, result_path, work_dir  # noqa: E402
+from converge_plan import HEADLINES, NOTES, PLAN, PLANS, TABLES, ordered_plan, result_path, work_dir  # noqa: E402
 from converge_tables import (  # noqa: E402, F401
     DIRICHLET_NOTE,
     aer_cell,
@@ -78,7 +78,7 @@ from converge_tables import (  # noqa: E402, F401
     table,
 )
 
-from varattn_tools.experiments import TRAIN_LOGGING, cpu_env, machine, prepare_multi30k, run  # noqa: E402
+from varattn_tools.experiments import cpu_env, machine, prepare_multi30k, run  # noqa: E402
 from varattn_tools.fairseq_log import validations  # noqa: E402
 from varattn_tools.resume_train import invocations, training_seconds  # noqa: E402
 from varattn_tools.rows import MAX_EPOCH, PATIENCE, epoch_cap, is_latent, output_layer, train_options  # noqa: E402, F401
@@ -131,23 +131,7 @@ def train_and_evaluate(name, seed, opts, env):
             )
         return previous
     os.makedirs(work, exist_ok=True)
-    common = [opts.data, "--user-dir", USER_DIR]
-    # resume_train is fairseq-train whose --patience counter survives a resume (it reads it from the log)
-    cmd = [
-        sys.executable,
-        "-m",
-        "varattn_tools.resume_train",
-        "--log",
-        log,
-        "--",
-        *common,
-        *train_options(name),
-        "--seed",
-        str(seed),
-        *TRAIN_LOGGING,
-        "--save-dir",
-        work,
-    ]
+    cmd, train_cmd = plan.train_command(opts.data, name, seed, work)
     start = time.time()
     # early stopping is not saved in checkpoints: a run stopped by patience is not resumed
     resumed_from = max(validations(text), default=0)
@@ -162,7 +146,7 @@ def train_and_evaluate(name, seed, opts, env):
         "variant": name,
         "seed": seed,
         "output_layer": output_layer(name),
-        "train_cmd": " ".join(["fairseq-train", *cmd[cmd.index("--") + 1 :]]),
+        "train_cmd": train_cmd,
         **parse_training(text),
         "stopped_by": training_status(text),
         "max_epoch": cap,

@@ -2,6 +2,10 @@
 checkpoints, results, tables and figures live."""
 
 import os
+import sys
+
+from varattn_tools.experiments import TRAIN_LOGGING
+from varattn_tools.rows import train_options
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -102,3 +106,27 @@ def result_path(name, seed):
 def work_dir(opts, name, seed):
     """The run's checkpoints and logs."""
     return os.path.join(opts.work, f"{name}-seed{seed}")
+
+
+def train_command(data, name, seed, work):
+    """(the command that trains a row into ``work``, the fairseq-train line its
+    result records).  It runs varattn_tools.resume_train: fairseq-train whose
+    --patience counter survives a resume (read back from ``work/train.log``)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "varattn_tools.resume_train",
+        "--log",
+        os.path.join(work, "train.log"),
+        "--",
+        data,
+        "--user-dir",
+        USER_DIR,
+        *train_options(name),
+        "--seed",
+        str(seed),
+        *TRAIN_LOGGING,
+        "--save-dir",
+        work,
+    ]
+    return cmd, " ".join(["fairseq-train", *cmd[cmd.index("--") + 1 :]])

@@ -103,17 +103,14 @@ def aer_cell(runs, key, fmt):
     return f"{format(runs[0][key], fmt)} [{format(low, fmt)}, {format(high, fmt)}]"
 
 
+def load_results(folder):
+    """Every result JSON in ``folder``, in file-name order (none if it does not exist yet)."""
+    names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    return [json.load(open(os.path.join(folder, f))) for f in names if f.endswith(".json")]
+
+
 def finished(family):
-    rows = (
-        [
-            json.load(open(os.path.join(plan.RESULTS, f)))
-            for f in sorted(os.listdir(plan.RESULTS))
-            if f.endswith(".json")
-        ]
-        if os.path.isdir(plan.RESULTS)
-        else []
-    )
-    return [r for r in rows if r["variant"] in PLANS[family]]
+    return [r for r in load_results(plan.RESULTS) if r["variant"] in PLANS[family]]
 
 
 def table(family="lstm"):
@@ -245,15 +242,14 @@ def headline(family="lstm"):
         if not runs:
             continue
         label = "fairseq's `transformer`" if name == "transformer" else name
-        cells = [label, str(len(runs)), mean_spread([r["test_ppl"] for r in runs], ".2f")]
-        p = None if name == baseline else welch_p([r["test_ppl"] for r in runs], [r["test_ppl"] for r in base])
-        cells.append("-" if p is None else f"{p:.3f}")
+
+        def welch_cell(key):
+            p = None if name == baseline else welch_p([r[key] for r in runs], [r[key] for r in base])
+            return "-" if p is None else f"{p:.3f}"
+
+        cells = [label, str(len(runs)), mean_spread([r["test_ppl"] for r in runs], ".2f"), welch_cell("test_ppl")]
         cells.append(mean_spread([r["test_bleu"] for r in runs], ".2f"))
-        if paired:
-            cells.append(p_cell(p_values, name, runs))
-        else:
-            p = None if name == baseline else welch_p([r["test_bleu"] for r in runs], [r["test_bleu"] for r in base])
-            cells.append("-" if p is None else f"{p:.3f}")
+        cells.append(p_cell(p_values, name, runs) if paired else welch_cell("test_bleu"))
         # soft attention and fairseq's cross-attention show their attention; latent rows the exact posterior
         latent = any(r.get("aer_posterior_exact") is not None for r in runs)
         aer_key, what = ("aer_posterior_exact", "exact posterior") if latent else ("aer_soft", "soft attention")

@@ -31,9 +31,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import converge_plan  # noqa: E402
 from converge_logs import needs_training, parse_training, training_status  # noqa: E402
+from converge_tables import load_results  # noqa: E402
 
 from varattn_tools.experiments import (  # noqa: E402
-    TRAIN_LOGGING,
     cpu_env,
     git_commit,
     machine,
@@ -44,7 +44,7 @@ from varattn_tools.experiments import (  # noqa: E402
     validate_command,
 )
 from varattn_tools.resume_train import training_seconds  # noqa: E402
-from varattn_tools.rows import MAX_EPOCH, train_options  # noqa: E402
+from varattn_tools.rows import MAX_EPOCH  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results", "screen")
@@ -66,23 +66,7 @@ def train_and_evaluate(name, seed, opts, env):
     os.makedirs(work, exist_ok=True)
     log = os.path.join(work, "train.log")
     text = open(log).read() if os.path.isfile(log) else ""
-    cmd = [
-        sys.executable,
-        "-m",
-        "varattn_tools.resume_train",
-        "--log",
-        log,
-        "--",
-        opts.data,
-        "--user-dir",
-        converge_plan.USER_DIR,
-        *train_options(name),
-        "--seed",
-        str(seed),
-        *TRAIN_LOGGING,
-        "--save-dir",
-        work,
-    ]
+    cmd, train_cmd = converge_plan.train_command(opts.data, name, seed, work)
     start = time.time()
     if not text or needs_training(text, MAX_EPOCH):
         print(f"== {name} seed {seed}: training in {work}", flush=True)
@@ -99,7 +83,7 @@ def train_and_evaluate(name, seed, opts, env):
         "variant": name,
         "seed": seed,
         "train_pairs": TRAIN_PAIRS,
-        "train_cmd": " ".join(["fairseq-train", *cmd[cmd.index("--") + 1 :]]),
+        "train_cmd": train_cmd,
         **parse_training(text),
         "stopped_by": training_status(text),
         "train_seconds": training_seconds(text),
@@ -119,14 +103,12 @@ def train_and_evaluate(name, seed, opts, env):
 
 def full_corpus(name):
     """The converged full-corpus test PPLs of a row (converge.py's results)."""
-    folder = converge_plan.RESULTS
-    rows = [json.load(open(os.path.join(folder, f))) for f in sorted(os.listdir(folder)) if f.endswith(".json")]
+    rows = load_results(converge_plan.RESULTS)
     return [r["test_ppl"] for r in rows if r["variant"] == name and r.get("test_ppl") is not None]
 
 
 def table():
-    names = sorted(os.listdir(RESULTS)) if os.path.isdir(RESULTS) else []
-    rows = [json.load(open(os.path.join(RESULTS, f))) for f in names if f.endswith(".json")]
+    rows = load_results(RESULTS)
     if not rows:
         return "No screen has finished yet.\n"
     lines = [
