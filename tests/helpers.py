@@ -54,7 +54,7 @@ def build_model(attention="categorical", inference_network="none", seed=0, dropo
     # defaults have tests of their own in test_model.py)
     overrides.setdefault("output_layer", "joint")
     overrides.setdefault("output_activation", "tanh")
-    if overrides["output_layer"] == "shortlist":
+    if overrides["output_layer"] in ("shortlist", "sentence-shortlist"):
         overrides.setdefault("shortlist_size", 4)  # of 13 words
     if arch == "lstm":
         args = argparse.Namespace(
@@ -87,7 +87,7 @@ def build_model(attention="categorical", inference_network="none", seed=0, dropo
         varattn_transformer_tiny(args)
         model = VarAttnTransformerModel.build_model(args, FakeTask(d, d))
     head = model.alignment_head
-    if head.output_layer_kind == "shortlist":  # no corpus here: a stand-in lexical table
+    if head.output_layer_kind in ("shortlist", "sentence-shortlist"):  # no corpus here: a stand-in table
         head.output.set_table(spread_table(len(d), head.output.shortlist.size(1), d))
     model.eval()
     return model, d

@@ -22,7 +22,7 @@ from fairseq_varattn.criterions.marginal import MarginalCriterion
 from fairseq_varattn.criterions.rws import RwsCriterion
 from fairseq_varattn.modules.alignment import CategoricalAlignment
 
-OUTPUT_LAYERS = ["joint", "factored", "shortlist"]
+OUTPUT_LAYERS = ["joint", "factored", "shortlist", "sentence-shortlist"]
 
 
 def _sharp_scores(phase, amplitude=6.0):

@@ -262,7 +262,13 @@ def test_source_cache_groups_beam_copies_and_drops_finished_sentences():
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize(
     "attention,output_layer",
-    [("soft", "factored"), ("categorical", "factored"), ("dirichlet", "factored"), ("categorical", "shortlist")],
+    [
+        ("soft", "factored"),
+        ("categorical", "factored"),
+        ("dirichlet", "factored"),
+        ("categorical", "shortlist"),
+        ("categorical", "sentence-shortlist"),
+    ],
 )
 def test_factored_model_incremental_equals_full_under_beam_reordering(attention, output_layer, arch):
     """Both layers with a per-sentence source cache (``SourceLogitsCache``)."""

@@ -31,7 +31,7 @@ def _sample_for(src, src_lengths, hypotheses, d):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("output_layer", ["joint", "factored", "shortlist"])
+@pytest.mark.parametrize("output_layer", ["joint", "factored", "shortlist", "sentence-shortlist"])
 def test_beam_scores_equal_score_reference_and_validation_nll(output_layer, arch):
     """The score beam search gives a hypothesis (incremental decoding, beam
     reordering, the per-sentence cache of the factored layer) equals what

@@ -48,7 +48,12 @@ def _run(name, arch, dtype, output_layer=None):
     "name, arch, layer",
     [(name, arch, None) for arch in ("lstm", "transformer") for name in LATENT]
     # the shortlist layer: its enumeration, its pooled context path (baseline, relaxed samples)
-    + [(name, "lstm", "shortlist") for name in ("marginal", "elbo-reinforce", "elbo-gumbel", "dirichlet")],
+    + [(name, "lstm", "shortlist") for name in ("marginal", "elbo-reinforce", "elbo-gumbel", "dirichlet")]
+    # the sentence-shortlist layer: its enumeration, its pooled path at (B, N, M, T) weights.
+    # Not elbo-reinforce: bfloat16's q draws other samples than float32's for this
+    # model's seed (gradient cosine 0.71; 0.997-0.999 at 4 of 6 other seeds, and the
+    # factored and shortlist layers dip to 0.81 at those seeds as well)
+    + [(name, "lstm", "sentence-shortlist") for name in ("marginal", "elbo-gumbel")],
 )
 def test_half_precision_agrees_with_float32(name, arch, layer):
     reference, ref_log, ref_grad = _run(name, arch, torch.float32, layer)

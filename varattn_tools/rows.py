@@ -3,14 +3,15 @@ used by converge.py, reproduce.py, ablate.py (each ablation is a row plus
 its change), the benchmarks and the epoch timer.
 
 A row name is
-``[transformer-]VARIANT[-joint|-factored|-shortlist[K]][-rR][-topK][-qattn][-qbilinear][-warmup|-centred]``:
+``[transformer-]VARIANT[-joint|-factored|-shortlist[K]|-sentence[K]][-rR][-topK][-qattn][-qbilinear][-warmup|-centred]``:
 ``transformer`` alone is fairseq's own Transformer (and, in the benchmarks,
 ``lstm`` fairseq's own LSTM); ``transformer-VARIANT`` is ``varattn_transformer``
 with a variant of ``varattn_tools/variants.py``; ``VARIANT`` alone is
 ``varattn_lstm``.  Suffixes select options within the variant: the output
 layer where it is not the family's default (``-factored`` for the LSTM's
 soft attention, ``-joint`` for a latent variant or a Transformer row),
-``-shortlist`` (``--output-layer shortlist``; ``-shortlistK`` with ``--shortlist-size K``), ``-rR``
+``-shortlist`` (``--output-layer shortlist``; ``-shortlistK`` with ``--shortlist-size K``),
+``-sentence`` (``--output-layer sentence-shortlist``; ``-sentenceK`` likewise), ``-rR``
 (``--factored-source-rank R``), ``-topK`` (``--alignment-topk K``),
 ``-qattn`` (``--inference-network transformer``: q reads the target with one
 self-attention layer instead of a BiLSTM), ``-qbilinear`` (``--inference-score
@@ -65,9 +66,12 @@ LSTM_Q_OPTIONS = ["--latent-warmup", "off", "--inference-annotations", "trained"
 # "Why reweighted wake-sleep collapses").
 ROW_OPTIONS = {"rws-warmup": ["--marginal-warmup-updates", "546"], "rws-centred": ["--centred-weights"]}
 TRANSFORMER = "transformer"
+#: the output layers that read a lexical table, and their suffixes in row names
+SHORTLIST_LAYERS = {"shortlist": "shortlist", "sentence-shortlist": "sentence"}
+SHORTLIST_LAYERS_BY_SUFFIX = {suffix: layer for layer, suffix in SHORTLIST_LAYERS.items()}
 #: fairseq's own models: "transformer" trains in the converged comparison, both in the benchmarks
 FAIRSEQ_MODELS = ("lstm", TRANSFORMER)
-_SUFFIX = re.compile(r"-(joint|factored|shortlist\d*|r\d+|top\d+|qattn|qbilinear|warmup|centred)$")
+_SUFFIX = re.compile(r"-(joint|factored|shortlist\d*|sentence\d*|r\d+|top\d+|qattn|qbilinear|warmup|centred)$")
 
 
 @dataclass(frozen=True)
@@ -79,11 +83,11 @@ class Row:
     transformer: bool
     #: a variant of varattn_tools/variants.py; None for fairseq's own model
     variant: Optional[str]
-    #: "joint", "factored" or "shortlist" where the name says so, else None: the family's default
+    #: "joint", "factored", "shortlist" or "sentence-shortlist" where the name says so, else None: the family's default
     layer: Optional[str] = None
     source_rank: int = 0
     topk: int = 0
-    #: -shortlistK: --shortlist-size K; 0: the layer's default
+    #: -shortlistK, -sentenceK: --shortlist-size K; 0: the layer's default
     shortlist_size: int = 0
     #: -warmup / -centred: the options of ROW_OPTIONS
     named: Optional[str] = None
@@ -113,8 +117,8 @@ class Row:
         """The model's args of this row (benchmarks build models from them in Python);
         ``-qattn`` overrides ``inference_network``."""
         out = variant_model_overrides(self.variant, self.q_network or inference_network, factored=self.factored)
-        if self.layer == "shortlist":
-            out["output_layer"] = "shortlist"
+        if self.layer in SHORTLIST_LAYERS:
+            out["output_layer"] = self.layer
         if self.shortlist_size:
             out["shortlist_size"] = self.shortlist_size
         if self.source_rank:
@@ -129,8 +133,8 @@ class Row:
         """The fairseq-train options of the variant and its layer, rank and top-k suffixes
         (no preset, no ``ROW_OPTIONS``)."""
         q_network = self.q_network or "birnn"
-        if self.layer == "shortlist":
-            out = variant_options(self.variant, q_network) + ["--output-layer", "shortlist"]
+        if self.layer in SHORTLIST_LAYERS:
+            out = variant_options(self.variant, q_network) + ["--output-layer", self.layer]
             out += ["--shortlist-size", str(self.shortlist_size)] if self.shortlist_size else []
         else:
             factored = None if self.layer is None and self.transformer else self.factored
@@ -156,7 +160,7 @@ def parse(name: str) -> Row:
         suffix = m.group(1)
         kind = (
             "layer"
-            if suffix in ("joint", "factored") or suffix.startswith("shortlist")
+            if suffix in ("joint", "factored") or suffix.rstrip("0123456789") in SHORTLIST_LAYERS.values()
             else "named"
             if suffix in ("warmup", "centred")
             else "q"
@@ -171,8 +175,9 @@ def parse(name: str) -> Row:
         rest = rest[: m.start()]
     get_variant(rest)  # KeyError for an unknown variant
     layer, shortlist_size = found.get("layer"), 0
-    if layer is not None and layer.startswith("shortlist"):
-        layer, shortlist_size = "shortlist", int(layer[len("shortlist") :] or 0)
+    if layer is not None and layer.rstrip("0123456789") in SHORTLIST_LAYERS.values():
+        stem = layer.rstrip("0123456789")
+        layer, shortlist_size = SHORTLIST_LAYERS_BY_SUFFIX[stem], int(layer[len(stem) :] or 0)
     row = Row(
         name,
         transformer,

@@ -23,10 +23,11 @@ from .factored_output import FactoredOutputLayer
 from .output_base import OUTPUT_ACTIVATIONS
 from .output_layer import build_output_layer
 from .scorer import AttentionScorer
+from .sentence_shortlist import SentenceShortlistOutputLayer
 from .shortlist_output import ShortlistOutputLayer
 
 #: saved in checkpoints as an index (``output_layer_id``): append, never reorder
-OUTPUT_LAYERS = ("joint", "factored", "shortlist")
+OUTPUT_LAYERS = ("joint", "factored", "shortlist", "sentence-shortlist")
 #: --shortlist-size's default: candidates per source word type
 SHORTLIST_SIZE = 32
 ALIGNMENT_DROPOUTS = ("shared", "independent")
@@ -73,7 +74,8 @@ def add_alignment_args(parser, inference_networks, output_layers=OUTPUT_LAYERS):
                                  'alignment (the paper); factored: logits a(h_j) + b(x~_i), exact '
                                  'enumeration at about soft attention\'s cost; shortlist: b only on the '
                                  'K words each source word translates to most often (an IBM model 1 '
-                                 'table from the train split), cheaper still')
+                                 'table from the train split), cheaper still; sentence-shortlist: b on the '
+                                 'sentence\'s candidate words, each position raising or lowering any of them')
         parser.add_argument('--output-activation', choices=OUTPUT_ACTIVATIONS,
                             help='what the output layer applies to W_h h_j and W_c x~_i before W_o: '
                                  'tanh (the paper\'s; varattn_lstm\'s default) or linear '
@@ -83,7 +85,7 @@ def add_alignment_args(parser, inference_networks, output_layers=OUTPUT_LAYERS):
                             help='factored layer: b_i through a rank-R vocabulary matrix of its own '
                                  '(0, the default: through the decoder side\'s W_o)')
         parser.add_argument('--shortlist-size', type=int, metavar='K',
-                            help=f'shortlist layer: candidates per source word type (default {SHORTLIST_SIZE})')
+                            help=f'shortlist layers: candidates per source word type (default {SHORTLIST_SIZE})')
     # fmt: on
 
 
@@ -147,9 +149,10 @@ def check_alignment_args(args) -> None:
             "--alignment-dropout independent applies to the joint output layer; the "
             f"{args.output_layer} layer has no per-alignment features to drop (use shared)"
         )
-    if args.shortlist_size < 1 or (args.shortlist_size != SHORTLIST_SIZE and args.output_layer != "shortlist"):
+    shortlist = args.output_layer in ("shortlist", "sentence-shortlist")
+    if args.shortlist_size < 1 or (args.shortlist_size != SHORTLIST_SIZE and not shortlist):
         raise ValueError(
-            "--shortlist-size takes a size >= 1 for --output-layer shortlist "
+            "--shortlist-size takes a size >= 1 for --output-layer shortlist or sentence-shortlist "
             f"(got {args.shortlist_size} with --output-layer {args.output_layer})"
         )
 
@@ -246,6 +249,8 @@ class AlignmentHead(nn.Module):
 
     @property
     def output_layer_kind(self) -> str:
+        if isinstance(self.output, SentenceShortlistOutputLayer):
+            return "sentence-shortlist"
         if isinstance(self.output, ShortlistOutputLayer):
             return "shortlist"
         return "factored" if isinstance(self.output, FactoredOutputLayer) else "joint"

@@ -19,7 +19,11 @@ from torch.utils.checkpoint import checkpoint
 from .alignment import CategoricalAlignment
 from .factored_output import FactoredOutputLayer
 from .output_base import OutputLayerBase
+from .sentence_shortlist import SentenceShortlistOutputLayer
 from .shortlist_output import ShortlistOutputLayer
+
+# the layers that read the lexical table (modules/lexical.py)
+SHORTLIST_LAYERS = {"shortlist": ShortlistOutputLayer, "sentence-shortlist": SentenceShortlistOutputLayer}
 
 
 def gather_positions(values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -181,19 +185,19 @@ def build_output_layer(
     shortlist_size=0,
     pad=None,
 ):
-    """``--output-layer joint|factored|shortlist``: all have the same parameters
-    (but for the factored layer's optional low-rank source side); the
-    shortlist layer adds its lexical table, (source_vocab, shortlist_size)."""
+    """``--output-layer joint|factored|shortlist|sentence-shortlist``: all have
+    the same parameters (but for the factored layer's optional low-rank source
+    side); the shortlist layers add their lexical table, (source_vocab, shortlist_size)."""
     if kind == "joint":
         return AlignmentOutputLayer(
             hidden_dim, context_dim, embed_dim, vocab_size, dropout, chunk_size, shared_dropout, activation
         )
     if kind == "factored":
         return FactoredOutputLayer(hidden_dim, context_dim, embed_dim, vocab_size, dropout, source_rank, activation)
-    if kind == "shortlist":
+    if kind in SHORTLIST_LAYERS:
         if source_vocab is None or pad is None:
-            raise ValueError("--output-layer shortlist needs a source vocabulary (a translation model)")
-        return ShortlistOutputLayer(
+            raise ValueError(f"--output-layer {kind} needs a source vocabulary (a translation model)")
+        return SHORTLIST_LAYERS[kind](
             hidden_dim, context_dim, embed_dim, vocab_size, source_vocab, shortlist_size, pad, dropout, activation
         )
-    raise ValueError(f"unknown output layer {kind!r}; choose joint, factored or shortlist")
+    raise ValueError(f"unknown output layer {kind!r}; choose joint, factored, shortlist or sentence-shortlist")

@@ -1,0 +1,288 @@
+"""The sentence-shortlist output layer (``--output-layer sentence-shortlist``;
+docs/design.md, "Output layers").
+
+The shortlist layer lets source position i raise only its own word's K
+candidates S(x_i), and only raise them (c >= 0).  This layer lets every
+position move, up or down, any word of the sentence's candidate set
+U(x) = union_i S(x_i) (the same IBM model 1 table, ``modules/lexical.py``):
+
+    logit(j, i, v) = a_jv + c_iv,   c_iv = b_iv = W_o[v] . d(f(W_c x~_i)) for v in U(x), 0 otherwise.
+
+Since U is one set for the whole sentence, with R_j = sum_{v not in U} exp(a_jv),
+
+    L_ji = logsumexp_v(a_jv + c_iv) = log(R_j + sum_{u in U} exp(a_ju + b_iu))
+
+is the factored layer's normaliser over a reduced vocabulary of |U| + 1
+columns, a'_j = (a_jU, log R_j) and b'_i = (b_iU, 0): the gold likelihood,
+the mixture, their underflow handling and hand-written backward are the
+factored layer's own (``factored_output.py``) on a few hundred columns
+instead of V, and b costs T |U| D instead of T V D.  log R_j is a
+logsumexp over the words outside U, not Z_j minus the candidates' mass, so
+nothing cancels however much of a_j's mass U holds.  Words outside U (a
+token no source word of the sentence lists) are predicted by a_j alone, as
+the factored layer predicts them where b_i is flat.
+
+Context paths (soft attention, the REINFORCE baseline, relaxed samples) are
+the log-linear pool softmax(a_j + sum_i w_ji c_i), as in the shortlist layer:
+a (B, N, T) x (B, T, U) product scattered onto a_j.
+"""
+
+from functools import cached_property
+
+import torch
+import torch.nn.functional as F
+
+from . import factored_output as factored
+from .factored_output import SourceFactors, SourceLogitsCache, _float32
+from .shortlist_output import ShortlistOutputLayer
+
+
+def sentence_words(candidates: torch.Tensor, pad: int):
+    """The distinct candidate words of each sentence, candidates (B, T, K):
+    (words (B, U) ascending, then ``pad``; valid (B, U)), U the largest count
+    in the batch (at least 1).  Filler entries (``pad``) are not words."""
+    flat = candidates.flatten(1)
+    ordered = flat.sort(dim=-1).values
+    new = torch.ones_like(ordered, dtype=torch.bool)
+    new[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    new &= ordered.ne(pad)
+    count = new.sum(-1)
+    size = max(int(count.max()) if count.numel() else 0, 1)
+    # a second sort moves each distinct word to the front, in order
+    beyond = torch.iinfo(ordered.dtype).max
+    words = ordered.masked_fill(~new, beyond).sort(dim=-1).values[:, :size]
+    valid = torch.arange(size, device=flat.device).unsqueeze(0) < count.unsqueeze(1)
+    return words.masked_fill(~valid, pad), valid
+
+
+def selected_mask(words: torch.Tensor, valid: torch.Tensor, vocab: int) -> torch.Tensor:
+    """[v in U] for every word: (B, V)."""
+    mask = torch.zeros(words.size(0), vocab, dtype=torch.bool, device=words.device)
+    # invalid slots all hold pad, which is never in U: writing False there is harmless
+    return mask.scatter_(-1, words, valid)
+
+
+def _rows_of(x: torch.Tensor, n: int, extra: int = 0) -> torch.Tensor:
+    """A per-sentence (B, U) tensor viewed against (B, n, [1,] * extra, U)."""
+    return x.view(x.size(0), 1, *([1] * extra), x.size(-1)).expand(x.size(0), n, *([1] * extra), x.size(-1))
+
+
+# an outside sum below this (relative to the largest logit) is redone with the
+# outside words' own maximum: far above float32's smallest normal number
+UNDERFLOW = 1e-30
+
+
+class _ReducedDecoder(torch.autograd.Function):
+    """a'_j = (a_jU, log R_j) and the gold logit a_{j,y_j}, with one (B, N, V)
+    tensor saved and one written backward.  Autograd's graph of the same
+    (a masked copy for the logsumexp, two gathers) saves the masked copy and
+    builds three vocabulary-sized gradients backward, which cost a sentence
+    row twice soft attention's backward (benchmarks/README.md, "The
+    sentence-shortlist layer").
+
+    log R_j = m_j + log s_j with s_j = sum_{v not in U} exp(a_jv - m_j) and
+    m_j = max_v a_jv; e = exp(a - m) at the outside words, 0 in U, is kept
+    for the backward: d log R_j / d a_jv = e_jv / s_j.  Rows whose outside
+    mass underflows next to m_j (U holds all but e^-69 of it) are redone
+    with the outside words' own maximum."""
+
+    @staticmethod
+    def forward(ctx, a, index, valid, in_u, target):
+        m = a.amax(-1, keepdim=True)
+        e = (a - m).exp_().masked_fill_(in_u, 0.0)
+        s = e.sum(-1, keepdim=True)
+        bad = ~(s > UNDERFLOW)  # B, N, 1; also NaN
+        if bool(bad.any()):
+            rows = bad.squeeze(-1).nonzero(as_tuple=True)
+            outside = a[rows].masked_fill(in_u.expand_as(a)[rows], float("-inf"))
+            top = outside.amax(-1, keepdim=True)
+            m = m.index_put(rows, top)
+            e = e.index_put(rows, (outside - top).exp())
+            s = s.index_put(rows, e[rows].sum(-1, keepdim=True))
+        reduced = torch.cat([a.gather(-1, index).masked_fill_(~valid, float("-inf")), m + s.log()], dim=-1)
+        ctx.save_for_backward(e, s, index, valid, target)
+        return reduced, a.gather(-1, target.unsqueeze(-1))
+
+    @staticmethod
+    def backward(ctx, g_reduced, g_gold):
+        e, s, index, valid, target = ctx.saved_tensors
+        grad = e * (g_reduced[..., -1:] / s)
+        grad.scatter_add_(-1, index, g_reduced[..., :-1].masked_fill(~valid, 0.0))
+        grad.scatter_add_(-1, target.unsqueeze(-1), g_gold)
+        return grad, None, None, None, None
+
+
+@_float32
+def reduced_decoder(a: torch.Tensor, words: torch.Tensor, valid: torch.Tensor, target=None):
+    """a'_j = (a_jU, log R_j) for a (B, N, V): (B, N, U + 1), -inf at unused
+    slots; with ``target`` (B, N), also the gold logits a_{j,y_j} (B, N, 1)."""
+    n = a.size(1)
+    in_u = selected_mask(words, valid, a.size(-1)).unsqueeze(1)
+    gold_index = torch.zeros(a.shape[:2], dtype=torch.long, device=a.device) if target is None else target
+    reduced, gold = _ReducedDecoder.apply(a, _rows_of(words, n), _rows_of(valid, n), in_u, gold_index)
+    return reduced if target is None else (reduced, gold)
+
+
+def reduced_target(target: torch.Tensor, words: torch.Tensor, valid: torch.Tensor):
+    """(y_j's column in the reduced vocabulary (B, N): its slot in U, or U for
+    "outside U"; whether it is in U (B, N))."""
+    size = words.size(-1)
+    keys = words.masked_fill(~valid, torch.iinfo(words.dtype).max)  # ascending
+    slot = torch.searchsorted(keys, target).clamp_max(size - 1)
+    hit = keys.gather(-1, slot).eq(target)
+    return torch.where(hit, slot, torch.full_like(slot, size)), hit
+
+
+class SentenceSelection:
+    """One sentence's side of the layer: U's words and validity (B, U) and
+    b_iU (B, T, U), 0 at unused slots; ``factors``: b' = (b_iU, 0) as the
+    factored layer's ``SourceFactors``."""
+
+    def __init__(self, words: torch.Tensor, valid: torch.Tensor, b: torch.Tensor):
+        self.words, self.valid, self.b = words, valid, b
+
+    @cached_property
+    def factors(self) -> SourceFactors:
+        return SourceFactors(F.pad(self.b.float(), (0, 1)))
+
+    @property
+    def rows(self) -> int:
+        return self.b.size(0)
+
+    def index_select(self, index: torch.Tensor) -> "SentenceSelection":
+        out = SentenceSelection(*(t.index_select(0, index) for t in (self.words, self.valid, self.b)))
+        if "factors" in self.__dict__:
+            out.__dict__["factors"] = self.factors.index_select(index)
+        return out
+
+
+class SelectionTerms:
+    """``SentenceShortlistOutputLayer.batch_terms``: a (B, N, V) and the
+    sentence's ``SentenceSelection`` under one dropout draw; ``reduced(target)``:
+    a' (B, N, U + 1) and the gold logits (B, N, 1), computed once for every
+    path of the batch that reads them."""
+
+    def __init__(self, a: torch.Tensor, selection: SentenceSelection):
+        self.a, self.selection = a, selection
+        self._reduced = None
+
+    def reduced(self, target: torch.Tensor):
+        if self._reduced is None or self._reduced[0] is not target:
+            pair = reduced_decoder(self.a, self.selection.words, self.selection.valid, target)
+            self._reduced = (target, pair)
+        return self._reduced[1]
+
+
+@_float32
+def gold_log_likelihood(reduced_a, gold_a, selection: SentenceSelection, target) -> torch.Tensor:
+    """log p(y_j | z_j = i) = a_{j,y_j} + c_{i,y_j} - L_ji: (B, N, T), from
+    ``reduced_decoder(a, ..., target)``.  A target outside U is the reduced
+    vocabulary's last column, log R_j, moved back to its own logit a_{j,y_j}."""
+    column, hit = reduced_target(target, selection.words, selection.valid)
+    out = factored.gold_log_likelihood(reduced_a, selection.factors, column)
+    return out + (gold_a - reduced_a[..., -1:]).masked_fill(hit.unsqueeze(-1), 0.0)
+
+
+@_float32
+def log_mixture(a, reduced_a, selection: SentenceSelection, log_w) -> torch.Tensor:
+    """log sum_i w_ji p(y_j = v | z_j = i) for every v: (B, N, V); log_w
+    (B, N, T), -inf where position i has no weight.  The reduced mixture's
+    last column is every outside word's, less its logit: a_jv - log R_j + it."""
+    source = selection.factors
+    mix = factored.log_mixture(reduced_a, source, log_w - factored.log_normalisers(reduced_a, source))
+    outside = a + (mix[..., -1:] - reduced_a[..., -1:])
+    # unused slots all hold pad, which is outside U: ``where`` keeps its
+    # outside value and sends their scattered copies no gradient
+    inside = torch.zeros_like(a).scatter(-1, _rows_of(selection.words, a.size(1)), mix[..., :-1])
+    in_u = selected_mask(selection.words, selection.valid, a.size(-1)).unsqueeze(1)
+    return torch.where(in_u, inside, outside)
+
+
+def _pool(weights: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """sum_i w_ji b_iu: weights (B, N, T) or (B, N, M, T), b (B, T, U) -> (B, N, [M,] U)."""
+    if weights.dim() == 4:
+        return torch.matmul(weights.float(), b.float().unsqueeze(1))
+    return torch.bmm(weights.float(), b.float())
+
+
+@_float32
+def pooled_gold_log_likelihood(reduced_a, gold_a, selection: SentenceSelection, weights, target) -> torch.Tensor:
+    """log softmax_v(a_jv + sum_i w_ji c_iv) at y_j: (B, N) or (B, N, M) with
+    weights (B, N, M, T), over the reduced vocabulary (a'_jU + P_jU, log R_j);
+    ``reduced_a``, ``gold_a``: ``reduced_decoder(a, ..., target)``."""
+    extra = weights.dim() - 3
+    pool = _pool(weights, selection.b)  # B, N, [M,] U
+    reduced = reduced_a.view(*reduced_a.shape[:2], *([1] * extra), -1)
+    logits = torch.cat([reduced[..., :-1] + pool, reduced[..., -1:].expand(*pool.shape[:-1], 1)], dim=-1)
+    column, _ = reduced_target(target, selection.words, selection.valid)
+    column = column.view(*column.shape, *([1] * extra), 1).expand(*pool.shape[:-1], 1)
+    gold_pool = F.pad(pool, (0, 1)).gather(-1, column).squeeze(-1)
+    gold = gold_a.view(*target.shape, *([1] * extra)) + gold_pool
+    return gold - torch.logsumexp(logits, dim=-1)
+
+
+class SentenceShortlistOutputLayer(ShortlistOutputLayer):
+    """The factored layer's parameters (W_h, W_c, W_o, bias) plus the
+    shortlist layer's lexical table; see the module docstring."""
+
+    def selection(self, enc, source_tokens, mask=None) -> SentenceSelection:
+        """U and b_iU = W_o[U] . d(f(W_c x~_i)) of each sentence."""
+        words, valid = sentence_words(self.candidates(source_tokens), self.pad)
+        w = self._masked(self._source_features(enc), mask)  # B, T, D
+        rows = F.embedding(words, self.fc_out.weight)  # B, U, D
+        b = torch.bmm(w, rows.transpose(1, 2)).float().masked_fill(~valid.unsqueeze(1), 0.0)
+        return SentenceSelection(words, valid, b)
+
+    def _terms(self, h, enc, source_tokens, masks=None, terms=None) -> SelectionTerms:
+        if terms is not None:
+            return terms
+        decoder_mask, source_mask = self.dropout_masks(h) if masks is None else masks
+        a = self.decoder_logits(h, decoder_mask).float()
+        return SelectionTerms(a, self.selection(enc, source_tokens, source_mask))
+
+    def batch_terms(self, h, enc, masks, source_tokens=None) -> dict:
+        return {"terms": self._terms(h, enc, source_tokens, masks)}
+
+    # -- log p(y | h, weights over the source) ------------------------------
+    def weighted_logits(self, h, weights, enc, source_tokens, masks=None, terms=None):
+        """softmax(a_j + sum_i w_ji c_i) logits; weights (B, N, T) or (B, N, M, T)."""
+        t = self._terms(h, enc, source_tokens, masks, terms)
+        pool = _pool(weights, t.selection.b)  # B, N, [M,] U
+        a = t.a.unsqueeze(2).expand(*pool.shape[:-1], -1) if weights.dim() == 4 else t.a
+        index = _rows_of(t.selection.words, a.size(1), weights.dim() - 3).expand(*pool.shape)
+        # unused slots hold pad with b = 0: they add nothing
+        return a.scatter_add(-1, index, pool)
+
+    def weighted_logprobs(self, h, weights, enc, target=None, masks=None, source_tokens=None, terms=None):
+        if target is None:
+            return F.log_softmax(self.weighted_logits(h, weights, enc, source_tokens, masks, terms), dim=-1)
+        t = self._terms(h, enc, source_tokens, masks, terms)
+        return pooled_gold_log_likelihood(*t.reduced(target), t.selection, weights, target)
+
+    # -- log p(y_j | z_j = i) for the gold target --------------------------
+    def alignment_logprobs(self, h, enc, target, positions=None, masks=None, source_tokens=None, terms=None):
+        t = self._terms(h, enc, source_tokens, masks, terms)
+        logp = gold_log_likelihood(*t.reduced(target), t.selection, target)
+        return logp if positions is None else logp.gather(-1, positions)
+
+    # -- the mixture over the vocabulary (generation, scoring) -------------
+    def source_cache(self, step):
+        """U and b_iU once per sentence (``SourceLogitsCache``)."""
+        enc, tokens = step.encoder_states, step.source_tokens
+        return SourceLogitsCache.build(enc, lambda first: self.selection(enc[first], tokens[first]))
+
+    def mixture_logprobs(self, h, enc, prior, topk: int = 0, cache=None, source_tokens=None):
+        log_w = prior.truncated_log_weights(topk)
+        if cache is None:
+            t = self._terms(h, enc, source_tokens, self.dropout_masks(h))
+            return log_mixture(t.a, reduced_decoder(t.a, t.selection.words, t.selection.valid), t.selection, log_w)
+        # p(y | z) does not change when a_j moves by a constant: a log-softmax
+        # keeps beam search's logits in range at the cost of one pass
+        a = F.log_softmax(self.decoder_logits(h, self.dropout_masks(h)[0]).float(), dim=-1)
+        selection, k = SourceLogitsCache.grouped(cache)
+        # rows r k .. r k + k - 1 read sentence r's source: its k N tokens are one batch row
+        rows, n = a.shape[:2]
+        a = a.reshape(rows // k, k * n, -1)
+        reduced = reduced_decoder(a, selection.words, selection.valid)
+        out = log_mixture(a, reduced, selection, log_w.reshape(rows // k, k * n, -1))
+        return out.view(rows, n, -1)
