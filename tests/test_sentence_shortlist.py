@@ -15,6 +15,7 @@ from fairseq_varattn.modules.sentence_shortlist import (
     SentenceShortlistOutputLayer,
     gold_log_likelihood,
     log_mixture,
+    mixture_in_place,
     pooled_gold_log_likelihood,
     reduced_decoder,
     reduced_target,
@@ -149,6 +150,20 @@ def test_mixture_equals_explicit_sum_over_alignments(scale):
     refs = torch.autograd.grad((ref * probe).sum(), (a, b))
     for x, y in zip(grads, refs):
         torch.testing.assert_close(x.double(), y, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("gap", [0.0, 150.0])
+def test_beam_search_mixture_in_place_equals_the_mixture(gap):
+    """Beam search's in-place mixture on a log-softmax, also where the words
+    outside U lie 150 nats below the rest (their sum underflows next to 1)."""
+    a, candidates, b = case(3.0, 6)
+    selection = selection_of(candidates, b)
+    a = torch.log_softmax(a - gap * (~_in_u(selection)).float().unsqueeze(1), -1)
+    log_w = torch.log_softmax(torch.randn(B, N, T) * 3, -1)
+    log_w[1, :, 0] = float("-inf")
+    ref = torch.logsumexp(log_w.double().unsqueeze(-1) + explicit_log_softmax(a, selection), dim=2)
+    got = mixture_in_place(a.clone(), selection, log_w)
+    torch.testing.assert_close(got.double(), ref, rtol=0, atol=1e-4)
 
 
 @pytest.mark.parametrize("samples", [0, 3])

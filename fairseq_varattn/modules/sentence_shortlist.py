@@ -145,6 +145,12 @@ class SentenceSelection:
     def factors(self) -> SourceFactors:
         return SourceFactors(F.pad(self.b.float(), (0, 1)))
 
+    def in_u(self, vocab: int) -> torch.Tensor:
+        """[v in U] (B, 1, V), computed once (beam search reads it at every step)."""
+        if getattr(self, "_in_u", None) is None or self._in_u.size(-1) != vocab:
+            self._in_u = selected_mask(self.words, self.valid, vocab).unsqueeze(1)
+        return self._in_u
+
     @property
     def rows(self) -> int:
         return self.b.size(0)
@@ -196,6 +202,32 @@ def log_mixture(a, reduced_a, selection: SentenceSelection, log_w) -> torch.Tens
     inside = torch.zeros_like(a).scatter(-1, _rows_of(selection.words, a.size(1)), mix[..., :-1])
     in_u = selected_mask(selection.words, selection.valid, a.size(-1)).unsqueeze(1)
     return torch.where(in_u, inside, outside)
+
+
+@torch.no_grad()
+def mixture_in_place(a, selection: SentenceSelection, log_w) -> torch.Tensor:
+    """``log_mixture`` for beam search, written over ``a``: a log-softmax
+    (B, N, V) that nothing else reads.  Its largest entry is at least -log V
+    and none is above 0, so exp(a) needs no shift, and the result is a_jv
+    plus one constant per token outside U: five passes over each row (the
+    exponential, its mask, its sum, the add and a gather) where autograd's
+    version makes nine and allocates four (B, N, V) tensors."""
+    index = _rows_of(selection.words, a.size(1))
+    valid = selection.valid.unsqueeze(1)
+    in_u = selection.in_u(a.size(-1))
+    rest = a.exp().masked_fill_(in_u, 0.0).sum(-1, keepdim=True)
+    log_rest = rest.log()
+    bad = ~(rest > UNDERFLOW)  # the outside words underflow next to 1: sum them with their own shift
+    if bool(bad.any()):
+        rows = bad.squeeze(-1).nonzero(as_tuple=True)
+        outside = a[rows].masked_fill(in_u.expand_as(a)[rows], float("-inf"))
+        log_rest = log_rest.index_put(rows, torch.logsumexp(outside, dim=-1, keepdim=True))
+    reduced = torch.cat([a.gather(-1, index).masked_fill_(~valid, float("-inf")), log_rest], dim=-1)
+    source = selection.factors
+    mix = factored.log_mixture(reduced, source, log_w - factored.log_normalisers(reduced, source))
+    a.add_(mix[..., -1:] - log_rest)
+    # unused slots hold pad, outside U: they write back its own value
+    return a.scatter_(-1, index, torch.where(valid, mix[..., :-1], a.gather(-1, index)))
 
 
 def _pool(weights: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -277,12 +309,10 @@ class SentenceShortlistOutputLayer(ShortlistOutputLayer):
             t = self._terms(h, enc, source_tokens, self.dropout_masks(h))
             return log_mixture(t.a, reduced_decoder(t.a, t.selection.words, t.selection.valid), t.selection, log_w)
         # p(y | z) does not change when a_j moves by a constant: a log-softmax
-        # keeps beam search's logits in range at the cost of one pass
+        # keeps beam search's logits in range (``mixture_in_place``)
         a = F.log_softmax(self.decoder_logits(h, self.dropout_masks(h)[0]).float(), dim=-1)
         selection, k = SourceLogitsCache.grouped(cache)
         # rows r k .. r k + k - 1 read sentence r's source: its k N tokens are one batch row
         rows, n = a.shape[:2]
-        a = a.reshape(rows // k, k * n, -1)
-        reduced = reduced_decoder(a, selection.words, selection.valid)
-        out = log_mixture(a, reduced, selection, log_w.reshape(rows // k, k * n, -1))
+        out = mixture_in_place(a.reshape(rows // k, k * n, -1), selection, log_w.reshape(rows // k, k * n, -1))
         return out.view(rows, n, -1)
