@@ -714,14 +714,41 @@ def test_screen_table_sets_each_row_beside_its_full_corpus_result(tmp_path, monk
     monkeypatch.setattr(screen, "RESULTS", str(screened))
     monkeypatch.setattr(screen.converge_plan, "RESULTS", str(full))
     common = {"train_pairs": 7250, "date": "2026-12-07", "machine": "x86_64 x2", "commit": "abc"}
-    for name, seed, ppl in (("marginal", 1, 8.0), ("marginal", 2, 9.0), ("marginal-r32", 1, 10.0)):
+    screens = (("marginal", 1, 8.0), ("marginal", 2, 9.0), ("marginal-r32", 1, 10.0), ("soft", 1, 11.0))
+    for name, seed, ppl in screens:
         row = {"variant": name, "seed": seed, "test_ppl": ppl, "valid_ppl_training": ppl - 1, "best_epoch": 9}
+        # a latent row is judged by its exact posterior's AER, soft attention by its weights'
+        row.update(aer_posterior_exact=ppl / 100, aer_prior=0.9, aer_soft=0.5 if name == "soft" else None)
         row.update(epochs_run=12, train_seconds=1200.0 * seed, **common)
         (screened / f"{name}-seed{seed}.json").write_text(json.dumps(row))
     for seed, ppl in ((1, 4.7), (2, 4.9)):
-        (full / f"marginal-seed{seed}.json").write_text(json.dumps({"variant": "marginal", "test_ppl": ppl}))
-    (full / "soft-seed1.json").write_text(json.dumps({"variant": "soft", "test_ppl": 5.5}))
+        converged = {"variant": "marginal", "test_ppl": ppl, "aer_posterior_exact": 0.08}
+        (full / f"marginal-seed{seed}.json").write_text(json.dumps(converged))
+    (full / "soft-seed1.json").write_text(json.dumps({"variant": "soft", "test_ppl": 5.5, "aer_soft": 0.145}))
     text = screen.table()
-    assert "| marginal | 1,2 | 7.50 ± 0.71 | 8.50 ± 0.71 | 9 ± 0 | 12 ± 0 | 30 ± 14 | 4.80 ± 0.14 |" in text, text
-    assert "| marginal-r32 | 1 | 9.00 | 10.00 | 9 | 12 | 20 | - |" in text, text
+    row = "| marginal | 1,2 | 7.50 ± 0.71 | 8.50 ± 0.71 | 0.085 ± 0.007 | 9 ± 0 | 12 ± 0 | 30 ± 14 | 4.80 ± 0.14 | 0.080 ± 0.000 |"
+    assert row in text, text
+    assert "| marginal-r32 | 1 | 9.00 | 10.00 | 0.100 | 9 | 12 | 20 | - | - |" in text, text
+    assert "| soft | 1 | 10.00 | 11.00 | 0.500 | 9 | 12 | 20 | 5.50 | 0.145 |" in text, text
     assert "the first 7250 training pairs" in text
+
+
+def test_screen_scores_alignments_of_a_result_that_predates_them(tmp_path, monkeypatch):
+    """A finished screen without AER gets it from its best checkpoint on the
+    next run, without training again; one with AER is left as it is."""
+    screen = example_module("screen")
+    monkeypatch.setattr(screen, "RESULTS", str(tmp_path))
+    calls = []
+
+    def scores(name, seed, opts, env):
+        calls.append((name, seed))
+        return {"aer_posterior_exact": 0.1, "aer_sentences": 200}
+
+    monkeypatch.setattr(screen, "alignment_scores", scores)
+    old = {"variant": "marginal", "seed": 1, "test_ppl": 9.0}
+    (tmp_path / "marginal-seed1.json").write_text(json.dumps(old))
+    row = screen.train_and_evaluate("marginal", 1, None, None)
+    assert row["aer_posterior_exact"] == 0.1 and row["test_ppl"] == 9.0
+    assert json.loads((tmp_path / "marginal-seed1.json").read_text()) == row
+    screen.train_and_evaluate("marginal", 1, None, None)
+    assert calls == [("marginal", 1)]

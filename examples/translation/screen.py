@@ -29,10 +29,12 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import converge_eval  # noqa: E402
 import converge_plan  # noqa: E402
 from converge_logs import needs_training, parse_training, training_status  # noqa: E402
 from converge_tables import load_results  # noqa: E402
 
+from varattn_tools import rows  # noqa: E402
 from varattn_tools.experiments import (  # noqa: E402
     cpu_env,
     git_commit,
@@ -57,11 +59,25 @@ def result_path(name, seed):
     return os.path.join(RESULTS, f"{name}-seed{seed}.json")
 
 
+def alignment_scores(name, seed, opts, env) -> dict:
+    """AER of the best checkpoint's attention on the hand-aligned test
+    sentences (``converge_eval.alignment_scores``: the prior and exact
+    posterior of a latent row, soft attention's weights otherwise)."""
+    work = os.path.join(opts.work, f"{name}-seed{seed}")
+    ckpt = os.path.join(work, "checkpoint_best.pt")
+    return converge_eval.alignment_scores(opts.data, ckpt, work, env, rows.is_latent(name))
+
+
 def train_and_evaluate(name, seed, opts, env):
     done = result_path(name, seed)
     if os.path.isfile(done):
+        row = json.load(open(done))
+        if "aer_sentences" not in row:  # a result from before screens scored alignments
+            row.update(alignment_scores(name, seed, opts, env))
+            with open(done, "w") as f:
+                json.dump(row, f, indent=1)
         print(f"== {name} seed {seed}: finished ({done})", flush=True)
-        return json.load(open(done))
+        return row
     work = os.path.join(opts.work, f"{name}-seed{seed}")
     os.makedirs(work, exist_ok=True)
     log = os.path.join(work, "train.log")
@@ -88,6 +104,7 @@ def train_and_evaluate(name, seed, opts, env):
         "stopped_by": training_status(text),
         "train_seconds": training_seconds(text),
         "test_ppl": 2 ** read_nll("test", test_text, test_log),
+        **alignment_scores(name, seed, opts, env),
         "commit": git_commit(converge_plan.REPO),
         "date": str(datetime.date.today()),
         "machine": machine(),
@@ -101,39 +118,49 @@ def train_and_evaluate(name, seed, opts, env):
     return row
 
 
-def full_corpus(name):
-    """The converged full-corpus test PPLs of a row (converge.py's results)."""
-    rows = load_results(converge_plan.RESULTS)
-    return [r["test_ppl"] for r in rows if r["variant"] == name and r.get("test_ppl") is not None]
+def full_corpus(name, key="test_ppl"):
+    """A row's converged full-corpus results under ``key`` (converge.py's)."""
+    found = load_results(converge_plan.RESULTS)
+    return [r[key] for r in found if r["variant"] == name and r.get(key) is not None]
+
+
+def aer_key(name):
+    """The AER a row is judged by: the exact posterior's for a latent row, soft attention's else."""
+    return "aer_posterior_exact" if rows.is_latent(name) else "aer_soft"
 
 
 def table():
-    rows = load_results(RESULTS)
-    if not rows:
+    found = load_results(RESULTS)
+    if not found:
         return "No screen has finished yet.\n"
     lines = [
-        "| row | seeds | valid PPL | test PPL | best epoch | epochs run | minutes | full-corpus test PPL |",
-        "|---|---|---|---|---|---|---|---|",
+        "| row | seeds | valid PPL | test PPL | AER | best epoch | epochs run | minutes "
+        "| full-corpus test PPL | full-corpus AER |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name in dict.fromkeys(r["variant"] for r in rows):
-        runs = [r for r in rows if r["variant"] == name]
+    for name in dict.fromkeys(r["variant"] for r in found):
+        runs = [r for r in found if r["variant"] == name]
         cells = [
             ",".join(str(r["seed"]) for r in runs),
             mean_spread([r["valid_ppl_training"] for r in runs], ".2f"),
             mean_spread([r["test_ppl"] for r in runs], ".2f"),
+            mean_spread([r.get(aer_key(name)) for r in runs], ".3f"),
             mean_spread([r["best_epoch"] for r in runs], ".0f"),
             mean_spread([r["epochs_run"] for r in runs], ".0f"),
             mean_spread([r["train_seconds"] / 60 for r in runs], ".0f"),
             mean_spread(full_corpus(name), ".2f"),
+            mean_spread(full_corpus(name, aer_key(name)), ".3f"),
         ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    commits = sorted({r["commit"] for r in rows})
+    commits = sorted({r["commit"] for r in found})
     head = (
-        f"`python examples/translation/screen.py run`, {min(r['date'] for r in rows)}, {rows[0]['machine']}, "
-        f"commits {', '.join(commits)}: the first {rows[0]['train_pairs']} training pairs of Multi30k De-En "
+        f"`python examples/translation/screen.py run`, {min(r['date'] for r in found)}, {found[0]['machine']}, "
+        f"commits {', '.join(commits)}: the first {found[0]['train_pairs']} training pairs of Multi30k De-En "
         "with their own 8000-piece sentencepiece vocabulary, converge.py's presets and early stopping; "
         "valid PPL as logged in training (fairseq's batches), test PPL by fairseq-validate on every "
-        "test_2016_flickr sentence, the exact marginal for latent rows; minutes: training time "
+        "test_2016_flickr sentence, the exact marginal for latent rows; AER on the hand-aligned test "
+        "sentences (examples/translation/gold), of the exact posterior for latent rows and of soft "
+        "attention otherwise; minutes: training time "
         "summed over resumes, one thread, with another run on the second core; full-corpus test PPL: "
         "the same row converged on all of Multi30k (converge.py), where it has run.\n\n"
     )
