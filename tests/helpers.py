@@ -167,3 +167,18 @@ def make_criterion(criterion_cls, task, **options):
     if hasattr(criterion_cls, "build"):
         return criterion_cls.build(task, **options)
     return criterion_cls(task, sentence_avg=False, **options)
+
+
+def shortlist_model(arch, output_layer, seed=0):
+    """A tiny categorical model with a shortlist layer (``output_layer``) whose
+    table holds 4 random distinct candidates per source word, and W_o
+    sharpened so that the candidates' boosts matter."""
+    model, d = build_model("categorical", arch=arch, seed=seed, output_layer=output_layer, shortlist_size=4)
+    layer = model.alignment_head.output
+    g = torch.Generator().manual_seed(seed)
+    table = torch.stack([torch.randperm(len(d) - 4, generator=g)[:4] + 4 for _ in range(len(d))])
+    table[d.pad()] = d.pad()
+    layer.set_table(table)
+    with torch.no_grad():
+        layer.fc_out.weight.mul_(5)
+    return model, d

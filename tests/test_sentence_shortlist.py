@@ -7,7 +7,7 @@ logits a_j + c_i over the whole vocabulary, explicit softmaxes in float64.
 
 import pytest
 import torch
-from helpers import ARCHS, build_model, random_batch
+from helpers import ARCHS, build_model, random_batch, shortlist_model
 
 from fairseq_varattn.modules.alignment import CategoricalAlignment
 from fairseq_varattn.modules.sentence_shortlist import (
@@ -270,21 +270,9 @@ def test_layer_mixture_is_the_prior_weighted_components_with_and_without_the_bea
     torch.testing.assert_close(cached, mixture.repeat_interleave(beam, 0), rtol=0, atol=1e-4)
 
 
-def sentence_shortlist_model(arch, seed=0):
-    model, d = build_model("categorical", arch=arch, seed=seed, output_layer="sentence-shortlist", shortlist_size=4)
-    layer = model.alignment_head.output
-    g = torch.Generator().manual_seed(seed)
-    table = torch.stack([torch.randperm(len(d) - 4, generator=g)[:4] + 4 for _ in range(len(d))])
-    table[d.pad()] = d.pad()
-    layer.set_table(table)
-    with torch.no_grad():
-        layer.fc_out.weight.mul_(5)
-    return model, d
-
-
 @pytest.mark.parametrize("arch", ARCHS)
 def test_models_output_the_mixture_of_what_they_enumerate_and_train_the_source_side(arch):
-    model, d = sentence_shortlist_model(arch)
+    model, d = shortlist_model(arch, "sentence-shortlist")
     assert model.alignment_head.output_layer_kind == "sentence-shortlist"
     batch = random_batch(d)
     out, extra = model(**batch["net_input"])
@@ -301,7 +289,7 @@ def test_models_output_the_mixture_of_what_they_enumerate_and_train_the_source_s
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_checkpoint_of_the_sentence_layer_loads_as_it_and_not_as_the_shortlist_layer(arch):
-    model, _ = sentence_shortlist_model(arch)
+    model, _ = shortlist_model(arch, "sentence-shortlist")
     state = model.state_dict()
     fresh, _ = build_model("categorical", arch=arch, seed=1, output_layer="sentence-shortlist", shortlist_size=4)
     fresh.load_state_dict(state)

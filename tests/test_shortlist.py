@@ -12,7 +12,7 @@ import argparse
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import ARCHS, build_model, random_batch
+from helpers import ARCHS, build_model, random_batch, shortlist_model
 
 from fairseq_varattn.modules import lexical
 from fairseq_varattn.modules.alignment import CategoricalAlignment
@@ -343,23 +343,11 @@ def test_table_from_the_shipped_corpus(data_dir):
 
 
 # -- in the models --------------------------------------------------------
-def shortlist_model(arch, seed=0):
-    model, d = build_model("categorical", arch=arch, seed=seed, output_layer="shortlist", shortlist_size=4)
-    layer = model.alignment_head.output
-    g = torch.Generator().manual_seed(seed)
-    table = torch.stack([torch.randperm(len(d) - 4, generator=g)[:4] + 4 for _ in range(len(d))])
-    table[d.pad()] = d.pad()
-    layer.set_table(table)
-    with torch.no_grad():
-        layer.fc_out.weight.mul_(5)
-    return model, d
-
-
 @pytest.mark.parametrize("arch", ARCHS)
 def test_models_read_the_source_tokens(arch):
     """The step carries the source words in the annotations' layout, and the
     model's output is the mixture of the gold likelihoods it enumerates."""
-    model, d = shortlist_model(arch)
+    model, d = shortlist_model(arch, "shortlist")
     batch = random_batch(d)
     net = batch["net_input"]
     out, extra = model(**net)
@@ -374,7 +362,7 @@ def test_models_read_the_source_tokens(arch):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_checkpoint_carries_the_table(arch):
-    model, _ = shortlist_model(arch)
+    model, _ = shortlist_model(arch, "shortlist")
     state = model.state_dict()
     fresh, _ = build_model("categorical", arch=arch, seed=1, output_layer="shortlist", shortlist_size=4)
     fresh.load_state_dict(state)
