@@ -1,5 +1,7 @@
-"""The shortlist layer's lexical table on a prepared corpus: how long IBM
-model 1 takes, and how many target tokens each size of shortlist covers.
+"""The shortlist layers' lexical table on a prepared corpus: how long IBM
+model 1 takes, how many target tokens each size of shortlist covers, and
+how many distinct candidate words a sentence has (U, what the
+sentence-shortlist layer's cost grows with).
 
     python benchmarks/shortlist_table.py                      # runs/multi30k/bin, de-en
     python benchmarks/shortlist_table.py --json benchmarks/results/shortlist-table.json
@@ -51,11 +53,22 @@ def main(argv=None):
     rows = []
     for k in (int(x) for x in opts.sizes.split(",")):
         table = lexical.shortlist_table(*model1, len(dicts[0]), k, dicts[1].pad())
-        rows.append({"k": k, "coverage": lexical.coverage(table, sets[opts.split])})
+        sizes = [lexical.sentence_candidates(table, source, dicts[1].pad()).numel() for source, _ in sets[opts.split]]
+        rows.append(
+            {
+                "k": k,
+                "coverage": lexical.coverage(table, sets[opts.split]),
+                "sentence_words_mean": sum(sizes) / len(sizes),
+                "sentence_words_max": max(sizes),
+            }
+        )
     print(f"IBM model 1 on {len(sets['train'])} {src}-{tgt} pairs, {opts.iterations} iterations: {seconds:.1f} s")
-    print(f"| K | {opts.split} target tokens covered |\n|---|---|")
+    print(f"| K | {opts.split} target tokens covered | candidate words per sentence, mean | max |")
+    print("|---|---|---|---|")
     for row in rows:
-        print(f"| {row['k']} | {row['coverage']:.3f} |")
+        print(
+            f"| {row['k']} | {row['coverage']:.3f} | {row['sentence_words_mean']:.0f} | {row['sentence_words_max']} |"
+        )
     if opts.json:
         out = {
             "command": "python benchmarks/shortlist_table.py " + " ".join(argv if argv is not None else sys.argv[1:]),
