@@ -182,9 +182,8 @@ def test_row_names_say_what_the_row_trains(tmp_path):
         parser = fairseq_options.get_training_parser()
         args = fairseq_options.parse_args_and_arch(parser, [str(tmp_path), *rows.train_options(name)])
         assert (args.output_layer, args.factored_source_rank, args.alignment_topk) == (layer, rank, topk), name
-        assert args.shortlist_size == (
-            128 if name.endswith("shortlist128") else 64 if name.endswith("sentence64") else 32
-        ), name
+        size = 128 if name.endswith(("shortlist128", "-sentence")) else 64 if name.endswith("sentence64") else 32
+        assert args.shortlist_size == size, name
         assert rows.is_latent(name) == latent and rows.output_layer(name).startswith(layer), name
         assert args.inference_score == ("general" if name.endswith("-qbilinear") else args.attention_score), name
         needs_q = rows.get_variant(rows.parse(name).variant).needs_q
