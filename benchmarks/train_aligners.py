@@ -25,7 +25,7 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from varattn_tools import fairseq_log  # noqa: E402
-from varattn_tools.experiments import TRAIN_LOGGING, cpu_env, git_commit, machine, run  # noqa: E402
+from varattn_tools.experiments import cpu_env, git_commit, machine, resume_train_command, run  # noqa: E402
 from varattn_tools.resume_train import training_seconds  # noqa: E402
 from varattn_tools.rows import train_options  # noqa: E402
 
@@ -35,27 +35,8 @@ DIRECTIONS = {"de-en": ("de", "en"), "en-de": ("en", "de")}
 
 def command(opts, work):
     src, tgt = DIRECTIONS[opts.direction]
-    return [
-        sys.executable,
-        "-m",
-        "varattn_tools.resume_train",
-        "--log",
-        os.path.join(work, "train.log"),
-        "--",
-        opts.data,
-        "--user-dir",
-        os.path.join(REPO, "fairseq_varattn"),
-        *train_options(opts.row),
-        "--source-lang",
-        src,
-        "--target-lang",
-        tgt,
-        "--seed",
-        str(opts.seed),
-        *TRAIN_LOGGING,
-        "--save-dir",
-        work,
-    ]
+    options = [*train_options(opts.row), "--source-lang", src, "--target-lang", tgt]
+    return resume_train_command(opts.data, os.path.join(REPO, "fairseq_varattn"), options, opts.seed, work)
 
 
 def record(opts, name, work, cmd, text):

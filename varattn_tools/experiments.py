@@ -26,6 +26,29 @@ HEAP_MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "2000000000"}
 TRAIN_LOGGING = ["--num-workers", "0", "--log-format", "json", "--log-interval", "100"]
 
 
+def resume_train_command(data, user_dir, options, seed, work):
+    """fairseq-train of ``options`` into ``work`` through
+    varattn_tools.resume_train, whose --patience counter survives a resume
+    (read back from ``work/train.log``, where the run logs)."""
+    return [
+        sys.executable,
+        "-m",
+        "varattn_tools.resume_train",
+        "--log",
+        os.path.join(work, "train.log"),
+        "--",
+        data,
+        "--user-dir",
+        user_dir,
+        *options,
+        "--seed",
+        str(seed),
+        *TRAIN_LOGGING,
+        "--save-dir",
+        work,
+    ]
+
+
 def cpu_env(threads=None):
     """The environment for the scripts' fairseq processes: unbuffered output,
     ``threads`` OpenMP threads if given, and freed memory kept in the heap."""

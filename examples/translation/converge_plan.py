@@ -2,9 +2,8 @@
 checkpoints, results, tables and figures live."""
 
 import os
-import sys
 
-from varattn_tools.experiments import TRAIN_LOGGING
+from varattn_tools.experiments import resume_train_command
 from varattn_tools.rows import train_options
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -110,23 +109,7 @@ def work_dir(opts, name, seed):
 
 def train_command(data, name, seed, work):
     """(the command that trains a row into ``work``, the fairseq-train line its
-    result records).  It runs varattn_tools.resume_train: fairseq-train whose
-    --patience counter survives a resume (read back from ``work/train.log``)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "varattn_tools.resume_train",
-        "--log",
-        os.path.join(work, "train.log"),
-        "--",
-        data,
-        "--user-dir",
-        USER_DIR,
-        *train_options(name),
-        "--seed",
-        str(seed),
-        *TRAIN_LOGGING,
-        "--save-dir",
-        work,
-    ]
+    result records): ``resume_train_command``, whose --patience counter
+    survives a resume."""
+    cmd = resume_train_command(data, USER_DIR, train_options(name), seed, work)
     return cmd, " ".join(["fairseq-train", *cmd[cmd.index("--") + 1 :]])

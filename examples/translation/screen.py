@@ -63,7 +63,7 @@ def alignment_scores(name, seed, opts, env) -> dict:
     """AER of the best checkpoint's attention on the hand-aligned test
     sentences (``converge_eval.alignment_scores``: the prior and exact
     posterior of a latent row, soft attention's weights otherwise)."""
-    work = os.path.join(opts.work, f"{name}-seed{seed}")
+    work = converge_plan.work_dir(opts, name, seed)
     ckpt = os.path.join(work, "checkpoint_best.pt")
     return converge_eval.alignment_scores(opts.data, ckpt, work, env, rows.is_latent(name))
 
@@ -78,7 +78,7 @@ def train_and_evaluate(name, seed, opts, env):
                 json.dump(row, f, indent=1)
         print(f"== {name} seed {seed}: finished ({done})", flush=True)
         return row
-    work = os.path.join(opts.work, f"{name}-seed{seed}")
+    work = converge_plan.work_dir(opts, name, seed)
     os.makedirs(work, exist_ok=True)
     log = os.path.join(work, "train.log")
     text = open(log).read() if os.path.isfile(log) else ""
