@@ -37,6 +37,7 @@ def main(argv=None):
     from fairseq.data import Dictionary, data_utils
 
     from fairseq_varattn.modules import lexical
+    from fairseq_varattn.modules.sentence_shortlist import sentence_words
 
     src, tgt = opts.source_lang, opts.target_lang
     dicts = [Dictionary.load(os.path.join(opts.data, f"dict.{lang}.txt")) for lang in (src, tgt)]
@@ -53,7 +54,10 @@ def main(argv=None):
     rows = []
     for k in (int(x) for x in opts.sizes.split(",")):
         table = lexical.shortlist_table(*model1, len(dicts[0]), k, dicts[1].pad())
-        sizes = [lexical.sentence_candidates(table, source, dicts[1].pad()).numel() for source, _ in sets[opts.split]]
+        # U of each sentence, as the layer computes it
+        sizes = [
+            int(sentence_words(table[source.long()][None], dicts[1].pad())[1].sum()) for source, _ in sets[opts.split]
+        ]
         rows.append(
             {
                 "k": k,

@@ -81,19 +81,6 @@ def test_sentence_words_are_the_distinct_candidates_without_fillers():
     assert valid.any(-1).all() and not valid.all()  # the two sentences have different counts
 
 
-def test_the_tools_count_of_sentence_words_is_the_layers():
-    """benchmarks/shortlist_table.py counts U with ``lexical.sentence_candidates``."""
-    from fairseq_varattn.modules.lexical import sentence_candidates
-
-    table = torch.randint(2, 12, (9, K))
-    table[PAD] = PAD
-    table[3, 1:] = PAD  # a source word with one candidate
-    source = torch.tensor([[3, 5, 5, 8, PAD], [2, 4, 6, 7, 3]])
-    words, valid = sentence_words(table[source], PAD)
-    for s in range(2):
-        assert sentence_candidates(table, source[s], PAD).tolist() == words[s][valid[s]].tolist()
-
-
 def test_reduced_target_finds_slots_and_outside_words():
     _, candidates, _ = case(1.0, 1)
     words, valid = sentence_words(candidates, PAD)

@@ -129,13 +129,6 @@ def spread_table(source_vocab: int, k: int, target_dict) -> torch.Tensor:
     return table
 
 
-def sentence_candidates(table: torch.Tensor, source: torch.Tensor, pad: int) -> torch.Tensor:
-    """The distinct candidate words of one source sentence (the
-    sentence-shortlist layer's U), fillers (``pad``, the target pad) left out."""
-    words = table[source.long()].unique()
-    return words[words.ne(pad)]
-
-
 def coverage(table: torch.Tensor, pairs: Sequence[Tuple[torch.Tensor, torch.Tensor]]) -> float:
     """The share of target tokens that are in the shortlist of some source
     token of their sentence: the words the source side can raise at all."""
