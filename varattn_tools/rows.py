@@ -66,9 +66,8 @@ LSTM_Q_OPTIONS = ["--latent-warmup", "off", "--inference-annotations", "trained"
 # "Why reweighted wake-sleep collapses").
 ROW_OPTIONS = {"rws-warmup": ["--marginal-warmup-updates", "546"], "rws-centred": ["--centred-weights"]}
 TRANSFORMER = "transformer"
-#: the output layers that read a lexical table, and their suffixes in row names
-SHORTLIST_LAYERS = {"shortlist": "shortlist", "sentence-shortlist": "sentence"}
-SHORTLIST_LAYERS_BY_SUFFIX = {suffix: layer for layer, suffix in SHORTLIST_LAYERS.items()}
+#: row-name suffixes of the output layers that read a lexical table: the layer they select
+SHORTLIST_SUFFIXES = {"shortlist": "shortlist", "sentence": "sentence-shortlist"}
 #: fairseq's own models: "transformer" trains in the converged comparison, both in the benchmarks
 FAIRSEQ_MODELS = ("lstm", TRANSFORMER)
 _SUFFIX = re.compile(r"-(joint|factored|shortlist\d*|sentence\d*|r\d+|top\d+|qattn|qbilinear|warmup|centred)$")
@@ -117,7 +116,7 @@ class Row:
         """The model's args of this row (benchmarks build models from them in Python);
         ``-qattn`` overrides ``inference_network``."""
         out = variant_model_overrides(self.variant, self.q_network or inference_network, factored=self.factored)
-        if self.layer in SHORTLIST_LAYERS:
+        if self.layer in SHORTLIST_SUFFIXES.values():
             out["output_layer"] = self.layer
         if self.shortlist_size:
             out["shortlist_size"] = self.shortlist_size
@@ -133,7 +132,7 @@ class Row:
         """The fairseq-train options of the variant and its layer, rank and top-k suffixes
         (no preset, no ``ROW_OPTIONS``)."""
         q_network = self.q_network or "birnn"
-        if self.layer in SHORTLIST_LAYERS:
+        if self.layer in SHORTLIST_SUFFIXES.values():
             out = variant_options(self.variant, q_network) + ["--output-layer", self.layer]
             out += ["--shortlist-size", str(self.shortlist_size)] if self.shortlist_size else []
         else:
@@ -160,7 +159,7 @@ def parse(name: str) -> Row:
         suffix = m.group(1)
         kind = (
             "layer"
-            if suffix in ("joint", "factored") or suffix.rstrip("0123456789") in SHORTLIST_LAYERS.values()
+            if suffix in ("joint", "factored") or suffix.rstrip("0123456789") in SHORTLIST_SUFFIXES
             else "named"
             if suffix in ("warmup", "centred")
             else "q"
@@ -175,9 +174,9 @@ def parse(name: str) -> Row:
         rest = rest[: m.start()]
     get_variant(rest)  # KeyError for an unknown variant
     layer, shortlist_size = found.get("layer"), 0
-    if layer is not None and layer.rstrip("0123456789") in SHORTLIST_LAYERS.values():
-        stem = layer.rstrip("0123456789")
-        layer, shortlist_size = SHORTLIST_LAYERS_BY_SUFFIX[stem], int(layer[len(stem) :] or 0)
+    stem = (layer or "").rstrip("0123456789")
+    if stem in SHORTLIST_SUFFIXES:  # -shortlistK, -sentenceK
+        layer, shortlist_size = SHORTLIST_SUFFIXES[stem], int(layer[len(stem) :] or 0)
     row = Row(
         name,
         transformer,

@@ -21,7 +21,7 @@ from torch import Tensor
 from . import attention_kinds
 from .factored_output import FactoredOutputLayer
 from .output_base import OUTPUT_ACTIVATIONS
-from .output_layer import build_output_layer
+from .output_layer import SHORTLIST_LAYERS, build_output_layer
 from .scorer import AttentionScorer
 from .sentence_shortlist import SentenceShortlistOutputLayer
 from .shortlist_output import ShortlistOutputLayer
@@ -156,7 +156,7 @@ def check_alignment_args(args) -> None:
             "--alignment-dropout independent applies to the joint output layer; the "
             f"{args.output_layer} layer has no per-alignment features to drop (use shared)"
         )
-    shortlist = args.output_layer in ("shortlist", "sentence-shortlist")
+    shortlist = args.output_layer in SHORTLIST_LAYERS
     if args.shortlist_size < 1 or (args.shortlist_size != SHORTLIST_SIZE and not shortlist):
         raise ValueError(
             "--shortlist-size takes a size >= 1 for --output-layer shortlist or sentence-shortlist "
