@@ -101,7 +101,7 @@ def test_gold_log_likelihood_value_and_gradient_equal_explicit_softmaxes(scale):
     b = b.double().requires_grad_()
     selection = selection_of(candidates, b)
     target = targets(candidates)
-    got = gold_log_likelihood(*reduced_decoder(a, selection.words, selection.valid, target), selection, target)
+    got = gold_log_likelihood(*reduced_decoder(a, selection, target), selection, target)
     index = target.view(B, N, 1, 1).expand(-1, -1, T, 1)
     ref = explicit_log_softmax(a, selection).gather(-1, index).squeeze(-1)
     torch.testing.assert_close(got.double(), ref, rtol=0, atol=1e-4 * max(1, scale))
@@ -125,7 +125,7 @@ def test_lowering_the_words_that_hold_all_the_mass_cancels_nothing(gap):
     a = (torch.randn(B, N, V) - gap * (~in_u).float()).requires_grad_()
     selection.b = torch.full_like(selection.b, -gap - 15.0).masked_fill(~selection.valid.unsqueeze(1), 0.0)
     target = targets(candidates)
-    got = gold_log_likelihood(*reduced_decoder(a, selection.words, selection.valid, target), selection, target)
+    got = gold_log_likelihood(*reduced_decoder(a, selection, target), selection, target)
     index = target.view(B, N, 1, 1).expand(-1, -1, T, 1)
     ref = explicit_log_softmax(a, selection).gather(-1, index).squeeze(-1)
     torch.testing.assert_close(got.double(), ref, rtol=0, atol=1e-4)
@@ -142,7 +142,7 @@ def test_mixture_equals_explicit_sum_over_alignments(scale):
     selection = selection_of(candidates, b)
     log_w = torch.log_softmax(torch.randn(B, N, T, dtype=torch.double) * 3, -1)
     log_w[1, :, 0] = float("-inf")  # source padding has no weight
-    got = log_mixture(a, reduced_decoder(a, selection.words, selection.valid), selection, log_w)
+    got = log_mixture(a, reduced_decoder(a, selection), selection, log_w)
     ref = torch.logsumexp(log_w.unsqueeze(-1) + explicit_log_softmax(a, selection), dim=2)
     torch.testing.assert_close(got.double(), ref, rtol=0, atol=1e-4 * max(1, scale))
     probe = torch.randn(B, N, V, dtype=torch.double)
@@ -177,9 +177,7 @@ def test_pooled_gold_equals_the_vocabulary_pool(samples):
     shape = (B, N, samples, T) if samples else (B, N, T)
     weights = torch.softmax(torch.randn(*shape, dtype=torch.double), -1)
     target = targets(candidates)
-    got = pooled_gold_log_likelihood(
-        *reduced_decoder(a, selection.words, selection.valid, target), selection, weights, target
-    )
+    got = pooled_gold_log_likelihood(*reduced_decoder(a, selection, target), selection, weights, target)
     pool = torch.matmul(weights, dense_c(selection).unsqueeze(1)) if samples else torch.bmm(weights, dense_c(selection))
     logits = (a.unsqueeze(2) if samples else a).double() + pool
     gold = target.view(B, N, *([1] * (samples > 0)), 1).expand(*logits.shape[:-1], 1)

@@ -67,6 +67,11 @@ def _rows_of(x: torch.Tensor, n: int, extra: int = 0) -> torch.Tensor:
     return x.view(x.size(0), 1, *([1] * extra), x.size(-1)).expand(x.size(0), n, *([1] * extra), x.size(-1))
 
 
+def _reduced_columns(a, index, valid, log_rest):
+    """a'_j = (a_jU, -inf at unused slots, log R_j): (B, N, U + 1)."""
+    return torch.cat([a.gather(-1, index).masked_fill_(~valid, float("-inf")), log_rest], dim=-1)
+
+
 # an outside sum below this (relative to the largest logit) is redone with the
 # outside words' own maximum: far above float32's smallest normal number
 UNDERFLOW = 1e-30
@@ -99,7 +104,7 @@ class _ReducedDecoder(torch.autograd.Function):
             m = m.index_put(rows, top)
             e = e.index_put(rows, (outside - top).exp())
             s = s.index_put(rows, e[rows].sum(-1, keepdim=True))
-        reduced = torch.cat([a.gather(-1, index).masked_fill_(~valid, float("-inf")), m + s.log()], dim=-1)
+        reduced = _reduced_columns(a, index, valid, m + s.log())
         ctx.save_for_backward(e, s, index, valid, target)
         return reduced, a.gather(-1, target.unsqueeze(-1))
 
@@ -113,13 +118,14 @@ class _ReducedDecoder(torch.autograd.Function):
 
 
 @_float32
-def reduced_decoder(a: torch.Tensor, words: torch.Tensor, valid: torch.Tensor, target=None):
-    """a'_j = (a_jU, log R_j) for a (B, N, V): (B, N, U + 1), -inf at unused
-    slots; with ``target`` (B, N), also the gold logits a_{j,y_j} (B, N, 1)."""
+def reduced_decoder(a: torch.Tensor, selection: "SentenceSelection", target=None):
+    """a'_j = (a_jU, log R_j) for a (B, N, V) and a sentence's ``selection``:
+    (B, N, U + 1), -inf at unused slots; with ``target`` (B, N), also the
+    gold logits a_{j,y_j} (B, N, 1)."""
     n = a.size(1)
-    in_u = selected_mask(words, valid, a.size(-1)).unsqueeze(1)
     gold_index = torch.zeros(a.shape[:2], dtype=torch.long, device=a.device) if target is None else target
-    reduced, gold = _ReducedDecoder.apply(a, _rows_of(words, n), _rows_of(valid, n), in_u, gold_index)
+    index, valid = _rows_of(selection.words, n), _rows_of(selection.valid, n)
+    reduced, gold = _ReducedDecoder.apply(a, index, valid, selection.in_u(a.size(-1)), gold_index)
     return reduced if target is None else (reduced, gold)
 
 
@@ -140,14 +146,16 @@ class SentenceSelection:
 
     def __init__(self, words: torch.Tensor, valid: torch.Tensor, b: torch.Tensor):
         self.words, self.valid, self.b = words, valid, b
+        self._in_u = None
 
     @cached_property
     def factors(self) -> SourceFactors:
         return SourceFactors(F.pad(self.b.float(), (0, 1)))
 
     def in_u(self, vocab: int) -> torch.Tensor:
-        """[v in U] (B, 1, V), computed once (beam search reads it at every step)."""
-        if getattr(self, "_in_u", None) is None or self._in_u.size(-1) != vocab:
+        """[v in U] (B, 1, V), computed once: the reduced logits, the mixture
+        and every step of beam search read it."""
+        if self._in_u is None or self._in_u.size(-1) != vocab:
             self._in_u = selected_mask(self.words, self.valid, vocab).unsqueeze(1)
         return self._in_u
 
@@ -174,7 +182,7 @@ class SelectionTerms:
 
     def reduced(self, target: torch.Tensor):
         if self._reduced is None or self._reduced[0] is not target:
-            pair = reduced_decoder(self.a, self.selection.words, self.selection.valid, target)
+            pair = reduced_decoder(self.a, self.selection, target)
             self._reduced = (target, pair)
         return self._reduced[1]
 
@@ -189,19 +197,23 @@ def gold_log_likelihood(reduced_a, gold_a, selection: SentenceSelection, target)
     return out + (gold_a - reduced_a[..., -1:]).masked_fill(hit.unsqueeze(-1), 0.0)
 
 
+def _reduced_mixture(reduced_a, selection: SentenceSelection, log_w) -> torch.Tensor:
+    """The factored layer's mixture over the reduced vocabulary: (B, N, U + 1)."""
+    source = selection.factors
+    return factored.log_mixture(reduced_a, source, log_w - factored.log_normalisers(reduced_a, source))
+
+
 @_float32
 def log_mixture(a, reduced_a, selection: SentenceSelection, log_w) -> torch.Tensor:
     """log sum_i w_ji p(y_j = v | z_j = i) for every v: (B, N, V); log_w
     (B, N, T), -inf where position i has no weight.  The reduced mixture's
     last column is every outside word's, less its logit: a_jv - log R_j + it."""
-    source = selection.factors
-    mix = factored.log_mixture(reduced_a, source, log_w - factored.log_normalisers(reduced_a, source))
+    mix = _reduced_mixture(reduced_a, selection, log_w)
     outside = a + (mix[..., -1:] - reduced_a[..., -1:])
     # unused slots all hold pad, which is outside U: ``where`` keeps its
     # outside value and sends their scattered copies no gradient
     inside = torch.zeros_like(a).scatter(-1, _rows_of(selection.words, a.size(1)), mix[..., :-1])
-    in_u = selected_mask(selection.words, selection.valid, a.size(-1)).unsqueeze(1)
-    return torch.where(in_u, inside, outside)
+    return torch.where(selection.in_u(a.size(-1)), inside, outside)
 
 
 @torch.no_grad()
@@ -222,9 +234,7 @@ def mixture_in_place(a, selection: SentenceSelection, log_w) -> torch.Tensor:
         rows = bad.squeeze(-1).nonzero(as_tuple=True)
         outside = a[rows].masked_fill(in_u.expand_as(a)[rows], float("-inf"))
         log_rest = log_rest.index_put(rows, torch.logsumexp(outside, dim=-1, keepdim=True))
-    reduced = torch.cat([a.gather(-1, index).masked_fill_(~valid, float("-inf")), log_rest], dim=-1)
-    source = selection.factors
-    mix = factored.log_mixture(reduced, source, log_w - factored.log_normalisers(reduced, source))
+    mix = _reduced_mixture(_reduced_columns(a, index, valid, log_rest), selection, log_w)
     a.add_(mix[..., -1:] - log_rest)
     # unused slots hold pad, outside U: they write back its own value
     return a.scatter_(-1, index, torch.where(valid, mix[..., :-1], a.gather(-1, index)))
@@ -307,7 +317,7 @@ class SentenceShortlistOutputLayer(ShortlistOutputLayer):
         log_w = prior.truncated_log_weights(topk)
         if cache is None:
             t = self._terms(h, enc, source_tokens, self.dropout_masks(h))
-            return log_mixture(t.a, reduced_decoder(t.a, t.selection.words, t.selection.valid), t.selection, log_w)
+            return log_mixture(t.a, reduced_decoder(t.a, t.selection), t.selection, log_w)
         # p(y | z) does not change when a_j moves by a constant: a log-softmax
         # keeps beam search's logits in range (``mixture_in_place``)
         a = F.log_softmax(self.decoder_logits(h, self.dropout_masks(h)[0]).float(), dim=-1)
