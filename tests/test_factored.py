@@ -10,6 +10,7 @@ import pytest
 import torch
 from helpers import ARCHS, build_model, random_batch
 
+from fairseq_varattn.modules import factored_output
 from fairseq_varattn.modules.alignment import CategoricalAlignment
 from fairseq_varattn.modules.factored_output import (
     FactoredOutputLayer,
@@ -143,6 +144,37 @@ def test_mixture_gradient_equals_explicit(scale):
     ref = torch.autograd.grad((explicit_mixture(a, b, c) * weights).sum(), (a, b, c))
     for x, y in zip(got, ref):
         torch.testing.assert_close(x.double(), y, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("case", ["moderate", "normalisers underflow", "a word far below every b_i"])
+def test_log_marginal_without_autograd_equals_explicit_mixture(case, monkeypatch):
+    """Beam search's path (no autograd, k hypotheses per sentence, a few
+    sentences per product) against the explicit sum of T softmaxes; on
+    moderate logits it must run (not fall back to the autograd path), and
+    where a product underflows it must hand over to the exact path."""
+    k, sentences = 3, 5
+    scale = 60.0 if case == "normalisers underflow" else 3.0
+    a = logits(scale, 20, (sentences * k, 1, V))
+    b = logits(scale, 21, (sentences, T, V))
+    if case == "a word far below every b_i":  # its mixture entry underflows, no normaliser does
+        b[:, :, 0] -= 200.0
+    scores = logits(4.0, 22, (sentences * k, 1, T))
+    scores[0, 0, -2:] = float("-inf")  # padding of the first sentence
+    log_w = torch.log_softmax(scores, -1)
+    normalisers = explicit_normalisers(a.view(sentences, k, V), b).view(sentences * k, 1, T)
+    ref = explicit_mixture(a, b.repeat_interleave(k, 0), log_w.double() - normalisers)
+    monkeypatch.setattr(factored_output, "_CHUNK_BYTES", 2 * T * V * 4)  # two sentences per product
+    calls = []
+    fast = factored_output._log_marginal_no_grad
+    monkeypatch.setattr(factored_output, "_log_marginal_no_grad", lambda *args: calls.append(fast(*args)) or calls[-1])
+    with torch.no_grad():
+        got = factored_output.log_marginal(a, SourceFactors(b), log_w, k)
+    assert calls and (calls[0] is None) == (case != "moderate"), "only moderate logits keep the fast path's result"
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got.double(), ref, rtol=0, atol=1e-4 * max(1.0, scale / 10))
+    torch.testing.assert_close(
+        got.double().logsumexp(-1), torch.zeros(sentences * k, 1, dtype=torch.double), rtol=0, atol=1e-4
+    )
 
 
 def test_products_run_in_float32_under_bf16_autocast():

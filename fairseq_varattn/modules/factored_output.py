@@ -235,7 +235,52 @@ def log_marginal(a: torch.Tensor, source: SourceFactors, log_w: torch.Tensor, k:
     rows, n = a.shape[:2]
     a = a.reshape(rows // k, k * n, -1)
     log_w = log_w.reshape(rows // k, k * n, -1)
-    return log_mixture(a, source, log_w - log_normalisers(a, source)).reshape(rows, n, -1)
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (a, log_w, source.b))
+    out = None if needs_grad else _log_marginal_no_grad(a, source, log_w)
+    if out is None:
+        out = log_mixture(a, source, log_w - log_normalisers(a, source))
+    return out.reshape(rows, n, -1)
+
+
+# the sentences one pass of ``_log_marginal_no_grad`` takes hold about this
+# many bytes of exp(b): the mixture's product reads them again from cache
+_CHUNK_BYTES = 1 << 20
+
+
+@torch.no_grad()
+@_float32
+def _log_marginal_no_grad(a, source: SourceFactors, log_w):
+    """``log_marginal``'s value for a (S, R, V), log_w (S, R, T) without
+    autograd (beam search, scoring), or None where an entry underflows (the
+    caller then takes the exact path).
+
+    The same two products as ``log_normalisers`` and ``log_mixture``, with
+    fewer passes over the (S, R, V) rows: exp(a - lse a) is one fused softmax
+    (lse a = max a - log max softmax, exact as in docs/design.md, "Output
+    layers"), with which the normalisers' shifts cancel in the mixture's
+    coefficients, d_ji = log w_ji - L_ji + max_v b_iv
+    = log w_ji - lse_v a_jv - log sum_v softmax(a_j)_v exp(b_iv - max_v b_iv);
+    and the products, the log and the adds run a few sentences at a time, so
+    the mixture reads exp(b) and writes its rows while they are in cache."""
+    p = torch.softmax(a, dim=-1)
+    lse_a = a.amax(-1, keepdim=True) - p.amax(-1, keepdim=True).log_()
+    out = torch.empty_like(p)
+    b_exp = source.row_exp
+    step = max(1, _CHUNK_BYTES // max(1, b_exp[0].numel() * b_exp.element_size()))
+    for first in range(0, a.size(0), step):
+        part = slice(first, first + step)
+        z = torch.bmm(b_exp[part], p[part].transpose(1, 2)).transpose(1, 2)  # s, R, T
+        if not bool(z.amin() > UNDERFLOW):
+            return None
+        d = log_w[part] - lse_a[part] - z.log_()  # -inf where position i has no weight
+        m_d = d.amax(-1, keepdim=True)
+        if not bool(torch.isfinite(m_d).all()):
+            return None
+        mix = torch.bmm(d.sub_(m_d).exp_(), b_exp[part], out=out[part])
+        if not bool(mix.amin() > UNDERFLOW):
+            return None
+        mix.log_().add_(a[part]).add_(m_d)
+    return out
 
 
 class FactoredOutputLayer(OutputLayerBase):
