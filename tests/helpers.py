@@ -13,6 +13,7 @@ import fairseq_varattn  # noqa: F401  (registers everything)
 from fairseq_varattn.models.varattn_lstm import VarAttnLSTMModel, varattn_lstm_tiny
 from fairseq_varattn.models.varattn_transformer import VarAttnTransformerModel, varattn_transformer_tiny
 from fairseq_varattn.modules.lexical import spread_table
+from fairseq_varattn.modules.output_layer import SHORTLIST_LAYERS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -54,7 +55,7 @@ def build_model(attention="categorical", inference_network="none", seed=0, dropo
     # defaults have tests of their own in test_model.py)
     overrides.setdefault("output_layer", "joint")
     overrides.setdefault("output_activation", "tanh")
-    if overrides["output_layer"] in ("shortlist", "sentence-shortlist"):
+    if overrides["output_layer"] in SHORTLIST_LAYERS:
         overrides.setdefault("shortlist_size", 4)  # of 13 words
     if arch == "lstm":
         args = argparse.Namespace(
@@ -87,7 +88,7 @@ def build_model(attention="categorical", inference_network="none", seed=0, dropo
         varattn_transformer_tiny(args)
         model = VarAttnTransformerModel.build_model(args, FakeTask(d, d))
     head = model.alignment_head
-    if head.output_layer_kind in ("shortlist", "sentence-shortlist"):  # no corpus here: a stand-in table
+    if head.output_layer_kind in SHORTLIST_LAYERS:  # no corpus here: a stand-in table
         head.output.set_table(spread_table(len(d), head.output.shortlist.size(1), d))
     model.eval()
     return model, d
