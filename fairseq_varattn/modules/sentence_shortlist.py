@@ -199,8 +199,7 @@ def gold_log_likelihood(reduced_a, gold_a, selection: SentenceSelection, target)
 
 def _reduced_mixture(reduced_a, selection: SentenceSelection, log_w) -> torch.Tensor:
     """The factored layer's mixture over the reduced vocabulary: (B, N, U + 1)."""
-    source = selection.factors
-    return factored.log_mixture(reduced_a, source, log_w - factored.log_normalisers(reduced_a, source))
+    return factored.log_marginal(reduced_a, selection.factors, log_w)
 
 
 @_float32
