@@ -244,7 +244,7 @@ def log_marginal(a: torch.Tensor, source: SourceFactors, log_w: torch.Tensor, k:
 
 # the sentences one pass of ``_log_marginal_no_grad`` takes hold about this
 # many bytes of exp(b): the mixture's product reads them again from cache
-_CHUNK_BYTES = 1 << 20
+_CHUNK_BYTES = 4 << 20
 
 
 @torch.no_grad()
