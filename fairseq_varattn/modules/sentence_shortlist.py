@@ -197,17 +197,12 @@ def gold_log_likelihood(reduced_a, gold_a, selection: SentenceSelection, target)
     return out + (gold_a - reduced_a[..., -1:]).masked_fill(hit.unsqueeze(-1), 0.0)
 
 
-def _reduced_mixture(reduced_a, selection: SentenceSelection, log_w) -> torch.Tensor:
-    """The factored layer's mixture over the reduced vocabulary: (B, N, U + 1)."""
-    return factored.log_marginal(reduced_a, selection.factors, log_w)
-
-
 @_float32
 def log_mixture(a, reduced_a, selection: SentenceSelection, log_w) -> torch.Tensor:
     """log sum_i w_ji p(y_j = v | z_j = i) for every v: (B, N, V); log_w
     (B, N, T), -inf where position i has no weight.  The reduced mixture's
     last column is every outside word's, less its logit: a_jv - log R_j + it."""
-    mix = _reduced_mixture(reduced_a, selection, log_w)
+    mix = factored.log_marginal(reduced_a, selection.factors, log_w)  # the mixture over U + 1 columns
     outside = a + (mix[..., -1:] - reduced_a[..., -1:])
     # unused slots all hold pad, which is outside U: ``where`` keeps its
     # outside value and sends their scattered copies no gradient
@@ -233,7 +228,7 @@ def mixture_in_place(a, selection: SentenceSelection, log_w) -> torch.Tensor:
         rows = bad.squeeze(-1).nonzero(as_tuple=True)
         outside = a[rows].masked_fill(in_u.expand_as(a)[rows], float("-inf"))
         log_rest = log_rest.index_put(rows, torch.logsumexp(outside, dim=-1, keepdim=True))
-    mix = _reduced_mixture(_reduced_columns(a, index, valid, log_rest), selection, log_w)
+    mix = factored.log_marginal(_reduced_columns(a, index, valid, log_rest), selection.factors, log_w)
     a.add_(mix[..., -1:] - log_rest)
     # unused slots hold pad, outside U: they write back its own value
     return a.scatter_(-1, index, torch.where(valid, mix[..., :-1], a.gather(-1, index)))
