@@ -19,7 +19,6 @@ warm-up call has freed them, so the timed calls reuse heap pages.
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 
@@ -28,18 +27,7 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from varattn_tools.experiments import git_commit  # noqa: E402
-
-
-def median_ms(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    return 1e3 * times[len(times) // 2]
+from varattn_tools.experiments import git_commit, machine, median_ms  # noqa: E402
 
 
 def chunked(E, p, c, out, step):
@@ -84,7 +72,8 @@ def measure(sentences, src_len, vocab, beam, repeats):
         "add over (rows, V)": lambda: positive.add(logits),
         "max over (rows, V)": lambda: logits.amax(-1),
     }
-    return {name: round(median_ms(fn, repeats), 2) for name, fn in parts.items()}, E.numel() * E.element_size()
+    ms = {name: round(median_ms(fn, repeats, warmup=1), 2) for name, fn in parts.items()}
+    return ms, E.numel() * E.element_size()
 
 
 def main():
@@ -113,7 +102,7 @@ def main():
             "command": "python " + " ".join(sys.argv),
             "commit": git_commit(REPO, mark_changes=True),
             "date": time.strftime("%Y-%m-%d"),
-            "machine": f"{platform.machine()} x{os.cpu_count()} CPU cores",
+            "machine": machine(),
             "torch": torch.__version__,
             "sizes": {k: getattr(opts, k) for k in ("sentences", "src_len", "vocab", "beam", "threads", "repeats")},
             "exp_b_bytes": e_bytes,

@@ -21,9 +21,7 @@ import argparse
 import collections
 import json
 import os
-import statistics
 import sys
-import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
@@ -34,7 +32,7 @@ import speed  # noqa: E402  (the benchmark's rows and batches)
 from fairseq_varattn.models.inference_network import InferenceNetwork, TransformerInferenceNetwork  # noqa: E402
 from fairseq_varattn.modules.factored_output import FactoredOutputLayer  # noqa: E402
 from fairseq_varattn.modules.output_layer import AlignmentOutputLayer  # noqa: E402
-from varattn_tools.experiments import append_markdown  # noqa: E402
+from varattn_tools.experiments import append_markdown, median_ms  # noqa: E402
 
 DEFAULT_ROWS = "soft,soft-factored,marginal,elbo-enum,elbo-reinforce"
 
@@ -149,13 +147,8 @@ def saved_tensor_mb(model, criterion, batch):
 
 def achieved_rate(a, b, product, repeats=5):
     """GFLOP/s of ``product(a, b)`` on this machine (median of ``repeats`` after a warm-up)."""
-    product(a, b)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        product(a, b)
-        times.append(time.perf_counter() - t0)
-    return 2 * a.shape[:-1].numel() * a.size(-1) * b.size(-1) / statistics.median(times) / 1e9
+    seconds = median_ms(lambda: product(a, b), repeats, warmup=1) / 1000
+    return 2 * a.shape[:-1].numel() * a.size(-1) * b.size(-1) / seconds / 1e9
 
 
 def gemm_rate(m, k, n):

@@ -15,22 +15,11 @@ import argparse
 import datetime
 import json
 import os
-import statistics
 import sys
-import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from varattn_tools.experiments import git_commit, machine  # noqa: E402
-
-
-def median_ms(fn, repeats):
-    times = []
-    for _ in range(repeats + 2):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times[2:])
+from varattn_tools.experiments import git_commit, machine, median_ms  # noqa: E402
 
 
 def main(argv=None):

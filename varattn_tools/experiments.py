@@ -8,6 +8,7 @@ import re
 import statistics
 import subprocess
 import sys
+import time
 
 from varattn_tools import fairseq_log
 
@@ -173,6 +174,19 @@ def validate_command(data, user_dir, checkpoint, subset, max_tokens, seed):
         "--log-format",
         "json",
     ]
+
+
+def median_ms(fn, repeats, warmup=2) -> float:
+    """Median wall-clock milliseconds of ``repeats`` calls of ``fn``, after
+    ``warmup`` untimed calls (the benchmarks' timing of one piece of work)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
 
 
 def machine() -> str:
