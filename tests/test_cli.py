@@ -61,6 +61,36 @@ def train(data_dir, save_dir, extra, max_update=30):
     return proc.stdout + proc.stderr
 
 
+def validate(data_dir, ckpt):
+    """fairseq-validate on every valid sentence (batch multiple 1); its log."""
+    proc = run_cli(
+        [
+            "fairseq_cli.validate",
+            data_dir,
+            "--user-dir",
+            USER_DIR,
+            "--required-batch-size-multiple",
+            "1",
+            "--path",
+            ckpt,
+            "--task",
+            "translation",
+            "--max-tokens",
+            "1500",
+            "--valid-subset",
+            "valid",
+        ]
+    )
+    return proc.stdout + proc.stderr
+
+
+def valid_metric(log, key):
+    """``key`` of the last validation in a fairseq log."""
+    values = re.findall(rf"valid on 'valid' subset \|.*? {key} ([0-9.]+)", log)
+    assert values, log[-2000:]
+    return float(values[-1])
+
+
 def losses(log, key="loss"):
     return [float(x) for x in re.findall(rf"\| train_inner \|.*? {key}=([0-9.]+)", log)]
 
@@ -112,32 +142,11 @@ def test_soft_train_generate_bleu_and_reload(data_dir, tmp_path):
     log = train(data_dir, save, ["--criterion", "cross_entropy", "--max-epoch", "2"], max_update=60)
     train_losses = losses(log)
     assert len(train_losses) >= 4 and train_losses[-1] < train_losses[0] - 1.0, train_losses
-    valid = re.findall(r"\| valid on 'valid' subset \| loss ([0-9.]+)", log)
-    assert valid, log[-3000:]
     ckpt = os.path.join(save, "checkpoint_last.pt")
 
     # Checkpoint -> reload -> same validation loss, under torch's default
     # weights_only=True loading (fairseq calls torch.load without the flag).
-    proc = run_cli(
-        [
-            "fairseq_cli.validate",
-            data_dir,
-            "--user-dir",
-            USER_DIR,
-            "--required-batch-size-multiple",
-            "1",
-            "--path",
-            ckpt,
-            "--task",
-            "translation",
-            "--max-tokens",
-            "1500",
-            "--valid-subset",
-            "valid",
-        ]
-    )
-    reloaded = re.findall(r"valid on 'valid' subset \| loss ([0-9.]+)", proc.stdout + proc.stderr)
-    assert reloaded and float(reloaded[-1]) == pytest.approx(float(valid[-1]), abs=1e-3)
+    assert valid_metric(validate(data_dir, ckpt), "loss") == pytest.approx(valid_metric(log, "loss"), abs=1e-3)
 
     _, out = generate(data_dir, ckpt, ["--print-alignment", "--post-process", "none"])  # S- lines in pieces
     # every printed link points inside its source sentence (pieces + </s>)
@@ -394,25 +403,7 @@ def test_categorical_score_reference_and_interactive(data_dir, tmp_path):
     positional = [float(x) for line in re.findall(r"^P-\d+\t(.*)$", out, re.M) for x in line.split()]
     assert len(re.findall(r"^H-\d+\t", out, re.M)) == EVAL_LINES
     # --score-reference (the mixture, token by token, base 2) = fairseq-validate's exact nll
-    proc = run_cli(
-        [
-            "fairseq_cli.validate",
-            data_dir,
-            "--user-dir",
-            USER_DIR,
-            "--required-batch-size-multiple",
-            "1",
-            "--path",
-            ckpt,
-            "--task",
-            "translation",
-            "--max-tokens",
-            "1500",
-            "--valid-subset",
-            "valid",
-        ]
-    )
-    nll = float(re.findall(r"valid on 'valid' subset \|.*? nll_loss ([0-9.]+)", proc.stdout + proc.stderr)[-1])
+    nll = valid_metric(validate(data_dir, ckpt), "nll_loss")
     assert -sum(positional) / len(positional) == pytest.approx(nll, abs=2e-3)
     src = "\u2581Ein \u2581Hund \u2581läuft .\n\u2581Zwei \u2581Männer .\n"
     proc = subprocess.run(
@@ -608,33 +599,14 @@ def test_transformer_with_shared_embeddings_trains_and_reloads(share, data_dir, 
         ],
         max_update=6,
     )
-    nll = float(re.findall(r"\| valid on 'valid' subset \|.*? nll_loss ([0-9.]+)", log)[-1])
+    nll = valid_metric(log, "nll_loss")
     ckpt = os.path.join(save, "checkpoint_last.pt")
     state = torch.load(ckpt)["model"]
     torch.testing.assert_close(state["decoder.head.output.fc_out.weight"], state["decoder.embed_tokens.weight"])
     if share == "--share-all-embeddings":
         torch.testing.assert_close(state["encoder.embed_tokens.weight"], state["decoder.embed_tokens.weight"])
     assert "decoder.output_projection.weight" not in state
-    proc = run_cli(
-        [
-            "fairseq_cli.validate",
-            data_dir,
-            "--user-dir",
-            USER_DIR,
-            "--required-batch-size-multiple",
-            "1",
-            "--path",
-            ckpt,
-            "--task",
-            "translation",
-            "--max-tokens",
-            "1500",
-            "--valid-subset",
-            "valid",
-        ]
-    )
-    reloaded = float(re.findall(r"valid on 'valid' subset \|.*? nll_loss ([0-9.]+)", proc.stdout + proc.stderr)[-1])
-    assert reloaded == pytest.approx(nll, abs=1e-3)
+    assert valid_metric(validate(data_dir, ckpt), "nll_loss") == pytest.approx(nll, abs=1e-3)
 
 
 def _comparable(text):
