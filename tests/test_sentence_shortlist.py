@@ -152,18 +152,46 @@ def test_mixture_equals_explicit_sum_over_alignments(scale):
         torch.testing.assert_close(x.double(), y, rtol=1e-3, atol=1e-4)
 
 
-@pytest.mark.parametrize("gap", [0.0, 150.0])
-def test_beam_search_mixture_in_place_equals_the_mixture(gap):
-    """Beam search's in-place mixture on a log-softmax, also where the words
-    outside U lie 150 nats below the rest (their sum underflows next to 1)."""
+def beam_case(gap, lowered):
+    """A log-softmax whose words outside U lie ``gap`` nats below the rest,
+    the sentence's positions 1 and 3 lowering every candidate by ``lowered``
+    nats, and prior weights with a padding position."""
     a, candidates, b = case(3.0, 6)
     selection = selection_of(candidates, b)
     a = torch.log_softmax(a - gap * (~_in_u(selection)).float().unsqueeze(1), -1)
-    log_w = torch.log_softmax(torch.randn(B, N, T) * 3, -1)
+    selection.b[:, 1::2] -= lowered * selection.valid.unsqueeze(1)
+    log_w = torch.log_softmax(torch.randn(B, N, T, generator=torch.Generator().manual_seed(7)) * 3, -1)
     log_w[1, :, 0] = float("-inf")
     ref = torch.logsumexp(log_w.double().unsqueeze(-1) + explicit_log_softmax(a, selection), dim=2)
+    return a, selection, log_w, ref
+
+
+@pytest.mark.parametrize(
+    "gap, lowered, summed",
+    [
+        (0.0, 0.0, 0),  # R_j = 1 - sum_u p_ju throughout
+        (150.0, 0.0, 0),  # the outside words underflow next to 1: R_j = 0 is their sum to float32
+        (12.0, 30.0, 0),  # U holds all but e^-12 of the mass and two positions lower it: Z_ji ~ R_j, summed
+        (150.0, 120.0, 2),  # ... and R_j underflows as well: the products' shifts, per sentence
+    ],
+)
+def test_beam_search_mixture_in_place_equals_the_mixture(gap, lowered, summed, monkeypatch):
+    """Beam search's in-place mixture against the explicit softmaxes, and
+    which sentences it hands to the summed path."""
+    from fairseq_varattn.modules import sentence_shortlist
+
+    a, selection, log_w, ref = beam_case(gap, lowered)
+    handed = []
+    summed_path = sentence_shortlist._mixture_in_place_summed
+
+    def counted(a, selection, log_w):
+        handed.append(a.size(0))
+        return summed_path(a, selection, log_w)
+
+    monkeypatch.setattr(sentence_shortlist, "_mixture_in_place_summed", counted)
     got = mixture_in_place(a.clone(), selection, log_w)
     torch.testing.assert_close(got.double(), ref, rtol=0, atol=1e-4)
+    assert sum(handed) == summed
 
 
 @pytest.mark.parametrize("samples", [0, 3])

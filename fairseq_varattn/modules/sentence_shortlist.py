@@ -210,10 +210,80 @@ def log_mixture(a, reduced_a, selection: SentenceSelection, log_w) -> torch.Tens
     return torch.where(selection.in_u(a.size(-1)), inside, outside)
 
 
+def _sensitive_tokens(d, top, mix, shifted, low, row_exp, weighted):
+    """Tokens (B, N) with a mixture entry sum_i t_i whose sensitivity to a
+    common error in Z_j., sum_i (t_i / Z_ji) / sum_i t_i, exceeds 1; ``mix``
+    holds the entries over exp(top), t_i = exp(d_ji) row_exp_iv.  Entries
+    are compared in linear space and reduced with ``amax``: logs and
+    boolean reductions over (B, N, U) cost more here than the products."""
+    over_z = torch.where(weighted, d - shifted.log() - low, d)  # log(t_i / Z_ji) less log row_exp_iv
+    top_z = over_z.amax(-1, keepdim=True)
+    excess = torch.bmm((over_z - top_z).exp_(), row_exp).mul_((top_z - top).exp_()).sub_(mix)
+    return excess.amax(-1) > 0.0
+
+
 @torch.no_grad()
 def mixture_in_place(a, selection: SentenceSelection, log_w) -> torch.Tensor:
     """``log_mixture`` for beam search, written over ``a``: a log-softmax
-    (B, N, V) that nothing else reads.  Its largest entry is at least -log V
+    (B, N, V) that nothing else reads.  Words outside U get a_jv plus one
+    constant per token, log sum_i w_ji / Z_ji, so the only pass over a row
+    is that add, with a gather and a scatter at U.
+
+    Z_ji = R_j + sum_u p_ju e^{b_iu} needs R_j, the mass outside U.  Taken
+    as 1 - sum_u p_ju it needs no exponential of the whole row, and errs by
+    the log-softmax's own mass error |1 - sum_v p_jv|, the same for every i.
+    A mixture entry sum_i t_i, t_i = w_ji e^{c_iv} / Z_ji, then errs by that
+    times sum_i (t_i / Z_ji) / sum_i t_i; where that factor exceeds 1 for
+    some entry of a token (10% of a trained model's tokens), R_j is summed
+    over the outside words instead, so every entry errs by at most the mass
+    error (docs/design.md, "Generation").  Sentences where a product
+    underflows take ``_mixture_in_place_summed``, whose shifts are exact for
+    any logits.
+
+    Unused slots of U hold pad with b = 0: their column of the products is
+    the outside words' column, so no check or write needs them masked."""
+    rows, n = a.shape[:2]
+    index = _rows_of(selection.words, n).contiguous()  # a gather with an expanded index is twice as slow
+    a_u = a.gather(-1, index)
+    p = a_u.exp().masked_fill_(~selection.valid.unsqueeze(1), 0.0)  # B, N, U
+    source = selection.factors  # b' = (b_iU, 0), m_i = max(0, max_u b_iu): row_exp's last column is e^{-m_i}
+    row_exp, low = source.row_exp, source.row_max.transpose(1, 2)  # B, T, U + 1; B, 1, T
+    inside = torch.bmm(p, row_exp[..., :-1].transpose(1, 2))  # B, N, T
+    rest = (1.0 - p.double().sum(-1, keepdim=True)).clamp_min_(0.0).float()
+    shifted = torch.addcmul(inside, rest, row_exp[..., -1].unsqueeze(1))  # Z_ji e^{-m_i}
+    weighted = log_w > float("-inf")
+
+    def mixture():
+        # t_i = w_ji e^{b_iv} / Z_ji = exp(log w_ji - log shifted_ji) row_exp_iv: m_i cancels
+        d = torch.where(weighted, log_w - shifted.log(), log_w)  # B, N, T
+        top = d.amax(-1, keepdim=True)
+        return d, top, torch.bmm((d - top).exp_(), row_exp)  # B, N, U + 1
+
+    d, top, mix = mixture()
+    unsure = _sensitive_tokens(d, top, mix, shifted, low, row_exp, weighted)
+    if bool(unsure.any()):
+        at = unsure.nonzero(as_tuple=True)
+        outside = a[at].masked_fill_(selection.in_u(a.size(-1)).squeeze(1)[at[0]], float("-inf"))
+        log_rest = torch.logsumexp(outside, dim=-1, keepdim=True)  # K, 1
+        shifted[at] = inside[at] + (log_rest - low.squeeze(1)[at[0]]).exp()
+        d, top, mix = mixture()
+    # NaN (an underflowed product's 0 / 0) fails every comparison: that sentence is redone
+    smallest = torch.minimum(torch.where(weighted, shifted, 1.0).amin(-1), mix.amin(-1))  # B, N
+    good = (smallest > UNDERFLOW) & torch.isfinite(top.squeeze(-1))
+    good = good.float().amin(-1) > 0.0  # B: every token of the sentence
+    mix = mix.log_().add_(top)
+    keep = good.view(rows, 1, 1)
+    a.add_(torch.where(keep, mix[..., -1:], 0.0))
+    a.scatter_(-1, index, a_u.add_(torch.where(keep, mix[..., :-1], 0.0)))
+    if not bool(good.all()):
+        redo = (~good).nonzero().squeeze(-1)
+        a[redo] = _mixture_in_place_summed(a[redo], selection.index_select(redo), log_w[redo])
+    return a
+
+
+@torch.no_grad()
+def _mixture_in_place_summed(a, selection: SentenceSelection, log_w) -> torch.Tensor:
+    """``mixture_in_place`` with R_j summed over the words outside U.  a's largest entry is at least -log V
     and none is above 0, so exp(a) needs no shift, and the result is a_jv
     plus one constant per token outside U: five passes over each row (the
     exponential, its mask, its sum, the add and a gather) where autograd's

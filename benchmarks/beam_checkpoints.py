@@ -1,0 +1,199 @@
+"""Beam-5 generation of trained checkpoints on real test sentences.
+
+speed.py times beam search on untrained models and a stand-in lexical table
+(the sentence-shortlist layer's worst case, |U| = T K); this times the
+checkpoints themselves, on the test split of their data, where U is the real
+table's.  Every row decodes the same batches to the same fixed length, so
+the rows do the same number of steps; rows are interleaved, median of
+``--repeats``.  A checkpoint of the sentence-shortlist layer also gets a row
+``NAME-summed``, its beam-search mixture with R_j summed over the words
+outside U for every token (``_mixture_in_place_summed``), and an accuracy
+pass: how far the log-softmax's mass is from 1, how many tokens the fast
+path sums the outside words of, and the largest difference between the paths.
+
+    python benchmarks/beam_checkpoints.py --data runs/multi30k-quarter/bin \\
+        --checkpoints soft=runs/screen/soft-seed1/checkpoint_best.pt,\\
+sentence128=runs/screen/marginal-sentence128-seed1/checkpoint_best.pt \\
+        --json benchmarks/results/beam-checkpoints.json
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from varattn_tools.experiments import git_commit, machine  # noqa: E402
+
+
+def load(path, data):
+    from fairseq import checkpoint_utils
+
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides={"data": data})
+    return models[0].eval(), task
+
+
+def test_batches(task, sentences, count):
+    task.load_dataset("test")
+    itr = task.get_batch_iterator(
+        dataset=task.dataset("test"), max_sentences=sentences, required_batch_size_multiple=1
+    ).next_epoch_itr(shuffle=False)
+    return [batch for _, batch in zip(range(count), itr)]
+
+
+def is_sentence_layer(model):
+    from fairseq_varattn.modules.sentence_shortlist import SentenceShortlistOutputLayer
+
+    head = getattr(model.decoder, "head", None)
+    return head is not None and isinstance(head.output, SentenceShortlistOutputLayer)
+
+
+class MixturePath:
+    """Which beam-search mixture the sentence-shortlist layer calls."""
+
+    def __init__(self):
+        from fairseq_varattn.modules import sentence_shortlist
+
+        self.module = sentence_shortlist
+        self.fast = sentence_shortlist.mixture_in_place
+
+    def use(self, summed):
+        self.module.mixture_in_place = self.module._mixture_in_place_summed if summed else self.fast
+
+
+def accuracy(model, task, batches, path, length):
+    """The fast mixture against the summed one on every call of a beam
+    search: the log-softmax's mass error, the tokens whose R_j the fast
+    path sums over the outside words, the largest difference."""
+    import torch
+    from fairseq.sequence_generator import SequenceGenerator
+
+    stats = {"tokens": 0, "summed_tokens": 0, "largest_mass_error": 0.0, "largest_difference": 0.0}
+    module = path.module
+    sensitive = module._sensitive_tokens
+
+    def counted(*args):
+        out = sensitive(*args)
+        stats["summed_tokens"] += int(out.sum())
+        return out
+
+    def checked(a, selection, log_w):
+        summed = module._mixture_in_place_summed(a.clone(), selection, log_w)
+        stats["tokens"] += a.size(0) * a.size(1)
+        stats["largest_mass_error"] = max(
+            stats["largest_mass_error"], float((a.double().exp().sum(-1) - 1).abs().max())
+        )
+        out = path.fast(a, selection, log_w)
+        stats["largest_difference"] = max(stats["largest_difference"], float((out - summed).abs().max()))
+        return out
+
+    module.mixture_in_place, module._sensitive_tokens = checked, counted
+    generator = SequenceGenerator([model], task.target_dictionary, beam_size=5, max_len_a=0, max_len_b=length)
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                generator.generate([model], batch)
+    finally:
+        module._sensitive_tokens = sensitive
+        path.use(summed=False)
+    stats["summed_fraction"] = round(stats["summed_tokens"] / max(1, stats["tokens"]), 4)
+    return stats
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="the binarised data the checkpoints were trained on")
+    parser.add_argument("--checkpoints", required=True, help="NAME=PATH,...; the first is the baseline")
+    parser.add_argument("--sentences", type=int, default=64, help="sentences a batch")
+    parser.add_argument("--batches", type=int, default=4)
+    parser.add_argument("--length", type=int, default=16, help="every hypothesis is decoded to this length")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--note", default="", help="how the machine was shared, for the JSON")
+    parser.add_argument("--json")
+    opts = parser.parse_args()
+
+    import torch
+    from fairseq.sequence_generator import SequenceGenerator
+
+    import fairseq_varattn  # noqa: F401  (registers the plugin's models)
+
+    torch.set_num_threads(opts.threads)
+    paths = dict(item.split("=", 1) for item in opts.checkpoints.split(","))
+    models, task = {}, None
+    for name, path in paths.items():
+        models[name], task = load(path, opts.data)
+    batches = test_batches(task, opts.sentences, opts.batches)
+    mixture = MixturePath()
+    rows = []  # (row, model name, summed)
+    for name, model in models.items():
+        rows.append((name, name, False))
+        if is_sentence_layer(model):
+            rows.append((f"{name}-summed", name, True))
+
+    def run(model_name, summed):
+        model = models[model_name]
+        mixture.use(summed)
+        generator = SequenceGenerator(
+            [model], task.target_dictionary, beam_size=5, min_len=opts.length, max_len_b=opts.length, max_len_a=0
+        )
+        start = time.perf_counter()
+        with torch.no_grad():
+            for batch in batches:
+                generator.generate([model], batch)
+        mixture.use(summed=False)
+        return time.perf_counter() - start
+
+    for row in rows:  # warm-up, not timed
+        run(*row[1:])
+    seconds = {row[0]: [] for row in rows}
+    for _ in range(opts.repeats):
+        for row in rows:
+            seconds[row[0]].append(run(*row[1:]))
+    sentences = sum(len(b["id"]) for b in batches)
+    base = statistics.median(seconds[rows[0][0]])
+    results = {
+        row: {
+            "sentences_per_s": round(sentences / statistics.median(times), 1),
+            "speed_vs_first": round(base / statistics.median(times), 3),
+            "seconds": [round(t, 3) for t in times],
+        }
+        for row, times in seconds.items()
+    }
+    checks = {
+        name: accuracy(model, task, batches, mixture, opts.length)
+        for name, model in models.items()
+        if is_sentence_layer(model)
+    }
+    print(
+        f"beam 5, {sentences} test sentences in {len(batches)} batches, {opts.length} steps, {opts.threads} thread(s)"
+    )
+    print(f"| row | sentences/s | speed vs {rows[0][0]} |")
+    print("|---|---|---|")
+    for row, r in results.items():
+        print(f"| {row} | {r['sentences_per_s']} | {r['speed_vs_first']:.2f} |")
+    for name, stats in checks.items():
+        print(f"{name}: {json.dumps(stats)}")
+    if opts.json:
+        record = {
+            "command": "python " + " ".join(sys.argv),
+            "commit": git_commit(REPO, mark_changes=True),
+            "date": time.strftime("%Y-%m-%d"),
+            "machine": machine(),
+            "torch": torch.__version__,
+            "checkpoints": paths,
+            "sizes": {k: getattr(opts, k) for k in ("sentences", "batches", "length", "repeats", "threads")},
+            "results": results,
+            "accuracy": checks,
+            "note": opts.note,
+        }
+        with open(opts.json, "w") as f:
+            json.dump(record, f, indent=1)
+            f.write("\n")
+
+
+if __name__ == "__main__":
+    main()
