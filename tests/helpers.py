@@ -2,6 +2,7 @@
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 
@@ -16,6 +17,7 @@ from fairseq_varattn.modules.lexical import spread_table
 from fairseq_varattn.modules.output_layer import SHORTLIST_LAYERS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+USER_DIR = os.path.join(REPO, "fairseq_varattn")  # --user-dir
 
 
 def example_module(name):
@@ -147,6 +149,36 @@ def run_cli(args, timeout=900, check=True, env_extra=None):
             f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
         )
     return proc
+
+
+def validate(data_dir, ckpt, *options, max_tokens=1500):
+    """fairseq-validate of ``ckpt`` on every sentence of the valid split
+    (batch multiple 1); its log."""
+    proc = run_cli(
+        [
+            "fairseq_cli.validate",
+            data_dir,
+            "--user-dir",
+            USER_DIR,
+            "--required-batch-size-multiple",
+            "1",
+            "--task",
+            "translation",
+            "--path",
+            ckpt,
+            "--max-tokens",
+            str(max_tokens),
+            *options,
+        ]
+    )
+    return proc.stdout + proc.stderr
+
+
+def valid_metric(log, key):
+    """``key`` of the last validation in a fairseq log."""
+    values = re.findall(rf"valid on 'valid' subset \|.*? {key} ([0-9.]+)", log)
+    assert values, log[-2000:]
+    return float(values[-1])
 
 
 def variant_criterion(name, task, **extra):

@@ -9,12 +9,11 @@ import subprocess
 import forkrun
 import pytest
 import torch
-from helpers import PYTHON, REPO, cli_env, run_cli, run_fresh
+from helpers import PYTHON, REPO, USER_DIR, cli_env, run_cli, run_fresh, valid_metric, validate
 
 from varattn_tools.variants import VARIANTS, train_options
 from varattn_tools.variants import get as get_variant
 
-USER_DIR = os.path.join(REPO, "fairseq_varattn")
 TINY = [
     "--arch",
     "varattn_lstm_tiny",
@@ -59,36 +58,6 @@ def train(data_dir, save_dir, extra, max_update=30):
         ]
     )
     return proc.stdout + proc.stderr
-
-
-def validate(data_dir, ckpt):
-    """fairseq-validate on every valid sentence (batch multiple 1); its log."""
-    proc = run_cli(
-        [
-            "fairseq_cli.validate",
-            data_dir,
-            "--user-dir",
-            USER_DIR,
-            "--required-batch-size-multiple",
-            "1",
-            "--path",
-            ckpt,
-            "--task",
-            "translation",
-            "--max-tokens",
-            "1500",
-            "--valid-subset",
-            "valid",
-        ]
-    )
-    return proc.stdout + proc.stderr
-
-
-def valid_metric(log, key):
-    """``key`` of the last validation in a fairseq log."""
-    values = re.findall(rf"valid on 'valid' subset \|.*? {key} ([0-9.]+)", log)
-    assert values, log[-2000:]
-    return float(values[-1])
 
 
 def losses(log, key="loss"):

@@ -9,11 +9,10 @@ import subprocess
 
 import pytest
 import torch
-from helpers import PYTHON, REPO, run_cli
+from helpers import PYTHON, REPO, USER_DIR, run_cli
 
 from fairseq_varattn import alignments, hub
 
-USER_DIR = os.path.join(REPO, "fairseq_varattn")
 TRAIN = [
     "--user-dir",
     USER_DIR,

@@ -8,12 +8,11 @@ import subprocess
 
 import pytest
 import torch
-from helpers import PYTHON, REPO, cli_env, run_cli
+from helpers import PYTHON, REPO, USER_DIR, cli_env, run_cli, valid_metric, validate
 
 import fairseq_varattn  # noqa: F401  (safe globals for torch.load)
 from varattn_tools.variants import train_options
 
-USER_DIR = os.path.join(REPO, "fairseq_varattn")
 # dropout 0: ranks and micro-batches draw different dropout masks, and the
 # comparisons below are between different process layouts
 MODEL = [
@@ -49,27 +48,8 @@ def num_updates(path):
     return checkpoint(path)["optimizer_history"][-1]["num_updates"]
 
 
-def validate(data_dir, ckpt):
-    proc = run_cli(
-        [
-            "fairseq_cli.validate",
-            data_dir,
-            "--user-dir",
-            USER_DIR,
-            "--required-batch-size-multiple",
-            "1",
-            "--task",
-            "translation",
-            "--path",
-            ckpt,
-            "--max-tokens",
-            "4000",
-            "--num-workers",
-            "0",
-        ]
-    )
-    out = proc.stdout + proc.stderr
-    return float(re.findall(r"valid on 'valid' subset \| loss ([0-9.]+)", out)[-1])
+def validated_loss(data_dir, ckpt):
+    return valid_metric(validate(data_dir, ckpt, "--num-workers", "0", max_tokens=4000), "loss")
 
 
 # -- resume ----------------------------------------------------------------------------------
@@ -150,7 +130,10 @@ def test_resume_after_a_kill_reaches_the_uninterrupted_result(data_dir, tmp_path
     for key, value in a["model"].items():
         torch.testing.assert_close(b["model"][key], value, rtol=1e-4, atol=1e-5, msg=key)
     # same validation loss: fairseq logs it to 3 decimals, so one unit of rounding either way
-    assert abs(validate(data_dir, os.path.join(straight, "checkpoint_last.pt")) - validate(data_dir, last)) < 2e-3
+    assert (
+        abs(validated_loss(data_dir, os.path.join(straight, "checkpoint_last.pt")) - validated_loss(data_dir, last))
+        < 2e-3
+    )
 
 
 def _epoch_batches(task, dataset, built_at, epoch):

@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from helpers import REPO, run_cli, variant_criterion
+from helpers import USER_DIR, run_cli, variant_criterion
 
 from fairseq_varattn.criterions.marginal import MarginalCriterion
 from fairseq_varattn.data.vqa import build_vocabularies, vqa_scores
@@ -18,8 +18,6 @@ from fairseq_varattn.models.varattn_vqa import VarAttnVQAModel
 from fairseq_varattn.tasks.vqa import VQATask, vqa_accuracy
 from varattn_tools import variants
 from varattn_tools.vqa_data import grid_features
-
-USER_DIR = os.path.join(REPO, "fairseq_varattn")
 
 
 def write_fixture(root, questions, annotations, images=(1, 2), regions=(4, 2), dim=6):
