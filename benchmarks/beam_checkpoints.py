@@ -26,7 +26,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from varattn_tools.experiments import git_commit, machine  # noqa: E402
+from varattn_tools.experiments import write_result  # noqa: E402
 
 
 def load(path, data):
@@ -178,11 +178,7 @@ def main():
     for name, stats in checks.items():
         print(f"{name}: {json.dumps(stats)}")
     if opts.json:
-        record = {
-            "command": "python " + " ".join(sys.argv),
-            "commit": git_commit(REPO, mark_changes=True),
-            "date": time.strftime("%Y-%m-%d"),
-            "machine": machine(),
+        fields = {
             "torch": torch.__version__,
             "checkpoints": paths,
             "sizes": {k: getattr(opts, k) for k in ("sentences", "batches", "length", "repeats", "threads")},
@@ -190,9 +186,7 @@ def main():
             "accuracy": checks,
             "note": opts.note,
         }
-        with open(opts.json, "w") as f:
-            json.dump(record, f, indent=1)
-            f.write("\n")
+        write_result(opts.json, "benchmarks/beam_checkpoints.py", sys.argv[1:], fields, REPO)
 
 
 if __name__ == "__main__":

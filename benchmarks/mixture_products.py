@@ -17,17 +17,15 @@ warm-up call has freed them, so the timed calls reuse heap pages.
 """
 
 import argparse
-import json
 import os
 import sys
-import time
 
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from varattn_tools.experiments import git_commit, machine, median_ms  # noqa: E402
+from varattn_tools.experiments import median_ms, write_result  # noqa: E402
 
 
 def chunked(E, p, c, out, step):
@@ -98,19 +96,14 @@ def main():
     for name, value in ms.items():
         print(f"| {name} | {value} |")
     if opts.json:
-        record = {
-            "command": "python " + " ".join(sys.argv),
-            "commit": git_commit(REPO, mark_changes=True),
-            "date": time.strftime("%Y-%m-%d"),
-            "machine": machine(),
+        fields = {
             "torch": torch.__version__,
             "sizes": {k: getattr(opts, k) for k in ("sentences", "src_len", "vocab", "beam", "threads", "repeats")},
             "exp_b_bytes": e_bytes,
             "ms": ms,
             "note": opts.note,
         }
-        with open(opts.json, "w") as f:
-            json.dump(record, f, indent=1)
+        write_result(opts.json, "benchmarks/mixture_products.py", sys.argv[1:], fields, REPO)
 
 
 if __name__ == "__main__":

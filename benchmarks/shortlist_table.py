@@ -12,15 +12,13 @@ all (``--output-layer shortlist``, docs/design.md, "Output layers").
 """
 
 import argparse
-import datetime
-import json
 import os
 import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from varattn_tools.experiments import git_commit, machine  # noqa: E402
+from varattn_tools.experiments import write_result  # noqa: E402
 
 
 def main(argv=None):
@@ -74,18 +72,10 @@ def main(argv=None):
             f"| {row['k']} | {row['coverage']:.3f} | {row['sentence_words_mean']:.0f} | {row['sentence_words_max']} |"
         )
     if opts.json:
-        out = {
-            "command": "python benchmarks/shortlist_table.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "commit": git_commit(REPO, mark_changes=True),
-            "date": str(datetime.date.today()),
-            "machine": machine(),
-            "pairs": len(sets["train"]),
-            "ibm1_seconds": round(seconds, 2),
-            "coverage": rows,
-        }
-        with open(opts.json, "w") as f:
-            json.dump(out, f, indent=1)
-            f.write("\n")
+        fields = {"pairs": len(sets["train"]), "ibm1_seconds": round(seconds, 2), "coverage": rows}
+        write_result(
+            opts.json, "benchmarks/shortlist_table.py", argv if argv is not None else sys.argv[1:], fields, REPO
+        )
 
 
 if __name__ == "__main__":

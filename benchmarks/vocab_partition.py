@@ -12,14 +12,12 @@ MALLOC_TRIM_THRESHOLD_=2000000000): with glibc's default, each new
 """
 
 import argparse
-import datetime
-import json
 import os
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from varattn_tools.experiments import git_commit, machine, median_ms  # noqa: E402
+from varattn_tools.experiments import median_ms, write_result  # noqa: E402
 
 
 def main(argv=None):
@@ -54,22 +52,10 @@ def main(argv=None):
     for name, ms in results.items():
         print(f"| {name} | {ms} |")
     if opts.json:
-        with open(opts.json, "w") as f:
-            json.dump(
-                {
-                    "command": "python benchmarks/vocab_partition.py "
-                    + " ".join(argv if argv is not None else sys.argv[1:]),
-                    "commit": git_commit(REPO, mark_changes=True),
-                    "date": str(datetime.date.today()),
-                    "machine": machine(),
-                    "threads": torch.get_num_threads(),
-                    "malloc": malloc,
-                    "ms": results,
-                },
-                f,
-                indent=1,
-            )
-            f.write("\n")
+        fields = {"threads": torch.get_num_threads(), "malloc": malloc, "ms": results}
+        write_result(
+            opts.json, "benchmarks/vocab_partition.py", argv if argv is not None else sys.argv[1:], fields, REPO
+        )
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 read fairseq's log lines, summarise seeds."""
 
 import datetime
+import json
 import os
 import platform
 import re
@@ -192,6 +193,22 @@ def median_ms(fn, repeats, warmup=2) -> float:
 def machine() -> str:
     """The machine a result was measured on, as every result file names it."""
     return f"{platform.machine()} x{os.cpu_count()} CPU cores"
+
+
+def write_result(path, script, argv, fields, repo):
+    """A benchmark's result JSON at ``path``: the command that made it
+    (``python SCRIPT ARGV``), the commit (marked when tracked files differ),
+    the date and the machine, then ``fields``."""
+    record = {
+        "command": " ".join(["python", script, *argv]),
+        "commit": git_commit(repo, mark_changes=True),
+        "date": str(datetime.date.today()),
+        "machine": machine(),
+        **fields,
+    }
+    with open(path, "w") as f:
+        json.dump(record, f, indent=1)
+        f.write("\n")
 
 
 def append_markdown(path, lines):
