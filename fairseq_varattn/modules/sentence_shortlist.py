@@ -210,6 +210,13 @@ def log_mixture(a, reduced_a, selection: SentenceSelection, log_w) -> torch.Tens
     return torch.where(selection.in_u(a.size(-1)), inside, outside)
 
 
+def _outside_log_mass(a, in_u, at):
+    """log sum_{v not in U} exp(a_jv) for the tokens ``at`` (indices into
+    a's (B, N)) of a (B, N, V), in_u (B, 1, V): (K, 1), with its own shift,
+    for tokens whose outside mass cannot be had otherwise."""
+    return torch.logsumexp(a[at].masked_fill_(in_u.squeeze(1)[at[0]], float("-inf")), dim=-1, keepdim=True)
+
+
 def _sensitive_tokens(d, top, mix, shifted, low, row_exp, weighted):
     """Tokens (B, N) with a mixture entry sum_i t_i whose sensitivity to a
     common error in Z_j., sum_i (t_i / Z_ji) / sum_i t_i, exceeds 1; ``mix``
@@ -263,8 +270,7 @@ def mixture_in_place(a, selection: SentenceSelection, log_w) -> torch.Tensor:
     unsure = _sensitive_tokens(d, top, mix, shifted, low, row_exp, weighted)
     if bool(unsure.any()):
         at = unsure.nonzero(as_tuple=True)
-        outside = a[at].masked_fill_(selection.in_u(a.size(-1)).squeeze(1)[at[0]], float("-inf"))
-        log_rest = torch.logsumexp(outside, dim=-1, keepdim=True)  # K, 1
+        log_rest = _outside_log_mass(a, selection.in_u(a.size(-1)), at)  # K, 1
         shifted[at] = inside[at] + (log_rest - low.squeeze(1)[at[0]]).exp()
         d, top, mix = mixture()
     # NaN (an underflowed product's 0 / 0) fails every comparison: that sentence is redone
@@ -283,11 +289,12 @@ def mixture_in_place(a, selection: SentenceSelection, log_w) -> torch.Tensor:
 
 @torch.no_grad()
 def _mixture_in_place_summed(a, selection: SentenceSelection, log_w) -> torch.Tensor:
-    """``mixture_in_place`` with R_j summed over the words outside U.  a's largest entry is at least -log V
-    and none is above 0, so exp(a) needs no shift, and the result is a_jv
-    plus one constant per token outside U: five passes over each row (the
-    exponential, its mask, its sum, the add and a gather) where autograd's
-    version makes nine and allocates four (B, N, V) tensors."""
+    """``mixture_in_place`` with R_j summed over the words outside U for
+    every token.  a's largest entry is at least -log V and none is above 0,
+    so exp(a) needs no shift, and the result is a_jv plus one constant per
+    token outside U: five passes over each row (the exponential, its mask,
+    its sum, the add and a gather) where autograd's version makes nine and
+    allocates four (B, N, V) tensors."""
     index = _rows_of(selection.words, a.size(1))
     valid = selection.valid.unsqueeze(1)
     in_u = selection.in_u(a.size(-1))
@@ -296,8 +303,7 @@ def _mixture_in_place_summed(a, selection: SentenceSelection, log_w) -> torch.Te
     bad = ~(rest > UNDERFLOW)  # the outside words underflow next to 1: sum them with their own shift
     if bool(bad.any()):
         rows = bad.squeeze(-1).nonzero(as_tuple=True)
-        outside = a[rows].masked_fill(in_u.expand_as(a)[rows], float("-inf"))
-        log_rest = log_rest.index_put(rows, torch.logsumexp(outside, dim=-1, keepdim=True))
+        log_rest = log_rest.index_put(rows, _outside_log_mass(a, in_u, rows))
     mix = factored.log_marginal(_reduced_columns(a, index, valid, log_rest), selection.factors, log_w)
     a.add_(mix[..., -1:] - log_rest)
     # unused slots hold pad, outside U: they write back its own value
