@@ -103,6 +103,55 @@ def accuracy(model, task, batches, path, length):
     return stats
 
 
+def mixture_calls(model, task, batches, path, length, repeats):
+    """The sentence-shortlist mixture alone: the inputs of every call of one
+    beam search, captured, then each path run over all of them, the fast and
+    the summed interleaved, ``repeats`` times.  A whole beam search on this
+    machine moves by several percent from run to run; this isolates the part
+    that differs between the layers.  Returns ms per call (medians) and the
+    per-repeat ratio summed / fast."""
+    import torch
+    from fairseq.sequence_generator import SequenceGenerator
+
+    module, captured = path.module, []
+
+    def capture(a, selection, log_w):
+        captured.append((a.clone(), selection, log_w.clone()))
+        return path.fast(a, selection, log_w)
+
+    module.mixture_in_place = capture
+    generator = SequenceGenerator(
+        [model], task.target_dictionary, beam_size=5, min_len=length, max_len_b=length, max_len_a=0
+    )
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                generator.generate([model], batch)
+    finally:
+        path.use(summed=False)
+
+    def run(fn):
+        start = time.perf_counter()
+        for a, selection, log_w in captured:
+            fn(a.clone(), selection, log_w)
+        return time.perf_counter() - start
+
+    copies = [run(lambda *args: None) for _ in range(3)]
+    times = {"fast": [], "summed": []}
+    for _ in range(repeats):
+        times["fast"].append(run(path.fast))
+        times["summed"].append(run(module._mixture_in_place_summed))
+    copy = statistics.median(copies)
+    per_call = {k: round((statistics.median(v) - copy) * 1000 / len(captured), 3) for k, v in times.items()}
+    ratios = [s / f for f, s in zip(times["fast"], times["summed"])]
+    return {
+        "calls": len(captured),
+        "ms_per_call": per_call,
+        "summed_over_fast": round(statistics.median(ratios), 3),
+        "fast_faster_in": f"{sum(r > 1 for r in ratios)}/{len(ratios)}",
+    }
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="the binarised data the checkpoints were trained on")
@@ -112,6 +161,12 @@ def main():
     parser.add_argument("--length", type=int, default=16, help="every hypothesis is decoded to this length")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--mixture-repeats",
+        type=int,
+        default=0,
+        help="also time the sentence-shortlist mixture alone on one beam search's calls, this many times",
+    )
     parser.add_argument("--note", default="", help="how the machine was shared, for the JSON")
     parser.add_argument("--json")
     opts = parser.parse_args()
@@ -168,6 +223,11 @@ def main():
         for name, model in models.items()
         if is_sentence_layer(model)
     }
+    mixtures = {
+        name: mixture_calls(model, task, batches, mixture, opts.length, opts.mixture_repeats)
+        for name, model in models.items()
+        if opts.mixture_repeats and is_sentence_layer(model)
+    }
     print(
         f"beam 5, {sentences} test sentences in {len(batches)} batches, {opts.length} steps, {opts.threads} thread(s)"
     )
@@ -177,13 +237,18 @@ def main():
         print(f"| {row} | {r['sentences_per_s']} | {r['speed_vs_first']:.2f} |")
     for name, stats in checks.items():
         print(f"{name}: {json.dumps(stats)}")
+    for name, stats in mixtures.items():
+        print(f"{name}, the mixture alone: {json.dumps(stats)}")
     if opts.json:
         fields = {
             "torch": torch.__version__,
             "checkpoints": paths,
-            "sizes": {k: getattr(opts, k) for k in ("sentences", "batches", "length", "repeats", "threads")},
+            "sizes": {
+                k: getattr(opts, k) for k in ("sentences", "batches", "length", "repeats", "mixture_repeats", "threads")
+            },
             "results": results,
             "accuracy": checks,
+            "mixture_alone": mixtures,
             "note": opts.note,
         }
         write_result(opts.json, "benchmarks/beam_checkpoints.py", sys.argv[1:], fields, REPO)

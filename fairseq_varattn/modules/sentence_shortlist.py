@@ -217,6 +217,19 @@ def _outside_log_mass(a, in_u, at):
     return torch.logsumexp(a[at].masked_fill_(in_u.squeeze(1)[at[0]], float("-inf")), dim=-1, keepdim=True)
 
 
+def _outside_mass(a, index, valid, at):
+    """sum_{v not in U} exp(a_jv) for the tokens ``at`` of a log-softmax a
+    (B, N, V), index (B, N, U) its slots of U: (K, 1).  a <= 0, so exp(a)
+    needs no shift; the row's sum less U's is taken in float64 from the
+    same float32 terms, so nothing is lost to cancellation however much of
+    the mass U holds, and unused slots (pad, outside U) are not subtracted.
+    Where every outside word underflows it is 0, which changes no
+    normaliser that does not underflow itself (``mixture_in_place`` checks)."""
+    e = a[at].exp_()  # K, V
+    e_u = e.gather(-1, index[at]).masked_fill_(~valid[at[0]], 0.0)
+    return (e.sum(-1, keepdim=True, dtype=torch.float64) - e_u.sum(-1, keepdim=True, dtype=torch.float64)).float()
+
+
 def _sensitive_tokens(d, top, mix, shifted, low, row_exp, weighted):
     """Tokens (B, N) with a mixture entry sum_i t_i whose sensitivity to a
     common error in Z_j., sum_i (t_i / Z_ji) / sum_i t_i, exceeds 1; ``mix``
@@ -256,7 +269,7 @@ def mixture_in_place(a, selection: SentenceSelection, log_w) -> torch.Tensor:
     source = selection.factors  # b' = (b_iU, 0), m_i = max(0, max_u b_iu): row_exp's last column is e^{-m_i}
     row_exp, low = source.row_exp, source.row_max.transpose(1, 2)  # B, T, U + 1; B, 1, T
     inside = torch.bmm(p, row_exp[..., :-1].transpose(1, 2))  # B, N, T
-    rest = (1.0 - p.double().sum(-1, keepdim=True)).clamp_min_(0.0).float()
+    rest = (1.0 - p.sum(-1, keepdim=True, dtype=torch.float64)).clamp_min_(0.0).float()
     shifted = torch.addcmul(inside, rest, row_exp[..., -1].unsqueeze(1))  # Z_ji e^{-m_i}
     weighted = log_w > float("-inf")
 
@@ -270,8 +283,8 @@ def mixture_in_place(a, selection: SentenceSelection, log_w) -> torch.Tensor:
     unsure = _sensitive_tokens(d, top, mix, shifted, low, row_exp, weighted)
     if bool(unsure.any()):
         at = unsure.nonzero(as_tuple=True)
-        log_rest = _outside_log_mass(a, selection.in_u(a.size(-1)), at)  # K, 1
-        shifted[at] = inside[at] + (log_rest - low.squeeze(1)[at[0]]).exp()
+        rest = _outside_mass(a, index, selection.valid, at)  # K, 1
+        shifted[at] = torch.addcmul(inside[at], rest, row_exp[at[0], :, -1])
         d, top, mix = mixture()
     # NaN (an underflowed product's 0 / 0) fails every comparison: that sentence is redone
     smallest = torch.minimum(torch.where(weighted, shifted, 1.0).amin(-1), mix.amin(-1))  # B, N
