@@ -152,6 +152,65 @@ def mixture_calls(model, task, batches, path, length, repeats):
     }
 
 
+def breakdown(model, task, batches, path, length, repeats):
+    """Wall time of the parts of one beam search over ``batches``, ms summed
+    over its steps (median of ``repeats``): each part is a method of the
+    model's own modules (or the sentence layer's mixture) wrapped in a timer
+    on the instance, so nothing else changes; "generator" is the rest of
+    fairseq's beam search."""
+    import torch
+    from fairseq.sequence_generator import SequenceGenerator
+
+    spent = {}
+
+    def timed(name, fn):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[name] = spent.get(name, 0.0) + time.perf_counter() - start
+
+        return wrapper
+
+    decoder, head = model.decoder, getattr(model.decoder, "head", None)
+    parts = [
+        ("encoder", model.encoder, "forward"),
+        ("decoder body", decoder, "extract_features"),
+        ("normalise", decoder, "get_normalized_probs"),
+        ("reorder states", decoder, "reorder_incremental_state"),
+    ]
+    if head is not None:
+        parts.append(("output", head, "output_logits"))
+        for name, method in (("output: decoder logits", "decoder_logits"), ("output: source side", "source_cache")):
+            if hasattr(head.output, method):
+                parts.append((name, head.output, method))
+    for name, owner, method in parts:
+        setattr(owner, method, timed(name, getattr(owner, method)))
+    sentence = is_sentence_layer(model)
+    if sentence:
+        path.module.mixture_in_place = timed("output: mixture", path.fast)
+    generator = SequenceGenerator(
+        [model], task.target_dictionary, beam_size=5, min_len=length, max_len_b=length, max_len_a=0
+    )
+    runs = []
+    try:
+        for _ in range(repeats):
+            spent.clear()
+            start = time.perf_counter()
+            with torch.no_grad():
+                for batch in batches:
+                    generator.generate([model], batch)
+            total = time.perf_counter() - start
+            inner = sum(v for k, v in spent.items() if not k.startswith("output:"))
+            runs.append({"total": total, **spent, "generator": total - inner})
+    finally:
+        for _, owner, method in parts:
+            delattr(owner, method)  # the class's method again
+        path.use(summed=False)
+    return {k: round(statistics.median(r.get(k, 0.0) for r in runs) * 1000, 1) for k in runs[0]}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="the binarised data the checkpoints were trained on")
@@ -166,6 +225,12 @@ def main():
         type=int,
         default=0,
         help="also time the sentence-shortlist mixture alone on one beam search's calls, this many times",
+    )
+    parser.add_argument(
+        "--breakdown-repeats",
+        type=int,
+        default=0,
+        help="also time the parts of every row's beam search (encoder, decoder body, output, ...), this many times",
     )
     parser.add_argument("--note", default="", help="how the machine was shared, for the JSON")
     parser.add_argument("--json")
@@ -228,6 +293,11 @@ def main():
         for name, model in models.items()
         if opts.mixture_repeats and is_sentence_layer(model)
     }
+    parts = {
+        name: breakdown(model, task, batches, mixture, opts.length, opts.breakdown_repeats)
+        for name, model in models.items()
+        if opts.breakdown_repeats
+    }
     print(
         f"beam 5, {sentences} test sentences in {len(batches)} batches, {opts.length} steps, {opts.threads} thread(s)"
     )
@@ -237,6 +307,8 @@ def main():
         print(f"| {row} | {r['sentences_per_s']} | {r['speed_vs_first']:.2f} |")
     for name, stats in checks.items():
         print(f"{name}: {json.dumps(stats)}")
+    for name, stats in parts.items():
+        print(f"{name}, ms per part: {json.dumps(stats)}")
     for name, stats in mixtures.items():
         print(f"{name}, the mixture alone: {json.dumps(stats)}")
     if opts.json:
@@ -244,11 +316,21 @@ def main():
             "torch": torch.__version__,
             "checkpoints": paths,
             "sizes": {
-                k: getattr(opts, k) for k in ("sentences", "batches", "length", "repeats", "mixture_repeats", "threads")
+                k: getattr(opts, k)
+                for k in (
+                    "sentences",
+                    "batches",
+                    "length",
+                    "repeats",
+                    "mixture_repeats",
+                    "breakdown_repeats",
+                    "threads",
+                )
             },
             "results": results,
             "accuracy": checks,
             "mixture_alone": mixtures,
+            "breakdown_ms": parts,
             "note": opts.note,
         }
         write_result(opts.json, "benchmarks/beam_checkpoints.py", sys.argv[1:], fields, REPO)
