@@ -4,8 +4,9 @@ speed.py times beam search on untrained models and a stand-in lexical table
 (the sentence-shortlist layer's worst case, |U| = T K); this times the
 checkpoints themselves, on the test split of their data, where U is the real
 table's.  Every row decodes the same batches to the same fixed length, so
-the rows do the same number of steps; rows are interleaved, median of
-``--repeats``.  A checkpoint of the sentence-shortlist layer also gets a row
+the rows do the same number of steps; rows are interleaved batch by batch,
+and a row's speed against the first is the median, with quartiles, of the
+ratios on each (batch, repeat).  A checkpoint of the sentence-shortlist layer also gets a row
 ``NAME-summed``, its beam-search mixture with R_j summed over the words
 outside U for every token (``_mixture_in_place_summed``), and an accuracy
 pass: how far the log-softmax's mass is from 1, how many tokens the fast
@@ -27,6 +28,10 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from varattn_tools.experiments import write_result  # noqa: E402
+
+
+def quartiles(values):
+    return statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else [values[0]] * 3
 
 
 def load(path, data):
@@ -254,7 +259,7 @@ def main():
         if is_sentence_layer(model):
             rows.append((f"{name}-summed", name, True))
 
-    def run(model_name, summed):
+    def run(model_name, summed, batch):
         model = models[model_name]
         mixture.use(summed)
         generator = SequenceGenerator(
@@ -262,27 +267,34 @@ def main():
         )
         start = time.perf_counter()
         with torch.no_grad():
-            for batch in batches:
-                generator.generate([model], batch)
+            generator.generate([model], batch)
         mixture.use(summed=False)
         return time.perf_counter() - start
 
     for row in rows:  # warm-up, not timed
-        run(*row[1:])
-    seconds = {row[0]: [] for row in rows}
+        run(*row[1:], batches[0])
+    # rows interleaved batch by batch: this machine's speed drifts by tens of
+    # percent over seconds, so each row is compared with the first on the
+    # same batch moments apart, and the ratio is the median of those pairs
+    seconds = {row[0]: [[] for _ in batches] for row in rows}
     for _ in range(opts.repeats):
-        for row in rows:
-            seconds[row[0]].append(run(*row[1:]))
+        for b, batch in enumerate(batches):
+            for row in rows:
+                seconds[row[0]][b].append(run(*row[1:], batch))
     sentences = sum(len(b["id"]) for b in batches)
-    base = statistics.median(seconds[rows[0][0]])
-    results = {
-        row: {
-            "sentences_per_s": round(sentences / statistics.median(times), 1),
-            "speed_vs_first": round(base / statistics.median(times), 3),
-            "seconds": [round(t, 3) for t in times],
+    first = seconds[rows[0][0]]
+
+    def summary(times):
+        totals = [sum(t[r] for t in times) for r in range(opts.repeats)]
+        pairs = [f[r] / t[r] for f, t in zip(first, times) for r in range(opts.repeats)]
+        return {
+            "sentences_per_s": round(sentences / statistics.median(totals), 1),
+            "speed_vs_first": round(statistics.median(pairs), 3),
+            "speed_vs_first_quartiles": [round(q, 3) for q in quartiles(pairs)],
+            "seconds": [round(t, 3) for t in totals],
         }
-        for row, times in seconds.items()
-    }
+
+    results = {row: summary(times) for row, times in seconds.items()}
     checks = {
         name: accuracy(model, task, batches, mixture, opts.length)
         for name, model in models.items()
@@ -301,10 +313,11 @@ def main():
     print(
         f"beam 5, {sentences} test sentences in {len(batches)} batches, {opts.length} steps, {opts.threads} thread(s)"
     )
-    print(f"| row | sentences/s | speed vs {rows[0][0]} |")
-    print("|---|---|---|")
+    print(f"| row | sentences/s | speed vs {rows[0][0]} | quartiles |")
+    print("|---|---|---|---|")
     for row, r in results.items():
-        print(f"| {row} | {r['sentences_per_s']} | {r['speed_vs_first']:.2f} |")
+        low, _, high = r["speed_vs_first_quartiles"]
+        print(f"| {row} | {r['sentences_per_s']} | {r['speed_vs_first']:.2f} | {low:.2f}-{high:.2f} |")
     for name, stats in checks.items():
         print(f"{name}: {json.dumps(stats)}")
     for name, stats in parts.items():
