@@ -176,3 +176,55 @@ def test_train_aligners_trains_the_row_in_the_asked_direction_and_records_a_fini
     assert "finished (patience), epoch 2, valid PPL 8.57" in capsys.readouterr().out.splitlines()[-1]
     with pytest.raises(SystemExit):
         aligners.main(["--row", "no-such-row", "--data", str(data)])
+
+
+def _beam_checkpoints_module():
+    spec = importlib.util.spec_from_file_location(
+        "beam_checkpoints", os.path.join(REPO, "benchmarks", "beam_checkpoints.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_beam_checkpoints_times_each_part_and_the_mixture_and_puts_everything_back():
+    """benchmarks/beam_checkpoints.py on a soft and a sentence-shortlist model
+    (tiny, the shortlist layer's W_o sharpened): the parts of a beam search
+    add up to no more than it, the mixture alone is captured once per
+    decoder step, the accuracy pass reads both mixtures (whose math
+    tests/test_sentence_shortlist.py checks), and every timer wrapped on a
+    model or the module is gone afterwards."""
+    from helpers import FakeTask, build_model, random_batch, shortlist_model
+
+    from fairseq_varattn.modules import sentence_shortlist
+
+    bench = _beam_checkpoints_module()
+    sentence, d = shortlist_model("lstm", "sentence-shortlist")
+    soft, _ = build_model("soft")
+    task = FakeTask(d, d)
+    batches = [random_batch(d, bsz=3, src_len=6, seed=s) for s in (1, 2)]
+    path = bench.MixturePath()
+    length = 4
+    fast = sentence_shortlist.mixture_in_place
+
+    assert bench.is_sentence_layer(sentence) and not bench.is_sentence_layer(soft)
+    alone = bench.mixture_calls(sentence, task, batches, path, length, repeats=2)
+    assert alone["calls"] == len(batches) * (length + 1)  # every step to the forced end of sentence
+    assert alone["ms_per_call"]["fast"] > 0 and alone["ms_per_call"]["summed"] > 0
+    checks = bench.accuracy(sentence, task, batches, path, length)
+    assert checks["tokens"] > 0 and checks["largest_difference"] < 1e-4
+    for model in (soft, sentence):
+        parts = bench.breakdown(model, task, batches, path, length, repeats=1)
+        top = {k: v for k, v in parts.items() if k != "total" and not k.startswith("output:")}
+        assert {"encoder", "decoder body", "output", "generator"} <= set(top)
+        # the generator is the total less the other parts: negative if a part were timed inside another
+        assert all(v >= 0 for v in parts.values()) and parts["generator"] > 0
+        assert ("output: mixture" in parts) == (model is sentence)
+        if model is sentence:  # the output's pieces lie inside it
+            pieces = sum(v for k, v in parts.items() if k.startswith("output:"))
+            assert 0 < pieces <= parts["output"]
+        for owner in (model.encoder, model.decoder, model.decoder.head, model.decoder.head.output):
+            wrapped = {"forward", "extract_features", "get_normalized_probs", "reorder_incremental_state"}
+            wrapped |= {"output_logits", "decoder_logits", "source_cache"}
+            assert not wrapped & set(vars(owner)), (type(owner).__name__, wrapped & set(vars(owner)))
+    assert sentence_shortlist.mixture_in_place is fast
