@@ -76,6 +76,10 @@ PLANS = {
         "elbo-enum-shortlist": [1],
         # ... with the paper's bilinear q (--inference-score general), the elbo rows' speed targets' model
         "elbo-enum-shortlist-qbilinear": [1],
+        # the sentence-shortlist layer: the configuration at benchmarks/README.md's speed
+        # targets, whose converged full-corpus quality decides whether it becomes the default
+        "marginal-sentence128": [1],
+        "elbo-enum-sentence128-qbilinear": [1],
     },
     "transformer": {
         "transformer": [1, 2, 3],
