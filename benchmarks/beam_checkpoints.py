@@ -49,6 +49,20 @@ def test_batches(task, sentences, count):
     return [batch for _, batch in zip(range(count), itr)]
 
 
+def decode(model, task, batches, length):
+    """Beam 5 over ``batches``, every hypothesis ``length`` steps (then its
+    end of sentence), so every row and repeat does the same steps."""
+    import torch
+    from fairseq.sequence_generator import SequenceGenerator
+
+    generator = SequenceGenerator(
+        [model], task.target_dictionary, beam_size=5, min_len=length, max_len_b=length, max_len_a=0
+    )
+    with torch.no_grad():
+        for batch in batches:
+            generator.generate([model], batch)
+
+
 def is_sentence_layer(model):
     from fairseq_varattn.modules.sentence_shortlist import SentenceShortlistOutputLayer
 
@@ -73,8 +87,6 @@ def accuracy(model, task, batches, path, length):
     """The fast mixture against the summed one on every call of a beam
     search: the log-softmax's mass error, the tokens whose R_j the fast
     path sums over the outside words, the largest difference."""
-    import torch
-    from fairseq.sequence_generator import SequenceGenerator
 
     stats = {"tokens": 0, "summed_tokens": 0, "largest_mass_error": 0.0, "largest_difference": 0.0}
     module = path.module
@@ -96,11 +108,8 @@ def accuracy(model, task, batches, path, length):
         return out
 
     module.mixture_in_place, module._sensitive_tokens = checked, counted
-    generator = SequenceGenerator([model], task.target_dictionary, beam_size=5, max_len_a=0, max_len_b=length)
     try:
-        with torch.no_grad():
-            for batch in batches:
-                generator.generate([model], batch)
+        decode(model, task, batches, length)
     finally:
         module._sensitive_tokens = sensitive
         path.use(summed=False)
@@ -115,8 +124,6 @@ def mixture_calls(model, task, batches, path, length, repeats):
     machine moves by several percent from run to run; this isolates the part
     that differs between the layers.  Returns ms per call (medians) and the
     per-repeat ratio summed / fast."""
-    import torch
-    from fairseq.sequence_generator import SequenceGenerator
 
     module, captured = path.module, []
 
@@ -125,13 +132,8 @@ def mixture_calls(model, task, batches, path, length, repeats):
         return path.fast(a, selection, log_w)
 
     module.mixture_in_place = capture
-    generator = SequenceGenerator(
-        [model], task.target_dictionary, beam_size=5, min_len=length, max_len_b=length, max_len_a=0
-    )
     try:
-        with torch.no_grad():
-            for batch in batches:
-                generator.generate([model], batch)
+        decode(model, task, batches, length)
     finally:
         path.use(summed=False)
 
@@ -163,8 +165,6 @@ def breakdown(model, task, batches, path, length, repeats):
     model's own modules (or the sentence layer's mixture) wrapped in a timer
     on the instance, so nothing else changes; "generator" is the rest of
     fairseq's beam search."""
-    import torch
-    from fairseq.sequence_generator import SequenceGenerator
 
     spent = {}
 
@@ -195,17 +195,12 @@ def breakdown(model, task, batches, path, length, repeats):
     sentence = is_sentence_layer(model)
     if sentence:
         path.module.mixture_in_place = timed("output: mixture", path.fast)
-    generator = SequenceGenerator(
-        [model], task.target_dictionary, beam_size=5, min_len=length, max_len_b=length, max_len_a=0
-    )
     runs = []
     try:
         for _ in range(repeats):
             spent.clear()
             start = time.perf_counter()
-            with torch.no_grad():
-                for batch in batches:
-                    generator.generate([model], batch)
+            decode(model, task, batches, length)
             total = time.perf_counter() - start
             inner = sum(v for k, v in spent.items() if not k.startswith("output:"))
             runs.append({"total": total, **spent, "generator": total - inner})
@@ -242,7 +237,6 @@ def main():
     opts = parser.parse_args()
 
     import torch
-    from fairseq.sequence_generator import SequenceGenerator
 
     import fairseq_varattn  # noqa: F401  (registers the plugin's models)
 
@@ -260,14 +254,9 @@ def main():
             rows.append((f"{name}-summed", name, True))
 
     def run(model_name, summed, batch):
-        model = models[model_name]
         mixture.use(summed)
-        generator = SequenceGenerator(
-            [model], task.target_dictionary, beam_size=5, min_len=opts.length, max_len_b=opts.length, max_len_a=0
-        )
         start = time.perf_counter()
-        with torch.no_grad():
-            generator.generate([model], batch)
+        decode(models[model_name], task, [batch], opts.length)
         mixture.use(summed=False)
         return time.perf_counter() - start
 
