@@ -12,8 +12,9 @@ SPEED = os.path.join(REPO, "benchmarks", "speed.py")
 TINY = ["--vocab", "500", "--batch", "4", "--src-len", "6", "--tgt-len", "5", "--embed", "16", "--hidden", "32"]
 
 
-def _speed_module():
-    spec = importlib.util.spec_from_file_location("speed", SPEED)
+def _benchmark(name):
+    """benchmarks/NAME.py as a module (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "benchmarks", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -64,7 +65,7 @@ def test_breakdown_times_each_latent_part_where_the_variant_runs_it(tmp_path):
 
 
 def test_timing_parts_puts_the_methods_back_even_after_an_error():
-    speed = _speed_module()
+    speed = _benchmark("speed")
     originals = {(owner, name): owner.__dict__[name] for methods in speed.PARTS.values() for owner, name in methods}
     spent = {}
     with pytest.raises(RuntimeError):
@@ -125,17 +126,8 @@ def test_readme_tables_are_the_committed_results():
     assert proc.returncode == 0, proc.stderr
 
 
-def _aligners_module():
-    spec = importlib.util.spec_from_file_location(
-        "train_aligners", os.path.join(REPO, "benchmarks", "train_aligners.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_train_aligners_trains_the_row_in_the_asked_direction_and_records_a_finished_run(tmp_path, monkeypatch, capsys):
-    aligners = _aligners_module()
+    aligners = _benchmark("train_aligners")
     monkeypatch.setattr(aligners, "RESULTS", str(tmp_path / "results"))
     data = tmp_path / "bin"
     data.mkdir()
@@ -178,15 +170,6 @@ def test_train_aligners_trains_the_row_in_the_asked_direction_and_records_a_fini
         aligners.main(["--row", "no-such-row", "--data", str(data)])
 
 
-def _beam_checkpoints_module():
-    spec = importlib.util.spec_from_file_location(
-        "beam_checkpoints", os.path.join(REPO, "benchmarks", "beam_checkpoints.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_beam_checkpoints_times_each_part_and_the_mixture_and_puts_everything_back():
     """benchmarks/beam_checkpoints.py on a soft and a sentence-shortlist model
     (tiny, the shortlist layer's W_o sharpened): the parts of a beam search
@@ -198,7 +181,7 @@ def test_beam_checkpoints_times_each_part_and_the_mixture_and_puts_everything_ba
 
     from fairseq_varattn.modules import sentence_shortlist
 
-    bench = _beam_checkpoints_module()
+    bench = _benchmark("beam_checkpoints")
     sentence, d = shortlist_model("lstm", "sentence-shortlist")
     soft, _ = build_model("soft")
     task = FakeTask(d, d)
