@@ -81,7 +81,8 @@ PLANS = {
     },
     "transformer": {
         "transformer": [1, 2, 3],
-        "transformer-soft": [1],
+        # drop-in parity is read against fairseq's three seeds: one seed is 1.3-2.0% behind in test PPL
+        "transformer-soft": [1, 2, 3],
         "transformer-marginal": [1, 2, 3],
         "transformer-elbo-enum": [1, 2, 3],
         "transformer-elbo-reinforce": [1],
