@@ -18,9 +18,13 @@ DIAGNOSTICS = (
     "q_maxp",
     "prior_concentration",
     "q_concentration",
+    # whether the output depends on the alignment at all (docs/design.md, "Is the latent attention learning?")
+    "logpy_spread",
+    "score_spread",
+    "annot_spread",
 )
 # what each epoch's validation line contributes to a run's learning curve
-CURVE_KEYS = ("ppl", "kl", "entropy_p", "entropy_q", "entropy_post", "entropy_uniform")
+CURVE_KEYS = ("ppl", "kl", "entropy_p", "entropy_q", "entropy_post", "entropy_uniform", "logpy_spread")
 
 
 def _numbers(values, keys):

@@ -22,6 +22,8 @@ COLUMNS = [
     ("H prior (bits)", "valid_entropy_p", ".2f"),
     ("H q (bits)", "valid_entropy_q", ".2f"),
     ("H posterior (bits)", "valid_entropy_post", ".2f"),
+    # std over i of log p(y_j | z_j = i): near 0, the output ignores the alignment
+    ("log p(y given z) spread (nats)", "valid_logpy_spread", ".2f"),
     ("AER soft", "aer_soft", ".3f"),
     ("AER prior", "aer_prior", ".3f"),
     ("AER q", "aer_posterior", ".3f"),
@@ -31,6 +33,9 @@ COLUMNS = [
     ("epochs run", "epochs_run", ".1f"),
 ]
 
+# columns a family's table leaves out while none of its results has them
+# (results from before the field was recorded)
+OPTIONAL = {"valid_logpy_spread"}
 
 # the Dirichlet row's numbers do not mean what the categorical rows' do
 DIRICHLET_NOTE = (
@@ -119,9 +124,10 @@ def table(family="lstm"):
         return "No finished runs yet.\n"
     baseline = BASELINE[family]
     p_values = bleu_p_values(rows, baseline)
+    columns = [c for c in COLUMNS if c[1] not in OPTIONAL or any(r.get(c[1]) is not None for r in rows)]
     # the p column follows BLEU
-    at = next(i for i, c in enumerate(COLUMNS) if c[1] == "test_bleu") + 1
-    header = [c[0] for c in COLUMNS]
+    at = next(i for i, c in enumerate(columns) if c[1] == "test_bleu") + 1
+    header = [c[0] for c in columns]
     header.insert(at, f"p (BLEU vs {baseline})")
     lines = [
         "| variant | output layer | seeds | " + " | ".join(header) + " |",
@@ -135,7 +141,7 @@ def table(family="lstm"):
         seeds = ",".join(str(r["seed"]) for r in sorted(runs, key=lambda r: r["seed"]))
         cells = [
             aer_cell(runs, key, fmt) if key.startswith("aer_") else mean_spread([r.get(key) for r in runs], fmt)
-            for _, key, fmt in COLUMNS
+            for _, key, fmt in columns
         ]
         cells.insert(at, p_cell(p_values, name, runs))
         lines.append(f"| {label} | {runs[0]['output_layer']} | {seeds} | " + " | ".join(cells) + " |")
