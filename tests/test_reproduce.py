@@ -495,6 +495,28 @@ def test_converged_table_gives_mean_and_std_over_seeds_and_marks_the_dirichlet_r
     assert converge.DIRICHLET_NOTE in table
 
 
+def test_converged_table_shows_the_output_spread_column_once_a_result_has_it(tmp_path, monkeypatch):
+    """Results from before ``valid_logpy_spread`` was recorded leave the
+    column out of their family's table; one result with it brings it in,
+    "-" for the others; and the learning curve reads the spread."""
+    converge = _converge_module()
+    monkeypatch.setattr(converge.plan, "RESULTS", str(tmp_path))
+    common = {"output_layer": "factored", "bleu_signature": "nrefs:1", "date": "2026-11-29", "machine": "x86_64 x2"}
+    for name in ("marginal", "elbo-enum"):
+        (tmp_path / f"{name}-seed1.json").write_text(json.dumps({"variant": name, "seed": 1, **common}))
+    assert "spread" not in converge.table()
+    row = {"variant": "marginal", "seed": 1, "valid_logpy_spread": 1.765, "valid_entropy_post": 0.57, **common}
+    (tmp_path / "marginal-seed1.json").write_text(json.dumps(row))
+    lines = converge.table().splitlines()
+    header = next(line for line in lines if line.startswith("| variant"))
+    column = header.split(" | ").index("log p(y given z) spread (nats)")
+    assert header.split(" | ")[column - 1] == "H posterior (bits)"
+    cells = {line.split(" | ")[0][2:]: line.split(" | ")[column] for line in lines if line.startswith("| ")}
+    assert cells["marginal"] == "1.76" and cells["elbo-enum"] == "-", cells
+    line = _latent_epoch_lines(1, 1)[0].replace("| ppl", "| logpy_spread 0.577 | ppl")
+    assert converge.validation_curve(line)[0]["logpy_spread"] == 0.577
+
+
 def test_converged_table_names_the_runs_that_trained_with_more_than_one_thread(tmp_path, monkeypatch):
     """Training tok/s depends on how many threads a run had: the table's
     header names the runs that had more than one."""
