@@ -49,18 +49,23 @@ def test_batches(task, sentences, count):
     return [batch for _, batch in zip(range(count), itr)]
 
 
-def decode(model, task, batches, length):
-    """Beam 5 over ``batches``, every hypothesis ``length`` steps (then its
-    end of sentence), so every row and repeat does the same steps."""
-    import torch
+def beam(model, task, length):
+    """Beam 5 where every hypothesis runs ``length`` steps (then its end of
+    sentence), so every row and repeat does the same steps; built outside
+    the timed regions."""
     from fairseq.sequence_generator import SequenceGenerator
 
-    generator = SequenceGenerator(
+    return SequenceGenerator(
         [model], task.target_dictionary, beam_size=5, min_len=length, max_len_b=length, max_len_a=0
     )
+
+
+def decode(generator, batches):
+    import torch
+
     with torch.no_grad():
         for batch in batches:
-            generator.generate([model], batch)
+            generator.generate(generator.model.models, batch)
 
 
 def is_sentence_layer(model):
@@ -83,7 +88,7 @@ class MixturePath:
         self.module.mixture_in_place = self.module._mixture_in_place_summed if summed else self.fast
 
 
-def accuracy(model, task, batches, path, length):
+def accuracy(generator, batches, path):
     """The fast mixture against the summed one on every call of a beam
     search: the log-softmax's mass error, the tokens whose R_j the fast
     path sums over the outside words, the largest difference."""
@@ -109,7 +114,7 @@ def accuracy(model, task, batches, path, length):
 
     module.mixture_in_place, module._sensitive_tokens = checked, counted
     try:
-        decode(model, task, batches, length)
+        decode(generator, batches)
     finally:
         module._sensitive_tokens = sensitive
         path.use(summed=False)
@@ -117,14 +122,13 @@ def accuracy(model, task, batches, path, length):
     return stats
 
 
-def mixture_calls(model, task, batches, path, length, repeats):
+def mixture_calls(generator, batches, path, repeats):
     """The sentence-shortlist mixture alone: the inputs of every call of one
     beam search, captured, then each path run over all of them, the fast and
     the summed interleaved, ``repeats`` times.  A whole beam search on this
     machine moves by several percent from run to run; this isolates the part
     that differs between the layers.  Returns ms per call (medians) and the
     per-repeat ratio summed / fast."""
-
     module, captured = path.module, []
 
     def capture(a, selection, log_w):
@@ -133,7 +137,7 @@ def mixture_calls(model, task, batches, path, length, repeats):
 
     module.mixture_in_place = capture
     try:
-        decode(model, task, batches, length)
+        decode(generator, batches)
     finally:
         path.use(summed=False)
 
@@ -159,13 +163,12 @@ def mixture_calls(model, task, batches, path, length, repeats):
     }
 
 
-def breakdown(model, task, batches, path, length, repeats):
+def breakdown(generator, batches, path, repeats):
     """Wall time of the parts of one beam search over ``batches``, ms summed
     over its steps (median of ``repeats``): each part is a method of the
     model's own modules (or the sentence layer's mixture) wrapped in a timer
     on the instance, so nothing else changes; "generator" is the rest of
     fairseq's beam search."""
-
     spent = {}
 
     def timed(name, fn):
@@ -178,6 +181,7 @@ def breakdown(model, task, batches, path, length, repeats):
 
         return wrapper
 
+    model = generator.model.models[0]
     decoder, head = model.decoder, getattr(model.decoder, "head", None)
     parts = [
         ("encoder", model.encoder, "forward"),
@@ -192,15 +196,14 @@ def breakdown(model, task, batches, path, length, repeats):
                 parts.append((name, head.output, method))
     for name, owner, method in parts:
         setattr(owner, method, timed(name, getattr(owner, method)))
-    sentence = is_sentence_layer(model)
-    if sentence:
+    if is_sentence_layer(model):
         path.module.mixture_in_place = timed("output: mixture", path.fast)
     runs = []
     try:
         for _ in range(repeats):
             spent.clear()
             start = time.perf_counter()
-            decode(model, task, batches, length)
+            decode(generator, batches)
             total = time.perf_counter() - start
             inner = sum(v for k, v in spent.items() if not k.startswith("output:"))
             runs.append({"total": total, **spent, "generator": total - inner})
@@ -246,6 +249,7 @@ def main():
     for name, path in paths.items():
         models[name], task = load(path, opts.data)
     batches = test_batches(task, opts.sentences, opts.batches)
+    generators = {name: beam(model, task, opts.length) for name, model in models.items()}
     mixture = MixturePath()
     rows = []  # (row, model name, summed)
     for name, model in models.items():
@@ -256,7 +260,7 @@ def main():
     def run(model_name, summed, batch):
         mixture.use(summed)
         start = time.perf_counter()
-        decode(models[model_name], task, [batch], opts.length)
+        decode(generators[model_name], [batch])
         mixture.use(summed=False)
         return time.perf_counter() - start
 
@@ -285,17 +289,15 @@ def main():
 
     results = {row: summary(times) for row, times in seconds.items()}
     checks = {
-        name: accuracy(model, task, batches, mixture, opts.length)
-        for name, model in models.items()
-        if is_sentence_layer(model)
+        name: accuracy(generators[name], batches, mixture) for name, model in models.items() if is_sentence_layer(model)
     }
     mixtures = {
-        name: mixture_calls(model, task, batches, mixture, opts.length, opts.mixture_repeats)
+        name: mixture_calls(generators[name], batches, mixture, opts.mixture_repeats)
         for name, model in models.items()
         if opts.mixture_repeats and is_sentence_layer(model)
     }
     parts = {
-        name: breakdown(model, task, batches, mixture, opts.length, opts.breakdown_repeats)
+        name: breakdown(generators[name], batches, mixture, opts.breakdown_repeats)
         for name, model in models.items()
         if opts.breakdown_repeats
     }

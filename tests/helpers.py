@@ -15,6 +15,7 @@ from fairseq_varattn.models.varattn_lstm import VarAttnLSTMModel, varattn_lstm_t
 from fairseq_varattn.models.varattn_transformer import VarAttnTransformerModel, varattn_transformer_tiny
 from fairseq_varattn.modules.lexical import spread_table
 from fairseq_varattn.modules.output_layer import SHORTLIST_LAYERS
+from varattn_tools.experiments import validate_command
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 USER_DIR = os.path.join(REPO, "fairseq_varattn")  # --user-dir
@@ -152,25 +153,11 @@ def run_cli(args, timeout=900, check=True, env_extra=None):
 
 
 def validate(data_dir, ckpt, *options, max_tokens=1500):
-    """fairseq-validate of ``ckpt`` on every sentence of the valid split
-    (batch multiple 1); its log."""
-    proc = run_cli(
-        [
-            "fairseq_cli.validate",
-            data_dir,
-            "--user-dir",
-            USER_DIR,
-            "--required-batch-size-multiple",
-            "1",
-            "--task",
-            "translation",
-            "--path",
-            ckpt,
-            "--max-tokens",
-            str(max_tokens),
-            *options,
-        ]
-    )
+    """fairseq-validate of ``ckpt`` on every sentence of the valid split, as
+    the experiments run it, in fairseq's simple log format (valid_metric reads
+    that); its log."""
+    command = validate_command(data_dir, USER_DIR, ckpt, "valid", max_tokens, 1)[2:]
+    proc = run_cli([*command, "--log-format", "simple", *options])
     return proc.stdout + proc.stderr
 
 

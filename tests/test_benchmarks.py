@@ -188,16 +188,17 @@ def test_beam_checkpoints_times_each_part_and_the_mixture_and_puts_everything_ba
     batches = [random_batch(d, bsz=3, src_len=6, seed=s) for s in (1, 2)]
     path = bench.MixturePath()
     length = 4
+    generators = {model: bench.beam(model, task, length) for model in (soft, sentence)}
     fast = sentence_shortlist.mixture_in_place
 
     assert bench.is_sentence_layer(sentence) and not bench.is_sentence_layer(soft)
-    alone = bench.mixture_calls(sentence, task, batches, path, length, repeats=2)
+    alone = bench.mixture_calls(generators[sentence], batches, path, repeats=2)
     assert alone["calls"] == len(batches) * (length + 1)  # every step to the forced end of sentence
     assert alone["ms_per_call"]["fast"] > 0 and alone["ms_per_call"]["summed"] > 0
-    checks = bench.accuracy(sentence, task, batches, path, length)
+    checks = bench.accuracy(generators[sentence], batches, path)
     assert checks["tokens"] > 0 and checks["largest_difference"] < 1e-4
     for model in (soft, sentence):
-        parts = bench.breakdown(model, task, batches, path, length, repeats=1)
+        parts = bench.breakdown(generators[model], batches, path, repeats=1)
         top = {k: v for k, v in parts.items() if k != "total" and not k.startswith("output:")}
         assert {"encoder", "decoder body", "output", "generator"} <= set(top)
         # the generator is the total less the other parts: negative if a part were timed inside another

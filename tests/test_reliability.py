@@ -49,7 +49,7 @@ def num_updates(path):
 
 
 def validated_loss(data_dir, ckpt):
-    return valid_metric(validate(data_dir, ckpt, "--num-workers", "0", max_tokens=4000), "loss")
+    return valid_metric(validate(data_dir, ckpt, max_tokens=4000), "loss")
 
 
 # -- resume ----------------------------------------------------------------------------------

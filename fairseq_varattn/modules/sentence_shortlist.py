@@ -269,8 +269,8 @@ def mixture_in_place(a, selection: SentenceSelection, log_w) -> torch.Tensor:
     source = selection.factors  # b' = (b_iU, 0), m_i = max(0, max_u b_iu): row_exp's last column is e^{-m_i}
     row_exp, low = source.row_exp, source.row_max.transpose(1, 2)  # B, T, U + 1; B, 1, T
     inside = torch.bmm(p, row_exp[..., :-1].transpose(1, 2))  # B, N, T
-    rest = (1.0 - p.sum(-1, keepdim=True, dtype=torch.float64)).clamp_min_(0.0).float()
-    shifted = torch.addcmul(inside, rest, row_exp[..., -1].unsqueeze(1))  # Z_ji e^{-m_i}
+    outside = (1.0 - p.sum(-1, keepdim=True, dtype=torch.float64)).clamp_min_(0.0).float()  # B, N, 1
+    shifted = torch.addcmul(inside, outside, row_exp[..., -1].unsqueeze(1))  # Z_ji e^{-m_i}
     weighted = log_w > float("-inf")
 
     def mixture():
@@ -283,8 +283,8 @@ def mixture_in_place(a, selection: SentenceSelection, log_w) -> torch.Tensor:
     unsure = _sensitive_tokens(d, top, mix, shifted, low, row_exp, weighted)
     if bool(unsure.any()):
         at = unsure.nonzero(as_tuple=True)
-        rest = _outside_mass(a, index, selection.valid, at)  # K, 1
-        shifted[at] = torch.addcmul(inside[at], rest, row_exp[at[0], :, -1])
+        outside = _outside_mass(a, index, selection.valid, at)  # K, 1
+        shifted[at] = torch.addcmul(inside[at], outside, row_exp[at[0], :, -1])
         d, top, mix = mixture()
     # NaN (an underflowed product's 0 / 0) fails every comparison: that sentence is redone
     smallest = torch.minimum(torch.where(weighted, shifted, 1.0).amin(-1), mix.amin(-1))  # B, N
