@@ -33,6 +33,26 @@ def example_module(name):
 
 PYTHON = sys.executable
 
+# a few updates of the tiny LSTM preset on the shipped data: the command-line tests' training options
+TINY_TRAIN = [
+    "--arch",
+    "varattn_lstm_tiny",
+    "--optimizer",
+    "adam",
+    "--lr",
+    "0.005",
+    "--clip-norm",
+    "5",
+    "--max-tokens",
+    "1500",
+    "--seed",
+    "3",
+    "--num-workers",
+    "0",
+    "--required-batch-size-multiple",
+    "1",
+]
+
 
 class FakeTask:
     def __init__(self, src_dict, tgt_dict):

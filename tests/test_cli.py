@@ -9,33 +9,12 @@ import subprocess
 import forkrun
 import pytest
 import torch
-from helpers import PYTHON, REPO, USER_DIR, cli_env, run_cli, run_fresh, valid_metric, validate
+from helpers import PYTHON, REPO, TINY_TRAIN, USER_DIR, cli_env, run_cli, run_fresh, valid_metric, validate
 
 from varattn_tools.variants import VARIANTS, train_options
 from varattn_tools.variants import get as get_variant
 
-TINY = [
-    "--arch",
-    "varattn_lstm_tiny",
-    "--optimizer",
-    "adam",
-    "--lr",
-    "0.005",
-    "--clip-norm",
-    "5",
-    "--max-tokens",
-    "1500",
-    "--seed",
-    "3",
-    "--num-workers",
-    "0",
-    "--log-interval",
-    "5",
-    "--log-format",
-    "simple",
-    "--required-batch-size-multiple",
-    "1",
-]
+TINY = [*TINY_TRAIN, "--log-interval", "5", "--log-format", "simple"]
 
 
 from conftest import EVAL_LINES  # noqa: E402

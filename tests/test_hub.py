@@ -9,32 +9,11 @@ import subprocess
 
 import pytest
 import torch
-from helpers import PYTHON, REPO, USER_DIR, run_cli
+from helpers import PYTHON, REPO, TINY_TRAIN, USER_DIR, run_cli
 
 from fairseq_varattn import alignments, hub
 
-TRAIN = [
-    "--user-dir",
-    USER_DIR,
-    "--arch",
-    "varattn_lstm_tiny",
-    "--optimizer",
-    "adam",
-    "--lr",
-    "0.005",
-    "--clip-norm",
-    "5",
-    "--max-tokens",
-    "1500",
-    "--seed",
-    "3",
-    "--num-workers",
-    "0",
-    "--required-batch-size-multiple",
-    "1",
-    "--disable-validation",
-    "--no-epoch-checkpoints",
-]
+TRAIN = ["--user-dir", USER_DIR, *TINY_TRAIN, "--disable-validation", "--no-epoch-checkpoints"]
 SENTENCES = 8
 # one worker trains the module's two models and runs its tests (scripts/test.sh: --dist loadgroup)
 pytestmark = pytest.mark.xdist_group("hub_models")
