@@ -775,3 +775,48 @@ def test_screen_scores_alignments_of_a_result_that_predates_them(tmp_path, monke
     assert json.loads((tmp_path / "marginal-seed1.json").read_text()) == row
     screen.train_and_evaluate("marginal", 1, None, None)
     assert calls == [("marginal", 1)]
+
+
+def test_diagnose_measures_a_finished_runs_validation_again_only_from_the_checkpoint_it_evaluated(
+    tmp_path, monkeypatch
+):
+    """`converge.py diagnose` adds what the criterions log today (here the
+    output's spread) and the learning curve to a finished result, keeping
+    the file's layout and adding to its note; a checkpoint whose valid PPL
+    is not the result's is refused and the result left as it was."""
+    converge = _converge_module()
+    monkeypatch.setattr(converge.plan, "RESULTS", str(tmp_path / "results"))
+    validated = []
+
+    def fake_run(cmd, log_path, env, cwd=None, append=False):
+        assert "fairseq_cli.validate" in cmd and cmd[cmd.index("--valid-subset") + 1] == "valid"
+        validated.append(cmd[cmd.index("--path") + 1])
+        values = {"valid_loss": "2.1", "valid_nll_loss": "2.0", "valid_ppl": "4.0", "valid_logpy_spread": "0.66"}
+        return f"2026-12-08 11:00:00 | INFO | valid | {json.dumps(values)}\n"
+
+    monkeypatch.setattr(converge.evaluation, "run", fake_run)
+    monkeypatch.setattr(converge, "prepare", lambda root, env: str(tmp_path / "bin"))  # nothing to binarise
+    opts = argparse.Namespace(work=str(tmp_path / "runs"), data=str(tmp_path / "bin"))
+    work = tmp_path / "runs" / "elbo-enum-seed99"
+    work.mkdir(parents=True)
+    (work / "checkpoint_best.pt").write_bytes(b"")
+    (work / "train.log").write_text("\n".join(_latent_epoch_lines(1, 3)) + "\n")
+    os.makedirs(converge.plan.RESULTS)
+    result = tmp_path / "results" / "elbo-enum-seed99.json"
+    before = {"variant": "elbo-enum", "seed": 99, "valid_ppl": 4.0, "note": "trained alone"}
+    result.write_text(json.dumps(before, indent=2) + "\n")
+
+    converge.main(["diagnose", "--only", "elbo-enum:99", "--work", opts.work])
+    text = result.read_text()
+    row = json.loads(text)
+    assert text == json.dumps(row, indent=2) + "\n"
+    assert validated == [str(work / "checkpoint_best.pt")]
+    assert row["valid_logpy_spread"] == 0.66 and row["valid_ppl"] == 4.0
+    assert [p["epoch"] for p in row["valid_curve"]] == [1, 2, 3] and row["valid_curve"][2]["kl"] == 0.3
+    assert row["note"].startswith("trained alone; validation diagnostics measured again on ")
+
+    stale = {**before, "valid_ppl": 4.5}
+    result.write_text(json.dumps(stale, indent=1))
+    with pytest.raises(RuntimeError, match="not the checkpoint the result evaluated"):
+        converge.diagnose("elbo-enum", 99, opts, env={})
+    assert json.loads(result.read_text()) == stale

@@ -6,6 +6,7 @@
     python examples/translation/converge.py table                # results/converge.md from finished runs
     python examples/translation/converge.py status               # where each run stands
     python examples/translation/converge.py curves               # results/converge-curves.png
+    python examples/translation/converge.py diagnose --only marginal:1   # its validation diagnostics again
     python scripts/readme_results.py                             # ... into the READMEs
 
 Every variant (soft, marginal, hard-enum, hard-reinforce, elbo-enum,
@@ -27,7 +28,8 @@ raw test references (with its signature), valid KL, prior / q / exact
 posterior entropies, AER of soft attention and of the argmax of the prior,
 of q and of the exact posterior p(z_j | x, y_<=j) on the hand-aligned test
 sentences, training tokens/s and the epoch of the best checkpoint.
-``converge.py align`` scores the alignments of finished runs again.
+``converge.py align`` scores the alignments of finished runs again, and
+``converge.py diagnose`` measures their validation diagnostics again.
 
 ``--family transformer`` compares fairseq's ``transformer`` with
 ``varattn_transformer`` soft, marginal, elbo-enum and elbo-reinforce of the
@@ -64,6 +66,7 @@ from converge_logs import (  # noqa: E402, F401
     prior_sharpness,
     training_status,
     validation_curve,
+    validation_diagnostics,
 )
 from converge_plan import HEADLINES, NOTES, PLAN, PLANS, TABLES, ordered_plan, result_path, work_dir  # noqa: E402
 from converge_tables import (  # noqa: E402, F401
@@ -237,19 +240,68 @@ def expected_time(name):
     return f" (seed {seeds} trained for {hours} h, sharing the cores with other work)"
 
 
-def realign(name, seed, opts, env):
-    """Replace a finished run's alignment scores with the current tool's."""
+def rewrite_result(path, row):
+    """Write ``row`` over the result at ``path`` in the file's own layout
+    (results have been written with indent 1 and 2, some with a final
+    newline), so that its diff shows only what changed."""
+    with open(path) as f:
+        text = f.read()
+    lines = text.splitlines()
+    indent = len(lines[1]) - len(lines[1].lstrip(" ")) if len(lines) > 1 else None
+    with open(path, "w") as f:
+        f.write(json.dumps(row, indent=indent or None) + ("\n" if text.endswith("\n") else ""))
+
+
+def finished(name, seed, opts):
+    """A finished run's result, its path and its best checkpoint, or None
+    (said so) where either is missing here."""
     done, work = result_path(name, seed), work_dir(opts, name, seed)
     ckpt = os.path.join(work, "checkpoint_best.pt")
     if not (os.path.isfile(done) and os.path.isfile(ckpt)):
         print(f"== {name} seed {seed}: no finished run with its checkpoint in {work}, skipped", flush=True)
-        return
+        return None
     with open(done) as f:
-        row = json.load(f)
-    row.update(alignment_scores(opts.data, ckpt, work, env, is_latent(name)))
-    with open(done, "w") as f:
-        json.dump(row, f, indent=1)
+        return json.load(f), done, ckpt
+
+
+def realign(name, seed, opts, env):
+    """Replace a finished run's alignment scores with the current tool's."""
+    if (found := finished(name, seed, opts)) is None:
+        return
+    row, done, ckpt = found
+    row.update(alignment_scores(opts.data, ckpt, os.path.dirname(ckpt), env, is_latent(name)))
+    rewrite_result(done, row)
     print(f"== {name} seed {seed}: alignments scored again", flush=True)
+
+
+def diagnose(name, seed, opts, env):
+    """Measure a finished run's validation diagnostics again (after the
+    criterions learnt to log more): fairseq-validate of its best checkpoint,
+    which must reproduce the result's valid PPL (else the checkpoint is not
+    the one the result evaluated, and nothing is written), and its learning
+    curve from its training log when that is here."""
+    if (found := finished(name, seed, opts)) is None:
+        return
+    row, done, ckpt = found
+    work = os.path.dirname(ckpt)
+    ppl, text = evaluation.perplexity("valid", ckpt, work, opts, env)
+    if abs(ppl - row["valid_ppl"]) > 1e-3 * row["valid_ppl"]:
+        raise RuntimeError(
+            f"{name} seed {seed}: {ckpt} gives valid PPL {ppl:.4f}, its result {row['valid_ppl']:.4f}: "
+            "not the checkpoint the result evaluated, left as it is"
+        )
+    row.update(validation_diagnostics(text))
+    train_log = os.path.join(work, "train.log")
+    if os.path.isfile(train_log):
+        with open(train_log) as f:
+            row["valid_curve"] = validation_curve(f.read())
+    said = (
+        f"validation diagnostics measured again on {datetime.date.today()} with commit {commit()} "
+        f"(converge.py diagnose; valid PPL reproduced, {ppl:.4f})"
+    )
+    row["note"] = "; ".join(x for x in (row.get("note"), said) if x)
+    rewrite_result(done, row)
+    print(f"== {name} seed {seed}: validation diagnostics measured again", flush=True)
 
 
 def curves(opts):
@@ -274,11 +326,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "command",
-        choices=["run", "table", "align", "status", "curves"],
+        choices=["run", "table", "align", "diagnose", "status", "curves"],
         help="run: train and evaluate; table: results/converge*.md; status: where each "
         "run of the plan stands; curves: results/converge*-curves.png, valid PPL "
         "and prior entropy by epoch; align: score the "
-        "alignments of finished runs again (after the alignment tool changed)",
+        "alignments of finished runs again (after the alignment tool changed); diagnose: measure "
+        "the validation diagnostics of finished runs again (after the criterions learnt to log more)",
     )
     parser.add_argument(
         "--family",
@@ -332,9 +385,10 @@ def main(argv=None):
         return
     env = cpu_env(threads=opts.threads)
     opts.data = prepare(opts.data_root, env)
-    if opts.command == "align":
+    if opts.command in ("align", "diagnose"):
+        again = realign if opts.command == "align" else diagnose
         for name, seed in runs:
-            realign(name, seed, opts, env)
+            again(name, seed, opts, env)
         return
     with concurrent.futures.ThreadPoolExecutor(max_workers=opts.jobs) as pool:
         futures = {pool.submit(run_one, name, seed, opts, env): (name, seed) for name, seed in runs}

@@ -87,6 +87,14 @@ def alignment_scores(data, ckpt, work, env, latent):
     return scores
 
 
+def perplexity(subset, ckpt, work, opts, env):
+    """PPL of ``ckpt`` on every sentence of ``subset`` (fairseq-validate with
+    the run's own criterion; its log goes to ``work``), and that log."""
+    log = os.path.join(work, f"{subset}.log")
+    text = run(validate_command(opts.data, plan.USER_DIR, ckpt, subset, 3000, 1), log, env)
+    return 2 ** read_nll(subset, text, log), text
+
+
 def evaluate(row, ckpt, work, opts, env, latent, hypotheses=None):
     """Fill ``row`` with what a result records of checkpoint ``ckpt``: valid
     and test PPL on every sentence, the validation diagnostics, sacreBLEU of
@@ -100,9 +108,7 @@ def evaluate(row, ckpt, work, opts, env, latent, hypotheses=None):
     # reported are measured again here on every sentence.
     every = ["--required-batch-size-multiple", "1"]
     for subset in ("valid", "test"):
-        log = os.path.join(work, f"{subset}.log")
-        text = run(validate_command(opts.data, plan.USER_DIR, ckpt, subset, 3000, 1), log, env)
-        row[f"{subset}_ppl"] = 2 ** read_nll(subset, text, log)
+        row[f"{subset}_ppl"], text = perplexity(subset, ckpt, work, opts, env)
         if subset == "valid":
             row.update(validation_diagnostics(text))
     gen = run(
