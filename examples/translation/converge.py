@@ -18,9 +18,10 @@ after every epoch without improvement.  Soft attention uses the joint output
 layer (the paper's); every latent variant uses ``--output-layer factored``,
 without which exact enumeration is about 20 times slower on a CPU and these
 runs would not fit; ``soft-factored`` is soft attention with the factored
-layer, the like-for-like baseline.  ``PLAN`` gives 3 seeds to soft,
-soft-factored, marginal, elbo-enum and elbo-reinforce, 2 to hard-enum and 1
-to the others.
+layer, the like-for-like baseline.  ``PLAN`` gives 4 seeds to soft,
+marginal, elbo-enum and elbo-reinforce (the fourth keeps its translations
+for paired BLEU tests), 3 to soft-factored, 2 to hard-enum and 1 to the
+others.
 
 For the best checkpoint of each run it records: test PPL (``fairseq-validate``
 with the run's own criterion), sacreBLEU of beam-5 translations against the

@@ -54,10 +54,14 @@ CURVES = {
 # variant -> seeds, in the order they run (first seeds of everything first)
 PLANS = {
     "lstm": {
-        "soft": [1, 2, 3],
-        "marginal": [1, 2, 3],
-        "elbo-enum": [1, 2, 3],
-        "elbo-reinforce": [1, 2, 3],
+        # seed 4 of the rows whose BLEU gains over soft the READMEs state: seeds 1-3
+        # finished before results kept their translations, so only seed 4 gives them
+        # a paired bootstrap p-value against soft (the same options: rows.row_options
+        # pins the LSTM q rows to the settings seeds 1-3 trained with)
+        "soft": [1, 2, 3, 4],
+        "marginal": [1, 2, 3, 4],
+        "elbo-enum": [1, 2, 3, 4],
+        "elbo-reinforce": [1, 2, 3, 4],
         "hard-enum": [1, 2],
         "hard-reinforce": [1],
         "elbo-gumbel": [1],
