@@ -112,3 +112,16 @@ def test_transformer_headline_pairs_bleu_seed_by_seed_and_tests_ppl_over_seeds(t
     assert cells[6] == "0.300 ± 0.000 (exact posterior)"
     assert "| fairseq's `transformer` | 2 | 5.55 ± 0.07 | - |" in text
     assert "0.420 ± 0.000 (its last layer's cross-attention" in text
+
+
+def test_a_p_value_that_rounds_to_zero_reads_below_a_thousandth():
+    """A p-value is never 0: the tables print "< 0.001" where 3 decimals would
+    show 0.000, in the per-seed cells and the Welch cells alike."""
+    converge = example_module("converge")
+    import converge_tables
+
+    assert converge_tables.p_text(0.0004) == "< 0.001"
+    assert converge_tables.p_text(0.0006) == "0.001" and converge_tables.p_text(0.0421) == "0.042"
+    runs = [{"seed": 1}, {"seed": 2}]
+    p = {("row", 1): 0.00001, ("row", 2): 0.2}
+    assert converge.p_cell(p, "row", runs) == "< 0.001, 0.200"

@@ -90,12 +90,18 @@ def bleu_p_values(rows, baseline):
     return out
 
 
+def p_text(p):
+    """A p-value to 3 decimals; one that rounds to 0.000 is "< 0.001" (a
+    p-value is never 0)."""
+    return "< 0.001" if p < 0.0005 else f"{p:.3f}"
+
+
 def p_cell(p_values, name, runs):
     """One table cell: the p-values of a row's seeds, in seed order ("-" where none)."""
     found = [
         p_values[(name, r["seed"])] for r in sorted(runs, key=lambda r: r["seed"]) if (name, r["seed"]) in p_values
     ]
-    return ", ".join(f"{p:.3f}" for p in found) or "-"
+    return ", ".join(p_text(p) for p in found) or "-"
 
 
 def aer_cell(runs, key, fmt):
@@ -251,7 +257,7 @@ def headline(family="lstm"):
 
         def welch_cell(key):
             p = None if name == baseline else welch_p([r[key] for r in runs], [r[key] for r in base])
-            return "-" if p is None else f"{p:.3f}"
+            return "-" if p is None else p_text(p)
 
         cells = [label, str(len(runs)), mean_spread([r["test_ppl"] for r in runs], ".2f"), welch_cell("test_ppl")]
         cells.append(mean_spread([r["test_bleu"] for r in runs], ".2f"))
