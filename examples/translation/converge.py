@@ -165,7 +165,7 @@ def train_and_evaluate(name, seed, opts, env):
             f"epochs {resumed_from + 1}-{row['epochs_run']} resumed under the {cap}-epoch cap "
             f"with commit {row['commit']}"
         )
-        row["note"] = "; ".join(x for x in (previous.get("note"), extension) if x)
+        row["note"] = with_note(previous.get("note"), extension)
     evaluate(
         row,
         os.path.join(work, "checkpoint_best.pt"),
@@ -253,7 +253,12 @@ def rewrite_result(path, row):
         f.write(json.dumps(row, indent=indent or None) + ("\n" if text.endswith("\n") else ""))
 
 
-def finished(name, seed, opts):
+def with_note(note, addition):
+    """A result's note with ``addition`` after what it said (if anything)."""
+    return "; ".join(x for x in (note, addition) if x)
+
+
+def kept_run(name, seed, opts):
     """A finished run's result, its path and its best checkpoint, or None
     (said so) where either is missing here."""
     done, work = result_path(name, seed), work_dir(opts, name, seed)
@@ -267,7 +272,7 @@ def finished(name, seed, opts):
 
 def realign(name, seed, opts, env):
     """Replace a finished run's alignment scores with the current tool's."""
-    if (found := finished(name, seed, opts)) is None:
+    if (found := kept_run(name, seed, opts)) is None:
         return
     row, done, ckpt = found
     row.update(alignment_scores(opts.data, ckpt, os.path.dirname(ckpt), env, is_latent(name)))
@@ -281,7 +286,7 @@ def diagnose(name, seed, opts, env):
     which must reproduce the result's valid PPL (else the checkpoint is not
     the one the result evaluated, and nothing is written), and its learning
     curve from its training log when that is here."""
-    if (found := finished(name, seed, opts)) is None:
+    if (found := kept_run(name, seed, opts)) is None:
         return
     row, done, ckpt = found
     work = os.path.dirname(ckpt)
@@ -300,7 +305,7 @@ def diagnose(name, seed, opts, env):
         f"validation diagnostics measured again on {datetime.date.today()} with commit {commit()} "
         f"(converge.py diagnose; valid PPL reproduced, {ppl:.4f})"
     )
-    row["note"] = "; ".join(x for x in (row.get("note"), said) if x)
+    row["note"] = with_note(row.get("note"), said)
     rewrite_result(done, row)
     print(f"== {name} seed {seed}: validation diagnostics measured again", flush=True)
 
